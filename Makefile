@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The repo root is the Dagster instance home: dagster.yaml lives here, its data under .dagster/.
+export DAGSTER_HOME := $(CURDIR)
+
+.PHONY: setup demo test dev clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: an unpinned or newer torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/python -m llm_pipeline.demo
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+dev: setup
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf .storage .dagster

@@ -1,0 +1,172 @@
+"""Typed run configuration of every stage, shown and validated in the launchpad.
+
+Each class converts to the library's own config dataclass, which does the validation (one rule,
+one place). `validate_run_config` checks every stage's config of a run before the first stage
+does any work, so a bad value in a late stage never costs the early ones.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import dagster as dg
+from pydantic import Field, ValidationError
+
+from llm_pipeline.corpus.build import CorpusConfig, default_corpus_uri
+from llm_pipeline.corpus.filters import FilterConfig
+from llm_pipeline.evaluate.metrics import EvalConfig
+from llm_pipeline.tokenize.bpe import special_token_list, validate_vocab_size
+from llm_pipeline.tokenize.shards import ShardConfig
+from llm_pipeline.train.config import LaunchConfig, TrainConfig
+from llm_pipeline.train.model import ModelConfig
+
+
+class RawCorpusConfig(dg.Config):
+    source_uri: str = Field(default="", description="fsspec URI of a folder (or file) of text; empty: the Python standard library")
+    glob: str = Field(default="**/*.py", description="which files under source_uri to read")
+    exclude: list[str] = Field(default=["site-packages/*", "dist-packages/*"], description="relative paths to skip")
+    max_bytes: int = Field(default=8_000_000, description="stop reading after this many bytes")
+    min_chars: int = 64
+    max_chars: int = 1_000_000
+    min_printable_fraction: float = 0.95
+    near_dedup: bool = True
+    near_dedup_threshold: float = 0.85
+
+    def to_library(self) -> CorpusConfig:
+        return CorpusConfig(
+            source_uri=self.source_uri or default_corpus_uri(),
+            glob=self.glob,
+            exclude=tuple(self.exclude),
+            max_bytes=self.max_bytes,
+            filters=FilterConfig(self.min_chars, self.max_chars, self.min_printable_fraction, self.near_dedup, self.near_dedup_threshold),
+        )
+
+
+class TokenizerConfig(dg.Config):
+    vocab_size: int = Field(default=4096, description="BPE vocabulary size, special tokens included")
+    train_bytes: int = Field(default=4_000_000, description="train the BPE on this many bytes of the corpus")
+    extra_special_tokens: list[str] = Field(default=[], description="special tokens besides <|endoftext|>")
+    tokenizer_json_uri: str = Field(default="", description="use this tokenizer.json instead of training one")
+
+    def validate_library(self) -> None:
+        if self.train_bytes <= 0:
+            raise ValueError(f"train_bytes must be > 0, got {self.train_bytes}")
+        if not self.tokenizer_json_uri:
+            validate_vocab_size(self.vocab_size, special_token_list(self.extra_special_tokens))
+
+
+class TokenizedShardsConfig(dg.Config):
+    val_fraction: float = Field(default=0.05, description="share of documents (by id hash) held out for validation")
+    tokens_per_shard: int = 50_000_000
+    row_group_rows: int = 1024
+
+    def to_library(self) -> ShardConfig:
+        return ShardConfig(self.val_fraction, self.tokens_per_shard, self.row_group_rows)
+
+
+class TrainedCheckpointConfig(dg.Config):
+    # model
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 6
+    ffn_hidden: int = 512
+    max_seq_len: int = 256
+    # optimisation
+    seq_len: int = 128
+    micro_batch: int = 16
+    grad_accum: int = 1
+    steps: int = 180
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 1337
+    # DeepSpeed
+    zero_stage: int = Field(default=2, description="ZeRO stage: 0, 1, 2 or 3")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto: bf16 where the hardware runs it fast, else fp32")
+    checkpoint_every: int = 100
+    keep_last: int = 2
+    log_every: int = 10
+    # launch
+    launcher: Literal["deepspeed", "torchrun", "none"] = "deepspeed"
+    nproc: int = Field(default=2, description="processes (ranks) on this node")
+
+    def build_model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size, self.d_model, self.n_layers, self.n_heads, self.ffn_hidden, self.max_seq_len)
+
+    def to_library(self, shards_uri: str, run_uri: str, vocab_size: int, tokenizer_sha256: str) -> TrainConfig:
+        return TrainConfig(
+            shards_uri=shards_uri, run_uri=run_uri, model=self.build_model_config(vocab_size), tokenizer_sha256=tokenizer_sha256,
+            seq_len=self.seq_len, micro_batch=self.micro_batch, grad_accum=self.grad_accum, steps=self.steps, lr=self.lr,
+            min_lr_ratio=self.min_lr_ratio, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip, zero_stage=self.zero_stage, dtype=self.dtype, seed=self.seed,
+            checkpoint_every=self.checkpoint_every, keep_last=self.keep_last, log_every=self.log_every,
+        )
+
+    def launch_config(self) -> LaunchConfig:
+        return LaunchConfig(launcher=self.launcher, nproc=self.nproc)
+
+
+class EvalMetricsConfig(dg.Config):
+    seq_len: int = 128
+    max_tokens: int = Field(default=0, description="evaluate at most this many val tokens; 0: all")
+    prompts: list[str] = ["import os\n", "def main(", "class "]
+    max_new_tokens: int = 48
+    temperature: float = 0.8
+    top_k: int = 50
+    seed: int = 0
+    max_loss: Optional[float] = Field(default=None, description="publishing gate; default 70% of ln(vocab_size), the loss of a uniform guess")
+
+    def to_library(self) -> EvalConfig:
+        return EvalConfig(self.seq_len, self.max_tokens, tuple(self.prompts), self.max_new_tokens, self.temperature, self.top_k, self.seed)
+
+    def loss_threshold(self, vocab_size: int) -> float:
+        return self.max_loss if self.max_loss is not None else 0.7 * math.log(vocab_size)
+
+
+class PublishedModelConfig(dg.Config):
+    model_name: str = Field(default="llm-pipeline-demo", description="registry entry: <registry>/<model_name>/<version>")
+
+    def validate_library(self) -> None:
+        if not self.model_name or "/" in self.model_name or self.model_name.startswith("."):
+            raise ValueError(f"model_name must be a plain folder name, got {self.model_name!r}")
+
+
+STAGE_CONFIGS: dict[str, type[dg.Config]] = {
+    "raw_corpus": RawCorpusConfig,
+    "tokenizer": TokenizerConfig,
+    "tokenized_shards": TokenizedShardsConfig,
+    "trained_checkpoint": TrainedCheckpointConfig,
+    "eval_metrics": EvalMetricsConfig,
+    "published_model": PublishedModelConfig,
+}
+
+
+def _build(stage: str, values: dict):
+    try:
+        return STAGE_CONFIGS[stage](**values)
+    except ValidationError as e:
+        raise ValueError(f"{stage} config: {e}") from None
+
+
+def validate_run_config(run_config: dict) -> None:
+    """Raise dg.Failure naming the stage and field of the first invalid value in a run's config."""
+    ops = (run_config or {}).get("ops", {})
+    configs = {stage: _build(stage, (ops.get(stage) or {}).get("config", {}) or {}) for stage in STAGE_CONFIGS}
+    vocab_size = configs["tokenizer"].vocab_size
+    checks = [
+        ("raw_corpus", lambda c: c.to_library()),
+        ("tokenizer", lambda c: c.validate_library()),
+        ("tokenized_shards", lambda c: c.to_library()),
+        ("trained_checkpoint", lambda c: (c.to_library("x", "x", vocab_size, ""), c.launch_config())),
+        ("eval_metrics", lambda c: c.to_library()),
+        ("published_model", lambda c: c.validate_library()),
+    ]
+    for stage, check in checks:
+        try:
+            check(configs[stage])
+        except ValueError as e:
+            message = str(e) if str(e).startswith(stage) else f"{stage} config: {e}"
+            raise dg.Failure(description=f"Invalid run configuration, nothing was run. {message}") from None

@@ -1,0 +1,47 @@
+import dagster as dg
+
+from llm_pipeline import __version__
+from llm_pipeline.assets.configs import PublishedModelConfig, validate_run_config
+from llm_pipeline.publish.export import publish
+from llm_pipeline.resources import StorageResource
+
+_METRICS = ("loss", "perplexity", "bits_per_byte", "tokens_evaluated")
+
+
+@dg.asset(group_name="llm_pipeline", kinds={"huggingface", "safetensors"},
+          description="A versioned Hugging Face-format model folder in the registry; `latest` moves last.")
+def published_model(
+    context: dg.AssetExecutionContext,
+    config: PublishedModelConfig,
+    storage: StorageResource,
+    eval_metrics: dict,
+    trained_checkpoint: dict,
+    tokenized_shards: dict,
+    tokenizer: dict,
+    raw_corpus: dict,
+) -> dg.Output[dict]:
+    validate_run_config(context.run_config)
+    registry = storage.root().child("registry")
+    lineage = {
+        "raw_corpus": raw_corpus["uri"],
+        "tokenizer_sha256": tokenizer["sha256"],
+        "shard_manifest_sha256": tokenized_shards["manifest_sha256"],
+        "checkpoint": f"{trained_checkpoint['run_uri']} @ {trained_checkpoint['checkpoint']}",
+        "dagster_run_id": context.run_id,
+        "code_version": f"llm-pipeline {__version__}",
+    }
+    manifest = publish(
+        registry, config.model_name, storage.at(trained_checkpoint["final_uri"]),
+        storage.at(tokenizer["uri"]).read_bytes("tokenizer.json").decode(), tokenizer["eos_id"],
+        {k: eval_metrics[k] for k in _METRICS}, lineage, trained_checkpoint["train_config"],
+    )
+    value = {"uri": manifest["uri"], "name": config.model_name, "version": manifest["version"], "registry": registry.uri}
+    return dg.Output(
+        value,
+        metadata={
+            "uri": dg.MetadataValue.path(manifest["uri"]),
+            "version": manifest["version"],
+            "files": dg.MetadataValue.json(manifest["files"]),
+            **{k: eval_metrics[k] for k in _METRICS},
+        },
+    )

@@ -1,0 +1,39 @@
+import dagster as dg
+
+from llm_pipeline.assets.configs import TokenizedShardsConfig, validate_run_config
+from llm_pipeline.resources import StorageResource
+from llm_pipeline.tokenize.bpe import load_tokenizer
+from llm_pipeline.tokenize.encoder import DocumentEncoder
+from llm_pipeline.tokenize.shards import MANIFEST, write_shards
+
+
+@dg.asset(group_name="llm_pipeline", kinds={"parquet"}, description="Train/val token shards with a sha256 manifest.")
+def tokenized_shards(
+    context: dg.AssetExecutionContext, config: TokenizedShardsConfig, storage: StorageResource, raw_corpus: dict, tokenizer: dict
+) -> dg.Output[dict]:
+    validate_run_config(context.run_config)
+    tok = load_tokenizer(storage.at(tokenizer["uri"]).read_bytes("tokenizer.json").decode())
+    encoder = DocumentEncoder(tok, tokenizer["engine"])
+    out = storage.stage_folder("tokenized_shards", context.run_id)
+    manifest = write_shards(storage.at(raw_corpus["uri"]), out, encoder, tokenizer["vocab_size"], tokenizer["sha256"], config.to_library())
+    value = {
+        "uri": out.uri,
+        "manifest_sha256": out.sha256(MANIFEST),
+        "tokenizer_sha256": tokenizer["sha256"],
+        "train_tokens": manifest["splits"]["train"]["tokens"],
+        "val_tokens": manifest["splits"]["val"]["tokens"],
+    }
+    return dg.Output(
+        value,
+        metadata={
+            "uri": dg.MetadataValue.path(out.uri),
+            "train_tokens": value["train_tokens"],
+            "val_tokens": value["val_tokens"],
+            "train_documents": manifest["splits"]["train"]["documents"],
+            "val_documents": manifest["splits"]["val"]["documents"],
+            "shards": len(manifest["shards"]),
+            "token_dtype": manifest["dtype"],
+            "encoder_engine": manifest["encoder_engine"],
+            "manifest_sha256": value["manifest_sha256"],
+        },
+    )

@@ -1,0 +1,53 @@
+import dagster as dg
+
+from llm_pipeline.assets.configs import TokenizerConfig, validate_run_config
+from llm_pipeline.corpus.build import iter_documents
+from llm_pipeline.resources import StorageResource
+from llm_pipeline.tokenize.bpe import EOS_TOKEN, load_tokenizer, tokenizer_hash, train_bpe
+from llm_pipeline.tokenize.encoder import choose_encoder
+
+
+def _sample_texts(corpus, budget_bytes: int) -> list[str]:
+    texts, total = [], 0
+    for batch in iter_documents(corpus, columns=("text",)):
+        for text in batch.column("text").to_pylist():
+            texts.append(text)
+            total += len(text.encode("utf-8"))
+            if total >= budget_bytes:
+                return texts
+    return texts
+
+
+@dg.asset(group_name="llm_pipeline", kinds={"huggingface"}, description="Byte-level BPE tokenizer (tokenizer.json).")
+def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storage: StorageResource, raw_corpus: dict) -> dg.Output[dict]:
+    validate_run_config(context.run_config)
+    sample = _sample_texts(storage.at(raw_corpus["uri"]), config.train_bytes)
+    if config.tokenizer_json_uri:
+        source = storage.at(config.tokenizer_json_uri)
+        tok = load_tokenizer(storage.at(source.uri.rsplit("/", 1)[0]).read_bytes(source.uri.rsplit("/", 1)[1]).decode())
+    else:
+        tok = train_bpe(iter(sample), config.vocab_size, config.extra_special_tokens)
+    tok_json = tok.to_str()
+    _, report = choose_encoder(tok, sample)
+    context.log.info(f"encoder engine: {report['engine']} ({report})")
+    out = storage.stage_folder("tokenizer", context.run_id)
+    out.write_bytes("tokenizer.json", tok_json.encode("utf-8"))
+    out.write_json("encoder.json", report)
+    value = {
+        "uri": out.uri,
+        "sha256": tokenizer_hash(tok_json),
+        "vocab_size": tok.get_vocab_size(),
+        "eos_id": tok.token_to_id(EOS_TOKEN),
+        "engine": report["engine"],
+    }
+    return dg.Output(
+        value,
+        metadata={
+            "uri": dg.MetadataValue.path(out.uri),
+            "vocab_size": value["vocab_size"],
+            "sha256": value["sha256"],
+            "encoder_engine": report["engine"],
+            "identity_check": dg.MetadataValue.json(report),
+            "trained_on_documents": len(sample),
+        },
+    )

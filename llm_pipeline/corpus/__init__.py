@@ -1,0 +1,1 @@
+"""Reading, cleaning and storing the document corpus (the `raw_corpus` stage)."""

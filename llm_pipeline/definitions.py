@@ -1,0 +1,39 @@
+"""The one Definitions object (`dagster dev` finds it through workspace.yaml)."""
+
+import os
+
+import dagster as dg
+
+from llm_pipeline.assets.corpus import raw_corpus
+from llm_pipeline.assets.evaluation import eval_loss_within_threshold, eval_metrics
+from llm_pipeline.assets.publishing import published_model
+from llm_pipeline.assets.shards import tokenized_shards
+from llm_pipeline.assets.tokenizer import tokenizer
+from llm_pipeline.assets.training import trained_checkpoint
+from llm_pipeline.automation import new_corpus_sensor, pipeline_job, retraining_schedule
+from llm_pipeline.resources import JsonIOManager, StorageResource, default_storage_root
+
+ASSETS = [raw_corpus, tokenizer, tokenized_shards, trained_checkpoint, eval_metrics, published_model]
+CHECKS = [eval_loss_within_threshold]
+
+
+def make_resources(root_uri: str | None = None) -> dict:
+    storage = StorageResource(
+        root_uri=root_uri or default_storage_root(),
+        s3_endpoint_url=os.environ.get("LLM_PIPELINE_S3_ENDPOINT_URL") or None,
+    )
+    return {
+        "storage": storage,
+        "io_manager": JsonIOManager(storage=storage),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+
+
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=CHECKS,
+    jobs=[pipeline_job],
+    schedules=[retraining_schedule],
+    sensors=[new_corpus_sensor],
+    resources=make_resources(),
+)

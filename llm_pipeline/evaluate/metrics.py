@@ -1,0 +1,105 @@
+"""Held-out loss, perplexity, bits per byte and sample generations, deterministic for a checkpoint.
+
+Bits per byte divides the total loss in bits by the UTF-8 bytes of the evaluated text, so
+models with different tokenizers can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from llm_pipeline.storage import Storage
+from llm_pipeline.train.data import eval_windows
+from llm_pipeline.train.model import CausalLM, ModelConfig
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    seq_len: int = 128
+    max_tokens: int = 0  # 0: the whole val split
+    prompts: tuple[str, ...] = ("import os\n", "def main(", "class ")
+    max_new_tokens: int = 48
+    temperature: float = 0.8
+    top_k: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.seq_len <= 0:
+            raise ValueError(f"seq_len must be > 0, got {self.seq_len}")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        if self.max_new_tokens < 0 or self.top_k < 0 or self.temperature < 0:
+            raise ValueError("max_new_tokens, top_k and temperature must be >= 0")
+
+
+def load_trained_model(final: Storage) -> CausalLM:
+    import os
+    import tempfile
+
+    cfg = ModelConfig(**final.read_json("model_config.json"))
+    model = CausalLM(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.safetensors")
+        final.get_file("model.safetensors", path)
+        model.load_state_dict(load_file(path), strict=True)
+    return model.eval()
+
+
+@torch.no_grad()
+def held_out_loss(model: CausalLM, tokens: np.ndarray, eos_id: int, tokenizer: Tokenizer, seq_len: int, max_tokens: int = 0) -> dict:
+    seq_len = min(seq_len, model.cfg.max_seq_len)
+    total_nats, count = 0.0, 0
+    for x, y in eval_windows(tokens, seq_len, max_tokens or None):
+        logits = model(x).float()
+        total_nats += F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
+        count += y.numel()
+    evaluated = tokens[1 : count + 1]
+    text_bytes = _utf8_bytes(tokenizer, evaluated, eos_id)
+    loss = total_nats / count
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else float("inf"),
+        "bits_per_byte": total_nats / math.log(2) / max(text_bytes, 1),
+        "tokens_evaluated": count,
+        "bytes_evaluated": text_bytes,
+    }
+
+
+def _utf8_bytes(tokenizer: Tokenizer, ids: np.ndarray, eos_id: int) -> int:
+    # Decode document by document (EOS separates them), counting the text the targets encode.
+    total = 0
+    ids = ids.astype(np.int64)
+    boundaries = np.flatnonzero(ids == eos_id)
+    start = 0
+    for end in list(boundaries) + [len(ids)]:
+        if end > start:
+            total += len(tokenizer.decode(ids[start:end].tolist(), skip_special_tokens=True).encode("utf-8"))
+        start = end + 1
+    return total
+
+
+@torch.no_grad()
+def sample_generations(model: CausalLM, tokenizer: Tokenizer, cfg: EvalConfig, eos_id: int) -> list[dict]:
+    samples = []
+    for i, prompt in enumerate(cfg.prompts):
+        generator = torch.Generator().manual_seed(cfg.seed + i)
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eos_id]
+        out = model.generate(torch.tensor([ids]), cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, generator, stop_id=eos_id)
+        samples.append({"prompt": prompt, "completion": tokenizer.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)})
+    return samples
+
+
+def evaluate(final: Storage, val_tokens: np.ndarray, tokenizer_json: str, eos_id: int, cfg: EvalConfig) -> dict:
+    model = load_trained_model(final)
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    metrics = held_out_loss(model, val_tokens, eos_id, tokenizer, cfg.seq_len, cfg.max_tokens)
+    metrics["samples"] = sample_generations(model, tokenizer, cfg, eos_id)
+    return metrics

@@ -1,0 +1,170 @@
+"""A Hugging Face-format model folder in a versioned registry under the storage root.
+
+`<registry>/<name>/<version>/` holds config.json (LlamaForCausalLM), model.safetensors,
+tokenizer.json + tokenizer_config.json + special_tokens_map.json, generation_config.json, a model
+card README.md and manifest.json (a sha256 for every file, written last in the folder). The
+`<registry>/<name>/latest` pointer is written after the whole version exists, so a reader who
+follows it never sees a half-published model. Versions are never overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+
+from llm_pipeline.storage import Storage
+from llm_pipeline.tokenize.bpe import EOS_TOKEN
+from llm_pipeline.train.model import ModelConfig
+
+MANIFEST = "manifest.json"
+LATEST = "latest"
+
+
+def hf_config(cfg: ModelConfig, eos_id: int) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.ffn_hidden,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+    }
+
+
+def tokenizer_files() -> dict[str, dict]:
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "unk_token": EOS_TOKEN,
+        "pad_token": EOS_TOKEN,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000_000,
+    }
+    special = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN, "pad_token": EOS_TOKEN}
+    return {"tokenizer_config.json": config, "special_tokens_map.json": special}
+
+
+def new_version(now: dt.datetime | None = None) -> str:
+    """Sortable and unique per publish: UTC time to the microsecond plus a random suffix."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return now.strftime("v%Y%m%d-%H%M%S-%f") + "-" + os.urandom(3).hex()
+
+
+def model_card(name: str, version: str, metrics: dict, lineage: dict, training: dict) -> str:
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    lineage_rows = "\n".join(f"- **{k}**: `{v}`" for k, v in lineage.items())
+    training_json = json.dumps(training, indent=2, sort_keys=True)
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+tags: [llm-pipeline, llama]
+---
+# {name} {version}
+
+A Llama-architecture causal language model trained by llm-pipeline with DeepSpeed ZeRO.
+
+## Evaluation (held-out split)
+| metric | value |
+|---|---|
+{rows}
+
+## Data and lineage
+{lineage_rows}
+
+## Training configuration
+```json
+{training_json}
+```
+
+## Use
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("<this folder>")
+tokenizer = AutoTokenizer.from_pretrained("<this folder>")
+```
+"""
+
+
+def publish(
+    registry: Storage,
+    name: str,
+    final: Storage,
+    tokenizer_json: str,
+    eos_id: int,
+    metrics: dict,
+    lineage: dict,
+    training: dict,
+    generation: dict | None = None,
+) -> dict:
+    """Write a new version and move `latest` to it. Returns the manifest (with the version's URI)."""
+    model_cfg = ModelConfig(**final.read_json("model_config.json"))
+    version = new_version()
+    target = registry.child(name, version)
+    if target.exists():
+        raise FileExistsError(f"model version {target.uri} already exists")
+    files: dict[str, bytes] = {
+        "config.json": _json(hf_config(model_cfg, eos_id)),
+        "tokenizer.json": tokenizer_json.encode("utf-8"),
+        "generation_config.json": _json({"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id,
+                                         "do_sample": True, "temperature": 0.8, "top_k": 50, **(generation or {})}),
+        "README.md": model_card(name, version, metrics, lineage, training).encode("utf-8"),
+    }
+    files.update({k: _json(v) for k, v in tokenizer_files().items()})
+    hashes = {}
+    for file_name, data in files.items():
+        target.write_bytes(file_name, data)
+        hashes[file_name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "model.safetensors")
+        final.get_file("model.safetensors", weights)
+        target.put_file(weights, "model.safetensors")
+        with open(weights, "rb") as f:
+            data = f.read()
+        hashes["model.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    manifest = {"name": name, "version": version, "uri": target.uri, "files": dict(sorted(hashes.items())),
+                "metrics": metrics, "lineage": lineage,
+                "published_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    target.write_json(MANIFEST, manifest)
+    registry.child(name).write_bytes(LATEST, (version + "\n").encode())  # last
+    return manifest
+
+
+def _json(value) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def resolve_version(registry: Storage, name: str, version: str | None = None) -> Storage:
+    """The folder of a published version; `latest` (the default) follows the pointer."""
+    if not version or version == LATEST:
+        model = registry.child(name)
+        if not model.exists(LATEST):
+            raise FileNotFoundError(f"no published model at {model.uri} (no '{LATEST}' pointer)")
+        version = model.read_bytes(LATEST).decode().strip()
+    folder = registry.child(name, version)
+    if not folder.exists(MANIFEST):
+        raise FileNotFoundError(f"model version {folder.uri} has no {MANIFEST}")
+    return folder
+
+
+def list_versions(registry: Storage, name: str) -> list[str]:
+    model = registry.child(name)
+    return [v for v in model.listdir() if v != LATEST and model.exists(f"{v}/{MANIFEST}")]

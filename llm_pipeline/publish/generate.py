@@ -1,0 +1,54 @@
+"""Try a published model: generate text with Hugging Face transformers.
+
+    python -m llm_pipeline.publish.generate <model URI> --prompt "def main(" [--version v...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+
+from llm_pipeline.publish.export import LATEST, resolve_version
+from llm_pipeline.storage import Storage
+
+
+def generate(model_uri: str, prompt: str, version: str | None = None, max_new_tokens: int = 64,
+             temperature: float = 0.8, top_k: int = 50, seed: int = 0) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_root = Storage(model_uri)
+    registry, name = Storage(model_uri.rsplit("/", 1)[0]), model_uri.rstrip("/").rsplit("/", 1)[1]
+    folder = resolve_version(registry, name, version) if (version or model_root.exists(LATEST)) else model_root
+    with tempfile.TemporaryDirectory() as tmp:
+        local = folder.local_path()
+        if local is None:
+            folder.download_dir(tmp)
+            local = tmp
+        tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True).eval()
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        torch.manual_seed(seed)
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or None,
+                             top_k=top_k, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate text from a published model.")
+    parser.add_argument("model_uri", help="<registry>/<name> (latest version) or a version folder")
+    parser.add_argument("--prompt", default="def ")
+    parser.add_argument("--version", default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    a = parser.parse_args(argv)
+    text = generate(a.model_uri, a.prompt, a.version, a.max_new_tokens, a.temperature, a.top_k, a.seed)
+    print(a.prompt + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""One storage root URI, everything under it through fsspec (file://, s3://, gs://, memory://).
+
+Writes are atomic for readers: a file is written under a temporary name and renamed into place,
+and multi-file artifacts write their manifest last, so readers trust only what a manifest lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+_CHUNK = 8 * 1024 * 1024
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(fs, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Storage:
+    """A directory-like view of one URI. `Storage("s3://bucket/x").child("a", "b")` is `s3://bucket/x/a/b`."""
+
+    def __init__(self, uri: str, **storage_options: Any):
+        if not uri:
+            raise ValueError("storage root URI is empty")
+        if "://" not in uri:
+            uri = os.path.abspath(os.path.expanduser(uri))
+        self.uri = uri.rstrip("/") or "/"
+        self.storage_options = storage_options
+        self.fs, self.path = url_to_fs(self.uri, **storage_options)
+        self.path = self.path.rstrip("/") or "/"
+
+    def __repr__(self) -> str:
+        return f"Storage({self.uri!r})"
+
+    @property
+    def is_local(self) -> bool:
+        return "file" in _protocols(self.fs)
+
+    def child(self, *parts: str) -> "Storage":
+        sub = Storage.__new__(Storage)
+        sub.fs, sub.storage_options = self.fs, self.storage_options
+        sub.path = posixpath.join(self.path, *parts)
+        sub.uri = _join_uri(self.uri, *parts)
+        return sub
+
+    def full(self, name: str) -> str:
+        return posixpath.join(self.path, name)
+
+    def exists(self, name: str = "") -> bool:
+        return self.fs.exists(self.full(name) if name else self.path)
+
+    def makedirs(self) -> None:
+        self.fs.makedirs(self.path, exist_ok=True)
+
+    def listdir(self) -> list[str]:
+        """Names (not paths) directly under this folder; empty if it does not exist."""
+        if not self.fs.exists(self.path):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, detail=False))
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.fs.open(self.full(name), "rb") as f:
+            return f.read()
+
+    def read_json(self, name: str) -> Any:
+        return json.loads(self.read_bytes(name))
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Atomic for readers: a reader sees the old file, no file, or the whole new one."""
+        target = self.full(name)
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        if self.is_local:
+            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        else:
+            # Object stores make a single PUT visible atomically; a rename would be a copy.
+            self.fs.pipe_file(target, data)
+
+    def write_json(self, name: str, value: Any) -> None:
+        self.write_bytes(name, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+    def sha256(self, name: str) -> str:
+        return sha256_file(self.fs, self.full(name))
+
+    def size(self, name: str) -> int:
+        return int(self.fs.size(self.full(name)))
+
+    def put_file(self, local_path: str, name: str) -> None:
+        """Copy a local file in, atomically for readers."""
+        target = self.full(name)
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        if self.is_local:
+            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+            self.fs.put_file(local_path, tmp)
+            os.replace(tmp, target)
+        else:
+            self.fs.put_file(local_path, target)
+
+    def get_file(self, name: str, local_path: str) -> None:
+        self.fs.get_file(self.full(name), local_path)
+
+    def upload_dir(self, local_dir: str) -> list[str]:
+        """Copy every file under local_dir into this folder; returns the relative names copied."""
+        names = []
+        for dirpath, _, files in os.walk(local_dir):
+            for file in sorted(files):
+                rel = os.path.relpath(os.path.join(dirpath, file), local_dir).replace(os.sep, "/")
+                self.put_file(os.path.join(dirpath, file), rel)
+                names.append(rel)
+        return sorted(names)
+
+    def download_dir(self, local_dir: str) -> None:
+        for path in self.fs.find(self.path):
+            rel = posixpath.relpath(path, self.path)
+            dest = os.path.join(local_dir, *rel.split("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            self.fs.get_file(path, dest)
+
+    def remove(self, name: str = "") -> None:
+        target = self.full(name) if name else self.path
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
+
+    def local_path(self) -> str | None:
+        """The OS path of this folder when the storage is local, else None."""
+        return self.path if self.is_local else None
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _join_uri(uri: str, *parts: str) -> str:
+    if "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{posixpath.join(rest, *parts)}" if rest else f"{scheme}://{posixpath.join(*parts)}"
+    return posixpath.join(uri, *parts)
+
+
+def open_uri(uri: str, mode: str = "rb", **storage_options: Any):
+    return fsspec.open(uri, mode, **storage_options).open()

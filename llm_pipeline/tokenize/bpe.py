@@ -1,0 +1,70 @@
+"""Train (or load) a byte-level BPE tokenizer with Hugging Face `tokenizers`."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+EOS_TOKEN = "<|endoftext|>"
+BYTE_ALPHABET = 256
+
+
+def validate_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
+    # Every byte needs a token of its own, each special token one more, and BPE needs at least
+    # one merge to be a BPE at all.
+    minimum = BYTE_ALPHABET + len(special_tokens) + 1
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: a byte-level BPE with {len(special_tokens)} special "
+            f"token(s) {special_tokens} needs at least {minimum}"
+        )
+    if vocab_size > 2**32:
+        raise ValueError(f"vocab_size={vocab_size} does not fit in uint32 token ids")
+
+
+def special_token_list(extra: Iterable[str] = ()) -> list[str]:
+    tokens = [EOS_TOKEN]
+    for tok in extra:
+        if tok not in tokens:
+            tokens.append(tok)
+    return tokens
+
+
+def train_bpe(texts: Iterator[str], vocab_size: int, extra_special_tokens: Iterable[str] = ()) -> Tokenizer:
+    specials = special_token_list(extra_special_tokens)
+    validate_vocab_size(vocab_size, specials)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    # Documents are text: a literal "<|endoftext|>" inside one must not become the EOS id.
+    tok.encode_special_tokens = True
+    return tok
+
+
+def load_tokenizer(json_text: str) -> Tokenizer:
+    tok = Tokenizer.from_str(json_text)
+    if tok.token_to_id(EOS_TOKEN) is None:
+        raise ValueError(f"tokenizer has no {EOS_TOKEN!r} token; byte-level BPE tokenizers need it as EOS")
+    tok.encode_special_tokens = True
+    return tok
+
+
+def tokenizer_hash(json_text: str) -> str:
+    return hashlib.sha256(json_text.encode("utf-8")).hexdigest()
+
+
+def smallest_uint_type(vocab_size: int) -> str:
+    """The smallest unsigned integer type that can hold every token id."""
+    for name, bits in (("uint8", 8), ("uint16", 16), ("uint32", 32)):
+        if vocab_size <= 2**bits:
+            return name
+    raise ValueError(f"vocab_size={vocab_size} does not fit in uint32")

@@ -1,0 +1,101 @@
+"""Where checkpoints live, which are complete, and the consolidated fp32 weights.
+
+A checkpoint counts only once its `complete.json` marker exists, written after every rank
+finished saving (and, for a remote root, after every file was uploaded). Resume picks the
+newest complete one; older ones beyond keep_last are removed.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import tempfile
+
+import torch
+
+from llm_pipeline.storage import Storage
+
+MARKER = "complete.json"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+class CheckpointStore:
+    """DeepSpeed writes to a local folder; for a remote root it is mirrored to `<run>/checkpoints`."""
+
+    def __init__(self, run: Storage):
+        self.remote = run.child("checkpoints")
+        if run.is_local:
+            self.local_dir = self.remote.path
+        else:
+            key = hashlib.sha256(run.uri.encode()).hexdigest()[:16]
+            self.local_dir = os.path.join(tempfile.gettempdir(), "llm_pipeline_ckpt", key)
+        os.makedirs(self.local_dir, exist_ok=True)
+
+    @property
+    def mirrored(self) -> bool:
+        return self.local_dir != self.remote.path
+
+    def complete_tags(self) -> list[str]:
+        return sorted(t for t in self.remote.listdir() if t.startswith("step_") and self.remote.exists(f"{t}/{MARKER}"))
+
+    def newest(self) -> str | None:
+        tags = self.complete_tags()
+        return tags[-1] if tags else None
+
+    def fetch(self, tag: str) -> None:
+        """Make a complete checkpoint available locally (downloads it from a remote root)."""
+        if self.mirrored and not os.path.exists(os.path.join(self.local_dir, tag, MARKER)):
+            self.remote.child(tag).download_dir(os.path.join(self.local_dir, tag))
+
+    def mark_complete(self, tag: str, info: dict) -> None:
+        """Rank 0 only, after all ranks saved: upload (if remote), then the marker last."""
+        if self.mirrored:
+            local = os.path.join(self.local_dir, tag)
+            self.remote.child(tag).upload_dir(local)
+            with open(os.path.join(local, MARKER), "w") as f:
+                json.dump(info, f)
+        self.remote.child(tag).write_json(MARKER, info)
+
+    def prune(self, keep_last: int) -> list[str]:
+        removed = []
+        for tag in self.complete_tags()[:-keep_last]:
+            self.remote.remove(tag)
+            if self.mirrored:
+                _rmtree(os.path.join(self.local_dir, tag))
+            removed.append(tag)
+        # Incomplete folders older than the newest complete one are leftovers of a crash.
+        newest = self.newest()
+        for tag in self.remote.listdir():
+            if tag.startswith("step_") and newest and tag < newest and not self.remote.exists(f"{tag}/{MARKER}"):
+                self.remote.remove(tag)
+                removed.append(tag)
+        return removed
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def consolidated_fp32_state_dict(checkpoint_dir: str, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    """One fp32 state dict from a DeepSpeed checkpoint, in a plain process (no distributed world)."""
+    if zero_stage == 0:
+        # Stage 0 is not a ZeRO checkpoint: the module's weights are stored whole by rank 0.
+        path = os.path.join(checkpoint_dir, tag, "mp_rank_00_model_states.pt")
+        module = torch.load(path, map_location="cpu", weights_only=False)["module"]
+        # With bf16, DeepSpeed keeps fp32 master weights in the optimizer shards: prefer them.
+        shards = sorted(glob.glob(os.path.join(checkpoint_dir, tag, "bf16_zero_pp_rank_*_optim_states.pt")))
+        if shards:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            return {k: v.float().contiguous() for k, v in get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag).items()}
+        return {k: v.float().contiguous() for k, v in module.items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return {k: v.float().contiguous() for k, v in get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag).items()}

@@ -1,0 +1,40 @@
+"""Progress reporting from rank 0: through Dagster Pipes when launched by Dagster, else stdout.
+
+`dagster_pipes` is the small, dependency-free client package; the trainer never imports dagster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+
+class Reporter:
+    def __init__(self, pipes=None):
+        self.pipes = pipes
+
+    def info(self, message: str) -> None:
+        if self.pipes is not None:
+            self.pipes.log.info(message)
+        print(message, file=sys.stdout, flush=True)
+
+    def progress(self, record: dict) -> None:
+        if self.pipes is not None:
+            self.pipes.report_custom_message({"kind": "progress", **record})
+
+
+@contextlib.contextmanager
+def open_reporter(is_rank0: bool):
+    if not is_rank0:
+        yield Reporter(None)
+        return
+    try:
+        from dagster_pipes import is_dagster_pipes_process, open_dagster_pipes
+    except ImportError:
+        yield Reporter(None)
+        return
+    if not is_dagster_pipes_process():
+        yield Reporter(None)
+        return
+    with open_dagster_pipes() as pipes:
+        yield Reporter(pipes)
