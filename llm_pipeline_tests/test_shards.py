@@ -1,0 +1,107 @@
+import hashlib
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from llm_pipeline.storage import Storage
+from llm_pipeline.tokenize.bpe import tokenizer_hash
+from llm_pipeline.tokenize.encoder import DocumentEncoder
+from llm_pipeline.tokenize.shards import ShardConfig, ShardError, load_split_tokens, split_of, write_shards
+from llm_pipeline_tests.helpers import make_shards
+
+
+def test_manifest_matches_shard_files(tmp_path, storage, small_tokenizer, sample_texts):
+    _, shards, manifest = make_shards(tmp_path, storage, small_tokenizer, sample_texts)
+    assert len(manifest["shards"]) >= 3  # tokens_per_shard forces several train shards
+    eos = small_tokenizer.token_to_id("<|endoftext|>")
+    for entry in manifest["shards"]:
+        data = shards.read_bytes(entry["name"])
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        table = pq.read_table(shards.full(entry["name"]))
+        assert str(table.schema.field("tokens").type.value_type) == "uint16"  # smallest type for vocab 512
+        rows = table.column("tokens").to_pylist()
+        assert len(rows) == entry["documents"] and sum(map(len, rows)) == entry["tokens"]
+        assert all(r[-1] == eos for r in rows)  # each document ends with EOS
+    total = sum(s["tokens"] for s in manifest["shards"])
+    assert total == manifest["splits"]["train"]["tokens"] + manifest["splits"]["val"]["tokens"]
+    assert manifest["tokenizer_sha256"] == tokenizer_hash(small_tokenizer.to_str())
+
+
+def test_same_inputs_give_byte_identical_shards(tmp_path, small_tokenizer, sample_texts):
+    a, b = Storage(str(tmp_path / "a")), Storage(str(tmp_path / "b"))
+    make_shards(tmp_path / "x", a, small_tokenizer, sample_texts)
+    make_shards(tmp_path / "y", b, small_tokenizer, sample_texts)
+    names = a.child("shards").listdir()
+    assert names == b.child("shards").listdir()
+    for name in names:
+        assert a.child("shards").read_bytes(name) == b.child("shards").read_bytes(name)
+
+
+def test_both_engines_write_identical_shards(tmp_path, small_tokenizer, sample_texts):
+    a, b = Storage(str(tmp_path / "a")), Storage(str(tmp_path / "b"))
+    make_shards(tmp_path / "x", a, small_tokenizer, sample_texts, engine="tiktoken")
+    make_shards(tmp_path / "y", b, small_tokenizer, sample_texts, engine="tokenizers")
+    for name in a.child("shards").listdir():
+        if name != "manifest.json":  # the manifest records which engine ran
+            assert a.child("shards").read_bytes(name) == b.child("shards").read_bytes(name)
+
+
+def test_split_depends_only_on_document_id():
+    ids = [f"{i:032x}" for i in range(2000)]
+    splits = [split_of(i, 0.1) for i in ids]
+    assert splits == [split_of(i, 0.1) for i in ids]
+    assert 0.07 < splits.count("val") / len(ids) < 0.13
+
+
+def test_load_split_tokens(tmp_path, storage, small_tokenizer, sample_texts):
+    _, shards, manifest = make_shards(tmp_path, storage, small_tokenizer, sample_texts)
+    tokens, _ = load_split_tokens(shards, "train", manifest["tokenizer_sha256"])
+    assert len(tokens) == manifest["splits"]["train"]["tokens"]
+    assert tokens.max() < 512
+
+
+def test_shards_from_another_tokenizer_are_refused(tmp_path, storage, small_tokenizer, sample_texts):
+    _, shards, _ = make_shards(tmp_path, storage, small_tokenizer, sample_texts)
+    with pytest.raises(ShardError, match="made with tokenizer"):
+        load_split_tokens(shards, "train", "0" * 64)
+
+
+def test_tampered_shard_is_refused(tmp_path, storage, small_tokenizer, sample_texts):
+    _, shards, manifest = make_shards(tmp_path, storage, small_tokenizer, sample_texts)
+    name = manifest["shards"][0]["name"]
+    data = bytearray(shards.read_bytes(name))
+    data[100] ^= 0xFF
+    shards.write_bytes(name, bytes(data))
+    with pytest.raises(ShardError, match=f"{name} does not match its sha256"):
+        load_split_tokens(shards, "train")
+
+
+def test_missing_shard_is_refused(tmp_path, storage, small_tokenizer, sample_texts):
+    _, shards, manifest = make_shards(tmp_path, storage, small_tokenizer, sample_texts)
+    shards.remove(manifest["shards"][1]["name"])
+    with pytest.raises(ShardError, match="is missing"):
+        load_split_tokens(shards, "train")
+
+
+def test_truncated_parquet_is_refused(tmp_path, storage, small_tokenizer, sample_texts):
+    _, shards, manifest = make_shards(tmp_path, storage, small_tokenizer, sample_texts)
+    entry = manifest["shards"][0]
+    truncated = shards.read_bytes(entry["name"])[:-200]
+    shards.write_bytes(entry["name"], truncated)
+    entry["sha256"] = hashlib.sha256(truncated).hexdigest()  # even with a matching hash, it must not load
+    shards.write_json("manifest.json", manifest)
+    with pytest.raises(ShardError, match="not a readable Parquet file"):
+        load_split_tokens(shards, "train")
+
+
+def test_empty_val_split_is_an_error(tmp_path, storage, small_tokenizer, sample_texts):
+    with pytest.raises(ValueError, match="val split is empty"):
+        make_shards(tmp_path, storage, small_tokenizer, sample_texts[:1], ShardConfig(val_fraction=0.001))
+
+
+def test_shard_config_validation():
+    with pytest.raises(ValueError, match="val_fraction"):
+        ShardConfig(val_fraction=0)
+    with pytest.raises(ValueError, match="tokens_per_shard"):
+        ShardConfig(tokens_per_shard=0)
