@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[pipeline_job], resources=resources)
     start = time.time()
     instance = dg.DagsterInstance.get()
-    result = defs.get_job_def(pipeline_job.name).execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def(pipeline_job.name).execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
     elapsed = time.time() - start
     if not result.success:
         print(f"\nllm-pipeline demo FAILED after {elapsed:.0f}s (run {result.run_id}); see the log above or the run in the UI.")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 
@@ -25,15 +26,11 @@ class Reporter:
 
 @contextlib.contextmanager
 def open_reporter(is_rank0: bool):
-    if not is_rank0:
-        yield Reporter(None)
-        return
-    try:
-        from dagster_pipes import is_dagster_pipes_process, open_dagster_pipes
-    except ImportError:
-        yield Reporter(None)
-        return
-    if not is_dagster_pipes_process():
+    from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
+
+    # Launched by Dagster: Pipes' context is in the environment (every rank inherits it; only
+    # rank 0 talks). Launched by hand: plain stdout.
+    if not is_rank0 or DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
         yield Reporter(None)
         return
     with open_dagster_pipes() as pipes:

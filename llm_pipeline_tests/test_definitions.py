@@ -1,0 +1,90 @@
+import datetime as dt
+import json
+import os
+
+import dagster as dg
+import pytest
+
+from llm_pipeline.assets.configs import validate_run_config
+from llm_pipeline.automation import new_corpus_sensor, retraining_schedule
+from llm_pipeline.definitions import ASSETS, CHECKS, defs, make_resources
+from llm_pipeline.resources import StorageResource
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"raw_corpus", "tokenizer", "tokenized_shards", "trained_checkpoint", "eval_metrics", "published_model"}
+    assert defs.resolve_job_def("llm_pipeline_job") is not None
+
+
+def test_schedule_requests_a_run_of_the_whole_graph():
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc))
+    result = retraining_schedule.evaluate_tick(context)
+    assert len(result.run_requests) == 1
+    assert retraining_schedule.job_name == "llm_pipeline_job"
+
+
+def test_sensor_triggers_once_per_new_file(tmp_path, monkeypatch):
+    landing = tmp_path / "landing"
+    monkeypatch.setenv("LLM_PIPELINE_LANDING_URI", str(landing))
+    storage = StorageResource(root_uri=str(tmp_path / "root"))
+
+    def tick(cursor):
+        ctx = dg.build_sensor_context(cursor=cursor, resources={"storage": storage})
+        return new_corpus_sensor.evaluate_tick(ctx)
+
+    assert tick(None).skip_message.startswith("no new files")  # landing URI does not exist yet
+    landing.mkdir()
+    (landing / "a.txt").write_text("first document " * 20)
+    first = tick(None)
+    assert len(first.run_requests) == 1
+    config = first.run_requests[0].run_config["ops"]["raw_corpus"]["config"]
+    assert config["source_uri"] == str(landing)
+    assert not tick(first.cursor).run_requests  # the same file does not trigger again
+    (landing / "b.txt").write_text("second document " * 20)
+    os.utime(landing / "b.txt", (os.path.getmtime(landing / "a.txt") + 5,) * 2)
+    second = tick(first.cursor)
+    assert len(second.run_requests) == 1 and second.run_requests[0].tags["llm_pipeline/new_files"] == "1"
+    assert second.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+@pytest.mark.parametrize(
+    "stage, values, message",
+    [
+        ("trained_checkpoint", {"zero_stage": 4}, "zero_stage must be one of 0, 1, 2, 3, got 4"),
+        ("trained_checkpoint", {"steps": 0}, "steps must be > 0"),
+        ("trained_checkpoint", {"seq_len": 512}, r"seq_len \(512\) exceeds the model's max_seq_len \(256\)"),
+        ("tokenizer", {"vocab_size": 200}, "vocab_size=200 is too small"),
+        ("raw_corpus", {"max_bytes": 0}, "max_bytes must be > 0"),
+        ("published_model", {"model_name": "a/b"}, "model_name must be a plain folder name"),
+    ],
+)
+def test_run_config_is_validated_naming_stage_and_field(stage, values, message):
+    with pytest.raises(dg.Failure, match=message) as err:
+        validate_run_config({"ops": {stage: {"config": values}}})
+    assert stage in err.value.description
+
+
+def test_bad_late_stage_config_fails_before_any_work(tmp_path):
+    root = tmp_path / "root"
+    result = dg.materialize(
+        ASSETS + CHECKS,
+        resources=make_resources(str(root)),
+        run_config={"ops": {"trained_checkpoint": {"config": {"zero_stage": 4}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [e.step_key for e in failures] == ["raw_corpus"]
+    assert "zero_stage must be one of 0, 1, 2, 3" in failures[0].event_specific_data.error.message
+    assert not (root / "raw_corpus").exists()  # nothing was read or written
+
+
+def test_missing_corpus_source_is_a_clear_failure(tmp_path):
+    result = dg.materialize(
+        ASSETS[:1], resources=make_resources(str(tmp_path / "root")),
+        run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "missing")}}}}, raise_on_error=False,
+    )
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "does not exist" in failure.event_specific_data.error.message

@@ -1,0 +1,126 @@
+"""The whole graph, for real: two DeepSpeed ranks over gloo, then every contract between stages."""
+
+import hashlib
+
+import dagster as dg
+import pytest
+import torch
+
+from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
+from llm_pipeline.evaluate.metrics import load_trained_model
+from llm_pipeline.publish.verify import verify
+from llm_pipeline.storage import Storage
+from llm_pipeline.tokenize.shards import load_split_tokens
+
+pytestmark = pytest.mark.e2e
+
+SMALL = {
+    "raw_corpus": {"max_bytes": 1_500_000},
+    "tokenizer": {"vocab_size": 512, "train_bytes": 1_000_000},
+    "tokenized_shards": {"val_fraction": 0.1, "tokens_per_shard": 150_000},
+    "trained_checkpoint": {"d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_hidden": 128, "max_seq_len": 64, "seq_len": 64,
+                           "micro_batch": 8, "steps": 20, "warmup_steps": 4, "checkpoint_every": 10, "keep_last": 3,
+                           "log_every": 5, "dtype": "fp32", "zero_stage": 2, "launcher": "deepspeed", "nproc": 2},
+    # 20 steps of a tiny model: gate at "better than a uniform guess" (ln 512 = 6.24).
+    "eval_metrics": {"max_tokens": 20_000, "max_new_tokens": 8, "max_loss": 6.0},
+}
+
+
+def _run_config(overrides=None, only=None):
+    ops = {k: {"config": dict(v)} for k, v in SMALL.items() if only is None or k in only}
+    for stage, values in (overrides or {}).items():
+        ops.setdefault(stage, {"config": {}})["config"].update(values)
+    return {"ops": ops}
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("e2e") / "root")
+    resources = make_resources(root)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance)
+    assert result.success
+    return root, resources, result, instance
+
+
+def test_shard_manifest_matches_files(graph):
+    _, _, result, _ = graph
+    shards = Storage(result.output_for_node("tokenized_shards")["uri"])
+    manifest = shards.read_json("manifest.json")
+    assert manifest["tokenizer_sha256"] == result.output_for_node("tokenizer")["sha256"]
+    assert sorted(s["name"] for s in manifest["shards"]) == sorted(n for n in shards.listdir() if n != "manifest.json")
+    for entry in manifest["shards"]:
+        assert hashlib.sha256(shards.read_bytes(entry["name"])).hexdigest() == entry["sha256"]
+    assert sum(s["tokens"] for s in manifest["shards"] if s["split"] == "train") == manifest["splits"]["train"]["tokens"]
+
+
+def test_training_learned_and_eval_gate_passed(graph):
+    _, _, result, _ = graph
+    ckpt, metrics = result.output_for_node("trained_checkpoint"), result.output_for_node("eval_metrics")
+    assert ckpt["steps"] == 20 and ckpt["tokens_seen"] == 20 * 2 * 8 * 64
+    assert metrics["loss"] < metrics["uniform_loss"]
+    checks = result.get_asset_check_evaluations()
+    assert [c.passed for c in checks] == [True]
+    mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
+    loss_curve = mats["trained_checkpoint"].materialization.metadata["loss_curve"]
+    assert "data:image/png;base64," in loss_curve.value
+
+
+def test_rank0_streams_progress_through_pipes(graph):
+    _, _, result, instance = graph
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    progress = [m for m in messages if m.startswith("step ") and " loss " in m and "tok/s" in m]
+    # log_every=5 over 20 steps: four live progress lines from rank 0 only, in order.
+    assert [m.split()[1] for m in progress] == ["5/20", "10/20", "15/20", "20/20"]
+    assert any(m.startswith("training ") and "ZeRO-2" in m and "world size 2" in m for m in messages)
+
+
+def test_published_model_loads_offline_and_matches_trained_logits(graph):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, _, result, _ = graph
+    published = result.output_for_node("published_model")
+    folder = Storage(published["uri"])
+    assert verify(folder) == []
+    hf = AutoModelForCausalLM.from_pretrained(folder.path, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder.path, local_files_only=True)
+    ours = load_trained_model(Storage(result.output_for_node("trained_checkpoint")["final_uri"]))
+    val, _ = load_split_tokens(Storage(result.output_for_node("tokenized_shards")["uri"]), "val")
+    x = torch.from_numpy(val[:64].astype("int64"))[None]
+    with torch.no_grad():
+        assert (hf(x).logits - ours(x)).abs().max().item() < 1e-4
+    assert tok("def f():").input_ids  # the tokenizer files load too
+
+
+def test_crashed_run_resumes_from_newest_complete_checkpoint(graph):
+    root, resources, result, _ = graph
+    ckpt = result.output_for_node("trained_checkpoint")
+    run = Storage(ckpt["run_uri"])
+    original = run.child("final").read_json("summary.json")["losses"]
+    # Simulate a crash after step 10: the step-20 checkpoint and the final outputs never happened.
+    run.child("checkpoints").remove("step_00000020")
+    run.child("final").remove()
+    again = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources,
+                           run_config=_run_config(only=["trained_checkpoint"]))
+    assert again.success
+    summary = run.child("final").read_json("summary.json")
+    assert summary["resumed_from"] == "step_00000010" and summary["steps"] == 20
+    # fp32 on CPU: the resumed steps reproduce the uninterrupted run's losses.
+    assert [s for s, _ in summary["losses"]] == list(range(1, 21))
+    assert [loss for _, loss in summary["losses"][10:]] == pytest.approx([loss for _, loss in original[10:]], rel=1e-6)
+
+
+def test_failing_gate_blocks_publishing(graph):
+    root, resources, result, _ = graph
+    registry = Storage(root).child("registry", "llm-pipeline-demo")
+    latest_before = registry.read_bytes("latest")
+    blocked = dg.materialize(
+        ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources,
+        run_config=_run_config({"eval_metrics": {"max_loss": 0.5}}, only=["eval_metrics"]), raise_on_error=False,
+    )
+    assert not blocked.success
+    [check] = blocked.get_asset_check_evaluations()
+    assert not check.passed and "> max_loss 0.5000" in check.description
+    materialized = {m.asset_key.to_user_string() for m in blocked.get_asset_materialization_events()}
+    assert materialized == {"eval_metrics"}
+    assert registry.read_bytes("latest") == latest_before
