@@ -5,7 +5,12 @@ import os
 import dagster as dg
 
 from llm_pipeline.assets.corpus import raw_corpus
-from llm_pipeline.assets.evaluation import eval_loss_within_threshold, eval_metrics
+from llm_pipeline.assets.evaluation import (
+    eval_loss_within_threshold,
+    eval_metrics,
+    eval_perplexity_within_threshold,
+    no_regression_vs_published,
+)
 from llm_pipeline.assets.publishing import published_model
 from llm_pipeline.assets.shards import tokenized_shards
 from llm_pipeline.assets.tokenizer import tokenizer
@@ -14,7 +19,7 @@ from llm_pipeline.automation import new_corpus_sensor, pipeline_job, retraining_
 from llm_pipeline.resources import JsonIOManager, StorageResource, default_storage_root
 
 ASSETS = [raw_corpus, tokenizer, tokenized_shards, trained_checkpoint, eval_metrics, published_model]
-CHECKS = [eval_loss_within_threshold]
+CHECKS = [eval_loss_within_threshold, eval_perplexity_within_threshold, no_regression_vs_published]
 
 
 def make_resources(root_uri: str | None = None) -> dict:

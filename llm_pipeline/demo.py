@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     instance = dg.DagsterInstance.get()
     result = defs.resolve_job_def(pipeline_job.name).execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
     elapsed = time.time() - start
+    for check in result.get_asset_check_evaluations():
+        print(f"  check {check.check_name}: {'passed' if check.passed else 'FAILED'}: {check.description}")
     if not result.success:
         print(f"\nllm-pipeline demo FAILED after {elapsed:.0f}s (run {result.run_id}); see the log above or the run in the UI.")
         return 1

@@ -59,8 +59,10 @@ def test_training_learned_and_eval_gate_passed(graph):
     ckpt, metrics = result.output_for_node("trained_checkpoint"), result.output_for_node("eval_metrics")
     assert ckpt["steps"] == 20 and ckpt["tokens_seen"] == 20 * 2 * 8 * 64
     assert metrics["loss"] < metrics["uniform_loss"]
-    checks = result.get_asset_check_evaluations()
-    assert [c.passed for c in checks] == [True]
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == {"eval_loss_within_threshold", "eval_perplexity_within_threshold", "no_regression_vs_published"}
+    assert all(c.passed for c in checks.values())
+    assert checks["no_regression_vs_published"].description == "no published model to compare with"
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
     loss_curve = mats["trained_checkpoint"].materialization.metadata["loss_curve"]
     assert "data:image/png;base64," in loss_curve.value
@@ -119,8 +121,45 @@ def test_failing_gate_blocks_publishing(graph):
         run_config=_run_config({"eval_metrics": {"max_loss": 0.5}}, only=["eval_metrics"]), raise_on_error=False,
     )
     assert not blocked.success
-    [check] = blocked.get_asset_check_evaluations()
-    assert not check.passed and "> max_loss 0.5000" in check.description
+    checks = {c.check_name: c for c in blocked.get_asset_check_evaluations()}
+    assert not checks["eval_loss_within_threshold"].passed
+    assert "> max_loss 0.5000" in checks["eval_loss_within_threshold"].description
     materialized = {m.asset_key.to_user_string() for m in blocked.get_asset_materialization_events()}
     assert materialized == {"eval_metrics"}
+    assert registry.read_bytes("latest") == latest_before
+
+
+def test_second_publish_compares_with_the_first_and_moves_latest(graph):
+    root, resources, result, _ = graph
+    registry = Storage(root).child("registry", "llm-pipeline-demo")
+    first = result.output_for_node("published_model")["version"]
+    again = dg.materialize(ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources,
+                           run_config=_run_config(only=["eval_metrics"]))
+    metrics = again.output_for_node("eval_metrics")
+    assert metrics["baseline"]["version"] == first and metrics["baseline"]["same_tokenizer"]
+    # the same checkpoint against itself: no regression, identical numbers
+    assert metrics["bits_per_byte"] == pytest.approx(metrics["baseline"]["bits_per_byte"], rel=1e-9)
+    mats = {m.asset_key.to_user_string(): m for m in again.get_asset_materialization_events()}
+    assert mats["eval_metrics"].materialization.metadata["bits_per_byte_delta"].value == pytest.approx(0, abs=1e-9)
+    second = again.output_for_node("published_model")["version"]
+    assert second != first and registry.read_bytes("latest").decode().strip() == second
+    assert registry.child(first).exists("manifest.json")  # older versions are kept
+
+
+def test_regression_against_the_published_model_blocks_publishing(graph):
+    root, resources, _, _ = graph
+    registry = Storage(root).child("registry", "llm-pipeline-demo")
+    latest_before = registry.read_bytes("latest")
+    # A barely trained model (2 steps), with the loss gate opened so only the regression gate can stop it.
+    worse = dg.materialize(
+        ASSETS + CHECKS, selection=["trained_checkpoint", "eval_metrics", "published_model"], resources=resources,
+        run_config=_run_config({"trained_checkpoint": {"steps": 2, "warmup_steps": 1}, "eval_metrics": {"max_loss": 100.0}},
+                               only=["trained_checkpoint", "eval_metrics"]),
+        raise_on_error=False,
+    )
+    checks = {c.check_name: c for c in worse.get_asset_check_evaluations()}
+    assert checks["eval_loss_within_threshold"].passed
+    assert not checks["no_regression_vs_published"].passed
+    assert "published v" in checks["no_regression_vs_published"].description
+    assert "published_model" not in {m.asset_key.to_user_string() for m in worse.get_asset_materialization_events()}
     assert registry.read_bytes("latest") == latest_before

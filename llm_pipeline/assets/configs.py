@@ -22,6 +22,9 @@ from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.model import ModelConfig
 
 
+DEFAULT_MODEL_NAME = "llm-pipeline-demo"
+
+
 class RawCorpusConfig(dg.Config):
     source_uri: str = Field(default="", description="fsspec URI of a folder (or file) of text; empty: the Python standard library")
     glob: str = Field(default="**/*.py", description="which files under source_uri to read")
@@ -118,6 +121,16 @@ class EvalMetricsConfig(dg.Config):
     top_k: int = 50
     seed: int = 0
     max_loss: Optional[float] = Field(default=None, description="publishing gate; default 70% of ln(vocab_size), the loss of a uniform guess")
+    max_perplexity: Optional[float] = Field(default=None, description="publishing gate on perplexity; none by default")
+    compare_with: str = Field(default=DEFAULT_MODEL_NAME, description="registry model whose latest version is the baseline; empty: none")
+    regression_tolerance: float = Field(default=0.02, description="publishing gate: bits per byte may exceed the baseline's by this fraction")
+
+    def validate_library(self) -> None:
+        self.to_library()
+        if self.max_perplexity is not None and self.max_perplexity < 1:
+            raise ValueError(f"max_perplexity must be >= 1, got {self.max_perplexity}")
+        if self.regression_tolerance < 0:
+            raise ValueError(f"regression_tolerance must be >= 0, got {self.regression_tolerance}")
 
     def to_library(self) -> EvalConfig:
         return EvalConfig(self.seq_len, self.max_tokens, tuple(self.prompts), self.max_new_tokens, self.temperature, self.top_k, self.seed)
@@ -127,7 +140,7 @@ class EvalMetricsConfig(dg.Config):
 
 
 class PublishedModelConfig(dg.Config):
-    model_name: str = Field(default="llm-pipeline-demo", description="registry entry: <registry>/<model_name>/<version>")
+    model_name: str = Field(default=DEFAULT_MODEL_NAME, description="registry entry: <registry>/<model_name>/<version>")
 
     def validate_library(self) -> None:
         if not self.model_name or "/" in self.model_name or self.model_name.startswith("."):
@@ -161,7 +174,7 @@ def validate_run_config(run_config: dict) -> None:
         ("tokenizer", lambda c: c.validate_library()),
         ("tokenized_shards", lambda c: c.to_library()),
         ("trained_checkpoint", lambda c: (c.to_library("x", "x", vocab_size, ""), c.launch_config())),
-        ("eval_metrics", lambda c: c.to_library()),
+        ("eval_metrics", lambda c: c.validate_library()),
         ("published_model", lambda c: c.validate_library()),
     ]
     for stage, check in checks:

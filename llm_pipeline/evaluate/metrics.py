@@ -40,17 +40,21 @@ class EvalConfig:
             raise ValueError("max_new_tokens, top_k and temperature must be >= 0")
 
 
-def load_trained_model(final: Storage) -> CausalLM:
+def load_model(folder: Storage, cfg: ModelConfig) -> CausalLM:
+    """Weights from `<folder>/model.safetensors` (local or remote) into our model class."""
     import os
     import tempfile
 
-    cfg = ModelConfig(**final.read_json("model_config.json"))
     model = CausalLM(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
-        final.get_file("model.safetensors", path)
+        folder.get_file("model.safetensors", path)
         model.load_state_dict(load_file(path), strict=True)
     return model.eval()
+
+
+def load_trained_model(final: Storage) -> CausalLM:
+    return load_model(final, ModelConfig(**final.read_json("model_config.json")))
 
 
 @torch.no_grad()
@@ -102,4 +106,40 @@ def evaluate(final: Storage, val_tokens: np.ndarray, tokenizer_json: str, eos_id
     tokenizer = Tokenizer.from_str(tokenizer_json)
     metrics = held_out_loss(model, val_tokens, eos_id, tokenizer, cfg.seq_len, cfg.max_tokens)
     metrics["samples"] = sample_generations(model, tokenizer, cfg, eos_id)
+    return metrics
+
+
+def split_documents(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
+    ends = np.flatnonzero(tokens == eos_id)
+    starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else np.array([0])
+    return [tokens[a:b] for a, b in zip(starts, ends)] if len(ends) else [tokens]
+
+
+def evaluate_published(folder: Storage, val_tokens: np.ndarray, tokenizer_json: str, eos_id: int, cfg: EvalConfig) -> dict:
+    """The published model's numbers on the same held-out text.
+
+    With the same tokenizer it sees the very same tokens; with another, the held-out documents are
+    decoded and re-encoded with its tokenizer, so bits per byte stay comparable.
+    """
+    from llm_pipeline.publish.export import model_config_from_hf
+    from llm_pipeline.tokenize.bpe import EOS_TOKEN, tokenizer_hash
+
+    theirs_json = folder.read_bytes("tokenizer.json").decode("utf-8")
+    model = load_model(folder, model_config_from_hf(folder.read_json("config.json")))
+    theirs = Tokenizer.from_str(theirs_json)
+    same_tokenizer = tokenizer_hash(theirs_json) == tokenizer_hash(tokenizer_json)
+    their_eos = theirs.token_to_id(EOS_TOKEN)
+    tokens = val_tokens
+    if not same_tokenizer:
+        ours = Tokenizer.from_str(tokenizer_json)
+        texts = [ours.decode(d.tolist(), skip_special_tokens=True) for d in split_documents(val_tokens, eos_id)]
+        theirs.encode_special_tokens = True
+        encoded = theirs.encode_batch(texts, add_special_tokens=False)
+        tokens = np.concatenate([np.array(e.ids + [their_eos], dtype=np.int64) for e in encoded])
+    max_tokens = cfg.max_tokens
+    if max_tokens and not same_tokenizer:
+        # Keep the same text: scale the token budget by the ratio of token counts.
+        max_tokens = max(1, round(max_tokens * len(tokens) / len(val_tokens)))
+    metrics = held_out_loss(model, tokens, their_eos, theirs, cfg.seq_len, max_tokens)
+    metrics["same_tokenizer"] = same_tokenizer
     return metrics

@@ -47,6 +47,17 @@ def hf_config(cfg: ModelConfig, eos_id: int) -> dict:
     }
 
 
+def model_config_from_hf(config: dict) -> ModelConfig:
+    """The inverse of hf_config, for reading a published folder back into our model class."""
+    if config.get("model_type") != "llama":
+        raise ValueError(f"expected a llama config.json, got model_type {config.get('model_type')!r}")
+    return ModelConfig(
+        vocab_size=config["vocab_size"], d_model=config["hidden_size"], n_layers=config["num_hidden_layers"],
+        n_heads=config["num_attention_heads"], ffn_hidden=config["intermediate_size"],
+        max_seq_len=config["max_position_embeddings"], rope_theta=config["rope_theta"], norm_eps=config["rms_norm_eps"],
+    )
+
+
 def tokenizer_files() -> dict[str, dict]:
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
