@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
 
 from tokenizers import Tokenizer
 
@@ -80,11 +84,39 @@ class DocumentEncoder:
         self.eos_id = tokenizer.token_to_id(EOS_TOKEN)
         self.threads = max(1, os.cpu_count() or 1)
         self._tiktoken = tiktoken_encoding(tokenizer) if engine == "tiktoken" else None
+        self._pool = ThreadPoolExecutor(self.threads) if self._tiktoken is not None else None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [a.tolist() for a in self.encode_batch_numpy(texts)]
+
+    def encode_stream(self, texts: Iterable[str], window: int = 1024) -> Iterator[np.ndarray]:
+        """Token ids of each text, in order, with up to `window` texts in flight: no barrier at
+        batch boundaries, so one long document never leaves the other cores idle."""
+        if self._tiktoken is None:
+            batch: list[str] = []
+            for text in texts:
+                batch.append(text)
+                if len(batch) == window:
+                    yield from self.encode_batch_numpy(batch)
+                    batch = []
+            yield from self.encode_batch_numpy(batch)
+            return
+        pending: deque = deque()
+        for text in texts:
+            pending.append(self._pool.submit(self._tiktoken.encode_to_numpy, text, disallowed_special=()))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def encode_batch_numpy(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids as uint32 arrays. tiktoken's Rust core releases the GIL, so threads use every
+        core, and its numpy buffers skip building a Python int per token (~20% of the time)."""
         if self._tiktoken is not None:
-            return self._tiktoken.encode_ordinary_batch(list(texts), num_threads=self.threads)
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+            # disallowed_special=(): special-token strings in a document are text, and no regex scan for them.
+            encode = lambda text: self._tiktoken.encode_to_numpy(text, disallowed_special=())  # noqa: E731
+            return list(self._pool.map(encode, texts))
+        return [np.asarray(e.ids, dtype=np.uint32) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
 
 def choose_encoder(tokenizer: Tokenizer, sample_texts: Sequence[str]) -> tuple[DocumentEncoder, dict]:

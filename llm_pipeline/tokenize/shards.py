@@ -3,11 +3,18 @@
 One row per document: its token ids followed by EOS, as a list of the smallest unsigned integer
 type that fits the vocabulary. The split is a function of the document id alone, so the same
 corpus and config give byte-identical shards.
+
+Encoding streams: a reader thread prefetches document batches, the encoder uses every core, and a
+writer thread compresses and writes finished shards, so memory stays bounded by a few batches
+plus two shards whatever the corpus size.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,14 +51,75 @@ def split_of(doc_id: str, val_fraction: float) -> str:
     return "val" if bucket < val_fraction else "train"
 
 
+class _Background:
+    """One worker thread fed through a bounded queue; errors surface in the caller."""
+
+    def __init__(self, maxsize: int):
+        self.queue: queue.Queue = queue.Queue(maxsize)
+        self.error: BaseException | None = None
+
+    def check(self):
+        if self.error is not None:
+            raise self.error
+
+
+def _prefetch(iterator, depth: int = 2):
+    """Yield from `iterator`, produced in a background thread up to `depth` items ahead."""
+    bg, done = _Background(depth), object()
+
+    def run():
+        try:
+            for item in iterator:
+                bg.queue.put(item)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            bg.error = e
+        bg.queue.put(done)
+
+    threading.Thread(target=run, daemon=True).start()
+    while (item := bg.queue.get()) is not done:
+        yield item
+    bg.check()
+
+
+class _ShardSink:
+    """Writes shard tables in a background thread, in submission order."""
+
+    def __init__(self, out: Storage, row_group_rows: int):
+        self.out, self.row_group_rows = out, row_group_rows
+        self.bg = _Background(1)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while (job := self.bg.queue.get()) is not None:
+            if self.bg.error is not None:
+                continue
+            name, table, entry = job
+            try:
+                sink = pa.BufferOutputStream()
+                pq.write_table(table, sink, compression="zstd", row_group_size=self.row_group_rows)
+                data = sink.getvalue().to_pybytes()
+                self.out.write_bytes(name, data)
+                entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+            except BaseException as e:  # noqa: BLE001 - re-raised by close()
+                self.bg.error = e
+
+    def submit(self, name: str, table: pa.Table, entry: dict) -> None:
+        self.bg.check()
+        self.bg.queue.put((name, table, entry))
+
+    def close(self) -> None:
+        self.bg.queue.put(None)
+        self.thread.join()
+        self.bg.check()
+
+
 class _SplitWriter:
-    def __init__(self, out: Storage, split: str, dtype: str, cfg: ShardConfig):
-        self.out, self.split, self.cfg = out, split, cfg
-        self.type = pa.list_(getattr(pa, dtype)())
+    def __init__(self, split: str, dtype: str, cfg: ShardConfig, sink: _ShardSink):
+        self.split, self.cfg, self.sink = split, cfg, sink
         self.np_dtype = np.dtype(dtype)
         self.rows: list[np.ndarray] = []
         self.tokens = 0
-        self.documents = 0
         self.shards: list[dict] = []
 
     def add(self, ids: np.ndarray) -> None:
@@ -65,19 +133,12 @@ class _SplitWriter:
             return
         offsets = np.zeros(len(self.rows) + 1, dtype=np.int64)
         np.cumsum([len(r) for r in self.rows], out=offsets[1:])
-        values = pa.array(np.concatenate(self.rows).astype(self.np_dtype, copy=False))
-        column = pa.LargeListArray.from_arrays(pa.array(offsets), values).cast(pa.large_list(values.type))
-        table = pa.table({"tokens": column})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd", row_group_size=self.cfg.row_group_rows)
-        data = sink.getvalue().to_pybytes()
-        name = f"{self.split}-{len(self.shards):05d}.parquet"
-        self.out.write_bytes(name, data)
-        self.shards.append(
-            {"name": name, "split": self.split, "documents": len(self.rows), "tokens": self.tokens,
-             "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        )
-        self.documents += len(self.rows)
+        values = pa.array(np.concatenate(self.rows))
+        table = pa.table({"tokens": pa.LargeListArray.from_arrays(pa.array(offsets), values)})
+        entry = {"name": f"{self.split}-{len(self.shards):05d}.parquet", "split": self.split,
+                 "documents": len(self.rows), "tokens": self.tokens}
+        self.shards.append(entry)  # bytes and sha256 are filled in by the sink
+        self.sink.submit(entry["name"], table, entry)
         self.rows, self.tokens = [], 0
 
 
@@ -86,18 +147,29 @@ def write_shards(
 ) -> dict:
     """Encode the corpus in bounded batches and write shards + manifest. Returns the manifest."""
     dtype = smallest_uint_type(vocab_size)
-    writers = {s: _SplitWriter(out, s, dtype, cfg) for s in SPLITS}
-    eos = np.array([encoder.eos_id], dtype=np.int64)
+    sink = _ShardSink(out, cfg.row_group_rows)
+    writers = {s: _SplitWriter(s, dtype, cfg, sink) for s in SPLITS}
+    eos = np.array([encoder.eos_id], dtype=dtype)
     text_bytes = {s: 0 for s in SPLITS}
-    for batch in iter_documents(corpus, batch_size=cfg.encode_batch_docs):
-        ids_col, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
-        for doc_id, text, ids in zip(ids_col, texts, encoder.encode_batch(texts)):
-            split = split_of(doc_id, cfg.val_fraction)
-            writers[split].add(np.concatenate([np.asarray(ids, dtype=np.int64), eos]))
-            text_bytes[split] += len(text.encode("utf-8"))
+    pending: deque[tuple[str, int]] = deque()  # (split, UTF-8 bytes) of documents in flight, in order
+
+    def texts():
+        for batch in _prefetch(iter_documents(corpus, batch_size=cfg.encode_batch_docs)):
+            for doc_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
+                pending.append((split_of(doc_id, cfg.val_fraction), len(text.encode("utf-8"))))
+                yield text
+
+    try:
+        for ids in encoder.encode_stream(texts(), window=2 * cfg.encode_batch_docs):
+            split, nbytes = pending.popleft()
+            writers[split].add(np.concatenate([ids.astype(dtype, copy=False), eos]))
+            text_bytes[split] += nbytes
+        for w in writers.values():
+            w.flush()
+    finally:
+        sink.close()
     totals = {}
     for split, w in writers.items():
-        w.flush()
         totals[split] = {
             "documents": sum(s["documents"] for s in w.shards),
             "tokens": sum(s["tokens"] for s in w.shards),
@@ -130,8 +202,7 @@ class ShardError(ValueError):
     pass
 
 
-def load_split_tokens(shards: Storage, split: str, expected_tokenizer_sha256: str | None = None) -> tuple[np.ndarray, dict]:
-    """All tokens of one split as one flat array, each shard checked against the manifest first."""
+def read_manifest(shards: Storage, expected_tokenizer_sha256: str | None = None) -> dict:
     if not shards.exists(MANIFEST):
         raise ShardError(f"no shard manifest at {shards.uri}/{MANIFEST}")
     manifest = shards.read_json(MANIFEST)
@@ -140,22 +211,33 @@ def load_split_tokens(shards: Storage, split: str, expected_tokenizer_sha256: st
             f"shards at {shards.uri} were made with tokenizer {manifest['tokenizer_sha256'][:12]}, "
             f"not the expected {expected_tokenizer_sha256[:12]}"
         )
-    parts = []
-    for shard in (s for s in manifest["shards"] if s["split"] == split):
-        name = shard["name"]
-        if not shards.exists(name):
-            raise ShardError(f"shard {shards.uri}/{name} listed in the manifest is missing")
-        data = shards.read_bytes(name)
-        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-            raise ShardError(f"shard {shards.uri}/{name} does not match its sha256 in the manifest")
-        try:
-            column = pq.read_table(pa.BufferReader(data), columns=["tokens"]).column("tokens")
-        except (pa.ArrowException, OSError) as e:
-            raise ShardError(f"shard {shards.uri}/{name} is not a readable Parquet file: {e}") from e
-        values = np.concatenate([c.values.to_numpy(zero_copy_only=False) for c in column.chunks])
-        if len(values) != shard["tokens"]:
-            raise ShardError(f"shard {shards.uri}/{name} has {len(values)} tokens, manifest says {shard['tokens']}")
-        parts.append(values)
-    if not parts:
+    return manifest
+
+
+def read_shard(shards: Storage, entry: dict) -> np.ndarray:
+    """One shard's tokens, checked against its manifest entry (presence, sha256, Parquet, count)."""
+    name = entry["name"]
+    if not shards.exists(name):
+        raise ShardError(f"shard {shards.uri}/{name} listed in the manifest is missing")
+    data = shards.read_bytes(name)
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise ShardError(f"shard {shards.uri}/{name} does not match its sha256 in the manifest")
+    try:
+        column = pq.read_table(pa.BufferReader(data), columns=["tokens"]).column("tokens")
+    except (pa.ArrowException, OSError) as e:
+        raise ShardError(f"shard {shards.uri}/{name} is not a readable Parquet file: {e}") from e
+    values = np.concatenate([c.values.to_numpy(zero_copy_only=False) for c in column.chunks])
+    if len(values) != entry["tokens"]:
+        raise ShardError(f"shard {shards.uri}/{name} has {len(values)} tokens, manifest says {entry['tokens']}")
+    return values
+
+
+def load_split_tokens(shards: Storage, split: str, expected_tokenizer_sha256: str | None = None) -> tuple[np.ndarray, dict]:
+    """All tokens of one split as one flat array. Every shard is verified before any is used, so
+    nothing is trained on corrupted data; reads run ahead in a thread (remote storage overlaps)."""
+    manifest = read_manifest(shards, expected_tokenizer_sha256)
+    entries = [s for s in manifest["shards"] if s["split"] == split]
+    if not entries:
         raise ShardError(f"no {split} shards listed in {shards.uri}/{MANIFEST}")
+    parts = list(_prefetch((read_shard(shards, e) for e in entries), depth=2))
     return np.concatenate(parts), manifest

@@ -14,7 +14,9 @@ import torch
 
 class TokenWindows:
     def __init__(self, tokens: np.ndarray, seq_len: int, micro_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0):
-        self.tokens = torch.from_numpy(tokens.astype(np.int64))
+        # Kept in the shards' own dtype (uint16 for most vocabularies): a quarter of int64's memory.
+        # Only each gathered batch is widened.
+        self.tokens = tokens
         self.seq_len, self.micro_batch = seq_len, micro_batch
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.num_windows = (len(tokens) - 1) // seq_len
@@ -25,20 +27,20 @@ class TokenWindows:
                 f"fewer than one micro-batch across ranks ({micro_batch} x {world_size}); use more data or smaller batches"
             )
         self.batches_per_epoch = self.num_windows // per_step
-        self._offsets = torch.arange(seq_len + 1)
+        self._offsets = np.arange(seq_len + 1)
         self._epoch, self._perm = -1, None
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
+    def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._epoch, self._perm = epoch, torch.from_numpy(rng.permutation(self.num_windows))
+            self._epoch, self._perm = epoch, rng.permutation(self.num_windows)
         return self._perm
 
     def batch(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = divmod(micro_step, self.batches_per_epoch)
         start = (index * self.world_size + self.rank) * self.micro_batch
         windows = self._permutation(epoch)[start : start + self.micro_batch]
-        chunk = self.tokens[(windows * self.seq_len)[:, None] + self._offsets]
+        chunk = torch.from_numpy(self.tokens[(windows * self.seq_len)[:, None] + self._offsets].astype(np.int64))
         return chunk[:, :-1], chunk[:, 1:]
 
 
