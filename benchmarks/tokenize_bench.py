@@ -86,8 +86,17 @@ def make_big_corpus(texts: list[str], out: Storage, target_bytes: int) -> int:
 def big_child(corpus_dir: str, out_dir: str, tok_path: str) -> None:
     with open(tok_path) as f:
         seconds, tokens = leg_ours(Storage(corpus_dir), Storage(out_dir), f.read())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"{seconds} {tokens} {peak}")
+    print(f"{seconds} {tokens} {peak_rss_bytes()}")
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries it across fork+exec,
+    so a child would report its (much larger) parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def loader_vs_trainer(tokens: np.ndarray) -> tuple[float, float]:

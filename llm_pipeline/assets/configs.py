@@ -25,16 +25,22 @@ from llm_pipeline.train.model import ModelConfig
 DEFAULT_MODEL_NAME = "llm-pipeline-demo"
 
 
+def default(cls, name: str):
+    """A library dataclass field's default: one source for every default number."""
+    field = cls.__dataclass_fields__[name]
+    return field.default_factory() if callable(field.default_factory) else field.default
+
+
 class RawCorpusConfig(dg.Config):
     source_uri: str = Field(default="", description="fsspec URI of a folder (or file) of text; empty: the Python standard library")
-    glob: str = Field(default="**/*.py", description="which files under source_uri to read")
-    exclude: list[str] = Field(default=["site-packages/*", "dist-packages/*"], description="relative paths to skip")
-    max_bytes: int = Field(default=8_000_000, description="stop reading after this many bytes")
-    min_chars: int = 64
-    max_chars: int = 1_000_000
-    min_printable_fraction: float = 0.95
-    near_dedup: bool = True
-    near_dedup_threshold: float = 0.85
+    glob: str = Field(default=default(CorpusConfig, "glob"), description="which files under source_uri to read")
+    exclude: list[str] = Field(default=list(default(CorpusConfig, "exclude")), description="relative paths to skip")
+    max_bytes: int = Field(default=default(CorpusConfig, "max_bytes"), description="stop reading after this many bytes")
+    min_chars: int = default(FilterConfig, "min_chars")
+    max_chars: int = default(FilterConfig, "max_chars")
+    min_printable_fraction: float = default(FilterConfig, "min_printable_fraction")
+    near_dedup: bool = default(FilterConfig, "near_dedup")
+    near_dedup_threshold: float = default(FilterConfig, "near_dedup_threshold")
 
     def to_library(self) -> CorpusConfig:
         return CorpusConfig(
@@ -60,9 +66,9 @@ class TokenizerConfig(dg.Config):
 
 
 class TokenizedShardsConfig(dg.Config):
-    val_fraction: float = Field(default=0.05, description="share of documents (by id hash) held out for validation")
-    tokens_per_shard: int = 50_000_000
-    row_group_rows: int = 1024
+    val_fraction: float = Field(default=default(ShardConfig, "val_fraction"), description="share of documents (by id hash) held out for validation")
+    tokens_per_shard: int = default(ShardConfig, "tokens_per_shard")
+    row_group_rows: int = default(ShardConfig, "row_group_rows")
 
     def to_library(self) -> ShardConfig:
         return ShardConfig(self.val_fraction, self.tokens_per_shard, self.row_group_rows)
@@ -70,31 +76,31 @@ class TokenizedShardsConfig(dg.Config):
 
 class TrainedCheckpointConfig(dg.Config):
     # model
-    d_model: int = 192
-    n_layers: int = 4
-    n_heads: int = 6
-    ffn_hidden: int = 512
-    max_seq_len: int = 256
+    d_model: int = default(ModelConfig, "d_model")
+    n_layers: int = default(ModelConfig, "n_layers")
+    n_heads: int = default(ModelConfig, "n_heads")
+    ffn_hidden: int = default(ModelConfig, "ffn_hidden")
+    max_seq_len: int = default(ModelConfig, "max_seq_len")
     # optimisation
-    seq_len: int = 128
-    micro_batch: int = 16
-    grad_accum: int = 1
-    steps: int = 180
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 1337
+    seq_len: int = default(TrainConfig, "seq_len")
+    micro_batch: int = default(TrainConfig, "micro_batch")
+    grad_accum: int = default(TrainConfig, "grad_accum")
+    steps: int = default(TrainConfig, "steps")
+    lr: float = default(TrainConfig, "lr")
+    min_lr_ratio: float = default(TrainConfig, "min_lr_ratio")
+    warmup_steps: int = default(TrainConfig, "warmup_steps")
+    weight_decay: float = default(TrainConfig, "weight_decay")
+    grad_clip: float = default(TrainConfig, "grad_clip")
+    seed: int = default(TrainConfig, "seed")
     # DeepSpeed
-    zero_stage: int = Field(default=2, description="ZeRO stage: 0, 1, 2 or 3")
+    zero_stage: int = Field(default=default(TrainConfig, "zero_stage"), description="ZeRO stage: 0, 1, 2 or 3")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto: bf16 where the hardware runs it fast, else fp32")
-    checkpoint_every: int = 100
-    keep_last: int = 2
-    log_every: int = 10
+    checkpoint_every: int = default(TrainConfig, "checkpoint_every")
+    keep_last: int = default(TrainConfig, "keep_last")
+    log_every: int = default(TrainConfig, "log_every")
     # launch
-    launcher: Literal["deepspeed", "torchrun", "none"] = "deepspeed"
-    nproc: int = Field(default=2, description="processes (ranks) on this node")
+    launcher: Literal["deepspeed", "torchrun", "none"] = default(LaunchConfig, "launcher")
+    nproc: int = Field(default=default(LaunchConfig, "nproc"), description="processes (ranks) on this node")
 
     def build_model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size, self.d_model, self.n_layers, self.n_heads, self.ffn_hidden, self.max_seq_len)
@@ -113,13 +119,13 @@ class TrainedCheckpointConfig(dg.Config):
 
 
 class EvalMetricsConfig(dg.Config):
-    seq_len: int = 128
-    max_tokens: int = Field(default=0, description="evaluate at most this many val tokens; 0: all")
-    prompts: list[str] = ["import os\n", "def main(", "class "]
-    max_new_tokens: int = 48
-    temperature: float = 0.8
-    top_k: int = 50
-    seed: int = 0
+    seq_len: int = default(EvalConfig, "seq_len")
+    max_tokens: int = Field(default=default(EvalConfig, "max_tokens"), description="evaluate at most this many val tokens; 0: all")
+    prompts: list[str] = list(default(EvalConfig, "prompts"))
+    max_new_tokens: int = default(EvalConfig, "max_new_tokens")
+    temperature: float = default(EvalConfig, "temperature")
+    top_k: int = default(EvalConfig, "top_k")
+    seed: int = default(EvalConfig, "seed")
     max_loss: Optional[float] = Field(default=None, description="publishing gate; default 70% of ln(vocab_size), the loss of a uniform guess")
     max_perplexity: Optional[float] = Field(default=None, description="publishing gate on perplexity; none by default")
     compare_with: str = Field(default=DEFAULT_MODEL_NAME, description="registry model whose latest version is the baseline; empty: none")

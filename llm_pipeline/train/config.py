@@ -20,7 +20,7 @@ class TrainConfig:
     seq_len: int = 128
     micro_batch: int = 16
     grad_accum: int = 1
-    steps: int = 200
+    steps: int = 180
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
