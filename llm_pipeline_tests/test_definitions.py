@@ -88,3 +88,28 @@ def test_missing_corpus_source_is_a_clear_failure(tmp_path):
     )
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "does not exist" in failure.event_specific_data.error.message
+
+
+def test_a_given_tokenizer_json_is_used_as_is(tmp_path, small_tokenizer, sample_texts):
+    from llm_pipeline.tokenize.bpe import tokenizer_hash
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, text in enumerate(sample_texts):
+        (src / f"{i}.py").write_text(text)
+    given = tmp_path / "tokenizer.json"
+    given.write_text(small_tokenizer.to_str())
+    result = dg.materialize(
+        ASSETS[:2], resources=make_resources(str(tmp_path / "root")),
+        run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(src)}},
+                            "tokenizer": {"config": {"tokenizer_json_uri": str(given)}}}},
+    )
+    out = result.output_for_node("tokenizer")
+    assert out["sha256"] == tokenizer_hash(small_tokenizer.to_str()) and out["vocab_size"] == 512
+    bad = dg.materialize(
+        ASSETS[:2], resources=make_resources(str(tmp_path / "root")), raise_on_error=False,
+        run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(src)}},
+                            "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "missing.json")}}}},
+    )
+    failure = next(e for e in bad.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "cannot use tokenizer_json_uri" in failure.event_specific_data.error.message

@@ -92,6 +92,9 @@ def test_published_model_loads_offline_and_matches_trained_logits(graph):
     with torch.no_grad():
         assert (hf(x).logits - ours(x)).abs().max().item() < 1e-4
     assert tok("def f():").input_ids  # the tokenizer files load too
+    card = folder.read_bytes("README.md").decode()
+    corpus_manifest = result.output_for_node("raw_corpus")["manifest_sha256"]
+    assert corpus_manifest in card and result.output_for_node("tokenized_shards")["manifest_sha256"] in card
 
 
 def test_crashed_run_resumes_from_newest_complete_checkpoint(graph):
@@ -118,12 +121,16 @@ def test_failing_gate_blocks_publishing(graph):
     latest_before = registry.read_bytes("latest")
     blocked = dg.materialize(
         ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources,
-        run_config=_run_config({"eval_metrics": {"max_loss": 0.5}}, only=["eval_metrics"]), raise_on_error=False,
+        run_config=_run_config({"eval_metrics": {"max_loss": 0.5, "max_perplexity": 1.5}}, only=["eval_metrics"]),
+        raise_on_error=False,
     )
     assert not blocked.success
     checks = {c.check_name: c for c in blocked.get_asset_check_evaluations()}
     assert not checks["eval_loss_within_threshold"].passed
     assert "> max_loss 0.5000" in checks["eval_loss_within_threshold"].description
+    assert not checks["eval_perplexity_within_threshold"].passed
+    assert "> max_perplexity 1.50" in checks["eval_perplexity_within_threshold"].description
+    assert checks["no_regression_vs_published"].passed  # the same model as the published one
     materialized = {m.asset_key.to_user_string() for m in blocked.get_asset_materialization_events()}
     assert materialized == {"eval_metrics"}
     assert registry.read_bytes("latest") == latest_before

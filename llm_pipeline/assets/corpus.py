@@ -1,7 +1,7 @@
 import dagster as dg
 
 from llm_pipeline.assets.configs import RawCorpusConfig, validate_run_config
-from llm_pipeline.corpus.build import CorpusSourceError, build_corpus
+from llm_pipeline.corpus.build import MANIFEST, CorpusSourceError, build_corpus
 from llm_pipeline.resources import StorageResource
 
 
@@ -14,7 +14,8 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
         manifest = build_corpus(cfg, out, storage.at(cfg.source_uri).storage_options)
     except CorpusSourceError as e:
         raise dg.Failure(description=f"raw_corpus: {e}") from None
-    value = {"uri": out.uri, "documents": manifest["documents"], "text_bytes": manifest["text_bytes"]}
+    value = {"uri": out.uri, "manifest_sha256": out.sha256(MANIFEST), "documents": manifest["documents"],
+             "text_bytes": manifest["text_bytes"]}
     return dg.Output(
         value,
         metadata={

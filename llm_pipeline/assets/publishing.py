@@ -24,9 +24,11 @@ def published_model(
     registry = storage.root().child("registry")
     lineage = {
         "raw_corpus": raw_corpus["uri"],
+        "corpus_manifest_sha256": raw_corpus["manifest_sha256"],
         "tokenizer_sha256": tokenizer["sha256"],
         "shard_manifest_sha256": tokenized_shards["manifest_sha256"],
         "checkpoint": f"{trained_checkpoint['run_uri']} @ {trained_checkpoint['checkpoint']}",
+        "checkpoint_step": trained_checkpoint["steps"],
         "dagster_run_id": context.run_id,
         "code_version": f"llm-pipeline {__version__}",
     }

@@ -3,6 +3,7 @@ import dagster as dg
 from llm_pipeline.assets.configs import TokenizerConfig, validate_run_config
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.resources import StorageResource
+from llm_pipeline.storage import open_uri
 from llm_pipeline.tokenize.bpe import EOS_TOKEN, load_tokenizer, tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import choose_encoder
 
@@ -23,8 +24,11 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storag
     validate_run_config(context.run_config)
     sample = _sample_texts(storage.at(raw_corpus["uri"]), config.train_bytes)
     if config.tokenizer_json_uri:
-        source = storage.at(config.tokenizer_json_uri)
-        tok = load_tokenizer(storage.at(source.uri.rsplit("/", 1)[0]).read_bytes(source.uri.rsplit("/", 1)[1]).decode())
+        try:
+            with open_uri(config.tokenizer_json_uri, "rb", **storage.at(config.tokenizer_json_uri).storage_options) as f:
+                tok = load_tokenizer(f.read().decode("utf-8"))
+        except (OSError, ValueError) as e:
+            raise dg.Failure(description=f"tokenizer: cannot use tokenizer_json_uri {config.tokenizer_json_uri!r}: {e}") from None
     else:
         tok = train_bpe(iter(sample), config.vocab_size, config.extra_special_tokens)
     tok_json = tok.to_str()
