@@ -170,3 +170,62 @@ def test_regression_against_the_published_model_blocks_publishing(graph):
     assert "published v" in checks["no_regression_vs_published"].description
     assert "published_model" not in {m.asset_key.to_user_string() for m in worse.get_asset_materialization_events()}
     assert registry.read_bytes("latest") == latest_before
+
+
+def _kill_rank_after(run_root: Storage, existing: set[str], rank: str, marker: str, killed: list) -> None:
+    """Wait for a new run's checkpoint marker, then SIGKILL one trainer rank (as a crash would)."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    deadline = time.time() + 240
+    while time.time() < deadline and not killed:
+        for key in set(run_root.listdir()) - existing:
+            if run_root.child(key, "checkpoints").exists(marker):
+                for proc in psutil.Process().children(recursive=True):
+                    try:
+                        if "llm_pipeline.train.trainer" in " ".join(proc.cmdline()) and proc.environ().get("RANK") == rank:
+                            os.kill(proc.pid, signal.SIGKILL)
+                            killed.append(key)
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        pass
+        time.sleep(0.05)
+
+
+def test_killed_rank_is_retried_and_resumes_step_for_step(graph, tmp_path):
+    import os
+    import subprocess
+    import threading
+
+    from llm_pipeline.train.config import LaunchConfig
+    from llm_pipeline.train.launch import launch_command, launch_env
+
+    root, resources, _, instance = graph
+    run_root = Storage(root).child("trained_checkpoint")
+    overrides = {"trained_checkpoint": {"seed": 7, "steps": 60}}
+    killed: list = []
+    killer = threading.Thread(target=_kill_rank_after,
+                              args=(run_root, set(run_root.listdir()), "1", "step_00000010/complete.json", killed))
+    killer.start()
+    crashed = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources, instance=instance,
+                             run_config=_run_config(overrides, only=["trained_checkpoint"]))
+    killer.join()
+    assert killed, "the trainer finished before a rank could be killed"
+    assert crashed.success  # the RetryPolicy re-launched the trainer
+    assert "STEP_UP_FOR_RETRY" in {e.event_type_value for e in crashed.all_events}
+    run = run_root.child(killed[0])
+    summary = run.child("final").read_json("summary.json")
+    assert summary["resumed_from"] is not None and summary["resumed_from"] < "step_00000060"
+
+    # The same config, uninterrupted, in another folder: fp32 on CPU gives the same loss at every step.
+    config = run.read_json("train_config.json")
+    config["run_uri"] = str(tmp_path / "uninterrupted")
+    (tmp_path / "train.json").write_text(__import__("json").dumps(config))
+    launch = LaunchConfig(nproc=2)
+    subprocess.run(launch_command(launch, str(tmp_path / "train.json")), env={**os.environ, **launch_env(launch)},
+                   check=True, capture_output=True, timeout=300)
+    reference = Storage(config["run_uri"]).child("final").read_json("summary.json")
+    assert [s for s, _ in summary["losses"]] == list(range(1, 61))
+    assert [l for _, l in summary["losses"]] == pytest.approx([l for _, l in reference["losses"]], rel=1e-6)
