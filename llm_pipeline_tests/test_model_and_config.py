@@ -98,3 +98,51 @@ def test_launch_commands():
     assert tr[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node"] and tr[-3:] == ["llm_pipeline.train.trainer", "--config", "c.json"]
     with pytest.raises(ValueError, match="nproc must be 1"):
         LaunchConfig("none", 2)
+
+
+def test_wsd_schedule_is_flat_then_decays_linearly():
+    f = lr_lambda(_cfg(steps=100, warmup_steps=10, min_lr_ratio=0.1, lr_schedule="wsd", decay_fraction=0.2))
+    assert f(9) == pytest.approx(1.0)
+    assert all(f(s) == 1.0 for s in range(10, 80))
+    assert f(90) == pytest.approx(0.55) and f(100) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        _cfg(lr_schedule="step")
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    from llm_pipeline.train.activation_checkpointing import apply_activation_checkpointing
+
+    x = torch.randint(0, 300, (2, 32))
+    results = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = CausalLM(TINY)
+        if checkpointed:
+            apply_activation_checkpointing(model)
+        _, loss = model(x, x)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert results[0][0] == results[1][0]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_presets_and_their_sizes():
+    from llm_pipeline.train.model import PRESETS, preset_config
+
+    demo = preset_config("demo", 4096)
+    assert demo == ModelConfig(vocab_size=4096)  # the library default is the demo preset
+    assert 110e6 < preset_config("125m", 32000).num_params() < 140e6
+    assert 330e6 < preset_config("350m", 32000).num_params() < 420e6
+    assert 0.9e9 < preset_config("1b", 32000).num_params() < 1.2e9
+    assert preset_config("tiny", 512, n_layers=3).n_layers == 3
+    with pytest.raises(ValueError, match="model preset must be one of"):
+        preset_config("7b", 512)
+    assert set(PRESETS) == {"tiny", "demo", "125m", "350m", "1b"}
+
+
+def test_dagster_training_config_uses_presets_and_overrides():
+    from llm_pipeline.assets.configs import TrainedCheckpointConfig
+
+    assert TrainedCheckpointConfig().build_model_config(4096) == ModelConfig(vocab_size=4096)
+    cfg = TrainedCheckpointConfig(preset="125m", n_layers=2).build_model_config(8192)
+    assert (cfg.d_model, cfg.n_layers, cfg.max_seq_len) == (768, 2, 1024)

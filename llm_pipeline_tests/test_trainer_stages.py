@@ -29,10 +29,10 @@ def shards(tmp_path_factory, small_tokenizer, sample_texts):
     return tmp, shards
 
 
-def _train(tmp, shards, stage: int, launcher: str) -> tuple[dict, dict]:
-    run = Storage(str(tmp / f"run-{stage}-{launcher}"))
+def _train(tmp, shards, stage: int, launcher: str, **extra) -> tuple[dict, dict]:
+    run = Storage(str(tmp / f"run-{stage}-{launcher}-{len(extra)}"))
     cfg = TrainConfig(shards_uri=shards.uri, run_uri=run.uri, model=MODEL, seq_len=32, micro_batch=4, steps=6,
-                      warmup_steps=2, zero_stage=stage, dtype="fp32", checkpoint_every=3, log_every=3)
+                      warmup_steps=2, zero_stage=stage, dtype="fp32", checkpoint_every=3, log_every=3, **extra)
     run.write_bytes("train_config.json", cfg.to_json().encode())
     launch = LaunchConfig(launcher=launcher, nproc=2)
     proc = subprocess.run(launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)},
@@ -48,9 +48,13 @@ def reference(shards):
     return _train(*shards, stage=2, launcher="deepspeed")
 
 
-@pytest.mark.parametrize("stage, launcher", [(0, "deepspeed"), (1, "torchrun"), (3, "deepspeed")])
-def test_every_zero_stage_trains_the_same_model(shards, reference, stage, launcher):
-    summary, weights = _train(*shards, stage=stage, launcher=launcher)
+@pytest.mark.parametrize("stage, launcher, extra", [
+    (0, "deepspeed", {}),
+    (1, "torchrun", {}),
+    (3, "deepspeed", {"activation_checkpointing": True}),  # recomputation must not change the numbers
+])
+def test_every_zero_stage_trains_the_same_model(shards, reference, stage, launcher, extra):
+    summary, weights = _train(*shards, stage=stage, launcher=launcher, **extra)
     ref_summary, ref_weights = reference
     assert summary["zero_stage"] == stage and summary["world_size"] == 2 and summary["steps"] == 6
     assert [l for _, l in summary["losses"]] == pytest.approx([l for _, l in ref_summary["losses"]], rel=1e-4)

@@ -19,7 +19,7 @@ from llm_pipeline.evaluate.metrics import EvalConfig
 from llm_pipeline.tokenize.bpe import special_token_list, validate_vocab_size
 from llm_pipeline.tokenize.shards import ShardConfig
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
-from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.model import ModelConfig, preset_config
 
 
 DEFAULT_MODEL_NAME = "llm-pipeline-demo"
@@ -75,12 +75,13 @@ class TokenizedShardsConfig(dg.Config):
 
 
 class TrainedCheckpointConfig(dg.Config):
-    # model
-    d_model: int = default(ModelConfig, "d_model")
-    n_layers: int = default(ModelConfig, "n_layers")
-    n_heads: int = default(ModelConfig, "n_heads")
-    ffn_hidden: int = default(ModelConfig, "ffn_hidden")
-    max_seq_len: int = default(ModelConfig, "max_seq_len")
+    # model: a named size, with any dimension overridden
+    preset: Literal["tiny", "demo", "125m", "350m", "1b"] = Field(default="demo", description="model size preset")
+    d_model: Optional[int] = Field(default=None, description="overrides the preset's width")
+    n_layers: Optional[int] = None
+    n_heads: Optional[int] = None
+    ffn_hidden: Optional[int] = None
+    max_seq_len: Optional[int] = None
     # optimisation
     seq_len: int = default(TrainConfig, "seq_len")
     micro_batch: int = default(TrainConfig, "micro_batch")
@@ -89,6 +90,9 @@ class TrainedCheckpointConfig(dg.Config):
     lr: float = default(TrainConfig, "lr")
     min_lr_ratio: float = default(TrainConfig, "min_lr_ratio")
     warmup_steps: int = default(TrainConfig, "warmup_steps")
+    lr_schedule: Literal["cosine", "wsd"] = Field(default=default(TrainConfig, "lr_schedule"), description="cosine, or warmup-stable-decay")
+    decay_fraction: float = default(TrainConfig, "decay_fraction")
+    activation_checkpointing: bool = default(TrainConfig, "activation_checkpointing")
     weight_decay: float = default(TrainConfig, "weight_decay")
     grad_clip: float = default(TrainConfig, "grad_clip")
     seed: int = default(TrainConfig, "seed")
@@ -103,13 +107,16 @@ class TrainedCheckpointConfig(dg.Config):
     nproc: int = Field(default=default(LaunchConfig, "nproc"), description="processes (ranks) on this node")
 
     def build_model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(vocab_size, self.d_model, self.n_layers, self.n_heads, self.ffn_hidden, self.max_seq_len)
+        dims = ("d_model", "n_layers", "n_heads", "ffn_hidden", "max_seq_len")
+        return preset_config(self.preset, vocab_size, **{d: getattr(self, d) for d in dims if getattr(self, d) is not None})
 
     def to_library(self, shards_uri: str, run_uri: str, vocab_size: int, tokenizer_sha256: str) -> TrainConfig:
         return TrainConfig(
             shards_uri=shards_uri, run_uri=run_uri, model=self.build_model_config(vocab_size), tokenizer_sha256=tokenizer_sha256,
             seq_len=self.seq_len, micro_batch=self.micro_batch, grad_accum=self.grad_accum, steps=self.steps, lr=self.lr,
-            min_lr_ratio=self.min_lr_ratio, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
+            min_lr_ratio=self.min_lr_ratio, warmup_steps=self.warmup_steps, lr_schedule=self.lr_schedule,
+            decay_fraction=self.decay_fraction, activation_checkpointing=self.activation_checkpointing,
+            weight_decay=self.weight_decay,
             grad_clip=self.grad_clip, zero_stage=self.zero_stage, dtype=self.dtype, seed=self.seed,
             checkpoint_every=self.checkpoint_every, keep_last=self.keep_last, log_every=self.log_every,
         )

@@ -76,6 +76,7 @@ def trained_checkpoint(
             "tokens_per_s": summary["tokens_per_s"],
             "wall_time_s": summary["wall_time_s"],
             "num_params": summary["num_params"],
+            "flops_per_token": summary["flops_per_token"],
             "world_size": summary["world_size"],
             "zero_stage": summary["zero_stage"],
             "dtype": summary["dtype"],

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.schedule import SCHEDULES
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 LAUNCHERS = ("deepspeed", "torchrun", "none")
@@ -24,6 +25,9 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
+    lr_schedule: str = "cosine"  # or "wsd": warmup-stable-decay
+    decay_fraction: float = 0.2  # wsd: share of the steps spent decaying
+    activation_checkpointing: bool = False
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -49,6 +53,10 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.grad_clip < 0:

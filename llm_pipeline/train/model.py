@@ -52,6 +52,22 @@ class ModelConfig:
         return 6 * non_embedding + 12 * self.n_layers * self.d_model * seq_len
 
 
+# Model sizes by name (vocab_size comes from the tokenizer). "demo" is what `make demo` trains.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, ffn_hidden=128, max_seq_len=256),
+    "demo": dict(d_model=192, n_layers=4, n_heads=6, ffn_hidden=512, max_seq_len=256),
+    "125m": dict(d_model=768, n_layers=12, n_heads=12, ffn_hidden=2048, max_seq_len=1024),
+    "350m": dict(d_model=1024, n_layers=24, n_heads=16, ffn_hidden=2816, max_seq_len=2048),
+    "1b": dict(d_model=2048, n_layers=16, n_heads=32, ffn_hidden=5632, max_seq_len=2048),
+}
+
+
+def preset_config(name: str, vocab_size: int, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"model preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return ModelConfig(vocab_size=vocab_size, **{**PRESETS[name], **overrides})
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()

@@ -44,13 +44,9 @@ def _init_distributed(on_gpu: bool):
 
 
 def lr_lambda(cfg):
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    from llm_pipeline.train.schedule import lr_factor
 
-    return factor
+    return lambda step: lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, cfg.lr_schedule, cfg.decay_fraction)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -85,6 +81,10 @@ def train(cfg, reporter) -> dict:
 
     torch.manual_seed(cfg.seed)
     model = CausalLM(cfg.model)
+    if cfg.activation_checkpointing:
+        from llm_pipeline.train.activation_checkpointing import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     dtype = resolve_dtype(cfg.dtype, on_gpu)
@@ -109,7 +109,7 @@ def train(cfg, reporter) -> dict:
     n_params = cfg.model.num_params()
     tokens_per_step = cfg.tokens_per_step(world)
     reporter.info(
-        f"training {n_params / 1e6:.2f}M params, ZeRO-{cfg.zero_stage}, {dtype}, world size {world} on "
+        f"training {n_params / 1e6:.2f}M params ({cfg.model.flops_per_token(cfg.seq_len) / 1e6:.1f} MFLOP/token), ZeRO-{cfg.zero_stage}, {dtype}, world size {world} on "
         f"{'GPU' if on_gpu else 'CPU'}, {tokens_per_step} tokens/step, steps {step}->{cfg.steps}"
     )
     loop_start, loop_start_step = time.time(), step
