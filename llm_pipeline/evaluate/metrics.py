@@ -78,16 +78,9 @@ def held_out_loss(model: CausalLM, tokens: np.ndarray, eos_id: int, tokenizer: T
 
 
 def _utf8_bytes(tokenizer: Tokenizer, ids: np.ndarray, eos_id: int) -> int:
-    # Decode document by document (EOS separates them), counting the text the targets encode.
-    total = 0
-    ids = ids.astype(np.int64)
-    boundaries = np.flatnonzero(ids == eos_id)
-    start = 0
-    for end in list(boundaries) + [len(ids)]:
-        if end > start:
-            total += len(tokenizer.decode(ids[start:end].tolist(), skip_special_tokens=True).encode("utf-8"))
-        start = end + 1
-    return total
+    """UTF-8 size of the text the targets encode, decoded document by document."""
+    return sum(len(tokenizer.decode(doc.tolist(), skip_special_tokens=True).encode("utf-8"))
+               for doc in split_documents(ids.astype(np.int64), eos_id) if len(doc))
 
 
 @torch.no_grad()
@@ -110,9 +103,10 @@ def evaluate(final: Storage, val_tokens: np.ndarray, tokenizer_json: str, eos_id
 
 
 def split_documents(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
+    """The documents of an EOS-separated stream (EOS dropped); a trailing unfinished one included."""
     ends = np.flatnonzero(tokens == eos_id)
-    starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else np.array([0])
-    return [tokens[a:b] for a, b in zip(starts, ends)] if len(ends) else [tokens]
+    starts = np.concatenate([[0], ends + 1])
+    return [tokens[a:b] for a, b in zip(starts, np.concatenate([ends, [len(tokens)]])) if b > a]
 
 
 def evaluate_published(folder: Storage, val_tokens: np.ndarray, tokenizer_json: str, eos_id: int, cfg: EvalConfig) -> dict:

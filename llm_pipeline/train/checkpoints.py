@@ -84,18 +84,17 @@ def _rmtree(path: str) -> None:
 
 
 def consolidated_fp32_state_dict(checkpoint_dir: str, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
-    """One fp32 state dict from a DeepSpeed checkpoint, in a plain process (no distributed world)."""
-    if zero_stage == 0:
-        # Stage 0 is not a ZeRO checkpoint: the module's weights are stored whole by rank 0.
-        path = os.path.join(checkpoint_dir, tag, "mp_rank_00_model_states.pt")
-        module = torch.load(path, map_location="cpu", weights_only=False)["module"]
-        # With bf16, DeepSpeed keeps fp32 master weights in the optimizer shards: prefer them.
-        shards = sorted(glob.glob(os.path.join(checkpoint_dir, tag, "bf16_zero_pp_rank_*_optim_states.pt")))
-        if shards:
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    """One fp32 state dict from a DeepSpeed checkpoint, in a plain process (no distributed world).
 
-            return {k: v.float().contiguous() for k, v in get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag).items()}
-        return {k: v.float().contiguous() for k, v in module.items()}
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    Stages 1-3, and stage 0 with bf16 (whose fp32 master weights live in optimizer shards), go
+    through DeepSpeed's zero_to_fp32. Plain stage 0 is not a ZeRO checkpoint: rank 0 stored the
+    whole module.
+    """
+    folder = os.path.join(checkpoint_dir, tag)
+    if zero_stage == 0 and not glob.glob(os.path.join(folder, "bf16_zero_pp_rank_*_optim_states.pt")):
+        state = torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)["module"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return {k: v.float().contiguous() for k, v in get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag).items()}
+        state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag)
+    return {k: v.float().contiguous() for k, v in state.items()}

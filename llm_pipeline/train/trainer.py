@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import os
 import sys
@@ -57,7 +58,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def train(cfg, reporter) -> dict:
-    import numpy as np
     import torch.distributed as dist
     from safetensors.torch import save_file
 
@@ -193,8 +193,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     with open_uri(args.config, "rb") as f:
-        import json
-
         cfg = TrainConfig.from_dict(json.load(f))
     with open_reporter(int(os.environ.get("RANK", "0")) == 0) as reporter:
         train(cfg, reporter)
