@@ -5,6 +5,7 @@ import dagster as dg
 from llm_pipeline.assets.configs import EvalMetricsConfig, validate_run_config
 from llm_pipeline.evaluate.metrics import evaluate, evaluate_published
 from llm_pipeline.publish.export import resolve_version
+from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.tokenize.shards import load_split_tokens
 
@@ -36,7 +37,7 @@ def eval_metrics(
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
     val_tokens, _ = load_split_tokens(storage.at(tokenized_shards["uri"]), "val", tokenizer["sha256"])
-    tok_json = storage.at(tokenizer["uri"]).read_bytes("tokenizer.json").decode()
+    tok_json = tokenizer_json(storage, tokenizer)
     metrics = evaluate(storage.at(trained_checkpoint["final_uri"]), val_tokens, tok_json, tokenizer["eos_id"], config.to_library())
     metrics["uniform_loss"] = math.log(tokenizer["vocab_size"])
     metrics["checkpoint"] = trained_checkpoint["checkpoint"]

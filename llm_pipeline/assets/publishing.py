@@ -3,6 +3,7 @@ import dagster as dg
 from llm_pipeline import __version__
 from llm_pipeline.assets.configs import PublishedModelConfig, validate_run_config
 from llm_pipeline.publish.export import publish
+from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
 
 _METRICS = ("loss", "perplexity", "bits_per_byte", "tokens_evaluated")
@@ -34,7 +35,7 @@ def published_model(
     }
     manifest = publish(
         registry, config.model_name, storage.at(trained_checkpoint["final_uri"]),
-        storage.at(tokenizer["uri"]).read_bytes("tokenizer.json").decode(), tokenizer["eos_id"],
+        tokenizer_json(storage, tokenizer), tokenizer["eos_id"],
         {k: eval_metrics[k] for k in _METRICS}, lineage, trained_checkpoint["train_config"],
     )
     value = {"uri": manifest["uri"], "name": config.model_name, "version": manifest["version"], "registry": registry.uri}

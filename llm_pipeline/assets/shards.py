@@ -1,6 +1,7 @@
 import dagster as dg
 
 from llm_pipeline.assets.configs import TokenizedShardsConfig, validate_run_config
+from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.tokenize.bpe import load_tokenizer
 from llm_pipeline.tokenize.encoder import DocumentEncoder
@@ -12,7 +13,7 @@ def tokenized_shards(
     context: dg.AssetExecutionContext, config: TokenizedShardsConfig, storage: StorageResource, raw_corpus: dict, tokenizer: dict
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
-    tok = load_tokenizer(storage.at(tokenizer["uri"]).read_bytes("tokenizer.json").decode())
+    tok = load_tokenizer(tokenizer_json(storage, tokenizer))
     encoder = DocumentEncoder(tok, tokenizer["engine"])
     out = storage.stage_folder("tokenized_shards", context.run_id)
     manifest = write_shards(storage.at(raw_corpus["uri"]), out, encoder, tokenizer["vocab_size"], tokenizer["sha256"], config.to_library())

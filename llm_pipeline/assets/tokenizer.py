@@ -8,6 +8,11 @@ from llm_pipeline.tokenize.bpe import EOS_TOKEN, load_tokenizer, tokenizer_hash,
 from llm_pipeline.tokenize.encoder import choose_encoder
 
 
+def tokenizer_json(storage: StorageResource, tokenizer: dict) -> str:
+    """The `tokenizer` asset's tokenizer.json text, from the value it materialized."""
+    return storage.at(tokenizer["uri"]).read_bytes("tokenizer.json").decode("utf-8")
+
+
 def _sample_texts(corpus, budget_bytes: int) -> list[str]:
     texts, total = [], 0
     for batch in iter_documents(corpus, columns=("text",)):

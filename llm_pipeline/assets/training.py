@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 
@@ -35,7 +36,7 @@ def trained_checkpoint(
     key_fields = json.loads(probe.to_json())
     key_fields.pop("run_uri")
     run = storage.root().child("trained_checkpoint", _run_key(key_fields))
-    train_cfg = config.to_library(tokenized_shards["uri"], run.uri, tokenizer["vocab_size"], tokenizer["sha256"])
+    train_cfg = dataclasses.replace(probe, run_uri=run.uri)
     run.write_bytes("train_config.json", train_cfg.to_json().encode())
     final = run.child("final")
     final.remove("summary.json")  # only the marker this launch writes counts as success

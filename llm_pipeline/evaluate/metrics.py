@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from llm_pipeline.publish.export import model_config_from_hf
 from llm_pipeline.storage import Storage
+from llm_pipeline.tokenize.bpe import EOS_TOKEN, tokenizer_hash
 from llm_pipeline.train.data import eval_windows
 from llm_pipeline.train.model import CausalLM, ModelConfig
 
@@ -115,9 +117,6 @@ def evaluate_published(folder: Storage, val_tokens: np.ndarray, tokenizer_json: 
     With the same tokenizer it sees the very same tokens; with another, the held-out documents are
     decoded and re-encoded with its tokenizer, so bits per byte stay comparable.
     """
-    from llm_pipeline.publish.export import model_config_from_hf
-    from llm_pipeline.tokenize.bpe import EOS_TOKEN, tokenizer_hash
-
     theirs_json = folder.read_bytes("tokenizer.json").decode("utf-8")
     model = load_model(folder, model_config_from_hf(folder.read_json("config.json")))
     theirs = Tokenizer.from_str(theirs_json)

@@ -15,7 +15,9 @@ import json
 import os
 import tempfile
 
-from llm_pipeline.storage import Storage
+from fsspec.implementations.local import LocalFileSystem
+
+from llm_pipeline.storage import Storage, sha256_file
 from llm_pipeline.tokenize.bpe import EOS_TOKEN
 from llm_pipeline.train.model import ModelConfig
 
@@ -148,9 +150,7 @@ def publish(
         weights = os.path.join(tmp, "model.safetensors")
         final.get_file("model.safetensors", weights)
         target.put_file(weights, "model.safetensors")
-        with open(weights, "rb") as f:
-            data = f.read()
-        hashes["model.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        hashes["model.safetensors"] = {"sha256": sha256_file(LocalFileSystem(), weights), "bytes": os.path.getsize(weights)}
     manifest = {"name": name, "version": version, "uri": target.uri, "files": dict(sorted(hashes.items())),
                 "metrics": metrics, "lineage": lineage,
                 "published_at": dt.datetime.now(dt.timezone.utc).isoformat()}

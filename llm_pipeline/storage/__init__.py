@@ -80,18 +80,21 @@ class Storage:
     def read_json(self, name: str) -> Any:
         return json.loads(self.read_bytes(name))
 
-    def write_bytes(self, name: str, data: bytes) -> None:
-        """Atomic for readers: a reader sees the old file, no file, or the whole new one."""
+    def _write_atomic(self, name: str, write) -> None:
+        """Atomic for readers: a reader sees the old file, no file, or the whole new one. Locally,
+        `write(path)` fills a temporary file that is renamed into place; object stores make a single
+        PUT visible atomically (a rename there would be a copy), so `write` targets the name."""
         target = self.full(name)
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        if self.is_local:
-            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-            with self.fs.open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        else:
-            # Object stores make a single PUT visible atomically; a rename would be a copy.
-            self.fs.pipe_file(target, data)
+        if not self.is_local:
+            write(target)
+            return
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+        write(tmp)
+        os.replace(tmp, target)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self._write_atomic(name, lambda path: self.fs.pipe_file(path, data))
 
     def write_json(self, name: str, value: Any) -> None:
         self.write_bytes(name, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
@@ -104,14 +107,7 @@ class Storage:
 
     def put_file(self, local_path: str, name: str) -> None:
         """Copy a local file in, atomically for readers."""
-        target = self.full(name)
-        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        if self.is_local:
-            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-            self.fs.put_file(local_path, tmp)
-            os.replace(tmp, target)
-        else:
-            self.fs.put_file(local_path, target)
+        self._write_atomic(name, lambda path: self.fs.put_file(local_path, path))
 
     def get_file(self, name: str, local_path: str) -> None:
         self.fs.get_file(self.full(name), local_path)

@@ -86,6 +86,10 @@ class DocumentEncoder:
         self._tiktoken = tiktoken_encoding(tokenizer) if engine == "tiktoken" else None
         self._pool = ThreadPoolExecutor(self.threads) if self._tiktoken is not None else None
 
+    def _encode_one(self, text: str) -> np.ndarray:
+        # disallowed_special=(): special-token strings in a document are text, and no regex scan for them.
+        return self._tiktoken.encode_to_numpy(text, disallowed_special=())
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [a.tolist() for a in self.encode_batch_numpy(texts)]
 
@@ -103,7 +107,7 @@ class DocumentEncoder:
             return
         pending: deque = deque()
         for text in texts:
-            pending.append(self._pool.submit(self._tiktoken.encode_to_numpy, text, disallowed_special=()))
+            pending.append(self._pool.submit(self._encode_one, text))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
@@ -113,9 +117,7 @@ class DocumentEncoder:
         """Token ids as uint32 arrays. tiktoken's Rust core releases the GIL, so threads use every
         core, and its numpy buffers skip building a Python int per token (~20% of the time)."""
         if self._tiktoken is not None:
-            # disallowed_special=(): special-token strings in a document are text, and no regex scan for them.
-            encode = lambda text: self._tiktoken.encode_to_numpy(text, disallowed_special=())  # noqa: E731
-            return list(self._pool.map(encode, texts))
+            return list(self._pool.map(self._encode_one, texts))
         return [np.asarray(e.ids, dtype=np.uint32) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
 

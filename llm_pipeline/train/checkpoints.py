@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 import torch
@@ -66,7 +67,7 @@ class CheckpointStore:
         for tag in self.complete_tags()[:-keep_last]:
             self.remote.remove(tag)
             if self.mirrored:
-                _rmtree(os.path.join(self.local_dir, tag))
+                shutil.rmtree(os.path.join(self.local_dir, tag), ignore_errors=True)
             removed.append(tag)
         # Incomplete folders older than the newest complete one are leftovers of a crash.
         newest = self.newest()
@@ -75,12 +76,6 @@ class CheckpointStore:
                 self.remote.remove(tag)
                 removed.append(tag)
         return removed
-
-
-def _rmtree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def consolidated_fp32_state_dict(checkpoint_dir: str, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
