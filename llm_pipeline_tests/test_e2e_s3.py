@@ -4,15 +4,25 @@ The trainer, a separate process tree, reaches the same bucket; its checkpoints a
 and mirrored to the bucket, and a re-run resumes from the bucket's copy.
 """
 
+import os
 import shutil
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
+from safetensors.torch import load
 
 from llm_pipeline.definitions import ASSETS, CHECKS
 from llm_pipeline.resources import JsonIOManager, StorageResource
-from llm_pipeline.train.checkpoints import CheckpointStore
+from llm_pipeline.storage import Storage
+from llm_pipeline.train.checkpoints import STAGING_ENV, CheckpointStore
+from llm_pipeline.train.config import TrainConfig
+from llm_pipeline.train.launch import free_port
+from llm_pipeline.train.model import CausalLM
+from llm_pipeline_tests.helpers import make_shards
 from llm_pipeline_tests.test_e2e_graph import _run_config
+from llm_pipeline_tests.test_trainer_stages import MODEL
 
 pytestmark = pytest.mark.e2e
 
@@ -42,3 +52,35 @@ def test_graph_on_s3_root_publishes_and_resumes(s3_endpoint):
     assert again.success
     summary = run.child("final").read_json("summary.json")
     assert summary["resumed_from"] == "step_00000010" and summary["steps"] == 20
+
+
+def test_two_nodes_with_their_own_disks_share_checkpoints_through_s3(s3_endpoint, tmp_path, small_tokenizer, sample_texts):
+    """Two "nodes" on loopback that share nothing but the bucket: each stages and uploads its own
+    rank's checkpoint shards; rank 0 fetches the other node's shards to consolidate the model."""
+    _, shards, _ = make_shards(tmp_path, Storage(str(tmp_path / "root")), small_tokenizer, sample_texts)
+    run = Storage("s3://llm-pipeline-test/two-nodes/run", client_kwargs={"endpoint_url": s3_endpoint})
+    cfg = TrainConfig(shards_uri=shards.uri, run_uri=run.uri, model=MODEL, seq_len=32, micro_batch=4, steps=4,
+                      warmup_steps=1, zero_stage=2, dtype="fp32", checkpoint_every=2, keep_last=1, log_every=2)
+    run.write_bytes("train_config.json", cfg.to_json().encode())
+    port, procs = str(free_port()), []
+    for node_rank in (0, 1):
+        env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint, STAGING_ENV: str(tmp_path / f"disk-{node_rank}")}
+        args = ["--config", run.uri + "/train_config.json", "--launcher", "torchrun", "--nproc", "1", "--nnodes", "2",
+                "--node-rank", str(node_rank), "--master-port", port]
+        procs.append(subprocess.Popen([sys.executable, "-m", "llm_pipeline.train.launch", *args], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+    summary = run.child("final").read_json("summary.json")
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    CausalLM(MODEL).load_state_dict(load(run.child("final").read_bytes("model.safetensors")), strict=True)
+    checkpoints = run.child("checkpoints")
+    assert CheckpointStore(run).complete_tags() == ["step_00000004"]  # keep_last 1 pruned step 2 from the bucket
+    shards_in_bucket = sorted(n for n in checkpoints.child("step_00000004").listdir() if "optim_states" in n)
+    assert shards_in_bucket == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    key = os.path.basename(CheckpointStore(run).local_dir)
+    disk0, disk1 = (tmp_path / f"disk-{n}" / key / "step_00000004" for n in (0, 1))
+    assert (disk0 / "zero_pp_rank_1_mp_rank_00_optim_states.pt").exists()  # fetched for consolidation
+    assert not (disk1 / "zero_pp_rank_0_mp_rank_00_optim_states.pt").exists()  # node 1 never saw rank 0's shard
+    assert not (tmp_path / "disk-1" / key / "step_00000002").exists()  # pruned on every node

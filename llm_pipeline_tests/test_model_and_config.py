@@ -53,6 +53,11 @@ def _cfg(**kw):
         ({"seq_len": 64}, r"seq_len \(64\) exceeds the model's max_seq_len \(32\)"),
         ({"dtype": "fp8"}, "dtype must be one of"),
         ({"lr": 0}, "lr must be > 0"),
+        ({"beta2": 1.0}, "beta1 and beta2 must be in"),
+        ({"zero_stage": 1, "offload_optimizer": True}, "offload_optimizer needs zero_stage 2 or 3, got zero_stage 1"),
+        ({"zero_stage": 2, "offload_params": True}, "offload_params needs zero_stage 3, got zero_stage 2"),
+        ({"global_batch_tokens": 512, "grad_accum": 2}, "set either global_batch_tokens or grad_accum"),
+        ({"global_batch_tokens": 100, "micro_batch": 4}, r"global_batch_tokens \(100\) must be a multiple of micro_batch x seq_len"),
     ],
 )
 def test_train_config_rejects_bad_values_naming_the_field(kwargs, message):
@@ -73,9 +78,35 @@ def test_config_json_roundtrip():
 
 
 def test_deepspeed_config_batch_arithmetic():
-    ds = _cfg(micro_batch=4, grad_accum=3, zero_stage=3).deepspeed_config(world_size=2, dtype="bf16")
-    assert ds["train_batch_size"] == 24 and ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
-    assert "bf16" not in _cfg().deepspeed_config(1, "fp32")
+    ds = _cfg(micro_batch=4, grad_accum=3, zero_stage=3).deepspeed_config(world_size=2, dtype="bf16", on_gpu=False)
+    assert ds["train_batch_size"] == 24 and ds["zero_optimization"] == {"stage": 3} and ds["bf16"]["enabled"]
+    assert "bf16" not in _cfg().deepspeed_config(1, "fp32", on_gpu=False)
+
+
+def test_global_batch_in_tokens_sets_gradient_accumulation_per_world_size():
+    cfg = _cfg(micro_batch=4, seq_len=16, global_batch_tokens=4 * 16 * 8)
+    assert [cfg.grad_accum_for(w) for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    assert cfg.tokens_per_step(2) == 512 and cfg.deepspeed_config(2, "fp32", on_gpu=False)["gradient_accumulation_steps"] == 4
+    with pytest.raises(ValueError, match=r"multiple of micro_batch x seq_len x world size \(4 x 16 x 3 = 192\)"):
+        cfg.validate_for(world_size=3, on_gpu=False)
+    with pytest.raises(ValueError, match="dtype fp16 needs a GPU"):
+        _cfg(dtype="fp16").validate_for(world_size=1, on_gpu=False)
+
+
+def test_offload_goes_into_the_zero_config():
+    zero = _cfg(zero_stage=3, offload_optimizer=True, offload_params=True).deepspeed_config(2, "bf16", on_gpu=True)["zero_optimization"]
+    assert zero == {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True},
+                    "offload_param": {"device": "cpu", "pin_memory": True}}
+
+
+def test_mfu_uses_the_dense_16bit_peak_of_the_named_gpu():
+    from llm_pipeline.train.mfu import model_flops_utilization
+
+    assert model_flops_utilization(494.5e12, "bf16", 0, "NVIDIA H200") == pytest.approx(0.5)
+    assert model_flops_utilization(378e12, "bf16", 0, "NVIDIA H100 PCIe") == pytest.approx(0.5)
+    assert model_flops_utilization(1e12, "fp32", 0, "NVIDIA H100 80GB HBM3") is None  # no tensor-core fp32 peak
+    assert model_flops_utilization(1e12, "bf16", 0, "Mystery GPU") is None
+    assert model_flops_utilization(1e12, "bf16", 10.0, "Mystery GPU") == pytest.approx(0.1)
 
 
 def test_auto_dtype_is_explicit_dtype_passthrough():
@@ -91,13 +122,37 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 
 
 def test_launch_commands():
-    ds = launch_command(LaunchConfig("deepspeed", 2, 29500), "c.json")
+    ds = launch_command(LaunchConfig("deepspeed", 2, master_port=29500), "c.json")
     assert ds[1:] == ["-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29500", "--module",
                       "llm_pipeline.train.trainer", "--config", "c.json"]
-    tr = launch_command(LaunchConfig("torchrun", 2, 29500), "c.json")
-    assert tr[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node"] and tr[-3:] == ["llm_pipeline.train.trainer", "--config", "c.json"]
-    with pytest.raises(ValueError, match="nproc must be 1"):
+    tr = launch_command(LaunchConfig("torchrun", 2, master_port=29500), "c.json")
+    assert tr[1:3] == ["-m", "torch.distributed.run"] and tr[-3:] == ["llm_pipeline.train.trainer", "--config", "c.json"]
+    with pytest.raises(ValueError, match="nproc and nnodes must be 1"):
         LaunchConfig("none", 2)
+
+
+def test_multi_node_launch_commands():
+    node1 = LaunchConfig("deepspeed", 4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500, hostfile="hosts")
+    ds = launch_command(node1, "c.json")
+    assert ds[3:17] == ["--hostfile", "hosts", "--num_nodes", "2", "--num_gpus", "4", "--master_addr", "10.0.0.1",
+                        "--no_ssh", "--node_rank", "1", "--master_port", "29500", "--module"]
+    head = LaunchConfig("deepspeed", 4, nnodes=2, master_addr="10.0.0.1", master_port=29500, hostfile="hosts", ssh=True)
+    assert "--no_ssh" not in launch_command(head, "c.json")
+    tr = launch_command(LaunchConfig("torchrun", 4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500), "c.json")
+    assert tr[3:15] == ["--nnodes", "2", "--node_rank", "1", "--nproc_per_node", "4", "--master_addr", "10.0.0.1",
+                        "--master_port", "29500", "-m", "llm_pipeline.train.trainer"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"nnodes": 2, "master_port": 0}, "master_port must be set when nnodes > 1"),
+    ({"nnodes": 2, "master_port": 29500, "launcher": "deepspeed"}, "the deepspeed launcher needs a hostfile"),
+    ({"nnodes": 2, "node_rank": 2, "master_port": 29500}, r"node_rank must be in \[0, nnodes=2\)"),
+    ({"launcher": "torchrun", "ssh": True}, "ssh applies to the deepspeed launcher with a hostfile only"),
+    ({"nproc": 0}, "nproc must be > 0"),
+])
+def test_launch_config_rejects_bad_values_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LaunchConfig(**kwargs)
 
 
 def test_wsd_schedule_is_flat_then_decays_linearly():

@@ -19,6 +19,7 @@ from llm_pipeline.evaluate.metrics import EvalConfig
 from llm_pipeline.tokenize.bpe import special_token_list, validate_vocab_size
 from llm_pipeline.tokenize.shards import ShardConfig
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
+from llm_pipeline.train.launch import uses_gpu
 from llm_pipeline.train.model import ModelConfig, preset_config
 
 
@@ -85,7 +86,9 @@ class TrainedCheckpointConfig(dg.Config):
     # optimisation
     seq_len: int = default(TrainConfig, "seq_len")
     micro_batch: int = default(TrainConfig, "micro_batch")
-    grad_accum: int = default(TrainConfig, "grad_accum")
+    grad_accum: int = Field(default=default(TrainConfig, "grad_accum"), description="micro-steps per optimizer step")
+    global_batch_tokens: int = Field(default=default(TrainConfig, "global_batch_tokens"),
+                                     description="tokens per optimizer step across all ranks; > 0 derives grad_accum from it")
     steps: int = default(TrainConfig, "steps")
     lr: float = default(TrainConfig, "lr")
     min_lr_ratio: float = default(TrainConfig, "min_lr_ratio")
@@ -94,17 +97,28 @@ class TrainedCheckpointConfig(dg.Config):
     decay_fraction: float = default(TrainConfig, "decay_fraction")
     activation_checkpointing: bool = default(TrainConfig, "activation_checkpointing")
     weight_decay: float = default(TrainConfig, "weight_decay")
+    beta1: float = default(TrainConfig, "beta1")
+    beta2: float = default(TrainConfig, "beta2")
+    adam_eps: float = default(TrainConfig, "adam_eps")
     grad_clip: float = default(TrainConfig, "grad_clip")
     seed: int = default(TrainConfig, "seed")
     # DeepSpeed
     zero_stage: int = Field(default=default(TrainConfig, "zero_stage"), description="ZeRO stage: 0, 1, 2 or 3")
+    offload_optimizer: bool = Field(default=default(TrainConfig, "offload_optimizer"), description="ZeRO-Offload: optimizer state and step on the CPU (stage 2 or 3)")
+    offload_params: bool = Field(default=default(TrainConfig, "offload_params"), description="parameters on the CPU between uses (stage 3)")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto: bf16 where the hardware runs it fast, else fp32")
+    peak_tflops: float = Field(default=default(TrainConfig, "peak_tflops"), description="per-GPU peak for MFU; 0: looked up from the GPU's name")
     checkpoint_every: int = default(TrainConfig, "checkpoint_every")
     keep_last: int = default(TrainConfig, "keep_last")
     log_every: int = default(TrainConfig, "log_every")
     # launch
     launcher: Literal["deepspeed", "torchrun", "none"] = default(LaunchConfig, "launcher")
-    nproc: int = Field(default=default(LaunchConfig, "nproc"), description="processes (ranks) on this node")
+    nproc: int = Field(default=default(LaunchConfig, "nproc"), description="processes (ranks) per node")
+    nnodes: int = Field(default=default(LaunchConfig, "nnodes"), description="nodes; this run starts node 0, the others run the logged worker command")
+    master_addr: str = Field(default=default(LaunchConfig, "master_addr"), description="node 0's address, reachable from every node")
+    master_port: int = Field(default=default(LaunchConfig, "master_port"), description="0: a free port (one node only)")
+    hostfile: str = Field(default=default(LaunchConfig, "hostfile"), description="deepspeed: MPI-style hostfile ('host slots=N' lines) for multi-node")
+    ssh: bool = Field(default=default(LaunchConfig, "ssh"), description="deepspeed with a hostfile: start every node from here over pdsh/ssh")
 
     def build_model_config(self, vocab_size: int) -> ModelConfig:
         dims = ("d_model", "n_layers", "n_heads", "ffn_hidden", "max_seq_len")
@@ -113,16 +127,25 @@ class TrainedCheckpointConfig(dg.Config):
     def to_library(self, shards_uri: str, run_uri: str, vocab_size: int, tokenizer_sha256: str) -> TrainConfig:
         return TrainConfig(
             shards_uri=shards_uri, run_uri=run_uri, model=self.build_model_config(vocab_size), tokenizer_sha256=tokenizer_sha256,
-            seq_len=self.seq_len, micro_batch=self.micro_batch, grad_accum=self.grad_accum, steps=self.steps, lr=self.lr,
+            seq_len=self.seq_len, micro_batch=self.micro_batch, grad_accum=self.grad_accum,
+            global_batch_tokens=self.global_batch_tokens, steps=self.steps, lr=self.lr,
             min_lr_ratio=self.min_lr_ratio, warmup_steps=self.warmup_steps, lr_schedule=self.lr_schedule,
             decay_fraction=self.decay_fraction, activation_checkpointing=self.activation_checkpointing,
-            weight_decay=self.weight_decay,
-            grad_clip=self.grad_clip, zero_stage=self.zero_stage, dtype=self.dtype, seed=self.seed,
+            weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, adam_eps=self.adam_eps,
+            grad_clip=self.grad_clip, zero_stage=self.zero_stage, offload_optimizer=self.offload_optimizer,
+            offload_params=self.offload_params, dtype=self.dtype, seed=self.seed,
             checkpoint_every=self.checkpoint_every, keep_last=self.keep_last, log_every=self.log_every,
+            peak_tflops=self.peak_tflops,
         )
 
     def launch_config(self) -> LaunchConfig:
-        return LaunchConfig(launcher=self.launcher, nproc=self.nproc)
+        # This run is always node 0: it hosts rank 0, which reports to Dagster.
+        return LaunchConfig(launcher=self.launcher, nproc=self.nproc, nnodes=self.nnodes, node_rank=0,
+                            master_addr=self.master_addr, master_port=self.master_port, hostfile=self.hostfile, ssh=self.ssh)
+
+    def validate_library(self, vocab_size: int, on_gpu: bool) -> None:
+        launch = self.launch_config()
+        self.to_library("x", "x", vocab_size, "").validate_for(launch.world_size, on_gpu)
 
 
 class EvalMetricsConfig(dg.Config):
@@ -186,7 +209,7 @@ def validate_run_config(run_config: dict) -> None:
         ("raw_corpus", lambda c: c.to_library()),
         ("tokenizer", lambda c: c.validate_library()),
         ("tokenized_shards", lambda c: c.to_library()),
-        ("trained_checkpoint", lambda c: (c.to_library("x", "x", vocab_size, ""), c.launch_config())),
+        ("trained_checkpoint", lambda c: c.validate_library(vocab_size, uses_gpu())),
         ("eval_metrics", lambda c: c.validate_library()),
         ("published_model", lambda c: c.validate_library()),
     ]

@@ -7,7 +7,7 @@ import dagster as dg
 from llm_pipeline.assets.configs import TrainedCheckpointConfig, validate_run_config
 from llm_pipeline.assets.plots import loss_curve_markdown
 from llm_pipeline.resources import StorageResource
-from llm_pipeline.train.launch import launch_command, launch_env
+from llm_pipeline.train.launch import launch_command, launch_env, worker_command
 
 
 def _run_key(train_json: dict) -> str:
@@ -44,6 +44,10 @@ def trained_checkpoint(
     launch = config.launch_config()
     command = launch_command(launch, run.child("train_config.json").uri)
     context.log.info(f"launching: {' '.join(command)}")
+    if launch.nnodes > 1 and not launch.ssh:
+        context.log.info(
+            f"waiting for nodes 1..{launch.nnodes - 1}; start each with: {' '.join(worker_command(launch, run.child('train_config.json').uri))}"
+        )
     try:
         pipes_subprocess_client.run(command=command, context=context, env={**launch_env(launch), **storage.process_env()})
     except dg.DagsterPipesExecutionError as e:
@@ -81,6 +85,9 @@ def trained_checkpoint(
             "world_size": summary["world_size"],
             "zero_stage": summary["zero_stage"],
             "dtype": summary["dtype"],
+            "grad_accum": summary["grad_accum"],
+            "accelerator": summary["accelerator"],
+            **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {}),
             "resumed_from": summary["resumed_from"] or "",
         },
     )

@@ -122,10 +122,13 @@ class Storage:
                 names.append(rel)
         return sorted(names)
 
-    def download_dir(self, local_dir: str) -> None:
-        for path in self.fs.find(self.path):
+    def download_dir(self, local_dir: str, skip_existing: bool = False) -> None:
+        """Copy every file of this folder under local_dir; skip_existing keeps local files whose size matches."""
+        for path, info in self.fs.find(self.path, detail=True).items():
             rel = posixpath.relpath(path, self.path)
             dest = os.path.join(local_dir, *rel.split("/"))
+            if skip_existing and os.path.exists(dest) and os.path.getsize(dest) == info.get("size"):
+                continue
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             self.fs.get_file(path, dest)
 

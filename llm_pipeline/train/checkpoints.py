@@ -19,6 +19,8 @@ import torch
 from llm_pipeline.storage import Storage
 
 MARKER = "complete.json"
+# Where a remote root's checkpoints are written before upload: a fast local disk on each node.
+STAGING_ENV = "LLM_PIPELINE_CHECKPOINT_STAGING"
 
 
 def tag_for(step: int) -> str:
@@ -26,7 +28,11 @@ def tag_for(step: int) -> str:
 
 
 class CheckpointStore:
-    """DeepSpeed writes to a local folder; for a remote root it is mirrored to `<run>/checkpoints`."""
+    """DeepSpeed writes to a local folder; for a remote root it is mirrored to `<run>/checkpoints`.
+
+    With a local root every node must see the same folder (a shared disk). With a remote root
+    each node stages its own ranks' files and uploads them; rank 0 fetches the rest to consolidate.
+    """
 
     def __init__(self, run: Storage):
         self.remote = run.child("checkpoints")
@@ -34,7 +40,8 @@ class CheckpointStore:
             self.local_dir = self.remote.path
         else:
             key = hashlib.sha256(run.uri.encode()).hexdigest()[:16]
-            self.local_dir = os.path.join(tempfile.gettempdir(), "llm_pipeline_ckpt", key)
+            staging = os.environ.get(STAGING_ENV) or os.path.join(tempfile.gettempdir(), "llm_pipeline_ckpt")
+            self.local_dir = os.path.join(staging, key)
         os.makedirs(self.local_dir, exist_ok=True)
 
     @property
@@ -49,25 +56,34 @@ class CheckpointStore:
         return tags[-1] if tags else None
 
     def fetch(self, tag: str) -> None:
-        """Make a complete checkpoint available locally (downloads it from a remote root)."""
-        if self.mirrored and not os.path.exists(os.path.join(self.local_dir, tag, MARKER)):
-            self.remote.child(tag).download_dir(os.path.join(self.local_dir, tag))
+        """Make a complete checkpoint available locally: downloads, from a remote root, the files
+        this machine lacks (on resume all of them; before consolidation, other nodes' shards)."""
+        if self.mirrored:
+            self.remote.child(tag).download_dir(os.path.join(self.local_dir, tag), skip_existing=True)
+
+    def upload(self, tag: str) -> None:
+        """Once per node, after every rank saved: copy this node's files of `tag` to a remote root."""
+        if self.mirrored:
+            self.remote.child(tag).upload_dir(os.path.join(self.local_dir, tag))
 
     def mark_complete(self, tag: str, info: dict) -> None:
-        """Rank 0 only, after all ranks saved: upload (if remote), then the marker last."""
-        if self.mirrored:
-            local = os.path.join(self.local_dir, tag)
-            self.remote.child(tag).upload_dir(local)
-            with open(os.path.join(local, MARKER), "w") as f:
-                json.dump(info, f)
+        """Rank 0 only, after every node uploaded: the marker goes last."""
         self.remote.child(tag).write_json(MARKER, info)
+
+    def prune_local(self) -> None:
+        """Drop local copies (of a remote root) that the remote no longer keeps. Only tags older
+        than the newest complete one: a newer folder may be a save in progress on another node."""
+        if not self.mirrored:
+            return
+        kept, newest = set(self.complete_tags()), self.newest()
+        for tag in os.listdir(self.local_dir):
+            if tag.startswith("step_") and newest and tag < newest and tag not in kept:
+                shutil.rmtree(os.path.join(self.local_dir, tag), ignore_errors=True)
 
     def prune(self, keep_last: int) -> list[str]:
         removed = []
         for tag in self.complete_tags()[:-keep_last]:
             self.remote.remove(tag)
-            if self.mirrored:
-                shutil.rmtree(os.path.join(self.local_dir, tag), ignore_errors=True)
             removed.append(tag)
         # Incomplete folders older than the newest complete one are leftovers of a crash.
         newest = self.newest()
@@ -75,6 +91,7 @@ class CheckpointStore:
             if tag.startswith("step_") and newest and tag < newest and not self.remote.exists(f"{tag}/{MARKER}"):
                 self.remote.remove(tag)
                 removed.append(tag)
+        self.prune_local()
         return removed
 
 

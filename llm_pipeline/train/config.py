@@ -21,6 +21,7 @@ class TrainConfig:
     seq_len: int = 128
     micro_batch: int = 16
     grad_accum: int = 1
+    global_batch_tokens: int = 0  # if > 0, grad_accum is derived from it and the world size
     steps: int = 180
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
@@ -31,13 +32,17 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
+    adam_eps: float = 1e-8
     grad_clip: float = 1.0
     zero_stage: int = 2
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on the CPU (stages 2, 3)
+    offload_params: bool = False  # ZeRO-Infinity style: parameters live on the CPU between uses (stage 3)
     dtype: str = "auto"  # bf16 where the hardware has it, else fp32 (see resolve_dtype)
     seed: int = 1337
     checkpoint_every: int = 100
     keep_last: int = 2
     log_every: int = 10
+    peak_tflops: float = 0.0  # per device, for MFU; 0: looked up from the GPU's name
 
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
@@ -61,6 +66,44 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
+        if self.peak_tflops < 0:
+            raise ValueError(f"peak_tflops must be >= 0 (0: look it up), got {self.peak_tflops}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.offload_optimizer and self.zero_stage < 2:
+            raise ValueError(f"offload_optimizer needs zero_stage 2 or 3, got zero_stage {self.zero_stage}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(f"offload_params needs zero_stage 3, got zero_stage {self.zero_stage}")
+        if self.global_batch_tokens < 0:
+            raise ValueError(f"global_batch_tokens must be >= 0 (0: use grad_accum), got {self.global_batch_tokens}")
+        if self.global_batch_tokens and self.grad_accum != 1:
+            raise ValueError("set either global_batch_tokens or grad_accum, not both "
+                             f"(got global_batch_tokens {self.global_batch_tokens}, grad_accum {self.grad_accum})")
+        if self.global_batch_tokens and self.global_batch_tokens % (self.micro_batch * self.seq_len):
+            raise ValueError(f"global_batch_tokens ({self.global_batch_tokens}) must be a multiple of "
+                             f"micro_batch x seq_len ({self.micro_batch} x {self.seq_len} = {self.micro_batch * self.seq_len})")
+
+    def grad_accum_for(self, world_size: int) -> int:
+        """Micro-steps per optimizer step: grad_accum, or derived from global_batch_tokens."""
+        if not self.global_batch_tokens:
+            return self.grad_accum
+        per_micro_step = self.micro_batch * self.seq_len * world_size
+        if self.global_batch_tokens % per_micro_step:
+            raise ValueError(
+                f"global_batch_tokens ({self.global_batch_tokens}) must be a multiple of micro_batch x seq_len x world size "
+                f"({self.micro_batch} x {self.seq_len} x {world_size} = {per_micro_step})"
+            )
+        return self.global_batch_tokens // per_micro_step
+
+    def validate_for(self, world_size: int, on_gpu: bool) -> None:
+        """Checks that need the launch: world size and hardware. Run before any process starts."""
+        self.grad_accum_for(world_size)
+        if self.dtype == "fp16" and not on_gpu:
+            raise ValueError("dtype fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 training); use fp32 or bf16")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -73,13 +116,19 @@ class TrainConfig:
             raise ValueError(f"unknown training config field(s): {unknown}")
         return cls(**{**data, "model": ModelConfig(**data["model"])})
 
-    def deepspeed_config(self, world_size: int, dtype: str) -> dict:
+    def deepspeed_config(self, world_size: int, dtype: str, on_gpu: bool) -> dict:
+        grad_accum = self.grad_accum_for(world_size)
+        zero = {"stage": self.zero_stage}
+        if self.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+        if self.offload_params:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
         ds = {
             "train_micro_batch_size_per_gpu": self.micro_batch,
-            "gradient_accumulation_steps": self.grad_accum,
-            "train_batch_size": self.micro_batch * self.grad_accum * world_size,
+            "gradient_accumulation_steps": grad_accum,
+            "train_batch_size": self.micro_batch * grad_accum * world_size,
             "gradient_clipping": self.grad_clip,
-            "zero_optimization": {"stage": self.zero_stage},
+            "zero_optimization": zero,
             "steps_per_print": 10**9,  # we report progress ourselves
             "wall_clock_breakdown": False,
         }
@@ -90,7 +139,7 @@ class TrainConfig:
         return ds
 
     def tokens_per_step(self, world_size: int) -> int:
-        return self.micro_batch * self.grad_accum * world_size * self.seq_len
+        return self.micro_batch * self.grad_accum_for(world_size) * world_size * self.seq_len
 
 
 def cpu_has_bf16() -> bool:
@@ -116,9 +165,24 @@ def resolve_dtype(dtype: str, on_gpu: bool) -> str:
 
 @dataclass(frozen=True)
 class LaunchConfig:
+    """How the trainer's processes start. One node by default.
+
+    Multi-node: every node runs the launch command with its own `node_rank` (node 0 hosts rank 0,
+    the one that reports progress), all pointing at node 0's `master_addr`:`master_port`.
+    deepspeed takes the node list from an MPI-style `hostfile` (`host slots=N` lines); with
+    `ssh` it starts every node itself from node 0 over pdsh/ssh, without it each node is
+    started on its own. torchrun needs no hostfile: `--nnodes`, `--node_rank` and the
+    master's address make its static rendezvous.
+    """
+
     launcher: str = "deepspeed"
-    nproc: int = 2
-    master_port: int = 0  # 0: pick a free port
+    nproc: int = 2  # processes per node
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0  # 0: pick a free port (one node only)
+    hostfile: str = ""
+    ssh: bool = False
     env: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -126,5 +190,24 @@ class LaunchConfig:
             raise ValueError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
         if self.nproc <= 0:
             raise ValueError(f"nproc must be > 0, got {self.nproc}")
-        if self.launcher == "none" and self.nproc != 1:
-            raise ValueError("launcher 'none' runs one process: nproc must be 1")
+        if self.nnodes <= 0:
+            raise ValueError(f"nnodes must be > 0, got {self.nnodes}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank must be in [0, nnodes={self.nnodes}), got {self.node_rank}")
+        if self.launcher == "none" and (self.nproc != 1 or self.nnodes != 1):
+            raise ValueError("launcher 'none' runs one process: nproc and nnodes must be 1")
+        if self.nnodes > 1:
+            if not self.master_port:
+                raise ValueError("master_port must be set when nnodes > 1: every node has to agree on it")
+            if not self.master_addr:
+                raise ValueError("master_addr must be set when nnodes > 1: node 0's address, reachable from every node")
+            if self.launcher == "deepspeed" and not self.hostfile:
+                raise ValueError("the deepspeed launcher needs a hostfile when nnodes > 1 (lines of 'host slots=N')")
+        if self.ssh and not (self.launcher == "deepspeed" and self.hostfile):
+            raise ValueError("ssh applies to the deepspeed launcher with a hostfile only")
+        if not 0 <= self.master_port < 65536:
+            raise ValueError(f"master_port must be in [0, 65535], got {self.master_port}")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes

@@ -57,6 +57,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg.weight_decay)
+    hyper = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+    if cfg.offload_optimizer:
+        # The optimizer step runs on the CPU: DeepSpeed's vectorised CPU Adam (JIT-built on first
+        # use, then cached under ~/.cache/torch_extensions) is the one ZeRO-Offload is built for.
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **hyper)
+    return torch.optim.AdamW(groups, **hyper)
+
+
 def train(cfg, reporter) -> dict:
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -66,12 +78,14 @@ def train(cfg, reporter) -> dict:
     from llm_pipeline.train.config import resolve_dtype
     from llm_pipeline.train.checkpoints import CheckpointStore, consolidated_fp32_state_dict, tag_for
     from llm_pipeline.train.data import TokenWindows
+    from llm_pipeline.train.mfu import model_flops_utilization
     from llm_pipeline.train.model import CausalLM
 
     rank, world, on_gpu = _set_up_world()
+    cfg.validate_for(world, on_gpu)  # before any process group: a bad combination fails fast, by name
     deepspeed = _init_distributed(on_gpu)
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if on_gpu else torch.device("cpu")
-    is_rank0 = rank == 0
+    is_rank0, local_rank = rank == 0, int(os.environ["LOCAL_RANK"])
+    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
     t_start = time.time()
 
     run = Storage(cfg.run_uri)
@@ -85,43 +99,43 @@ def train(cfg, reporter) -> dict:
         from llm_pipeline.train.activation_checkpointing import apply_activation_checkpointing
 
         apply_activation_checkpointing(model)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    optimizer = _optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     dtype = resolve_dtype(cfg.dtype, on_gpu)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=cfg.deepspeed_config(world, dtype)
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=cfg.deepspeed_config(world, dtype, on_gpu)
     )
+    grad_accum = cfg.grad_accum_for(world)
 
     step, micro_step, tokens_seen, losses = 0, 0, 0, []
     resume_tag = store.newest()
     if resume_tag:
-        if is_rank0:
+        if local_rank == 0:  # once per node: a remote root's copy lands on every node's disk
             store.fetch(resume_tag)
         dist.barrier()
-        if not is_rank0:
-            store.fetch(resume_tag)
         _, client = engine.load_checkpoint(store.local_dir, tag=resume_tag)
         step, micro_step, tokens_seen = client["step"], client["micro_step"], client["tokens_seen"]
         losses = client["losses"]
         torch.set_rng_state(client["rng_state"])
         reporter.info(f"resumed from checkpoint {resume_tag}: step {step}, {tokens_seen} tokens seen")
 
-    n_params = cfg.model.num_params()
+    n_params, flops_per_token = cfg.model.num_params(), cfg.model.flops_per_token(cfg.seq_len)
     tokens_per_step = cfg.tokens_per_step(world)
+    offload = "".join(f" +{what} offload" for what, on in (("optimizer", cfg.offload_optimizer), ("param", cfg.offload_params)) if on)
     reporter.info(
-        f"training {n_params / 1e6:.2f}M params ({cfg.model.flops_per_token(cfg.seq_len) / 1e6:.1f} MFLOP/token), ZeRO-{cfg.zero_stage}, {dtype}, world size {world} on "
-        f"{'GPU' if on_gpu else 'CPU'}, {tokens_per_step} tokens/step, steps {step}->{cfg.steps}"
+        f"training {n_params / 1e6:.2f}M params ({flops_per_token / 1e6:.1f} MFLOP/token), ZeRO-{cfg.zero_stage}{offload}, {dtype}, world size {world} on "
+        f"{'GPU' if on_gpu else 'CPU'}, {tokens_per_step} tokens/step ({grad_accum} micro-steps), steps {step}->{cfg.steps}"
     )
     loop_start, loop_start_step = time.time(), step
     while step < cfg.steps:
         step_loss = torch.zeros((), device=device)
-        for _ in range(cfg.grad_accum):
+        for _ in range(grad_accum):
             x, y = loader.batch(micro_step)
             micro_step += 1
             _, loss = engine(x.to(device), y.to(device))
             engine.backward(loss)
             engine.step()
-            step_loss += loss.detach().float() / cfg.grad_accum
+            step_loss += loss.detach().float() / grad_accum
         dist.all_reduce(step_loss)
         step += 1
         tokens_seen += tokens_per_step
@@ -142,16 +156,22 @@ def train(cfg, reporter) -> dict:
                      "rng_state": torch.get_rng_state()}
             engine.save_checkpoint(store.local_dir, tag=tag, client_state=state, save_latest=False)
             dist.barrier()
+            if local_rank == 0:
+                store.upload(tag)
+            dist.barrier()
             if is_rank0:
                 store.mark_complete(tag, {"step": step, "tokens_seen": tokens_seen, "time": time.time()})
                 store.prune(cfg.keep_last)
             dist.barrier()
+            if local_rank == 0 and not is_rank0:
+                store.prune_local()
 
     wall = time.time() - loop_start
     summary = None
     if is_rank0:
         tag = tag_for(step)
         final = run.child("final")
+        store.fetch(tag)  # other nodes' shards, when they are not on a shared disk
         state_dict = consolidated_fp32_state_dict(store.local_dir, tag, cfg.zero_stage)
         local_final = os.path.join(store.local_dir, "_final")
         os.makedirs(local_final, exist_ok=True)
@@ -159,6 +179,9 @@ def train(cfg, reporter) -> dict:
         final.put_file(os.path.join(local_final, "model.safetensors"), "model.safetensors")
         final.write_json("model_config.json", cfg.model.to_dict())
         trained_steps = step - loop_start_step
+        tokens_per_s = trained_steps * tokens_per_step / wall if trained_steps else 0.0
+        accelerator = torch.cuda.get_device_name(device) if on_gpu else "cpu"
+        mfu = model_flops_utilization(flops_per_token * tokens_per_s / world, dtype, cfg.peak_tflops, accelerator) if on_gpu else None
         summary = {
             "steps": step,
             "checkpoint": tag,
@@ -169,15 +192,19 @@ def train(cfg, reporter) -> dict:
             "zero_stage": cfg.zero_stage,
             "dtype": dtype,
             "num_params": n_params,
-            "flops_per_token": cfg.model.flops_per_token(cfg.seq_len),
+            "flops_per_token": flops_per_token,
             "wall_time_s": time.time() - t_start,
             "train_loop_s": wall,
-            "tokens_per_s": trained_steps * tokens_per_step / wall if trained_steps else 0.0,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu,
+            "accelerator": accelerator,
+            "grad_accum": grad_accum,
             "resumed_from": resume_tag,
             "device": "cuda" if on_gpu else "cpu",
         }
         final.write_json("summary.json", summary)  # last: its presence means the run finished
-        reporter.info(f"finished: {step} steps, final loss {summary['final_loss']:.4f}, {summary['tokens_per_s']:,.0f} tok/s")
+        mfu_text = f", MFU {mfu:.1%}" if mfu is not None else ""
+        reporter.info(f"finished: {step} steps, final loss {summary['final_loss']:.4f}, {tokens_per_s:,.0f} tok/s{mfu_text}")
     dist.barrier()
     return summary
 

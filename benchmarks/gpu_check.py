@@ -1,0 +1,76 @@
+"""GPU check: our whole trainer on one GPU, bf16, ZeRO-2, the ~125M preset. Prints tokens/s and MFU.
+
+    python -m benchmarks.gpu_check            # on a machine with a CUDA GPU, under 5 minutes
+    python -m benchmarks.gpu_check --smoke    # the same path on the CPU, tiny model, to test the script
+
+Data is the built-in default corpus (the Python standard library), tokenized here: nothing is
+downloaded. MFU = FLOPs/token (6N + attention, PaLM accounting) x tokens/s / the GPU's dense
+bf16 peak (llm_pipeline/train/mfu.py). Target: MFU >= 45%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from llm_pipeline.corpus.build import CorpusConfig, build_corpus, iter_documents
+from llm_pipeline.storage import Storage
+from llm_pipeline.tokenize.bpe import tokenizer_hash, train_bpe
+from llm_pipeline.tokenize.encoder import DocumentEncoder
+from llm_pipeline.tokenize.shards import ShardConfig, write_shards
+from llm_pipeline.train.config import LaunchConfig, TrainConfig
+from llm_pipeline.train.launch import launch_command, launch_env
+from llm_pipeline.train.model import preset_config
+
+VOCAB = 8192
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="run on the CPU with a tiny model (tests the script, measures nothing)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=1024)
+    args = p.parse_args()
+    if not args.smoke and not torch.cuda.is_available():
+        print("no CUDA GPU here: run this on a GPU machine, or with --smoke to test the script on the CPU", file=sys.stderr)
+        return 2
+    preset, dtype, seq_len, steps = ("tiny", "fp32", 128, args.steps or 4) if args.smoke else ("125m", "bf16", args.seq_len, args.steps or 120)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Storage(tmp)
+        build_corpus(CorpusConfig(), root.child("corpus"))
+        texts = [t for b in iter_documents(root.child("corpus"), columns=("text",)) for t in b.column("text").to_pylist()]
+        tok = train_bpe(iter(texts[: max(1, len(texts) // 4)]), VOCAB)
+        write_shards(root.child("corpus"), root.child("shards"), DocumentEncoder(tok, "tiktoken"), VOCAB,
+                     tokenizer_hash(tok.to_str()), ShardConfig())
+        print(f"data ready in {time.time() - t0:.0f}s", flush=True)
+        run = root.child("run")
+        cfg = TrainConfig(shards_uri=root.child("shards").uri, run_uri=run.uri, model=preset_config(preset, VOCAB, max_seq_len=max(seq_len, 128)),
+                          seq_len=seq_len, micro_batch=args.micro_batch, steps=steps, warmup_steps=min(10, steps), lr=6e-4,
+                          zero_stage=2, dtype=dtype, checkpoint_every=10**6, log_every=max(1, steps // 6))
+        run.write_bytes("train_config.json", cfg.to_json().encode())
+        launch = LaunchConfig("deepspeed" if not args.smoke else "none", nproc=1)
+        proc = subprocess.run(launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        progress = [line for line in proc.stdout.splitlines() if line.startswith(("training ", "step ", "finished"))]
+        print("\n".join(progress))
+        if proc.returncode or not run.child("final").exists("summary.json"):
+            print(proc.stdout[-5000:], file=sys.stderr)
+            return 1
+        s = run.child("final").read_json("summary.json")
+    mfu = f"{s['mfu']:.1%}" if s["mfu"] is not None else "n/a (CPU or unknown GPU peak)"
+    print(f"device {s['accelerator']}, preset {preset} ({s['num_params'] / 1e6:.1f}M params), {dtype}, ZeRO-{s['zero_stage']}, "
+          f"{args.micro_batch}x{seq_len} tokens/step, {steps} steps")
+    print(f"tokens/s {s['tokens_per_s']:,.0f}   MFU {mfu}   (target >= 45%)   total {time.time() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
