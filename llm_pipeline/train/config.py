@@ -83,9 +83,7 @@ class TrainConfig:
         if self.global_batch_tokens and self.grad_accum != 1:
             raise ValueError("set either global_batch_tokens or grad_accum, not both "
                              f"(got global_batch_tokens {self.global_batch_tokens}, grad_accum {self.grad_accum})")
-        if self.global_batch_tokens and self.global_batch_tokens % (self.micro_batch * self.seq_len):
-            raise ValueError(f"global_batch_tokens ({self.global_batch_tokens}) must be a multiple of "
-                             f"micro_batch x seq_len ({self.micro_batch} x {self.seq_len} = {self.micro_batch * self.seq_len})")
+        self.grad_accum_for(1)  # divisibility that holds for any world size; validate_for checks the launch's
 
     def grad_accum_for(self, world_size: int) -> int:
         """Micro-steps per optimizer step: grad_accum, or derived from global_batch_tokens."""
