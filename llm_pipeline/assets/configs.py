@@ -33,10 +33,17 @@ def default(cls, name: str):
 
 
 class RawCorpusConfig(dg.Config):
-    source_uri: str = Field(default="", description="fsspec URI of a folder (or file) of text; empty: the Python standard library")
-    glob: str = Field(default=default(CorpusConfig, "glob"), description="which files under source_uri to read")
+    source_uri: str = Field(default="", description="fsspec URI of a folder or file, taken literally (no patterns); empty: the Python standard library")
+    glob: str = Field(default=default(CorpusConfig, "glob"), description="which files under source_uri to read (the only pattern, with exclude)")
     exclude: list[str] = Field(default=list(default(CorpusConfig, "exclude")), description="relative paths to skip")
-    max_bytes: int = Field(default=default(CorpusConfig, "max_bytes"), description="stop reading after this many bytes")
+    format: Literal["auto", "text", "jsonl", "parquet"] = Field(
+        default=default(CorpusConfig, "format"), description="auto: from each file name (.jsonl/.json/.ndjson, .parquet, else text; .gz/.bz2/.xz/.zst decompressed)")
+    text_field: str = Field(default=default(CorpusConfig, "text_field"), description="the JSON Lines field or Parquet column holding the text")
+    include_hidden: bool = Field(default=default(CorpusConfig, "include_hidden"),
+                                 description="read hidden files and in-flight uploads (*.tmp, *.part, ...) too")
+    max_bytes: Optional[int] = Field(default=default(CorpusConfig, "max_bytes"),
+                                     description="read at most this many stored bytes (files over the budget are skipped and listed); unset: 8 MB for the built-in corpus, no cap for a given source")
+    workers: int = Field(default=default(CorpusConfig, "workers"), description="worker processes; 0: one per core")
     min_chars: int = default(FilterConfig, "min_chars")
     max_chars: int = default(FilterConfig, "max_chars")
     min_printable_fraction: float = default(FilterConfig, "min_printable_fraction")
@@ -48,7 +55,11 @@ class RawCorpusConfig(dg.Config):
             source_uri=self.source_uri or default_corpus_uri(),
             glob=self.glob,
             exclude=tuple(self.exclude),
+            format=self.format,
+            text_field=self.text_field,
+            include_hidden=self.include_hidden,
             max_bytes=self.max_bytes,
+            workers=self.workers,
             filters=FilterConfig(self.min_chars, self.max_chars, self.min_printable_fraction, self.near_dedup, self.near_dedup_threshold),
         )
 

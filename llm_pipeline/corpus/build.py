@@ -1,35 +1,60 @@
-"""Build the cleaned corpus: read files from a source URI, filter, dedup, write Parquet + manifest.
+"""Build the cleaned corpus: list the source, clean files on every core, dedup in order, write Parquet.
 
-Dropped documents are not lost: they go to quarantine Parquet files with the reason.
+    list_sources   which files, and why each other matched entry is skipped   (sources.py)
+    clean_file     read by format, filter, id and MinHash per document      (clean.py, in workers)
+    merge          exact and near dedup in file order, Parquet shards       (here, one process)
+
+Dropped records are not lost: they go to quarantine Parquet files with their reason, location and
+content (a prefix when large). Every matched file is listed in the manifest with its outcome.
+Output is byte-identical whatever the number of workers: workers only spool, the merge decides.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import posixpath
+import hashlib
+import multiprocessing
+import os
+import queue
+import shutil
 import sysconfig
+import tempfile
+import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
-from llm_pipeline.corpus.filters import FilterConfig, NearDuplicateIndex, document_id, quality_reason
+from llm_pipeline.corpus.clean import (
+    QUARANTINE_SCHEMA,
+    CleanOptions,
+    FileResult,
+    candidates_path,
+    clean_file,
+    quarantine_path,
+    worker_main,
+)
+from llm_pipeline.corpus.filters import FilterConfig
+from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE, NearDuplicateIndex, band_keys
+from llm_pipeline.corpus.readers import FORMATS, PREFIX_BYTES
+from llm_pipeline.corpus.sources import CorpusSourceError, SourceListing, list_sources
 from llm_pipeline.storage import Storage
 
+__all__ = ["CorpusConfig", "CorpusSourceError", "build_corpus", "iter_documents", "DOCUMENT_SCHEMA", "QUARANTINE_SCHEMA"]
+
 DOCUMENT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
-QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("reason", pa.string()), ("content", pa.binary())])
 MANIFEST = "manifest.json"
+# The built-in corpus is capped so that the demo stays a demo; a given source is read whole by default.
+BUILTIN_CORPUS_MAX_BYTES = 8_000_000
+# Below this much input, worker processes cost more to start than they save.
+_INLINE_BYTES = 16 * 1024 * 1024
 
 
 def default_corpus_uri() -> str:
     """The Python standard library's own source: a real corpus present on every machine that runs us."""
     return sysconfig.get_paths()["stdlib"]
-
-
-class CorpusSourceError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -39,136 +64,332 @@ class CorpusConfig:
     # Relative-path patterns to skip. The default keeps the stdlib corpus the same on every
     # machine: installed packages under site-packages differ from one to the next.
     exclude: tuple[str, ...] = ("site-packages/*", "dist-packages/*")
-    max_bytes: int = 8_000_000
+    format: str = "auto"
+    text_field: str = "text"
+    include_hidden: bool = False
+    # Stored bytes to read at most; None: BUILTIN_CORPUS_MAX_BYTES for the built-in corpus, else no cap.
+    max_bytes: int | None = None
     shard_bytes: int = 64_000_000
+    row_group_rows: int = 1024
+    quarantine_content_bytes: int = 65_536
+    workers: int = 0  # 0: one per core (in-process for small inputs)
     filters: FilterConfig = field(default_factory=FilterConfig)
 
     def __post_init__(self):
         if not self.source_uri:
             raise ValueError("source_uri is empty")
-        if self.max_bytes <= 0:
-            raise ValueError(f"max_bytes must be > 0, got {self.max_bytes}")
-        if self.shard_bytes <= 0:
-            raise ValueError(f"shard_bytes must be > 0, got {self.shard_bytes}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if not self.text_field:
+            raise ValueError("text_field is empty")
+        if self.max_bytes is not None and self.max_bytes <= 0:
+            raise ValueError(f"max_bytes must be > 0 (or unset for no cap), got {self.max_bytes}")
+        for name in ("shard_bytes", "row_group_rows"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.quarantine_content_bytes < PREFIX_BYTES:
+            raise ValueError(f"quarantine_content_bytes must be >= {PREFIX_BYTES}, got {self.quarantine_content_bytes}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+    @property
+    def byte_budget(self) -> int | None:
+        if self.max_bytes is not None:
+            return self.max_bytes
+        return BUILTIN_CORPUS_MAX_BYTES if self.source_uri == default_corpus_uri() else None
 
 
-def list_source_files(
-    source_uri: str, glob: str, exclude: tuple[str, ...] = (), storage_options: dict | None = None
-) -> tuple[object, list[str]]:
-    """The files under source_uri matching glob, in a stable (sorted) order. Raises if there are none."""
-    fs, root = url_to_fs(source_uri, **(storage_options or {}))
-    if not fs.exists(root):
-        raise CorpusSourceError(f"corpus source_uri {source_uri!r} does not exist")
-    if fs.isfile(root):
-        return fs, [root]
-    root = root.rstrip("/")
-    paths = sorted(
-        p
-        for p in fs.glob(posixpath.join(root, glob))
-        if not any(fnmatch.fnmatchcase(posixpath.relpath(p, root), pat) for pat in exclude) and fs.isfile(p)
-    )
-    if not paths:
-        raise CorpusSourceError(f"corpus source_uri {source_uri!r} has no files matching glob {glob!r}")
-    return fs, paths
+@dataclass
+class Progress:
+    files_done: int
+    files_total: int
+    documents: int
+    bytes_read: int
+    decoded_bytes: int
+    seconds: float
 
 
-def _read_sources(fs, paths: list[str], max_bytes: int) -> Iterator[tuple[str, bytes]]:
-    total = 0
-    for path in paths:
-        if total >= max_bytes:
-            return
-        data = fs.cat_file(path)
-        total += len(data)
-        yield path, data
+class ParquetShards:
+    """Rows appended in order into `<prefix>-NNNNN.parquet` files of about `shard_bytes` each.
 
+    Row groups hold a fixed number of rows, and a shard ends at the first row group that reaches
+    `shard_bytes`, so the files depend only on the rows, never on how they were batched. Each file is
+    hashed from the bytes written (no re-read) and written atomically.
+    """
 
-class _ShardWriter:
-    """Writes rows into Parquet files named `<prefix>-NNNNN.parquet`, each written atomically."""
-
-    def __init__(self, out: Storage, prefix: str, schema: pa.Schema, shard_bytes: int):
-        self.out, self.prefix, self.schema, self.shard_bytes = out, prefix, schema, shard_bytes
-        self.rows: list[dict] = []
-        self.bytes = 0
+    def __init__(self, out: Storage, prefix: str, schema: pa.Schema, shard_bytes: int, row_group_rows: int):
+        self.out, self.prefix, self.schema = out, prefix, schema
+        self.shard_bytes, self.row_group_rows = shard_bytes, row_group_rows
         self.files: list[dict] = []
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self._start_shard()
 
-    def add(self, row: dict, nbytes: int) -> None:
-        self.rows.append(row)
-        self.bytes += nbytes
-        if self.bytes >= self.shard_bytes:
-            self.flush()
+    def _start_shard(self) -> None:
+        self.sink = pa.BufferOutputStream()
+        self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
+        self.rows = 0
+        self.bytes = 0
 
-    def flush(self) -> None:
-        if not self.rows:
+    def append(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.pending.append(table)
+            self.pending_rows += table.num_rows
+        if self.pending_rows < self.row_group_rows:
             return
-        name = f"{self.prefix}-{len(self.files):05d}.parquet"
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        self.out.write_bytes(name, sink.getvalue().to_pybytes())
-        self.files.append({"name": name, "rows": len(self.rows), "sha256": self.out.sha256(name)})
-        self.rows, self.bytes = [], 0
+        pending, offset = pa.concat_tables(self.pending), 0
+        while pending.num_rows - offset >= self.row_group_rows:
+            self._write_group(pending.slice(offset, self.row_group_rows))
+            offset += self.row_group_rows
+        rest = pending.slice(offset)
+        self.pending = [rest] if rest.num_rows else []
+        self.pending_rows = rest.num_rows
+
+    def _write_group(self, group: pa.Table) -> None:
+        self.writer.write_table(group, row_group_size=group.num_rows)
+        self.rows += group.num_rows
+        self.bytes += payload_bytes(group)
+        if self.bytes >= self.shard_bytes:
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        self.writer.close()
+        if self.rows:
+            data = self.sink.getvalue().to_pybytes()
+            name = f"{self.prefix}-{len(self.files):05d}.parquet"
+            self.out.write_bytes(name, data)
+            self.files.append({"name": name, "rows": self.rows, "sha256": hashlib.sha256(data).hexdigest()})
+        self._start_shard()
+
+    def close(self) -> list[dict]:
+        if self.pending_rows:
+            self._write_group(pa.concat_tables(self.pending))
+        self._finish_shard()
+        self.writer.close()
+        return self.files
 
 
-def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None = None) -> dict:
+def payload_bytes(table: pa.Table) -> int:
+    """Bytes of the string and binary values: the same for the same rows however they are chunked."""
+    total = 0
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_binary(column.type):
+            total += int(pc.sum(pc.binary_length(column)).as_py() or 0)
+    return total
+
+
+class _Deduplicator:
+    """Exact (content id) and near (MinHash LSH) dedup over everything kept so far, in order."""
+
+    def __init__(self, filters: FilterConfig):
+        self.ids: dict[bytes, int] = {}  # 16-byte content id -> position among kept documents
+        self.kept_ids: list[str] = []
+        self.near = NearDuplicateIndex(filters.near_dedup_threshold) if filters.near_dedup else None
+
+    def decide(self, batch: pa.RecordBatch) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
+        """(keep mask, [(row, reason, detail)] for the dropped rows)."""
+        ids = batch.column("id").to_pylist()
+        keep = np.ones(len(ids), dtype=bool)
+        drops = []
+        sigs = keys = None
+        if self.near is not None:
+            sigs = np.frombuffer(batch.column("signature").buffers()[1], dtype=np.uint32,
+                                 count=len(ids) * NUM_PERM, offset=batch.column("signature").offset * NUM_PERM * 4)
+            sigs = sigs.reshape(len(ids), NUM_PERM)
+            keys = band_keys(sigs)
+        for row, doc_id in enumerate(ids):
+            key = bytes.fromhex(doc_id)
+            if key in self.ids:
+                keep[row] = False
+                drops.append((row, "exact_duplicate", f"same text as document {doc_id}"))
+                continue
+            if self.near is not None:
+                match = self.near.check(sigs[row], keys[row])
+                if match is not None:
+                    keep[row] = False
+                    other, similarity = match
+                    drops.append((row, "near_duplicate", f"near duplicate of document {self.kept_ids[other]} "
+                                                         f"(estimated Jaccard {similarity:.2f})"))
+                    continue
+            self.ids[key] = len(self.kept_ids)
+            self.kept_ids.append(doc_id)
+        return keep, drops
+
+
+def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None = None,
+                 progress: Callable[[Progress], None] | None = None) -> dict:
     """Read, clean and write the corpus under `out`. Returns the manifest (also written last)."""
-    fs, paths = list_source_files(cfg.source_uri, cfg.glob, cfg.exclude, storage_options)
-    docs = _ShardWriter(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes)
-    quarantine = _ShardWriter(out, "quarantine", QUARANTINE_SCHEMA, cfg.shard_bytes)
-    seen_ids: set[str] = set()
-    near = NearDuplicateIndex(cfg.filters.near_dedup_threshold) if cfg.filters.near_dedup else None
+    listing = list_sources(cfg.source_uri, cfg.glob, cfg.exclude, cfg.include_hidden, cfg.byte_budget, storage_options)
+    if not listing.files:
+        reasons = _count(s.reason for s in listing.skipped)
+        raise CorpusSourceError(f"corpus source_uri {cfg.source_uri!r}: no file to read; {len(listing.skipped)} matched "
+                                f"entries were all skipped ({reasons})")
+    opts = CleanOptions(listing.root_uri, dict(storage_options or {}), cfg.format, cfg.text_field, cfg.filters,
+                        cfg.quarantine_content_bytes)
+    docs = ParquetShards(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes, cfg.row_group_rows)
+    quarantine = ParquetShards(out, "quarantine", QUARANTINE_SCHEMA, cfg.shard_bytes, cfg.row_group_rows)
+    dedup = _Deduplicator(cfg.filters)
+    totals = {"records": 0, "documents": 0, "text_bytes": 0, "bytes_read": 0, "decoded_bytes": 0}
     dropped: dict[str, int] = {}
-    files_read = bytes_read = doc_count = text_bytes = 0
-
-    for path, data in _read_sources(fs, paths, cfg.max_bytes):
-        files_read += 1
-        bytes_read += len(data)
-        source = fs.unstrip_protocol(path)
-        reason = None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            reason, text = "invalid_utf8", ""
-        if reason is None:
-            text = text.replace("\r\n", "\n")
-            reason = quality_reason(text, cfg.filters)
-        if reason is None:
-            doc_id = document_id(text)
-            if doc_id in seen_ids:
-                reason = "exact_duplicate"
-            elif near is not None and near.is_near_duplicate(text):
-                reason = "near_duplicate"
-        if reason is not None:
-            dropped[reason] = dropped.get(reason, 0) + 1
-            quarantine.add({"source": source, "reason": reason, "content": data}, len(data))
-            continue
-        seen_ids.add(doc_id)
-        encoded_len = len(text.encode("utf-8"))
-        docs.add({"id": doc_id, "text": text, "source": source}, encoded_len)
-        doc_count += 1
-        text_bytes += encoded_len
-
-    docs.flush()
-    quarantine.flush()
-    if doc_count == 0:
+    examples: dict[str, str] = {}
+    file_entries: list[dict] = []
+    started = time.perf_counter()
+    spool = tempfile.mkdtemp(prefix="llm-pipeline-corpus-")
+    try:
+        for file_index, result in _cleaned(listing, opts, spool, _worker_count(cfg, listing)):
+            source = listing.files[file_index]
+            kept = _merge_file(spool, result, dedup, docs, quarantine, cfg.quarantine_content_bytes)
+            for reason, n in result.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + n
+            for reason, example in result.examples.items():
+                examples.setdefault(reason, example)
+            totals["records"] += result.records
+            totals["documents"] += kept["documents"]
+            totals["text_bytes"] += kept["text_bytes"]
+            totals["bytes_read"] += source.size
+            totals["decoded_bytes"] += result.decoded_bytes
+            file_entries.append({"uri": source.uri, "size": source.size, "outcome": "read", "format": result.format,
+                                 "records": result.records, "documents": kept["documents"],
+                                 "dropped": dict(sorted(result.dropped.items()))})
+            if progress is not None:
+                progress(Progress(len(file_entries), len(listing.files), totals["documents"], totals["bytes_read"],
+                                  totals["decoded_bytes"], time.perf_counter() - started))
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    shards = docs.close()
+    quarantine_files = quarantine.close()
+    if totals["documents"] == 0:
+        hints = "; ".join(f"{reason}: {example}" for reason, example in sorted(examples.items()))
         raise CorpusSourceError(
-            f"corpus source_uri {cfg.source_uri!r}: all {files_read} files were dropped ({dropped}); "
+            f"corpus source_uri {cfg.source_uri!r}: no document kept: all {totals['records']} records from "
+            f"{len(file_entries)} files were dropped ({dict(sorted(dropped.items()))}); e.g. {hints}; "
             f"see the quarantine files under {out.uri}"
         )
+    skipped = [{"uri": s.uri, "size": s.size, "outcome": "skipped", "reason": s.reason} for s in listing.skipped]
     manifest = {
         "kind": "raw_corpus",
         "source_uri": cfg.source_uri,
         "glob": cfg.glob,
-        "files_matched": len(paths),
-        "files_read": files_read,
-        "bytes_read": bytes_read,
-        "documents": doc_count,
-        "text_bytes": text_bytes,
+        "exclude": list(cfg.exclude),
+        "format": cfg.format,
+        "text_field": cfg.text_field,
+        "max_bytes": cfg.byte_budget,
+        "files_matched": len(listing.files) + len(listing.skipped),
+        "files_read": len(listing.files),
+        "files_skipped": len(listing.skipped),
+        "skipped": _count(s.reason for s in listing.skipped),
+        **totals,
         "dropped": dict(sorted(dropped.items())),
-        "shards": docs.files,
-        "quarantine": quarantine.files,
+        "dropped_examples": dict(sorted(examples.items())),
+        "near_dedup": {"enabled": cfg.filters.near_dedup, "threshold": cfg.filters.near_dedup_threshold,
+                       "num_perm": NUM_PERM, "bands": BANDS, "shingle_words": SHINGLE, "library": "rensa"},
+        "shards": shards,
+        "quarantine": quarantine_files,
+        "files": sorted(file_entries + skipped, key=lambda f: f["uri"]),
     }
     out.write_json(MANIFEST, manifest)
     return manifest
+
+
+def summary(manifest: dict) -> dict:
+    """The manifest without its per-file and per-shard lists: what a person or a log line wants."""
+    return {k: v for k, v in manifest.items() if k not in ("files", "shards", "quarantine", "dropped_examples")} | {
+        "shards": len(manifest["shards"]), "quarantine_files": len(manifest["quarantine"])}
+
+
+def _count(items) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _worker_count(cfg: CorpusConfig, listing: SourceListing) -> int:
+    if cfg.workers:
+        return min(cfg.workers, len(listing.files))
+    if sum(f.size for f in listing.files) < _INLINE_BYTES:
+        return 1
+    return max(1, min(os.cpu_count() or 1, len(listing.files)))
+
+
+def _cleaned(listing: SourceListing, opts: CleanOptions, spool: str, workers: int) -> Iterator[tuple[int, FileResult]]:
+    """(file index, result) in file order. With several workers, files are cleaned ahead of the merge,
+    at most `2 x workers` files ahead so the spool stays bounded."""
+    if workers <= 1:
+        for index, file in enumerate(listing.files):
+            yield index, _checked(clean_file(file, index, opts, spool, listing.fs))
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork: the caller may hold threads (Dagster, pyarrow)
+    tasks, results = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=worker_main, args=(tasks, results, opts, spool), daemon=True) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        submitted, ready = 0, {}
+        window = 2 * workers
+        for index in range(len(listing.files)):
+            while submitted < min(len(listing.files), index + window):
+                tasks.put((submitted, listing.files[submitted]))
+                submitted += 1
+            while index not in ready:
+                try:
+                    result = results.get(timeout=5)
+                except queue.Empty:
+                    dead = [p for p in procs if not p.is_alive()]
+                    if dead:
+                        raise RuntimeError(f"a corpus worker process died (exit code {dead[0].exitcode}) while cleaning "
+                                           f"{listing.files[index].uri} or a file after it") from None
+                    continue
+                ready[result.index] = result
+            yield index, _checked(ready.pop(index))
+    finally:
+        for _ in procs:
+            tasks.put(None)
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+
+
+def _checked(result: FileResult) -> FileResult:
+    if result.error:
+        raise RuntimeError(f"corpus build failed on {result.error}")
+    return result
+
+
+def _merge_file(spool: str, result: FileResult, dedup: _Deduplicator, docs: ParquetShards, quarantine: ParquetShards,
+                content_cap: int) -> dict:
+    """Dedup one file's candidates against everything before them; move its rows to the output."""
+    kept = {"documents": 0, "text_bytes": 0}
+    with pa.memory_map(candidates_path(spool, result.index)) as f:
+        reader = pa.ipc.open_file(f)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            keep, drops = dedup.decide(batch)
+            chosen = batch.filter(pa.array(keep)).select(["id", "text", "source"])
+            if chosen.num_rows:
+                table = pa.Table.from_batches([chosen]).cast(DOCUMENT_SCHEMA)
+                docs.append(table)
+                kept["documents"] += table.num_rows
+                kept["text_bytes"] += payload_bytes(table.select(["text"]))
+            if drops:
+                texts, sources = batch.column("text"), batch.column("source")
+                rows = []
+                for row, reason, detail in drops:
+                    content = texts[row].as_py().encode("utf-8")
+                    source, _, location = sources[row].as_py().partition("#")
+                    rows.append({"source": source, "location": location, "reason": reason, "detail": detail,
+                                 "content": content[:content_cap], "content_bytes": len(content)})
+                    result.dropped[reason] = result.dropped.get(reason, 0) + 1
+                    result.examples.setdefault(reason, f"{sources[row].as_py()}: {detail}")
+                quarantine.append(pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA))
+    with pa.memory_map(quarantine_path(spool, result.index)) as f:
+        reader = pa.ipc.open_file(f)
+        for i in range(reader.num_record_batches):
+            quarantine.append(pa.Table.from_batches([reader.get_batch(i)]))
+    os.remove(candidates_path(spool, result.index))
+    os.remove(quarantine_path(spool, result.index))
+    return kept
 
 
 def iter_documents(corpus: Storage, batch_size: int = 1024, columns=("id", "text")) -> Iterator[pa.RecordBatch]:

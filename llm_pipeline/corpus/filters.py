@@ -1,4 +1,4 @@
-"""Per-document quality filters and deduplication. Each drop has a named reason."""
+"""Per-document quality filters and the document id. Each drop has a named reason."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -55,51 +54,3 @@ def quality_reason(text: str, cfg: FilterConfig) -> str | None:
     if printable_fraction(text) < cfg.min_printable_fraction:
         return "low_quality"
     return None
-
-
-# --- near-duplicate detection: MinHash signatures with LSH banding ---------------------------
-
-_NUM_PERM = 64
-_BANDS = 8  # 8 bands x 8 rows: pairs above ~0.77 Jaccard almost always share a band
-_MERSENNE = np.uint64((1 << 61) - 1)
-_rng = np.random.default_rng(0x5EED)
-_A = _rng.integers(1, (1 << 61) - 1, size=_NUM_PERM, dtype=np.uint64)
-_B = _rng.integers(0, (1 << 61) - 1, size=_NUM_PERM, dtype=np.uint64)
-
-
-def minhash_signature(text: str, shingle: int = 5) -> np.ndarray:
-    words = text.split()
-    if len(words) < shingle:
-        grams = [" ".join(words)]
-    else:
-        grams = [" ".join(words[i : i + shingle]) for i in range(len(words) - shingle + 1)]
-    # 32-bit hashes keep a*h below 2^93 from overflowing into garbage: the product is taken
-    # modulo 2^64 by numpy, which is still a fine universal hash family for our purpose.
-    hashes = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest(), "little") for g in set(grams)),
-        dtype=np.uint64,
-    )
-    return ((np.outer(_A, hashes) + _B[:, None]) % _MERSENNE).min(axis=1)
-
-
-class NearDuplicateIndex:
-    """Remembers kept documents; `is_near_duplicate` answers for a new one and adds it if not."""
-
-    def __init__(self, threshold: float):
-        self.threshold = threshold
-        self.rows = _NUM_PERM // _BANDS
-        self.buckets: dict[tuple[int, bytes], int] = {}
-        self.signatures: list[np.ndarray] = []
-
-    def is_near_duplicate(self, text: str) -> bool:
-        sig = minhash_signature(text)
-        keys = [(b, sig[b * self.rows : (b + 1) * self.rows].tobytes()) for b in range(_BANDS)]
-        for key in keys:
-            other = self.buckets.get(key)
-            if other is not None and np.mean(self.signatures[other] == sig) >= self.threshold:
-                return True
-        index = len(self.signatures)
-        self.signatures.append(sig)
-        for key in keys:
-            self.buckets.setdefault(key, index)
-        return False

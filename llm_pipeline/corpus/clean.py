@@ -1,0 +1,194 @@
+"""Clean one source file: read its records, filter them, hash and sign what is kept.
+
+This is the part of the corpus build that runs on every core: each worker process takes whole files
+and spools its results to local Arrow files (candidate documents with their MinHash signatures, and
+quarantined records). The build then merges the spools in file order, which is where deduplication
+decides, so the output does not depend on how many workers there were.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from fsspec.core import url_to_fs
+
+from llm_pipeline.corpus.filters import FilterConfig, document_id, quality_reason
+from llm_pipeline.corpus.near_dedup import NUM_PERM, shingle_hashes, signatures
+from llm_pipeline.corpus.readers import PREFIX_BYTES, Record, detect, read_jsonl, read_parquet, read_text
+from llm_pipeline.corpus.sources import SourceFile
+
+CANDIDATE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.large_string()), ("source", pa.string()),
+                              ("signature", pa.binary(NUM_PERM * 4))])
+QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("location", pa.string()), ("reason", pa.string()),
+                               ("detail", pa.string()), ("content", pa.binary()), ("content_bytes", pa.int64())])
+_SPOOL_ROWS = 2048
+_SPOOL_BYTES = 16 * 1024 * 1024
+_REMOTE_BLOCK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CleanOptions:
+    root_uri: str
+    storage_options: dict
+    format: str
+    text_field: str
+    filters: FilterConfig
+    quarantine_content_bytes: int
+
+    @property
+    def max_doc_bytes(self) -> int:
+        return 4 * self.filters.max_chars  # UTF-8 needs at most 4 bytes a character
+
+    @property
+    def max_line_bytes(self) -> int:
+        return 6 * self.filters.max_chars + 65536  # JSON may escape a character as \\uXXXX
+
+
+@dataclass
+class FileResult:
+    index: int
+    format: str
+    records: int = 0
+    candidates: int = 0
+    decoded_bytes: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)  # first detail per reason
+    error: str | None = None  # a bug, not bad data: the build stops and names the file
+
+
+def candidates_path(spool: str, index: int) -> str:
+    return os.path.join(spool, f"{index:07d}-candidates.arrow")
+
+
+def quarantine_path(spool: str, index: int) -> str:
+    return os.path.join(spool, f"{index:07d}-quarantine.arrow")
+
+
+class _Spool:
+    """Buffered rows written to one Arrow IPC file as record batches of bounded size."""
+
+    def __init__(self, path: str, schema: pa.Schema):
+        self.path, self.schema = path, schema
+        self.columns: dict[str, list] = {name: [] for name in schema.names}
+        self.bytes = 0
+        self.writer = None
+
+    def add(self, nbytes: int, **row) -> None:
+        for name, value in row.items():
+            self.columns[name].append(value)
+        self.bytes += nbytes
+        if len(self.columns[self.schema.names[0]]) >= _SPOOL_ROWS or self.bytes >= _SPOOL_BYTES:
+            self.flush()
+
+    def __len__(self) -> int:
+        return len(self.columns[self.schema.names[0]])
+
+    def flush(self) -> None:
+        if self.writer is None:
+            self.writer = pa.ipc.new_file(self.path, self.schema)
+        if len(self):
+            self.writer.write_batch(pa.record_batch([pa.array(self.columns[n], self.schema.field(n).type) for n in self.schema.names],
+                                                    schema=self.schema))
+        self.columns = {name: [] for name in self.schema.names}
+        self.bytes = 0
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+class _Candidates(_Spool):
+    """Kept-so-far documents: signatures are computed per batch (one rensa call for many documents)."""
+
+    def __init__(self, path: str, near_dedup: bool):
+        super().__init__(path, CANDIDATE_SCHEMA)
+        self.near_dedup = near_dedup
+        self.shingles: list[np.ndarray] = []
+
+    def add_document(self, doc_id: str, text: str, source: str) -> None:
+        if self.near_dedup:
+            self.shingles.append(shingle_hashes(text))
+        self.add(len(text), id=doc_id, text=text, source=source, signature=None)
+
+    def flush(self) -> None:
+        if self.near_dedup and self.shingles:
+            sigs = signatures(self.shingles)
+            self.columns["signature"] = [row.tobytes() for row in sigs]
+            self.shingles = []
+        super().flush()
+
+
+def clean_file(file: SourceFile, index: int, opts: CleanOptions, spool: str, fs=None) -> FileResult:
+    """Read, filter and sign one file into the spool. Bad data becomes quarantine rows, never an exception."""
+    fs = fs if fs is not None else url_to_fs(opts.root_uri, **opts.storage_options)[0]
+    fmt, compression = detect(file.rel or file.path, opts.format)
+    result = FileResult(index, fmt)
+    candidates = _Candidates(candidates_path(spool, index), opts.filters.near_dedup)
+    quarantine = _Spool(quarantine_path(spool, index), QUARANTINE_SCHEMA)
+
+    def drop(record: Record, reason: str, detail: str, content: bytes, size: int) -> None:
+        result.dropped[reason] = result.dropped.get(reason, 0) + 1
+        where = f"{file.uri}#{record.location}" if record.location else file.uri
+        result.examples.setdefault(reason, f"{where}: {detail}" if detail else where)
+        cap = opts.quarantine_content_bytes
+        quarantine.add(min(len(content), cap), source=file.uri, location=record.location, reason=reason, detail=detail,
+                       content=content[:cap], content_bytes=size)
+
+    try:
+        for record in _records(fs, file, fmt, compression, opts):
+            result.records += 1
+            result.decoded_bytes += record.raw_size
+            if record.text is None:
+                drop(record, record.reason, record.detail, record.raw, record.raw_size)
+                continue
+            text = record.text
+            if text.startswith("\ufeff"):
+                text = text[1:]
+            if "\r" in text:
+                text = text.replace("\r\n", "\n")
+            reason = quality_reason(text, opts.filters)
+            if reason is not None:
+                encoded = text.encode("utf-8", "surrogatepass")
+                drop(record, reason, "", encoded[:PREFIX_BYTES] if reason == "too_long" else encoded, len(encoded))
+                continue
+            source = f"{file.uri}#{record.location}" if record.location else file.uri
+            candidates.add_document(document_id(text), text, source)
+            result.candidates += 1
+        candidates.close()
+        quarantine.close()
+    except Exception:  # noqa: BLE001 - reported with the file's name; the build stops
+        result.error = f"{file.uri}: {traceback.format_exc()}"
+    return result
+
+
+def _records(fs, file: SourceFile, fmt: str, compression: str | None, opts: CleanOptions):
+    remote = "file" not in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
+    block = {"block_size": _REMOTE_BLOCK} if remote else {}
+    try:
+        if fmt == "parquet":
+            if compression:
+                yield Record("", reason="unreadable", detail=f"{compression}-compressed Parquet is not supported; "
+                                                             f"Parquet compresses its own pages")
+                return
+            with fs.open(file.path, "rb", **block) as f:
+                yield from read_parquet(f, opts.text_field, opts.max_doc_bytes)
+            return
+        with fs.open(file.path, "rb", compression=compression, **block) as f:
+            if fmt == "jsonl":
+                yield from read_jsonl(f, opts.text_field, opts.max_line_bytes)
+            else:
+                yield from read_text(f, opts.max_doc_bytes)
+    except OSError as e:  # cannot open at all: permissions, vanished since the listing
+        yield Record("", reason="unreadable", detail=f"{type(e).__name__}: {e}")
+
+
+def worker_main(tasks, results, opts: CleanOptions, spool: str) -> None:
+    """A worker process: clean files from `tasks` until None, reporting each FileResult."""
+    fs = url_to_fs(opts.root_uri, **opts.storage_options)[0]
+    while (task := tasks.get()) is not None:
+        index, file = task
+        results.put(clean_file(file, index, opts, spool, fs))

@@ -1,0 +1,185 @@
+"""Which files a corpus build reads, and why every other matched file is skipped.
+
+`source_uri` is a literal location: glob characters in it are never patterns. `glob` and `exclude`
+are the only patterns, matched against paths relative to the source. Every entry the patterns match
+ends up in exactly one of two lists: files to read, or skipped with a reason, so the manifest can
+account for all of them.
+
+Local folders are walked without following symlinks blindly: a link is followed only when its
+target lies inside the source folder, and a folder reached twice (a loop) is not entered again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+
+from fsspec.core import url_to_fs
+from fsspec.utils import glob_translate
+
+# Names an upload or copy tool writes while a file is still arriving.
+IN_FLIGHT_PATTERNS = ("*.tmp", "*.tmp-*", "*.part", "*.crdownload", "*._COPYING_", ".~*", "*.swp")
+
+
+class CorpusSourceError(ValueError):
+    """The source as a whole cannot be used (missing, unreadable, nothing matched)."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # the filesystem's path (no protocol)
+    uri: str  # what the manifest and the documents' `source` column show
+    rel: str  # relative to the source folder
+    size: int
+
+
+@dataclass(frozen=True)
+class SkippedEntry:
+    uri: str
+    rel: str
+    reason: str
+    size: int | None = None
+
+
+@dataclass
+class SourceListing:
+    fs: object
+    root_uri: str
+    files: list[SourceFile]
+    skipped: list[SkippedEntry]
+
+
+def is_hidden_or_in_flight(name: str) -> bool:
+    return name.startswith(".") or any(fnmatch.fnmatchcase(name, p) for p in IN_FLIGHT_PATTERNS)
+
+
+def _pattern(glob: str) -> re.Pattern:
+    return re.compile(glob_translate(glob))
+
+
+def _matches(rel: str, glob: re.Pattern, exclude: tuple[str, ...]) -> bool:
+    return bool(glob.match(rel)) and not any(fnmatch.fnmatchcase(rel, pat) for pat in exclude)
+
+
+def list_sources(
+    source_uri: str,
+    glob: str,
+    exclude: tuple[str, ...] = (),
+    include_hidden: bool = False,
+    max_bytes: int | None = None,
+    storage_options: dict | None = None,
+) -> SourceListing:
+    """Files to read under `source_uri`, in sorted order, and every other matched entry with its reason.
+
+    `max_bytes` caps the stored bytes read: files are taken in order while they fit, and a file that
+    would overflow the budget is skipped as `over_max_bytes` (a later, smaller file may still fit).
+    """
+    try:
+        fs, root = url_to_fs(source_uri, **(storage_options or {}))
+        exists = fs.exists(root)
+    except Exception as e:  # noqa: BLE001 - credentials, endpoint, permissions: name the URI
+        raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {type(e).__name__}: {e}") from None
+    if not exists:
+        raise CorpusSourceError(f"corpus source_uri {source_uri!r} does not exist")
+    is_local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
+    pattern = _pattern(glob)
+    files: list[SourceFile] = []
+    skipped: list[SkippedEntry] = []
+    root_uri = fs.unstrip_protocol(root).rstrip("/")
+    try:
+        walk = _walk_local(root, exclude) if is_local else _walk_remote(fs, root)
+        for rel, kind, size, is_dir, path in walk:
+            uri = f"{root_uri}/{rel}" if rel else root_uri
+            if kind != "file":
+                # A link not followed: counted when it names a matched file, or a folder that may hold some.
+                if is_dir or _matches(rel, pattern, exclude):
+                    skipped.append(SkippedEntry(uri, rel, kind))
+            elif rel and not _matches(rel, pattern, exclude):
+                continue
+            elif not include_hidden and any(is_hidden_or_in_flight(part) for part in rel.split("/")):
+                skipped.append(SkippedEntry(uri, rel, "hidden_or_in_flight", size))
+            else:
+                files.append(SourceFile(path, uri, rel, size))
+    except OSError as e:
+        raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {e}") from None
+
+    files.sort(key=lambda f: f.rel)
+    skipped.sort(key=lambda s: s.rel)
+    if max_bytes is not None:
+        files, over = _apply_budget(files, max_bytes)
+        skipped = sorted(skipped + over, key=lambda s: s.rel)
+    if not files and not skipped:
+        raise CorpusSourceError(f"corpus source_uri {source_uri!r} has no files matching glob {glob!r}")
+    return SourceListing(fs, fs.unstrip_protocol(root), files, skipped)
+
+
+def _apply_budget(files: list[SourceFile], max_bytes: int) -> tuple[list[SourceFile], list[SkippedEntry]]:
+    taken, over, total = [], [], 0
+    for f in files:
+        if total + f.size <= max_bytes:
+            taken.append(f)
+            total += f.size
+        else:
+            over.append(SkippedEntry(f.uri, f.rel, "over_max_bytes", f.size))
+    return taken, over
+
+
+def _prunable(rel_dir: str, exclude: tuple[str, ...]) -> bool:
+    """True when an exclude pattern matches every path under the folder (e.g. `site-packages/*`)."""
+    probe = f"{rel_dir}/\0probe/\0"
+    return any(fnmatch.fnmatchcase(probe, pat) for pat in exclude)
+
+
+def _walk_local(root: str, exclude: tuple[str, ...] = ()):
+    """(relative path, kind, size, is a folder, path to read) for every file and every link not followed.
+
+    kind: "file", "symlink_outside_source", "symlink_loop" or "broken_symlink". Files are read at their
+    resolved path, so a link swapped after the listing cannot lead the reader out of the source.
+    """
+    real_root = os.path.realpath(root)
+    if os.path.isfile(real_root):
+        yield "", "file", os.path.getsize(real_root), False, real_root
+        return
+    seen_dirs = {real_root}
+    stack = [("", real_root)]
+    while stack:
+        rel_dir, real_dir = stack.pop()
+        with os.scandir(real_dir) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if not os.path.exists(target):
+                    yield rel, "broken_symlink", None, False, None
+                elif os.path.commonpath([real_root, target]) != real_root:
+                    yield rel, "symlink_outside_source", None, os.path.isdir(target), None
+                elif os.path.isdir(target):
+                    if target in seen_dirs:
+                        yield rel, "symlink_loop", None, True, None
+                    else:
+                        seen_dirs.add(target)
+                        stack.append((rel, target))
+                elif os.path.isfile(target):
+                    yield rel, "file", os.path.getsize(target), False, target
+            elif entry.is_dir(follow_symlinks=False):
+                # No link on the way here, so the path is real already.
+                if entry.path not in seen_dirs and not _prunable(rel, exclude):
+                    seen_dirs.add(entry.path)
+                    stack.append((rel, entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                yield rel, "file", entry.stat(follow_symlinks=False).st_size, False, entry.path
+
+
+def _walk_remote(fs, root: str):
+    """Object stores have no links; one listing call gives every object with its size."""
+    if fs.isfile(root):
+        yield "", "file", int(fs.size(root)), False, root
+        return
+    base = root.rstrip("/")
+    for path, info in sorted(fs.find(base, withdirs=False, detail=True).items()):
+        if info.get("type") == "file":
+            yield posixpath.relpath(path, base), "file", int(info.get("size") or 0), False, path

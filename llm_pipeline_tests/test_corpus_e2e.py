@@ -1,0 +1,89 @@
+"""The corpus stage as users run it: from S3, from the command line, and as the `raw_corpus` asset."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+
+from llm_pipeline.assets.corpus import raw_corpus
+from llm_pipeline.corpus.build import CorpusConfig, build_corpus, iter_documents
+from llm_pipeline.definitions import make_resources
+from llm_pipeline.resources import REPO_ROOT
+from llm_pipeline.storage import Storage
+
+pytestmark = pytest.mark.e2e
+
+
+def _mixed_folder(root, sample_texts):
+    """What lands in practice: compressed JSON Lines with a bad line, Parquet, text, an upload in flight."""
+    texts = [f"# doc {i}\n" + t for i, t in enumerate(sample_texts[:6])]
+    (root / "deliveries").mkdir(parents=True)
+    lines = [json.dumps({"text": t}).encode() for t in texts[:3]] + [b'{"text": broken']
+    (root / "deliveries" / "web.jsonl.gz").write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"text": texts[3:5]}), root / "deliveries" / "code.parquet")
+    (root / "deliveries" / "notes.txt").write_text(texts[5])
+    (root / "deliveries" / "late.jsonl.part").write_bytes(lines[0])
+    return texts
+
+
+def test_jsonl_gz_from_the_s3_api_server_with_worker_processes(s3_endpoint, tmp_path, sample_texts):
+    opts = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    fs = s3fs.S3FileSystem(**opts)
+    texts = [f"# s3 doc {i}\n" + t for i, t in enumerate(sample_texts)]
+    for part in range(3):
+        chunk = texts[part * 4 : part * 4 + 4] + [texts[0]]  # texts[0] again: a duplicate across objects
+        fs.pipe(f"llm-pipeline-test/landing-e2e/part-{part}.jsonl.gz",
+                gzip.compress(b"".join(json.dumps({"text": t}).encode() + b"\n" for t in chunk)))
+    fs.pipe("llm-pipeline-test/landing-e2e/.hidden.jsonl", b"{}\n")
+    out = Storage(str(tmp_path / "out"))
+    manifest = build_corpus(CorpusConfig(source_uri="s3://llm-pipeline-test/landing-e2e", glob="**/*", workers=2), out, opts)
+    kept = [t for b in iter_documents(out, columns=("text",)) for t in b.column("text").to_pylist()]
+    assert kept == texts
+    assert manifest["dropped"] == {"exact_duplicate": 3} and manifest["skipped"] == {"hidden_or_in_flight": 1}
+    assert all(f["uri"].startswith("s3://llm-pipeline-test/landing-e2e/") for f in manifest["files"])
+
+
+def _clean_env() -> dict:
+    """The environment a newcomer has: no LLM_PIPELINE_* settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLM_PIPELINE_")}
+
+
+def test_command_line_does_what_the_asset_does(tmp_path, sample_texts):
+    texts = _mixed_folder(tmp_path / "src", sample_texts)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "src"), "--out", str(out), "--glob", "**/*"],
+                          cwd=REPO_ROOT, env=_clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["documents"] == 6 and summary["files_matched"] == 4 and summary["files_skipped"] == 1
+    assert summary["dropped"] == {"invalid_json": 1}
+    assert sorted(pq.read_table(out / "documents-00000.parquet").column("text").to_pylist()) == sorted(texts)
+    assert pq.read_table(out / "quarantine-00000.parquet").column("reason").to_pylist() == ["invalid_json"]
+
+    missing = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "nope"), "--out", str(out)],
+                             cwd=REPO_ROOT, env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_raw_corpus_asset_reads_a_mixed_landing_folder(tmp_path, sample_texts, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("LLM_PIPELINE_")]:
+        monkeypatch.delenv(key)
+    _mixed_folder(tmp_path / "src", sample_texts)
+    result = dg.materialize([raw_corpus], resources=make_resources(str(tmp_path / "root")),
+                            run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "src"), "glob": "**/*"}}}})
+    assert result.success
+    metadata = result.asset_materializations_for_node("raw_corpus")[0].metadata
+    assert metadata["documents"].value == 6
+    assert (metadata["files_matched"].value, metadata["files_read"].value, metadata["files_skipped"].value) == (4, 3, 1)
+    drops = {r.data["reason"]: r.data["documents"] for r in metadata["dropped_by_reason"].value.records}
+    assert drops == {"invalid_json": 1}
+    skips = {r.data["reason"]: r.data["files"] for r in metadata["skipped_by_reason"].value.records}
+    assert skips == {"hidden_or_in_flight": 1}
