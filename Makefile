@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The repo root is the Dagster instance home: dagster.yaml lives here, its data under .dagster/.
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup demo test dev clean
+.PHONY: setup demo test dev bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
+
+# The peers the benchmarks compare against (datatrove, spaCy, datasketch) are a benchmark-only extra.
+bench: setup
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python -m benchmarks.corpus_bench
 
 dev: setup
 	$(BIN)/dagster dev -w workspace.yaml

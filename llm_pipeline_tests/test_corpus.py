@@ -366,3 +366,16 @@ def test_near_duplicate_index_separates_different_texts(sample_texts):
     index = NearDuplicateIndex(0.85)
     assert not any(index.is_near_duplicate(t) for t in sample_texts)
     assert index.is_near_duplicate(sample_texts[3] + "\n# trailing comment\n")
+
+
+def test_signatures_do_not_depend_on_batching(sample_texts):
+    """A document's signature is the same alone or in a batch: k-grams never straddle documents."""
+    from llm_pipeline.corpus.near_dedup import document_signatures
+
+    docs = sample_texts[:5] + ["two words", "", "   ", "one two three four five six", "x" * 70]
+    together = document_signatures(docs)
+    alone = [document_signatures([d])[0] for d in docs]
+    assert all((together[i] == alone[i]).all() for i in range(len(docs)))
+    # the word split ignores how much whitespace there is, as str.split() does
+    assert (document_signatures(["a  b\tc\n\nd e f"])[0] == document_signatures(["a b c d e f"])[0]).all()
+    assert not (together[0] == together[1]).all()

@@ -49,6 +49,10 @@ def test_jsonl_gz_from_the_s3_api_server_with_worker_processes(s3_endpoint, tmp_
     assert kept == texts
     assert manifest["dropped"] == {"exact_duplicate": 3} and manifest["skipped"] == {"hidden_or_in_flight": 1}
     assert all(f["uri"].startswith("s3://llm-pipeline-test/landing-e2e/") for f in manifest["files"])
+    from llm_pipeline.corpus.build import CorpusSourceError
+
+    with pytest.raises(CorpusSourceError, match="s3://no-such-bucket/x"):
+        build_corpus(CorpusConfig(source_uri="s3://no-such-bucket/x"), out.child("none"), opts)
 
 
 def _clean_env() -> dict:
@@ -71,6 +75,30 @@ def test_command_line_does_what_the_asset_does(tmp_path, sample_texts):
     missing = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "nope"), "--out", str(out)],
                              cwd=REPO_ROOT, env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_command_line_draws_a_progress_bar_on_a_terminal(tmp_path, sample_texts):
+    import pty
+
+    _mixed_folder(tmp_path / "src", sample_texts)
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                             "--glob", "**/*"], cwd=REPO_ROOT, env=_clean_env(), stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    stdout, _ = proc.communicate(timeout=120)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(controller)
+    assert proc.returncode == 0
+    assert b"3/3 files" in screen and b"6 documents" in screen and b"MB/s" in screen
+    assert json.loads(stdout.decode().strip().splitlines()[-1])["documents"] == 6  # stdout stays machine-readable
 
 
 def test_raw_corpus_asset_reads_a_mixed_landing_folder(tmp_path, sample_texts, monkeypatch):

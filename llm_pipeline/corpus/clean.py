@@ -12,12 +12,11 @@ import os
 import traceback
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 from fsspec.core import url_to_fs
 
 from llm_pipeline.corpus.filters import FilterConfig, document_id, quality_reason
-from llm_pipeline.corpus.near_dedup import NUM_PERM, shingle_hashes, signatures
+from llm_pipeline.corpus.near_dedup import NUM_PERM, document_signatures
 from llm_pipeline.corpus.readers import PREFIX_BYTES, Record, detect, read_jsonl, read_parquet, read_text
 from llm_pipeline.corpus.sources import SourceFile
 
@@ -107,18 +106,14 @@ class _Candidates(_Spool):
     def __init__(self, path: str, near_dedup: bool):
         super().__init__(path, CANDIDATE_SCHEMA)
         self.near_dedup = near_dedup
-        self.shingles: list[np.ndarray] = []
 
     def add_document(self, doc_id: str, text: str, source: str) -> None:
-        if self.near_dedup:
-            self.shingles.append(shingle_hashes(text))
         self.add(len(text), id=doc_id, text=text, source=source, signature=None)
 
     def flush(self) -> None:
-        if self.near_dedup and self.shingles:
-            sigs = signatures(self.shingles)
+        if self.near_dedup and len(self):
+            sigs = document_signatures(self.columns["text"])
             self.columns["signature"] = [row.tobytes() for row in sigs]
-            self.shingles = []
         super().flush()
 
 
