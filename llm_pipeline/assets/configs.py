@@ -16,6 +16,8 @@ from pydantic import Field, ValidationError
 from llm_pipeline.corpus.build import CorpusConfig, default_corpus_uri
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.evaluate.metrics import EvalConfig
+from llm_pipeline.finite import check_finite
+from llm_pipeline.storage.names import check_name
 from llm_pipeline.tokenize.bpe import special_token_list, validate_vocab_size
 from llm_pipeline.tokenize.shards import ShardConfig
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
@@ -174,6 +176,8 @@ class EvalMetricsConfig(dg.Config):
 
     def validate_library(self) -> None:
         self.to_library()
+        if self.compare_with:
+            check_name(self.compare_with, "compare_with")
         if self.max_perplexity is not None and self.max_perplexity < 1:
             raise ValueError(f"max_perplexity must be >= 1, got {self.max_perplexity}")
         if self.regression_tolerance < 0:
@@ -190,8 +194,7 @@ class PublishedModelConfig(dg.Config):
     model_name: str = Field(default=DEFAULT_MODEL_NAME, description="registry entry: <registry>/<model_name>/<version>")
 
     def validate_library(self) -> None:
-        if not self.model_name or "/" in self.model_name or self.model_name.startswith("."):
-            raise ValueError(f"model_name must be a plain folder name, got {self.model_name!r}")
+        check_name(self.model_name, "model_name")
 
 
 STAGE_CONFIGS: dict[str, type[dg.Config]] = {
@@ -205,6 +208,7 @@ STAGE_CONFIGS: dict[str, type[dg.Config]] = {
 
 
 def _build(stage: str, values: dict):
+    check_finite(values, f"{stage} config")  # the launchpad's own floats too (max_loss, ...)
     try:
         return STAGE_CONFIGS[stage](**values)
     except ValidationError as e:
@@ -214,7 +218,10 @@ def _build(stage: str, values: dict):
 def validate_run_config(run_config: dict) -> None:
     """Raise dg.Failure naming the stage and field of the first invalid value in a run's config."""
     ops = (run_config or {}).get("ops", {})
-    configs = {stage: _build(stage, (ops.get(stage) or {}).get("config", {}) or {}) for stage in STAGE_CONFIGS}
+    try:
+        configs = {stage: _build(stage, (ops.get(stage) or {}).get("config", {}) or {}) for stage in STAGE_CONFIGS}
+    except ValueError as e:
+        raise dg.Failure(description=f"Invalid run configuration, nothing was run. {e}") from None
     vocab_size = configs["tokenizer"].vocab_size
     checks = [
         ("raw_corpus", lambda c: c.to_library()),

@@ -5,6 +5,7 @@ import dagster as dg
 from llm_pipeline.assets.configs import EvalMetricsConfig, validate_run_config
 from llm_pipeline.evaluate.metrics import evaluate, evaluate_published
 from llm_pipeline.publish.export import resolve_version
+from llm_pipeline.publish.verify import verify
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.tokenize.shards import load_split_tokens
@@ -20,6 +21,11 @@ def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, val_
         folder = resolve_version(storage.root().child("registry"), config.compare_with)
     except FileNotFoundError:
         return None
+    except ValueError as e:
+        raise dg.Failure(description=f"eval_metrics: cannot use the published baseline: {e}") from None
+    problems = verify(folder)  # nothing is loaded from a baseline that does not match its manifest
+    if problems:
+        raise dg.Failure(description=f"eval_metrics: the published baseline {folder.uri} fails verification: {'; '.join(problems)}")
     result = evaluate_published(folder, val_tokens, tok_json, eos_id, config.to_library())
     result["version"] = folder.uri.rsplit("/", 1)[1]
     context.log.info(f"published baseline {config.compare_with}/{result['version']}: bits per byte {result['bits_per_byte']:.4f}")

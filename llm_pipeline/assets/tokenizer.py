@@ -4,7 +4,7 @@ from llm_pipeline.assets.configs import TokenizerConfig, validate_run_config
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.storage import open_uri
-from llm_pipeline.tokenize.bpe import EOS_TOKEN, load_tokenizer, tokenizer_hash, train_bpe
+from llm_pipeline.tokenize.bpe import EOS_TOKEN, id_space, load_tokenizer, tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import choose_encoder
 
 
@@ -31,8 +31,8 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storag
     if config.tokenizer_json_uri:
         try:
             with open_uri(config.tokenizer_json_uri, "rb", **storage.at(config.tokenizer_json_uri).storage_options) as f:
-                tok = load_tokenizer(f.read().decode("utf-8"))
-        except (OSError, ValueError) as e:
+                tok = load_tokenizer(f.read().decode("utf-8"), config.tokenizer_json_uri)
+        except (OSError, ValueError) as e:  # ValueError includes a non-UTF-8 file
             raise dg.Failure(description=f"tokenizer: cannot use tokenizer_json_uri {config.tokenizer_json_uri!r}: {e}") from None
     else:
         tok = train_bpe(iter(sample), config.vocab_size, config.extra_special_tokens)
@@ -45,7 +45,7 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storag
     value = {
         "uri": out.uri,
         "sha256": tokenizer_hash(tok_json),
-        "vocab_size": tok.get_vocab_size(),
+        "vocab_size": id_space(tok),
         "eos_id": tok.token_to_id(EOS_TOKEN),
         "engine": report["engine"],
     }

@@ -40,6 +40,7 @@ from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE, NearDuplicateIndex, band_keys
 from llm_pipeline.corpus.readers import FORMATS, PREFIX_BYTES
 from llm_pipeline.corpus.sources import CorpusSourceError, SourceListing, list_sources
+from llm_pipeline.finite import check_finite_fields
 from llm_pipeline.storage import Storage
 
 __all__ = ["CorpusConfig", "CorpusSourceError", "build_corpus", "iter_documents", "DOCUMENT_SCHEMA", "QUARANTINE_SCHEMA"]
@@ -76,6 +77,7 @@ class CorpusConfig:
     filters: FilterConfig = field(default_factory=FilterConfig)
 
     def __post_init__(self):
+        check_finite_fields(self)
         if not self.source_uri:
             raise ValueError("source_uri is empty")
         if self.format not in FORMATS:

@@ -6,6 +6,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from llm_pipeline.finite import check_finite_fields
+
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class FilterConfig:
     near_dedup_threshold: float = 0.85
 
     def __post_init__(self):
+        check_finite_fields(self)
         if self.min_chars < 0:
             raise ValueError(f"min_chars must be >= 0, got {self.min_chars}")
         if self.max_chars < max(1, self.min_chars):

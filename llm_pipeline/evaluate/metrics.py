@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from llm_pipeline.finite import check_finite_fields
 from llm_pipeline.publish.export import model_config_from_hf
 from llm_pipeline.storage import Storage
 from llm_pipeline.tokenize.bpe import EOS_TOKEN, tokenizer_hash
@@ -34,6 +35,7 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_finite_fields(self)
         if self.seq_len <= 0:
             raise ValueError(f"seq_len must be > 0, got {self.seq_len}")
         if self.max_tokens < 0:
@@ -51,12 +53,15 @@ def load_model(folder: Storage, cfg: ModelConfig) -> CausalLM:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
         folder.get_file("model.safetensors", path)
-        model.load_state_dict(load_file(path), strict=True)
+        try:
+            model.load_state_dict(load_file(path), strict=True)
+        except Exception as e:  # noqa: BLE001 - safetensors' and torch's errors say nothing of where
+            raise ValueError(f"{folder.uri}/model.safetensors cannot be loaded into the model: {type(e).__name__}: {e}") from None
     return model.eval()
 
 
 def load_trained_model(final: Storage) -> CausalLM:
-    return load_model(final, ModelConfig(**final.read_json("model_config.json")))
+    return load_model(final, ModelConfig.from_dict(final.read_json("model_config.json"), f"{final.uri}/model_config.json"))
 
 
 @torch.no_grad()

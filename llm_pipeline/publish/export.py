@@ -18,6 +18,7 @@ import tempfile
 from fsspec.implementations.local import LocalFileSystem
 
 from llm_pipeline.storage import Storage, sha256_file
+from llm_pipeline.storage.names import check_name
 from llm_pipeline.tokenize.bpe import EOS_TOKEN
 from llm_pipeline.train.model import ModelConfig
 
@@ -129,7 +130,8 @@ def publish(
     generation: dict | None = None,
 ) -> dict:
     """Write a new version and move `latest` to it. Returns the manifest (with the version's URI)."""
-    model_cfg = ModelConfig(**final.read_json("model_config.json"))
+    check_name(name, "model_name")
+    model_cfg = ModelConfig.from_dict(final.read_json("model_config.json"), f"{final.uri}/model_config.json")
     version = new_version()
     target = registry.child(name, version)
     if target.exists():
@@ -164,16 +166,33 @@ def _json(value) -> bytes:
 
 
 def resolve_version(registry: Storage, name: str, version: str | None = None) -> Storage:
-    """The folder of a published version; `latest` (the default) follows the pointer."""
+    """The folder of a published version; `latest` (the default) follows the pointer.
+
+    Names are checked by the one naming rule, and so is what a `latest` pointer holds: a pointer
+    naming anything but a version folder beside it (`../v1/x`, an absolute path) is refused."""
+    model = registry.child(check_name(name, "model name"))
     if not version or version == LATEST:
-        model = registry.child(name)
         if not model.exists(LATEST):
             raise FileNotFoundError(f"no published model at {model.uri} (no '{LATEST}' pointer)")
-        version = model.read_bytes(LATEST).decode().strip()
-    folder = registry.child(name, version)
+        pointed = model.read_bytes(LATEST).decode("utf-8", "replace").strip()
+        try:
+            version = check_name(pointed, "version")
+        except ValueError:
+            raise ValueError(f"pointer {model.uri}/{LATEST} names {pointed!r}, which is not a version folder of "
+                             f"{model.uri}; refusing to follow it") from None
+    folder = model.child(check_name(version, "version"))
     if not folder.exists(MANIFEST):
         raise FileNotFoundError(f"model version {folder.uri} has no {MANIFEST}")
     return folder
+
+
+def resolve_model_folder(uri: str, version: str | None = None) -> Storage:
+    """A version folder given either itself or its model folder (`<registry>/<name>`, whose latest is taken)."""
+    folder = Storage(uri)
+    if version is None and folder.exists(MANIFEST):
+        return folder
+    registry, name = uri.rstrip("/").rsplit("/", 1) if "/" in uri.rstrip("/") else (".", uri)
+    return resolve_version(Storage(registry, **folder.storage_options), name, version)
 
 
 def list_versions(registry: Storage, name: str) -> list[str]:

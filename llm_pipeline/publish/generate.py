@@ -9,8 +9,7 @@ import argparse
 import sys
 import tempfile
 
-from llm_pipeline.publish.export import LATEST, resolve_version
-from llm_pipeline.storage import Storage
+from llm_pipeline.publish.export import resolve_model_folder
 
 
 def generate(model_uri: str, prompt: str, version: str | None = None, max_new_tokens: int = 64,
@@ -18,9 +17,7 @@ def generate(model_uri: str, prompt: str, version: str | None = None, max_new_to
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_root = Storage(model_uri)
-    registry, name = Storage(model_uri.rsplit("/", 1)[0]), model_uri.rstrip("/").rsplit("/", 1)[1]
-    folder = resolve_version(registry, name, version) if (version or model_root.exists(LATEST)) else model_root
+    folder = resolve_model_folder(model_uri, version)
     with tempfile.TemporaryDirectory() as tmp:
         local = folder.local_path()
         if local is None:

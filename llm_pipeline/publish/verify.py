@@ -8,38 +8,41 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llm_pipeline.publish.export import LATEST, MANIFEST
+from llm_pipeline.publish.export import MANIFEST, resolve_model_folder
 from llm_pipeline.storage import Storage
+from llm_pipeline.storage.names import check_relative_path
 
 
 def verify(folder: Storage) -> list[str]:
-    """Problems found (tampered, missing or unlisted files); empty means the folder is intact."""
+    """Problems found (tampered, missing or unlisted files, a broken manifest); empty means intact."""
     if not folder.exists(MANIFEST):
         return [f"{MANIFEST} is missing from {folder.uri}"]
-    manifest = folder.read_json(MANIFEST)
+    try:
+        manifest = folder.read_json(MANIFEST)
+        files = manifest["files"]
+        entries = sorted((check_relative_path(name, "manifest file name"), entry["sha256"]) for name, entry in files.items())
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return [f"{MANIFEST} is not a valid manifest ({type(e).__name__}: {e})"]
     problems = []
-    for name, entry in sorted(manifest["files"].items()):
+    for name, sha256 in entries:
         if not folder.exists(name):
             problems.append(f"missing: {name}")
-        elif folder.sha256(name) != entry["sha256"]:
+        elif folder.sha256(name) != sha256:
             problems.append(f"tampered: {name} (sha256 does not match the manifest)")
-    extra = set(folder.listdir()) - set(manifest["files"]) - {MANIFEST}
+    extra = set(folder.listdir()) - set(files) - {MANIFEST}
     problems.extend(f"not in manifest: {name}" for name in sorted(extra))
     return problems
-
-
-def _folder(uri: str) -> Storage:
-    folder = Storage(uri)
-    if not folder.exists(MANIFEST) and folder.exists(LATEST):
-        folder = folder.child(folder.read_bytes(LATEST).decode().strip())
-    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Verify a published model against its manifest.")
     parser.add_argument("uri", help="a model version folder, or a model folder (its latest version is checked)")
     args = parser.parse_args(argv)
-    folder = _folder(args.uri)
+    try:
+        folder = resolve_model_folder(args.uri)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"FAIL {args.uri}: {e}")
+        return 1
     problems = verify(folder)
     for p in problems:
         print(f"FAIL {folder.uri}: {p}")

@@ -6,6 +6,7 @@ and multi-file artifacts write their manifest last, so readers trust only what a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
+
+from llm_pipeline.storage.names import check_relative_path
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -29,6 +32,27 @@ def sha256_file(fs, path: str) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class StorageError(OSError):
+    """An I/O error with the URI it happened at (credentials, permissions, network, a broken server)."""
+
+
+def _names_uri(method):
+    """Errors from the filesystem come back naming the URI: an S3 credential error alone says nothing
+    about which bucket. A missing file stays FileNotFoundError, which callers handle."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, StorageError, ValueError):
+            raise
+        except Exception as e:  # noqa: BLE001 - botocore's errors are not OSErrors
+            where = f"{self.uri}/{args[0]}" if args and isinstance(args[0], str) and args[0] else self.uri
+            raise StorageError(f"{where}: {type(e).__name__}: {e}") from e
+
+    return wrapper
 
 
 class Storage:
@@ -52,6 +76,9 @@ class Storage:
         return "file" in _protocols(self.fs)
 
     def child(self, *parts: str) -> "Storage":
+        """A folder below this one. Each part must stay inside: no absolute paths, no `..`."""
+        for part in parts:
+            check_relative_path(part, f"path under {self.uri}")
         sub = Storage.__new__(Storage)
         sub.fs, sub.storage_options = self.fs, self.storage_options
         sub.path = posixpath.join(self.path, *parts)
@@ -61,25 +88,33 @@ class Storage:
     def full(self, name: str) -> str:
         return posixpath.join(self.path, name)
 
+    @_names_uri
     def exists(self, name: str = "") -> bool:
         return self.fs.exists(self.full(name) if name else self.path)
 
+    @_names_uri
     def makedirs(self) -> None:
         self.fs.makedirs(self.path, exist_ok=True)
 
+    @_names_uri
     def listdir(self) -> list[str]:
         """Names (not paths) directly under this folder; empty if it does not exist."""
         if not self.fs.exists(self.path):
             return []
         return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, detail=False))
 
+    @_names_uri
     def read_bytes(self, name: str) -> bytes:
         with self.fs.open(self.full(name), "rb") as f:
             return f.read()
 
     def read_json(self, name: str) -> Any:
-        return json.loads(self.read_bytes(name))
+        try:
+            return json.loads(self.read_bytes(name))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{self.uri}/{name} is not valid JSON: {e}") from None
 
+    @_names_uri
     def _write_atomic(self, name: str, write) -> None:
         """Atomic for readers: a reader sees the old file, no file, or the whole new one. Locally,
         `write(path)` fills a temporary file that is renamed into place; object stores make a single
@@ -99,19 +134,24 @@ class Storage:
     def write_json(self, name: str, value: Any) -> None:
         self.write_bytes(name, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
+    @_names_uri
     def sha256(self, name: str) -> str:
         return sha256_file(self.fs, self.full(name))
 
+    @_names_uri
     def size(self, name: str) -> int:
         return int(self.fs.size(self.full(name)))
 
+    @_names_uri
     def put_file(self, local_path: str, name: str) -> None:
         """Copy a local file in, atomically for readers."""
         self._write_atomic(name, lambda path: self.fs.put_file(local_path, path))
 
+    @_names_uri
     def get_file(self, name: str, local_path: str) -> None:
         self.fs.get_file(self.full(name), local_path)
 
+    @_names_uri
     def upload_dir(self, local_dir: str) -> list[str]:
         """Copy every file under local_dir into this folder; returns the relative names copied."""
         names = []
@@ -122,6 +162,7 @@ class Storage:
                 names.append(rel)
         return sorted(names)
 
+    @_names_uri
     def download_dir(self, local_dir: str, skip_existing: bool = False) -> None:
         """Copy every file of this folder under local_dir; skip_existing keeps local files whose size matches."""
         for path, info in self.fs.find(self.path, detail=True).items():
@@ -132,6 +173,7 @@ class Storage:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             self.fs.get_file(path, dest)
 
+    @_names_uri
     def remove(self, name: str = "") -> None:
         target = self.full(name) if name else self.path
         if self.fs.exists(target):

@@ -50,12 +50,22 @@ def train_bpe(texts: Iterator[str], vocab_size: int, extra_special_tokens: Itera
     return tok
 
 
-def load_tokenizer(json_text: str) -> Tokenizer:
-    tok = Tokenizer.from_str(json_text)
+def load_tokenizer(json_text: str, source: str = "tokenizer.json") -> Tokenizer:
+    """A tokenizer from its JSON; ValueError naming `source` if it is not one."""
+    try:
+        tok = Tokenizer.from_str(json_text)
+    except Exception as e:  # noqa: BLE001 - the Rust parser raises a bare Exception
+        raise ValueError(f"{source} is not a valid tokenizer.json: {e}") from None
     if tok.token_to_id(EOS_TOKEN) is None:
-        raise ValueError(f"tokenizer has no {EOS_TOKEN!r} token; byte-level BPE tokenizers need it as EOS")
+        raise ValueError(f"{source}: tokenizer has no {EOS_TOKEN!r} token; byte-level BPE tokenizers need it as EOS")
     tok.encode_special_tokens = True
     return tok
+
+
+def id_space(tok: Tokenizer) -> int:
+    """One past the largest token id: what token arrays and the model's embedding must hold. Not
+    get_vocab_size(), which counts tokens: a tokenizer's ids may have gaps."""
+    return max(tok.get_vocab(with_added_tokens=True).values()) + 1
 
 
 def tokenizer_hash(json_text: str) -> str:

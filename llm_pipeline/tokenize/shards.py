@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llm_pipeline.corpus.build import iter_documents
+from llm_pipeline.finite import check_finite_fields
 from llm_pipeline.storage import Storage
 from llm_pipeline.tokenize.bpe import smallest_uint_type
 from llm_pipeline.tokenize.encoder import DocumentEncoder
@@ -38,6 +39,7 @@ class ShardConfig:
     encode_batch_docs: int = 512
 
     def __post_init__(self):
+        check_finite_fields(self)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         for name in ("tokens_per_shard", "row_group_rows", "encode_batch_docs"):
@@ -133,10 +135,10 @@ class _SplitWriter:
             return
         offsets = np.zeros(len(self.rows) + 1, dtype=np.int64)
         np.cumsum([len(r) for r in self.rows], out=offsets[1:])
-        values = pa.array(np.concatenate(self.rows))
-        table = pa.table({"tokens": pa.LargeListArray.from_arrays(pa.array(offsets), values)})
+        flat = np.concatenate(self.rows)
+        table = pa.table({"tokens": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat))})
         entry = {"name": f"{self.split}-{len(self.shards):05d}.parquet", "split": self.split,
-                 "documents": len(self.rows), "tokens": self.tokens}
+                 "documents": len(self.rows), "tokens": self.tokens, "max_id": int(flat.max())}
         self.shards.append(entry)  # bytes and sha256 are filled in by the sink
         self.sink.submit(entry["name"], table, entry)
         self.rows, self.tokens = [], 0
@@ -162,6 +164,9 @@ def write_shards(
     try:
         for ids in encoder.encode_stream(texts(), window=2 * cfg.encode_batch_docs):
             split, nbytes = pending.popleft()
+            if ids.size and int(ids.max()) >= vocab_size:  # would wrap around in the shard's dtype
+                raise ValueError(f"token id {int(ids.max())} is >= vocab_size {vocab_size}: the tokenizer's ids do not fit "
+                                 f"the vocabulary the shards are written for")
             writers[split].add(np.concatenate([ids.astype(dtype, copy=False), eos]))
             text_bytes[split] += nbytes
         for w in writers.values():
@@ -202,10 +207,19 @@ class ShardError(ValueError):
     pass
 
 
+_MANIFEST_KEYS = ("tokenizer_sha256", "vocab_size", "dtype", "shards", "splits")
+
+
 def read_manifest(shards: Storage, expected_tokenizer_sha256: str | None = None) -> dict:
     if not shards.exists(MANIFEST):
         raise ShardError(f"no shard manifest at {shards.uri}/{MANIFEST}")
-    manifest = shards.read_json(MANIFEST)
+    try:
+        manifest = shards.read_json(MANIFEST)
+    except ValueError as e:
+        raise ShardError(str(e)) from None
+    missing = [k for k in _MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise ShardError(f"shard manifest {shards.uri}/{MANIFEST} lacks {', '.join(missing)}")
     if expected_tokenizer_sha256 and manifest["tokenizer_sha256"] != expected_tokenizer_sha256:
         raise ShardError(
             f"shards at {shards.uri} were made with tokenizer {manifest['tokenizer_sha256'][:12]}, "
@@ -214,8 +228,8 @@ def read_manifest(shards: Storage, expected_tokenizer_sha256: str | None = None)
     return manifest
 
 
-def read_shard(shards: Storage, entry: dict) -> np.ndarray:
-    """One shard's tokens, checked against its manifest entry (presence, sha256, Parquet, count)."""
+def read_shard(shards: Storage, entry: dict, vocab_size: int) -> np.ndarray:
+    """One shard's tokens, checked against its manifest entry (presence, sha256, Parquet, count, id range)."""
     name = entry["name"]
     if not shards.exists(name):
         raise ShardError(f"shard {shards.uri}/{name} listed in the manifest is missing")
@@ -229,15 +243,22 @@ def read_shard(shards: Storage, entry: dict) -> np.ndarray:
     values = np.concatenate([c.values.to_numpy(zero_copy_only=False) for c in column.chunks])
     if len(values) != entry["tokens"]:
         raise ShardError(f"shard {shards.uri}/{name} has {len(values)} tokens, manifest says {entry['tokens']}")
+    largest = int(values.max()) if len(values) else 0
+    if largest >= vocab_size or entry.get("max_id", 0) >= vocab_size:
+        raise ShardError(f"shard {shards.uri}/{name} holds token id {max(largest, entry.get('max_id', 0))}, "
+                         f"outside the vocabulary of {vocab_size}")
     return values
 
 
-def load_split_tokens(shards: Storage, split: str, expected_tokenizer_sha256: str | None = None) -> tuple[np.ndarray, dict]:
+def load_split_tokens(shards: Storage, split: str, expected_tokenizer_sha256: str | None = None,
+                      vocab_size: int | None = None) -> tuple[np.ndarray, dict]:
     """All tokens of one split as one flat array. Every shard is verified before any is used, so
-    nothing is trained on corrupted data; reads run ahead in a thread (remote storage overlaps)."""
+    nothing is trained on corrupted data; reads run ahead in a thread (remote storage overlaps).
+    Ids must be below `vocab_size` (the model's), and below the manifest's own vocabulary."""
     manifest = read_manifest(shards, expected_tokenizer_sha256)
+    limit = min(manifest["vocab_size"], vocab_size or manifest["vocab_size"])
     entries = [s for s in manifest["shards"] if s["split"] == split]
     if not entries:
         raise ShardError(f"no {split} shards listed in {shards.uri}/{MANIFEST}")
-    parts = list(_prefetch((read_shard(shards, e) for e in entries), depth=2))
+    parts = list(_prefetch((read_shard(shards, e, limit) for e in entries), depth=2))
     return np.concatenate(parts), manifest

@@ -1,8 +1,11 @@
-"""Where checkpoints live, which are complete, and the consolidated fp32 weights.
+"""Where checkpoints live, which are complete and intact, and the consolidated fp32 weights.
 
 A checkpoint counts only once its `complete.json` marker exists, written after every rank
-finished saving (and, for a remote root, after every file was uploaded). Resume picks the
-newest complete one; older ones beyond keep_last are removed.
+finished saving (and, for a remote root, after every file was uploaded). The marker lists the
+sha256 of every file of the checkpoint. DeepSpeed's checkpoint files are pickles, and unpickling
+runs code: nothing is loaded from a checkpoint until every file matches the marker and no file
+was added. Resume takes the newest complete checkpoint that verifies, warning about (and skipping)
+newer ones that do not; older ones beyond keep_last are removed.
 """
 
 from __future__ import annotations
@@ -11,15 +14,35 @@ import glob
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage import Storage, sha256_file
 
 MARKER = "complete.json"
+# Each node's list of the files it wrote (name -> sha256), merged into the marker by rank 0.
+FILE_LIST = "files-rank{rank:05d}.json"
 # Where a remote root's checkpoints are written before upload: a fast local disk on each node.
 STAGING_ENV = "LLM_PIPELINE_CHECKPOINT_STAGING"
+
+
+# Fault injection for the crash-while-saving tests: "<point>:<rank>:<step>:<flag file>" SIGKILLs that
+# rank at that point of that step's save, once (the flag file records that it fired).
+CRASH_ENV = "LLM_PIPELINE_TEST_CRASH"
+
+
+def crash_point(point: str, rank: int, step: int) -> None:
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    want_point, want_rank, want_step, flag = spec.split(":", 3)
+    if (want_point, int(want_rank), int(want_step)) == (point, rank, step) and not os.path.exists(flag):
+        with open(flag, "w") as f:
+            f.write(f"{point} rank {rank} step {step}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def tag_for(step: int) -> str:
@@ -60,14 +83,59 @@ class CheckpointStore:
         if self.mirrored:
             self.remote.child(tag).download_dir(os.path.join(self.local_dir, tag), skip_existing=True)
 
-    def upload(self, tag: str) -> None:
-        """Once per node, after every rank saved: copy this node's files of `tag` to a remote root."""
-        if self.mirrored:
-            self.remote.child(tag).upload_dir(os.path.join(self.local_dir, tag))
+    def upload(self, tag: str, rank: int, after_file=None) -> None:
+        """Once per node, after every rank saved: hash this node's files of `tag`, copy them to a
+        remote root, and leave their list for rank 0's marker. `after_file(name)` runs after each file."""
+        folder = os.path.join(self.local_dir, tag)
+        hashes = {}
+        for name in _files_under(folder):
+            if name == MARKER or _is_file_list(name):
+                continue
+            hashes[name] = sha256_file(LocalFileSystem(), os.path.join(folder, *name.split("/")))
+            if self.mirrored:
+                self.remote.child(tag).put_file(os.path.join(folder, *name.split("/")), name)
+            if after_file is not None:
+                after_file(name)
+        self.remote.child(tag).write_json(FILE_LIST.format(rank=rank), hashes)
 
     def mark_complete(self, tag: str, info: dict) -> None:
-        """Rank 0 only, after every node uploaded: the marker goes last."""
-        self.remote.child(tag).write_json(MARKER, info)
+        """Rank 0 only, after every node uploaded: the marker, with every node's file hashes, goes last."""
+        folder = self.remote.child(tag)
+        files: dict[str, str] = {}
+        for name in folder.listdir():
+            if _is_file_list(name):
+                files.update(folder.read_json(name))
+        folder.write_json(MARKER, {**info, "files": dict(sorted(files.items()))})
+
+    def verify(self, tag: str) -> list[str]:
+        """Problems with this machine's copy of a complete checkpoint (after `fetch`): files missing,
+        changed, or not listed in the marker. Empty: safe to load."""
+        try:
+            listed = self.remote.child(tag).read_json(MARKER)["files"]
+            if not isinstance(listed, dict):
+                raise TypeError("'files' is not a mapping")
+        except (ValueError, KeyError, TypeError) as e:
+            return [f"{MARKER} of {tag} is not a valid marker ({type(e).__name__}: {e})"]
+        folder = os.path.join(self.local_dir, tag)
+        present = {n for n in _files_under(folder) if n != MARKER and not _is_file_list(n)}
+        problems = [f"{tag}/{name}: not listed in {MARKER}" for name in sorted(present - set(listed))]
+        for name, sha in sorted(listed.items()):
+            path = os.path.join(folder, *name.split("/"))
+            if name not in present:
+                problems.append(f"{tag}/{name}: missing")
+            elif sha256_file(LocalFileSystem(), path) != sha:
+                problems.append(f"{tag}/{name}: sha256 does not match {MARKER}")
+        return problems
+
+    def newest_intact(self, warn) -> str | None:
+        """The newest complete checkpoint whose files all verify (fetched first from a remote root)."""
+        for tag in reversed(self.complete_tags()):
+            self.fetch(tag)
+            problems = self.verify(tag)
+            if not problems:
+                return tag
+            warn(f"checkpoint {tag} fails verification, not loading it: {'; '.join(problems)}")
+        return None
 
     def prune_local(self) -> None:
         """Drop local copies (of a remote root) that the remote no longer keeps. Only tags older
@@ -103,9 +171,22 @@ def consolidated_fp32_state_dict(checkpoint_dir: str, tag: str, zero_stage: int)
     """
     folder = os.path.join(checkpoint_dir, tag)
     if zero_stage == 0 and not glob.glob(os.path.join(folder, "bf16_zero_pp_rank_*_optim_states.pt")):
-        state = torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)["module"]
+        state = torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=True)["module"]
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag)
     return {k: v.float().contiguous() for k, v in state.items()}
+
+
+def _files_under(folder: str) -> list[str]:
+    """Relative names (with /) of every file below `folder`; empty if it does not exist."""
+    names = []
+    for dirpath, _, files in os.walk(folder):
+        for file in files:
+            names.append(os.path.relpath(os.path.join(dirpath, file), folder).replace(os.sep, "/"))
+    return sorted(names)
+
+
+def _is_file_list(name: str) -> bool:
+    return name.startswith("files-rank") and name.endswith(".json") and "/" not in name

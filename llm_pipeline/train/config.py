@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 
+from llm_pipeline.finite import check_finite_fields
 from llm_pipeline.train.model import ModelConfig
 from llm_pipeline.train.schedule import SCHEDULES
 
@@ -45,6 +48,7 @@ class TrainConfig:
     peak_tflops: float = 0.0  # per device, for MFU; 0: looked up from the GPU's name
 
     def __post_init__(self):
+        check_finite_fields(self)
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be one of 0, 1, 2, 3, got {self.zero_stage}")
         if self.dtype not in DTYPES:
@@ -161,6 +165,19 @@ def resolve_dtype(dtype: str, on_gpu: bool) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def is_host_address(value: str) -> bool:
+    """An IPv4/IPv6 address or an RFC 1123 host name."""
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        pass
+    return 0 < len(value) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in value.split("."))
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """How the trainer's processes start. One node by default.
@@ -184,6 +201,7 @@ class LaunchConfig:
     env: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_finite_fields(self)
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
         if self.nproc <= 0:
@@ -205,6 +223,9 @@ class LaunchConfig:
             raise ValueError("ssh applies to the deepspeed launcher with a hostfile only")
         if not 0 <= self.master_port < 65536:
             raise ValueError(f"master_port must be in [0, 65535], got {self.master_port}")
+        if self.master_addr and not is_host_address(self.master_addr):
+            # It reaches a remote shell in deepspeed's ssh mode: a host name or an IP address, nothing else.
+            raise ValueError(f"master_addr must be a host name or an IP address, got {self.master_addr!r}")
 
     @property
     def world_size(self) -> int:

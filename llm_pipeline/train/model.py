@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_pipeline.finite import check_finite_fields
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -26,6 +28,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self):
+        check_finite_fields(self)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
@@ -40,6 +43,14 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: object, source: str) -> "ModelConfig":
+        """From a saved model_config.json's contents; ValueError naming `source` if they are not one."""
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source} is not a valid model config: {e}") from None
 
     def num_params(self) -> int:
         d, f, v = self.d_model, self.ffn_hidden, self.vocab_size

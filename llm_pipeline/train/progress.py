@@ -19,6 +19,11 @@ class Reporter:
             self.pipes.log.info(message)
         print(message, file=sys.stdout, flush=True)
 
+    def warning(self, message: str) -> None:
+        if self.pipes is not None:
+            self.pipes.log.warning(message)
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
     def progress(self, record: dict) -> None:
         if self.pipes is not None:
             self.pipes.report_custom_message({"kind": "progress", **record})

@@ -76,7 +76,7 @@ def train(cfg, reporter) -> dict:
     from llm_pipeline.storage import Storage
     from llm_pipeline.tokenize.shards import load_split_tokens
     from llm_pipeline.train.config import resolve_dtype
-    from llm_pipeline.train.checkpoints import CheckpointStore, consolidated_fp32_state_dict, tag_for
+    from llm_pipeline.train.checkpoints import CheckpointStore, consolidated_fp32_state_dict, crash_point, tag_for
     from llm_pipeline.train.data import TokenWindows
     from llm_pipeline.train.mfu import model_flops_utilization
     from llm_pipeline.train.model import CausalLM
@@ -90,7 +90,7 @@ def train(cfg, reporter) -> dict:
 
     run = Storage(cfg.run_uri)
     store = CheckpointStore(run)
-    tokens, _ = load_split_tokens(Storage(cfg.shards_uri), "train", cfg.tokenizer_sha256 or None)
+    tokens, _ = load_split_tokens(Storage(cfg.shards_uri), "train", cfg.tokenizer_sha256 or None, cfg.model.vocab_size)
     loader = TokenWindows(tokens, cfg.seq_len, cfg.micro_batch, rank, world, cfg.seed)
 
     torch.manual_seed(cfg.seed)
@@ -108,10 +108,16 @@ def train(cfg, reporter) -> dict:
     grad_accum = cfg.grad_accum_for(world)
 
     step, micro_step, tokens_seen, losses = 0, 0, 0, []
-    resume_tag = store.newest()
+    # Rank 0 picks the newest checkpoint that verifies; every node checks its own copy before loading.
+    choice = [store.newest_intact(reporter.warning) if is_rank0 else None]
+    dist.broadcast_object_list(choice, src=0)
+    resume_tag = choice[0]
     if resume_tag:
-        if local_rank == 0:  # once per node: a remote root's copy lands on every node's disk
+        if local_rank == 0 and not is_rank0:  # once per node: a remote root's copy lands on every node's disk
             store.fetch(resume_tag)
+            problems = store.verify(resume_tag)
+            if problems:
+                raise RuntimeError(f"checkpoint {resume_tag} fails verification on this node: {'; '.join(problems)}")
         dist.barrier()
         _, client = engine.load_checkpoint(store.local_dir, tag=resume_tag)
         step, micro_step, tokens_seen = client["step"], client["micro_step"], client["tokens_seen"]
@@ -155,9 +161,10 @@ def train(cfg, reporter) -> dict:
             state = {"step": step, "micro_step": micro_step, "tokens_seen": tokens_seen, "losses": losses,
                      "rng_state": torch.get_rng_state()}
             engine.save_checkpoint(store.local_dir, tag=tag, client_state=state, save_latest=False)
+            crash_point("after_save", rank, step)
             dist.barrier()
             if local_rank == 0:
-                store.upload(tag)
+                store.upload(tag, rank, after_file=lambda _name: crash_point("mid_upload", rank, step))
             dist.barrier()
             if is_rank0:
                 store.mark_complete(tag, {"step": step, "tokens_seen": tokens_seen, "time": time.time()})
@@ -172,6 +179,9 @@ def train(cfg, reporter) -> dict:
         tag = tag_for(step)
         final = run.child("final")
         store.fetch(tag)  # other nodes' shards, when they are not on a shared disk
+        problems = store.verify(tag)  # consolidation unpickles them: only what this run wrote
+        if problems:
+            raise RuntimeError(f"final checkpoint {tag} fails verification: {'; '.join(problems)}")
         state_dict = consolidated_fp32_state_dict(store.local_dir, tag, cfg.zero_stage)
         local_final = os.path.join(store.local_dir, "_final")
         os.makedirs(local_final, exist_ok=True)

@@ -1,0 +1,238 @@
+"""Hostile and broken input at every boundary: refused by name, nothing executed, nothing lost."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_pipeline.assets.configs import STAGE_CONFIGS, validate_run_config
+from llm_pipeline.corpus.filters import FilterConfig
+from llm_pipeline.evaluate.metrics import EvalConfig, load_trained_model
+from llm_pipeline.publish.export import resolve_version
+from llm_pipeline.publish.verify import verify
+from llm_pipeline.storage import Storage, StorageError
+from llm_pipeline.storage.names import check_name
+from llm_pipeline.tokenize.bpe import id_space, load_tokenizer, tokenizer_hash
+from llm_pipeline.tokenize.encoder import DocumentEncoder
+from llm_pipeline.tokenize.shards import ShardConfig, ShardError, load_split_tokens, read_manifest, write_shards
+from llm_pipeline.train.config import LaunchConfig, TrainConfig
+from llm_pipeline.train.model import ModelConfig
+from llm_pipeline_tests.helpers import make_shards
+
+ESCAPES = ["../../escaped", "a/../../../b", "/etc/passwd", "..", ".", "x\n", "", "a/b", "s3://bucket/x", "a\\b", ".hidden", "-x"]
+
+
+# --- 1. names ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ESCAPES)
+def test_registry_names_that_escape_are_refused_by_name(tmp_path, name):
+    registry = Storage(str(tmp_path / "registry"))
+    with pytest.raises(ValueError, match="model name must be a plain folder name"):
+        resolve_version(registry, name)
+    from llm_pipeline.publish.export import publish
+
+    with pytest.raises(ValueError, match="model_name must be a plain folder name"):
+        publish(registry, name, registry, "{}", 0, {}, {}, {})
+    assert not any(p for p in tmp_path.rglob("*") if p.name in ("escaped", "b", "latest"))
+
+
+@pytest.mark.parametrize("stage, field", [("published_model", "model_name"), ("eval_metrics", "compare_with")])
+def test_the_dagster_guard_uses_the_same_rule(stage, field):
+    with pytest.raises(dg.Failure, match=f"{field} must be a plain folder name"):
+        validate_run_config({"ops": {stage: {"config": {field: "x\n"}}}})
+
+
+def test_storage_child_stays_inside(tmp_path):
+    root = Storage(str(tmp_path / "root"))
+    for bad in ("../x", "a/../../b", "/abs", "", "a//b", "s3://elsewhere"):
+        with pytest.raises(ValueError, match="must be a relative path inside its folder"):
+            root.child(bad)
+    assert root.child("a/b").uri == f"{root.uri}/a/b"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=0, max_size=40))
+def test_any_name_is_refused_by_field_or_confined_to_its_folder(tmp_path_factory, name):
+    base = tmp_path_factory.getbasetemp() / "names"
+    registry = Storage(str(base / "registry"))
+    try:
+        checked = check_name(name, "model_name")
+    except ValueError as e:
+        assert "model_name must be a plain folder name" in str(e)
+        return
+    folder = registry.child(checked)
+    real = os.path.realpath(folder.path)
+    assert os.path.dirname(real) == os.path.realpath(registry.path) and os.path.basename(real) == checked
+
+
+def _published(tmp_path, tokenizer):
+    """A minimal published version folder, written by the real publish()."""
+    from llm_pipeline.publish.export import publish
+
+    final = Storage(str(tmp_path / "final"))
+    model_cfg = ModelConfig(vocab_size=300, d_model=16, n_layers=1, n_heads=2, ffn_hidden=32, max_seq_len=32)
+    final.write_json("model_config.json", model_cfg.to_dict())
+    from safetensors.torch import save_file
+
+    from llm_pipeline.train.model import CausalLM
+
+    save_file(CausalLM(model_cfg).state_dict(), str(tmp_path / "final" / "model.safetensors"))
+    registry = Storage(str(tmp_path / "registry"))
+    return registry, publish(registry, "m", final, tokenizer.to_str(), 0, {"loss": 1.0}, {}, {})
+
+
+def test_a_latest_pointer_that_leaves_its_model_is_refused(tmp_path, small_tokenizer):
+    registry, manifest = _published(tmp_path, small_tokenizer)
+    assert resolve_version(registry, "m").uri == manifest["uri"]
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "manifest.json").write_text("{}")
+    (tmp_path / "registry" / "m" / "latest").write_text(f"../../outside\n")
+    with pytest.raises(ValueError, match=r"pointer .*/m/latest names '../../outside'.*refusing to follow it"):
+        resolve_version(registry, "m")
+    out = subprocess.run([sys.executable, "-m", "llm_pipeline.publish.verify", str(tmp_path / "registry" / "m")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout.startswith("FAIL") and "refusing to follow it" in out.stdout
+
+
+def test_verify_reports_a_garbage_manifest_as_a_fail_line(tmp_path, small_tokenizer):
+    _, manifest = _published(tmp_path, small_tokenizer)
+    folder = Storage(manifest["uri"])
+    folder.write_bytes("manifest.json", b"\x00not json")
+    assert "manifest.json is not a valid manifest" in verify(folder)[0]
+    folder.write_bytes("manifest.json", b'{"files": {"../../etc/passwd": {"sha256": "x"}}}')
+    assert "must be a relative path inside its folder" in verify(folder)[0]
+    out = subprocess.run([sys.executable, "-m", "llm_pipeline.publish.verify", manifest["uri"]], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1 and "FAIL" in out.stdout and "Traceback" not in out.stdout + out.stderr
+
+
+# --- 3. token ids ---------------------------------------------------------------------------------
+
+def test_ids_above_65535_are_stored_as_uint32_and_kept(tmp_path, small_tokenizer, sample_texts):
+    data = json.loads(small_tokenizer.to_str())
+    data["model"]["vocab"]["Z"] = 70000  # a tokenizer whose ids have a gap: get_vocab_size() says 512
+    tok = load_tokenizer(json.dumps(data))
+    assert id_space(tok) == 70001
+    texts = [t + "\nZebra Zone\n" for t in sample_texts]
+    _, shards, manifest = make_shards(tmp_path, Storage(str(tmp_path / "root")), tok, texts, engine="tokenizers",
+                                      vocab_size=id_space(tok), shard_cfg=ShardConfig(val_fraction=0.3))
+    assert manifest["dtype"] == "uint32" and max(s["max_id"] for s in manifest["shards"]) == 70000
+    tokens, _ = load_split_tokens(shards, "train")
+    assert 70000 in tokens
+    with pytest.raises(ShardError, match=r"holds token id 70000, outside the vocabulary of 512"):
+        load_split_tokens(shards, "train", vocab_size=512)
+    with pytest.raises(ValueError, match="token id 70000 is >= vocab_size 512"):
+        write_shards(Storage(str(tmp_path / "root" / "corpus")), Storage(str(tmp_path / "x")), DocumentEncoder(tok, "tokenizers"),
+                     512, tokenizer_hash(tok.to_str()), ShardConfig(val_fraction=0.3))
+
+
+# --- 4. errors that name the thing ----------------------------------------------------------------
+
+def test_garbage_and_truncated_tokenizer_json_name_the_source(small_tokenizer):
+    with pytest.raises(ValueError, match="s3://b/tok.json is not a valid tokenizer.json"):
+        load_tokenizer("garbage", "s3://b/tok.json")
+    with pytest.raises(ValueError, match="tok.json is not a valid tokenizer.json"):
+        load_tokenizer(small_tokenizer.to_str()[:500], "tok.json")
+
+
+def test_a_given_garbage_tokenizer_fails_the_asset_by_name(tmp_path):
+    from llm_pipeline.assets.corpus import raw_corpus
+    from llm_pipeline.assets.tokenizer import tokenizer
+    from llm_pipeline.definitions import make_resources
+
+    (tmp_path / "tok.json").write_bytes(b"\xff\xfe garbage")
+    result = dg.materialize([raw_corpus, tokenizer], resources=make_resources(str(tmp_path / "root")), raise_on_error=False,
+                            run_config={"ops": {"raw_corpus": {"config": {"max_bytes": 300_000}},
+                                                "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "tok.json")}}}})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert f"cannot use tokenizer_json_uri '{tmp_path / 'tok.json'}'" in failure.event_specific_data.error.message
+
+
+def test_broken_shard_manifests_name_the_file(tmp_path, small_tokenizer, sample_texts):
+    _, shards, _ = make_shards(tmp_path, Storage(str(tmp_path / "root")), small_tokenizer, sample_texts)
+    shards.write_bytes("manifest.json", b"{not json")
+    with pytest.raises(ShardError, match=r"/shards/manifest.json is not valid JSON"):
+        read_manifest(shards)
+    shards.write_bytes("manifest.json", b'{"shards": []}')
+    with pytest.raises(ShardError, match=r"/shards/manifest.json lacks tokenizer_sha256, vocab_size, dtype, splits"):
+        read_manifest(shards)
+
+
+def test_broken_final_weights_and_config_name_the_path(tmp_path):
+    final = Storage(str(tmp_path / "final"))
+    final.write_bytes("model_config.json", b'{"vocab_size": 300, "n_layerz": 2}')
+    with pytest.raises(ValueError, match=r"final/model_config.json is not a valid model config"):
+        load_trained_model(final)
+    final.write_json("model_config.json", ModelConfig(vocab_size=300, d_model=16, n_layers=1, n_heads=2, ffn_hidden=32).to_dict())
+    final.write_bytes("model.safetensors", b"\x00" * 100)
+    with pytest.raises(ValueError, match=r"final/model.safetensors cannot be loaded into the model"):
+        load_trained_model(final)
+
+
+def test_s3_credential_errors_name_the_uri(s3_endpoint, monkeypatch, tmp_path):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    store = Storage("s3://llm-pipeline-test/creds", client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
+    with pytest.raises(StorageError, match=r"s3://llm-pipeline-test/creds/x.json: NoCredentialsError"):
+        store.write_bytes("x.json", b"{}")
+    with pytest.raises(StorageError, match=r"s3://llm-pipeline-test/creds/x.json"):
+        store.read_bytes("x.json")
+
+
+# --- 5. non-finite floats -------------------------------------------------------------------------
+
+BAD_FLOATS = [math.inf, -math.inf, math.nan]
+FLOAT_FIELDS = [
+    (lambda v: TrainConfig(shards_uri="s", run_uri="r", model=ModelConfig(vocab_size=300), lr=v), "lr"),
+    (lambda v: TrainConfig(shards_uri="s", run_uri="r", model=ModelConfig(vocab_size=300), grad_clip=v), "grad_clip"),
+    (lambda v: TrainConfig(shards_uri="s", run_uri="r", model=ModelConfig(vocab_size=300), weight_decay=v), "weight_decay"),
+    (lambda v: ModelConfig(vocab_size=300, rope_theta=v), "rope_theta"),
+    (lambda v: FilterConfig(near_dedup_threshold=v), "near_dedup_threshold"),
+    (lambda v: ShardConfig(val_fraction=v), "val_fraction"),
+    (lambda v: EvalConfig(temperature=v), "temperature"),
+]
+
+
+@pytest.mark.parametrize("value", BAD_FLOATS)
+@pytest.mark.parametrize("build, field", FLOAT_FIELDS)
+def test_every_float_setting_refuses_non_finite_values(build, field, value):
+    with pytest.raises(ValueError, match=f"{field} must be a finite number, got {value}"):
+        build(value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([(stage, name) for stage, cls in STAGE_CONFIGS.items() for name, f in cls.model_fields.items()
+                        if f.annotation in (float, "float") or "float" in str(f.annotation)]),
+       st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10)))
+def test_any_float_value_is_refused_by_field_or_accepted(field, value):
+    stage, name = field
+    try:
+        validate_run_config({"ops": {stage: {"config": {name: value}}}})
+    except dg.Failure as e:
+        assert stage in e.description and "Invalid run configuration, nothing was run" in e.description
+        if isinstance(value, float) and not math.isfinite(value):
+            assert f"{name} must be a finite number" in e.description
+    else:
+        assert math.isfinite(value)
+
+
+# --- 6. the remote shell --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("addr", ["10.0.0.1; rm -rf /", "$(reboot)", "host name", "a`b`", "x\n", "-oProxyCommand=sh"])
+def test_master_addr_is_a_host_name_or_an_ip(addr):
+    with pytest.raises(ValueError, match="master_addr must be a host name or an IP address"):
+        LaunchConfig(nnodes=2, master_addr=addr, master_port=29500, hostfile="/h", ssh=True)
+
+
+@pytest.mark.parametrize("addr", ["10.0.0.1", "node-3.cluster.local", "fe80::1", "localhost"])
+def test_master_addr_accepts_hosts(addr):
+    assert LaunchConfig(nnodes=2, master_addr=addr, master_port=29500, hostfile="/h", ssh=True).master_addr == addr
