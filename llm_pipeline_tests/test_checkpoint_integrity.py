@@ -37,6 +37,13 @@ def test_the_marker_lists_every_file_and_verify_catches_changes(tmp_path):
                         "step_00000003/sub/optim.pt: sha256 does not match complete.json"]
     warnings = []
     assert store.newest_intact(warnings.append) is None and "fails verification" in warnings[0]
+    # Saving the tag again starts from an empty folder: the planted file cannot slip into a new marker.
+    store.discard("step_00000003")
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "optim.pt").write_bytes(b"optim")
+    store.upload("step_00000003", rank=0)
+    store.mark_complete("step_00000003", {"step": 3})
+    assert set(store.remote.child("step_00000003").read_json(MARKER)["files"]) == {"sub/optim.pt"}
 
 
 @pytest.fixture(scope="module")

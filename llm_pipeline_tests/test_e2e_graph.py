@@ -229,3 +229,25 @@ def test_killed_rank_is_retried_and_resumes_step_for_step(graph, tmp_path):
     reference = Storage(config["run_uri"]).child("final").read_json("summary.json")
     assert [s for s, _ in summary["losses"]] == list(range(1, 61))
     assert [l for _, l in summary["losses"]] == pytest.approx([l for _, l in reference["losses"]], rel=1e-6)
+
+
+def test_a_tampered_published_baseline_is_refused_before_it_is_loaded(graph):
+    root, resources, _, _ = graph
+    model = Storage(root).child("registry", "llm-pipeline-demo")
+    version = model.read_bytes("latest").decode().strip()
+    weights = model.child(version).full("model.safetensors")
+    with open(weights, "rb") as f:
+        original = f.read()
+    try:
+        with open(weights, "ab") as f:
+            f.write(b"\x00")
+        result = dg.materialize(ASSETS + CHECKS, selection=["eval_metrics"], resources=resources,
+                                run_config=_run_config(only=["eval_metrics"]), raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        message = failure.event_specific_data.error.message
+        assert f"the published baseline {model.child(version).uri} fails verification" in message
+        assert "tampered: model.safetensors" in message
+    finally:
+        with open(weights, "wb") as f:
+            f.write(original)

@@ -191,7 +191,7 @@ def resolve_model_folder(uri: str, version: str | None = None) -> Storage:
     folder = Storage(uri)
     if version is None and folder.exists(MANIFEST):
         return folder
-    registry, name = uri.rstrip("/").rsplit("/", 1) if "/" in uri.rstrip("/") else (".", uri)
+    registry, name = folder.uri.rsplit("/", 1)
     return resolve_version(Storage(registry, **folder.storage_options), name, version)
 
 

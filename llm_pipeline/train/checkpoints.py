@@ -83,6 +83,13 @@ class CheckpointStore:
         if self.mirrored:
             self.remote.child(tag).download_dir(os.path.join(self.local_dir, tag), skip_existing=True)
 
+    def discard(self, tag: str) -> None:
+        """Before a tag is saved (again): drop what a crashed or refused attempt left under it, so the
+        marker written after this save can only list files this save wrote. Idempotent; once per node."""
+        shutil.rmtree(os.path.join(self.local_dir, tag), ignore_errors=True)
+        if self.mirrored:
+            self.remote.remove(tag)
+
     def upload(self, tag: str, rank: int, after_file=None) -> None:
         """Once per node, after every rank saved: hash this node's files of `tag`, copy them to a
         remote root, and leave their list for rank 0's marker. `after_file(name)` runs after each file."""

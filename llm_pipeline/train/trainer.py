@@ -160,6 +160,9 @@ def train(cfg, reporter) -> dict:
             tag = tag_for(step)
             state = {"step": step, "micro_step": micro_step, "tokens_seen": tokens_seen, "losses": losses,
                      "rng_state": torch.get_rng_state()}
+            if local_rank == 0:
+                store.discard(tag)
+            dist.barrier()
             engine.save_checkpoint(store.local_dir, tag=tag, client_state=state, save_latest=False)
             crash_point("after_save", rank, step)
             dist.barrier()
