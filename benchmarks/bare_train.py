@@ -6,12 +6,11 @@ Prints one JSON line: tokens/s over the timed steps.
 
 import argparse
 import json
-import os
 import time
 
 import torch
 
-from llm_pipeline.train.model import ModelConfig, preset_config
+from llm_pipeline.train.model import preset_config
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_pipeline.corpus.build import CorpusConfig, build_corpus, iter_documents
+from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.corpus.filters import FilterConfig, printable_fraction
 from llm_pipeline.corpus.near_dedup import NearDuplicateIndex, band_keys, document_signatures
 from llm_pipeline.storage import Storage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Optional
@@ -10,6 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from llm_pipeline.storage import Storage
+from llm_pipeline.storage.names import check_name
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,23 +49,62 @@ class StorageResource(dg.ConfigurableResource):
 
 
 class JsonIOManager(dg.ConfigurableIOManager):
-    """Stores each asset's (small, JSON) value at `<root>/_values/<asset key>.json`.
+    """Small JSON values passed between assets, one per run: `<root>/_values/<asset>/<partition>/<run id>.json`.
 
-    Large artifacts never pass through here: assets write them to storage and return where they are.
+    A step reads the value of the run that produced its input: its own run, or, when an old run is
+    re-executed, that run (Dagster names it as the upstream output's run). An input that no run in
+    the plan produced is the asset's latest materialization. Two overlapping runs therefore never
+    read each other's values. Large artifacts never pass through here: assets write them to storage
+    and return where they are.
     """
 
     storage: StorageResource
 
-    def _name(self, context) -> str:
-        return "/".join(context.asset_key.path) + ".json"
+    def _folder(self, asset_key: dg.AssetKey, partition: str | None) -> Storage:
+        return self.storage.root().child("_values", *asset_key.path, _partition_folder(partition))
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        self.storage.root().child("_values").write_bytes(self._name(context), json.dumps(obj, indent=2, sort_keys=True).encode())
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        self._folder(context.asset_key, partition).write_bytes(f"{context.run_id}.json",
+                                                               json.dumps(obj, indent=2, sort_keys=True).encode())
 
     def load_input(self, context: dg.InputContext):
-        values = self.storage.root().child("_values")
-        name = self._name(context.upstream_output)
-        if not values.exists(name):
-            raise FileNotFoundError(f"asset {context.upstream_output.asset_key.to_user_string()} has not been materialized "
-                                    f"under {values.uri}; materialize it first")
-        return json.loads(values.read_bytes(name))
+        asset_key = context.upstream_output.asset_key
+        if context.has_asset_partitions:
+            values = {p: self._load(context, asset_key, p) for p in context.asset_partition_keys}
+            return values if len(values) > 1 or not context.has_partition_key else next(iter(values.values()))
+        return self._load(context, asset_key, None)
+
+    def _load(self, context: dg.InputContext, asset_key: dg.AssetKey, partition: str | None):
+        folder = self._folder(asset_key, partition)
+        for run_id in (_producing_run(context), _latest_run(context.instance, asset_key, partition)):
+            if run_id and folder.exists(f"{run_id}.json"):
+                return json.loads(folder.read_bytes(f"{run_id}.json"))
+        where = f" partition {partition!r}" if partition else ""
+        raise FileNotFoundError(f"asset {asset_key.to_user_string()}{where} has no value under {folder.uri} from the run that "
+                                f"produced it; materialize it first")
+
+
+def _partition_folder(partition: str | None) -> str:
+    if partition is None:
+        return "_unpartitioned"
+    try:
+        return check_name(partition, "partition key")
+    except ValueError:  # any other key gets a stable folder name of its own
+        return "p-" + hashlib.sha256(partition.encode()).hexdigest()[:24]
+
+
+def _producing_run(context: dg.InputContext) -> str | None:
+    """The run whose step produced this input, when a step in this run's plan did (this run, or the
+    parent of a re-execution); None when the input comes from outside the run."""
+    try:
+        return context.upstream_output.run_id
+    except dg.DagsterInvariantViolationError:
+        return None
+
+
+def _latest_run(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> str | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    return records[0].run_id if records else None

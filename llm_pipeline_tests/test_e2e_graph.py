@@ -98,14 +98,14 @@ def test_published_model_loads_offline_and_matches_trained_logits(graph):
 
 
 def test_crashed_run_resumes_from_newest_complete_checkpoint(graph):
-    root, resources, result, _ = graph
+    root, resources, result, instance = graph
     ckpt = result.output_for_node("trained_checkpoint")
     run = Storage(ckpt["run_uri"])
     original = run.child("final").read_json("summary.json")["losses"]
     # Simulate a crash after step 10: the step-20 checkpoint and the final outputs never happened.
     run.child("checkpoints").remove("step_00000020")
     run.child("final").remove()
-    again = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources,
+    again = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources, instance=instance,
                            run_config=_run_config(only=["trained_checkpoint"]))
     assert again.success
     summary = run.child("final").read_json("summary.json")
@@ -116,11 +116,11 @@ def test_crashed_run_resumes_from_newest_complete_checkpoint(graph):
 
 
 def test_failing_gate_blocks_publishing(graph):
-    root, resources, result, _ = graph
+    root, resources, result, instance = graph
     registry = Storage(root).child("registry", "llm-pipeline-demo")
     latest_before = registry.read_bytes("latest")
     blocked = dg.materialize(
-        ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources,
+        ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources, instance=instance,
         run_config=_run_config({"eval_metrics": {"max_loss": 0.5, "max_perplexity": 1.5}}, only=["eval_metrics"]),
         raise_on_error=False,
     )
@@ -137,10 +137,10 @@ def test_failing_gate_blocks_publishing(graph):
 
 
 def test_second_publish_compares_with_the_first_and_moves_latest(graph):
-    root, resources, result, _ = graph
+    root, resources, result, instance = graph
     registry = Storage(root).child("registry", "llm-pipeline-demo")
     first = result.output_for_node("published_model")["version"]
-    again = dg.materialize(ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources,
+    again = dg.materialize(ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources, instance=instance,
                            run_config=_run_config(only=["eval_metrics"]))
     metrics = again.output_for_node("eval_metrics")
     assert metrics["baseline"]["version"] == first and metrics["baseline"]["same_tokenizer"]
@@ -154,12 +154,12 @@ def test_second_publish_compares_with_the_first_and_moves_latest(graph):
 
 
 def test_regression_against_the_published_model_blocks_publishing(graph):
-    root, resources, _, _ = graph
+    root, resources, _, instance = graph
     registry = Storage(root).child("registry", "llm-pipeline-demo")
     latest_before = registry.read_bytes("latest")
     # A barely trained model (2 steps), with the loss gate opened so only the regression gate can stop it.
     worse = dg.materialize(
-        ASSETS + CHECKS, selection=["trained_checkpoint", "eval_metrics", "published_model"], resources=resources,
+        ASSETS + CHECKS, selection=["trained_checkpoint", "eval_metrics", "published_model"], resources=resources, instance=instance,
         run_config=_run_config({"trained_checkpoint": {"steps": 2, "warmup_steps": 1}, "eval_metrics": {"max_loss": 100.0}},
                                only=["trained_checkpoint", "eval_metrics"]),
         raise_on_error=False,
@@ -232,7 +232,7 @@ def test_killed_rank_is_retried_and_resumes_step_for_step(graph, tmp_path):
 
 
 def test_a_tampered_published_baseline_is_refused_before_it_is_loaded(graph):
-    root, resources, _, _ = graph
+    root, resources, _, instance = graph
     model = Storage(root).child("registry", "llm-pipeline-demo")
     version = model.read_bytes("latest").decode().strip()
     weights = model.child(version).full("model.safetensors")
@@ -241,7 +241,7 @@ def test_a_tampered_published_baseline_is_refused_before_it_is_loaded(graph):
     try:
         with open(weights, "ab") as f:
             f.write(b"\x00")
-        result = dg.materialize(ASSETS + CHECKS, selection=["eval_metrics"], resources=resources,
+        result = dg.materialize(ASSETS + CHECKS, selection=["eval_metrics"], resources=resources, instance=instance,
                                 run_config=_run_config(only=["eval_metrics"]), raise_on_error=False)
         assert not result.success
         failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.e2e
 def test_graph_on_s3_root_publishes_and_resumes(s3_endpoint):
     storage = StorageResource(root_uri="s3://llm-pipeline-test/graph", s3_endpoint_url=s3_endpoint)
     resources = {"storage": storage, "io_manager": JsonIOManager(storage=storage), "pipes_subprocess_client": dg.PipesSubprocessClient()}
-    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config())
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance)
     assert result.success
     published = result.output_for_node("published_model")
     assert published["uri"].startswith("s3://llm-pipeline-test/graph/registry/llm-pipeline-demo/")
@@ -47,7 +48,7 @@ def test_graph_on_s3_root_publishes_and_resumes(s3_endpoint):
     run.child("checkpoints").remove("step_00000020")
     run.child("final").remove()
     shutil.rmtree(store.local_dir)
-    again = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources,
+    again = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources, instance=instance,
                            run_config=_run_config(only=["trained_checkpoint"]))
     assert again.success
     summary = run.child("final").read_json("summary.json")

@@ -92,7 +92,7 @@ def test_a_latest_pointer_that_leaves_its_model_is_refused(tmp_path, small_token
     assert resolve_version(registry, "m").uri == manifest["uri"]
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "manifest.json").write_text("{}")
-    (tmp_path / "registry" / "m" / "latest").write_text(f"../../outside\n")
+    (tmp_path / "registry" / "m" / "latest").write_text("../../outside\n")
     with pytest.raises(ValueError, match=r"pointer .*/m/latest names '../../outside'.*refusing to follow it"):
         resolve_version(registry, "m")
     out = subprocess.run([sys.executable, "-m", "llm_pipeline.publish.verify", str(tmp_path / "registry" / "m")],

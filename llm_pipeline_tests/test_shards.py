@@ -1,13 +1,11 @@
 import hashlib
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from llm_pipeline.storage import Storage
 from llm_pipeline.tokenize.bpe import tokenizer_hash
-from llm_pipeline.tokenize.encoder import DocumentEncoder
-from llm_pipeline.tokenize.shards import ShardConfig, ShardError, load_split_tokens, split_of, write_shards
+from llm_pipeline.tokenize.shards import ShardConfig, ShardError, load_split_tokens, split_of
 from llm_pipeline_tests.helpers import make_shards
 
 
