@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import hashlib
 import json
 import os
 
 import dagster as dg
 
+from llm_pipeline.corpus.sources import CorpusSourceError, list_sources
 from llm_pipeline.resources import StorageResource
 
 pipeline_job = dg.define_asset_job(
@@ -23,39 +24,45 @@ retraining_schedule = dg.ScheduleDefinition(
 )
 
 
-def _modified(info: dict) -> float:
-    value = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created") or 0
-    if isinstance(value, dt.datetime):
-        return value.timestamp()
-    return float(value)
-
-
 def landing_uri(storage: StorageResource) -> str:
     return os.environ.get("LLM_PIPELINE_LANDING_URI") or storage.root().child("landing").uri
 
 
-def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[list[tuple[float, str]], str | None]:
-    """Files under `uri` newer than the cursor (a (modified time, path) watermark), oldest first."""
-    landing = storage.at(uri)
-    if not landing.exists():
-        return [], cursor
-    found = sorted((_modified(info), path) for path, info in landing.fs.find(landing.path, detail=True).items()
-                   if info.get("type") == "file" and "/." not in path)
-    mark = tuple(json.loads(cursor)) if cursor else None
-    fresh = [f for f in found if mark is None or f > mark]
-    return fresh, (json.dumps(list(fresh[-1])) if fresh else cursor)
+def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[list[str], str]:
+    """Files under `uri` that are new or changed and complete, and the cursor to keep.
+
+    A file is known by its identity, path + size + version (an object's ETag, a file's mtime), not by
+    a time watermark: a late file with an old mtime, or one renamed into the folder, is still new.
+    A file is taken once its identity is the same on two ticks in a row (an upload still growing
+    is not), and never again unless its content changes. Hidden files and in-flight names (*.part,
+    *.tmp, ...) are judged relative to the landing folder, with the corpus stage's own listing, so
+    a landing folder under `.storage/` works.
+    """
+    state = json.loads(cursor) if cursor else {}
+    taken, seen = state.get("taken", {}), state.get("seen", {})
+    try:
+        listing = list_sources(uri, "**/*", storage_options=storage.at(uri).storage_options)
+    except CorpusSourceError:  # no landing folder yet, or nothing in it
+        return [], json.dumps({"taken": taken, "seen": {}}, sort_keys=True)
+    current = {f.uri: f"{f.size}:{f.version}" for f in listing.files}
+    fresh = {path: ident for path, ident in current.items() if taken.get(path) != ident}
+    ready = sorted(path for path, ident in fresh.items() if seen.get(path) == ident)
+    taken.update({path: fresh[path] for path in ready})
+    pending = {path: ident for path, ident in fresh.items() if path not in ready}
+    return ready, json.dumps({"taken": taken, "seen": pending}, sort_keys=True)
 
 
 @dg.sensor(job=pipeline_job, minimum_interval_seconds=30, description="Starts a run when new corpus files land.")
 def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResource):
     uri = landing_uri(storage)
-    fresh, cursor = new_files(storage, uri, context.cursor)
-    if not fresh:
-        return dg.SkipReason(f"no new files under {uri}")
-    newest_time, newest_path = fresh[-1]
+    ready, cursor = new_files(storage, uri, context.cursor)
     context.update_cursor(cursor)
+    if not ready:
+        pending = len(json.loads(cursor)["seen"])
+        return dg.SkipReason(f"no new complete files under {uri}" + (f" ({pending} still arriving)" if pending else ""))
+    run_key = hashlib.sha256("\n".join(f"{p} {json.loads(cursor)['taken'][p]}" for p in ready).encode()).hexdigest()[:16]
     return dg.RunRequest(
-        run_key=f"{newest_path}@{newest_time}",
+        run_key=run_key,
         run_config={"ops": {"raw_corpus": {"config": {"source_uri": uri, "glob": "**/*", "exclude": []}}}},
-        tags={"llm_pipeline/trigger": "new_corpus", "llm_pipeline/new_files": str(len(fresh))},
+        tags={"llm_pipeline/trigger": "new_corpus", "llm_pipeline/new_files": str(len(ready))},
     )

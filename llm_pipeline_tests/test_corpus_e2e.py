@@ -115,3 +115,26 @@ def test_raw_corpus_asset_reads_a_mixed_landing_folder(tmp_path, sample_texts, m
     assert drops == {"invalid_json": 1}
     skips = {r.data["reason"]: r.data["files"] for r in metadata["skipped_by_reason"].value.records}
     assert skips == {"hidden_or_in_flight": 1}
+
+
+def test_sensor_takes_s3_objects_once_by_etag(s3_endpoint, monkeypatch):
+    from llm_pipeline.automation import new_corpus_sensor
+    from llm_pipeline.resources import StorageResource
+
+    monkeypatch.setenv("LLM_PIPELINE_LANDING_URI", "s3://llm-pipeline-test/sensor-landing")
+    storage = StorageResource(root_uri="s3://llm-pipeline-test/sensor-root", s3_endpoint_url=s3_endpoint)
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
+    fs.pipe("llm-pipeline-test/sensor-landing/batch-1/a.jsonl", b'{"text": "one"}\n')
+    cursor = [None]
+
+    def tick():  # one long-lived process, as the daemon's code server: no cache clearing here
+        result = new_corpus_sensor.evaluate_tick(dg.build_sensor_context(cursor=cursor[0], resources={"storage": storage}))
+        cursor[0] = result.cursor
+        return result
+
+    assert not tick().run_requests
+    assert len(tick().run_requests) == 1
+    assert not tick().run_requests
+    fs.pipe("llm-pipeline-test/sensor-landing/batch-1/a.jsonl", b'{"text": "one, changed"}\n')  # new ETag
+    tick()
+    assert len(tick().run_requests) == 1

@@ -24,28 +24,48 @@ def test_schedule_requests_a_run_of_the_whole_graph():
     assert retraining_schedule.job_name == "llm_pipeline_job"
 
 
-def test_sensor_triggers_once_per_new_file(tmp_path, monkeypatch):
-    landing = tmp_path / "landing"
-    monkeypatch.setenv("LLM_PIPELINE_LANDING_URI", str(landing))
-    storage = StorageResource(root_uri=str(tmp_path / "root"))
+def test_sensor_on_the_default_landing_folder_takes_each_complete_file_once(tmp_path, monkeypatch):
+    """No LLM_PIPELINE_* variable: the landing folder is <root>/landing, and the root is a hidden `.storage`."""
+    for key in [k for k in os.environ if k.startswith("LLM_PIPELINE_")]:
+        monkeypatch.delenv(key)
+    storage = StorageResource(root_uri=str(tmp_path / ".storage"))
+    landing = tmp_path / ".storage" / "landing"
+    cursor = [None]
 
-    def tick(cursor):
-        ctx = dg.build_sensor_context(cursor=cursor, resources={"storage": storage})
-        return new_corpus_sensor.evaluate_tick(ctx)
+    def tick():
+        ctx = dg.build_sensor_context(cursor=cursor[0], resources={"storage": storage})
+        result = new_corpus_sensor.evaluate_tick(ctx)
+        cursor[0] = result.cursor
+        return result
 
-    assert tick(None).skip_message.startswith("no new files")  # landing URI does not exist yet
-    landing.mkdir()
+    assert tick().skip_message.startswith("no new complete files")  # no landing folder yet
+    landing.mkdir(parents=True)
     (landing / "a.txt").write_text("first document " * 20)
-    first = tick(None)
-    assert len(first.run_requests) == 1
-    config = first.run_requests[0].run_config["ops"]["raw_corpus"]["config"]
-    assert config["source_uri"] == str(landing)
-    assert not tick(first.cursor).run_requests  # the same file does not trigger again
-    (landing / "b.txt").write_text("second document " * 20)
-    os.utime(landing / "b.txt", (os.path.getmtime(landing / "a.txt") + 5,) * 2)
-    second = tick(first.cursor)
+    (landing / "upload.txt.part").write_text("still arriving " * 20)  # an in-flight name: never taken
+    assert "1 still arriving" in tick().skip_message  # seen once: it may still be growing
+    first = tick()
+    assert len(first.run_requests) == 1 and first.run_requests[0].tags["llm_pipeline/new_files"] == "1"
+    assert first.run_requests[0].run_config["ops"]["raw_corpus"]["config"]["source_uri"] == str(landing)
+    assert not tick().run_requests  # the same file does not trigger again
+
+    # A late file copied with an old mtime (cp -p), and a file that is still growing.
+    old = landing / "b.txt"
+    old.write_text("second document " * 20)
+    os.utime(old, (os.path.getmtime(landing / "a.txt") - 86400,) * 2)
+    growing = landing / "c.txt"
+    growing.write_text("third " * 10)
+    tick()
+    with open(growing, "a") as f:
+        f.write("more " * 10)
+    second = tick()  # b is stable; c changed between the ticks
     assert len(second.run_requests) == 1 and second.run_requests[0].tags["llm_pipeline/new_files"] == "1"
-    assert second.run_requests[0].run_key != first.run_requests[0].run_key
+    third = tick()
+    assert third.run_requests[0].tags["llm_pipeline/new_files"] == "1"  # c, once it stopped growing
+    assert len({r.run_requests[0].run_key for r in (first, second, third)}) == 3
+    # Changed content is new again.
+    (landing / "a.txt").write_text("first document, revised " * 20)
+    tick()
+    assert len(tick().run_requests) == 1
 
 
 @pytest.mark.parametrize(

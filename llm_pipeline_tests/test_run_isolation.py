@@ -30,32 +30,34 @@ def _uri(result, instance, asset: str) -> str:
     return mat.dagster_event.materialization.metadata["uri"].value
 
 
-def _shards_source(result, instance) -> str:
-    """The corpus that the run's tokenized_shards were made from (from the shard manifest it wrote)."""
-    return Storage(_uri(result, instance, "tokenized_shards")).read_json("manifest.json")["corpus_uri"]
+def _documents(result, instance, asset: str) -> int:
+    """Documents in the run's corpus, or in the shards it wrote: the two corpora differ in size, so this says which one."""
+    manifest = Storage(_uri(result, instance, asset)).read_json("manifest.json")
+    return manifest["documents"] if asset == "raw_corpus" else sum(s["documents"] for s in manifest["splits"].values())
 
 
 def test_reexecution_and_later_runs_read_the_right_runs_values(tmp_path, monkeypatch, sample_texts):
     monkeypatch.setenv("LLM_PIPELINE_STORAGE_ROOT", str(tmp_path / "root"))
-    source_a = _corpus(tmp_path / "a", sample_texts[:8])
-    source_b = _corpus(tmp_path / "b", sample_texts[4:])
+    source_a = _corpus(tmp_path / "a", sample_texts[:6])
+    source_b = _corpus(tmp_path / "b", sample_texts[2:])
     job = dg.reconstructable(jobs.llm_pipeline_job)
     (tmp_path / "home").mkdir()
     with dg.DagsterInstance.local_temp(str(tmp_path / "home")) as instance:
         run_a = dg.execute_job(job, instance, run_config=_config(source_a), asset_selection=SELECTION)
         run_b = dg.execute_job(job, instance, run_config=_config(source_b), asset_selection=SELECTION)
         assert run_a.success and run_b.success
-        corpus = {r.run_id: _uri(r, instance, "raw_corpus") for r in (run_a, run_b)}
-        assert _shards_source(run_a, instance) == corpus[run_a.run_id]
-        assert _shards_source(run_b, instance) == corpus[run_b.run_id]
+        corpus = {r.run_id: _documents(r, instance, "raw_corpus") for r in (run_a, run_b)}
+        assert corpus[run_a.run_id] != corpus[run_b.run_id]
+        assert _documents(run_a, instance, "tokenized_shards") == corpus[run_a.run_id]
+        assert _documents(run_b, instance, "tokenized_shards") == corpus[run_b.run_id]
 
         # Re-executing run A's last step after run B wrote newer values: it reads run A's inputs.
         again = dg.execute_job(job, instance, reexecution_options=dg.ReexecutionOptions(
             parent_run_id=run_a.run_id, step_selection=["tokenized_shards"]))
         assert again.success
-        assert _shards_source(again, instance) == corpus[run_a.run_id]
+        assert _documents(again, instance, "tokenized_shards") == corpus[run_a.run_id]
 
         # A run of that step alone reads the latest materializations: run B's.
         alone = dg.execute_job(job, instance, run_config=_config(source_b), asset_selection=[dg.AssetKey("tokenized_shards")])
         assert alone.success
-        assert _shards_source(alone, instance) == corpus[run_b.run_id]
+        assert _documents(alone, instance, "tokenized_shards") == corpus[run_b.run_id]

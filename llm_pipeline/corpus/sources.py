@@ -34,6 +34,7 @@ class SourceFile:
     uri: str  # what the manifest and the documents' `source` column show
     rel: str  # relative to the source folder
     size: int
+    version: str = ""  # what changes when the content does: an object's ETag, a file's mtime in ns
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def list_sources(
     """
     try:
         fs, root = url_to_fs(source_uri, **(storage_options or {}))
+        fs.invalidate_cache(root)  # a long-lived process (the sensor's) must see what landed since
         exists = fs.exists(root)
     except Exception as e:  # noqa: BLE001 - credentials, endpoint, permissions: name the URI
         raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {type(e).__name__}: {e}") from None
@@ -91,7 +93,7 @@ def list_sources(
     root_uri = fs.unstrip_protocol(root).rstrip("/")
     try:
         walk = _walk_local(root, exclude) if is_local else _walk_remote(fs, root)
-        for rel, kind, size, is_dir, path in walk:
+        for rel, kind, size, is_dir, path, version in walk:
             uri = f"{root_uri}/{rel}" if rel else root_uri
             if kind != "file":
                 # A link not followed: counted when it names a matched file, or a folder that may hold some.
@@ -102,7 +104,7 @@ def list_sources(
             elif not include_hidden and any(is_hidden_or_in_flight(part) for part in rel.split("/")):
                 skipped.append(SkippedEntry(uri, rel, "hidden_or_in_flight", size))
             else:
-                files.append(SourceFile(path, uri, rel, size))
+                files.append(SourceFile(path, uri, rel, size, version))
     except OSError as e:
         raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {e}") from None
 
@@ -134,14 +136,14 @@ def _prunable(rel_dir: str, exclude: tuple[str, ...]) -> bool:
 
 
 def _walk_local(root: str, exclude: tuple[str, ...] = ()):
-    """(relative path, kind, size, is a folder, path to read) for every file and every link not followed.
+    """(relative path, kind, size, is a folder, path to read, version) for every file and every link not followed.
 
     kind: "file", "symlink_outside_source", "symlink_loop" or "broken_symlink". Files are read at their
     resolved path, so a link swapped after the listing cannot lead the reader out of the source.
     """
     real_root = os.path.realpath(root)
     if os.path.isfile(real_root):
-        yield "", "file", os.path.getsize(real_root), False, real_root
+        yield "", "file", os.path.getsize(real_root), False, real_root, str(os.stat(real_root).st_mtime_ns)
         return
     seen_dirs = {real_root}
     stack = [("", real_root)]
@@ -154,32 +156,42 @@ def _walk_local(root: str, exclude: tuple[str, ...] = ()):
             if entry.is_symlink():
                 target = os.path.realpath(entry.path)
                 if not os.path.exists(target):
-                    yield rel, "broken_symlink", None, False, None
+                    yield rel, "broken_symlink", None, False, None, ""
                 elif os.path.commonpath([real_root, target]) != real_root:
-                    yield rel, "symlink_outside_source", None, os.path.isdir(target), None
+                    yield rel, "symlink_outside_source", None, os.path.isdir(target), None, ""
                 elif os.path.isdir(target):
                     if target in seen_dirs:
-                        yield rel, "symlink_loop", None, True, None
+                        yield rel, "symlink_loop", None, True, None, ""
                     else:
                         seen_dirs.add(target)
                         stack.append((rel, target))
                 elif os.path.isfile(target):
-                    yield rel, "file", os.path.getsize(target), False, target
+                    stat = os.stat(target)
+                    yield rel, "file", stat.st_size, False, target, str(stat.st_mtime_ns)
             elif entry.is_dir(follow_symlinks=False):
                 # No link on the way here, so the path is real already.
                 if entry.path not in seen_dirs and not _prunable(rel, exclude):
                     seen_dirs.add(entry.path)
                     stack.append((rel, entry.path))
             elif entry.is_file(follow_symlinks=False):
-                yield rel, "file", entry.stat(follow_symlinks=False).st_size, False, entry.path
+                stat = entry.stat(follow_symlinks=False)
+                yield rel, "file", stat.st_size, False, entry.path, str(stat.st_mtime_ns)
 
 
 def _walk_remote(fs, root: str):
     """Object stores have no links; one listing call gives every object with its size."""
     if fs.isfile(root):
-        yield "", "file", int(fs.size(root)), False, root
+        info = fs.info(root)
+        yield "", "file", int(info.get("size") or 0), False, root, _object_version(info)
         return
     base = root.rstrip("/")
     for path, info in sorted(fs.find(base, withdirs=False, detail=True).items()):
         if info.get("type") == "file":
-            yield posixpath.relpath(path, base), "file", int(info.get("size") or 0), False, path
+            yield posixpath.relpath(path, base), "file", int(info.get("size") or 0), False, path, _object_version(info)
+
+
+def _object_version(info: dict) -> str:
+    for key in ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return ""

@@ -188,7 +188,6 @@ def write_shards(
             )
     manifest = {
         "kind": "tokenized_shards",
-        "corpus_uri": corpus.uri,
         "tokenizer_sha256": tokenizer_sha256,
         "vocab_size": vocab_size,
         "eos_id": encoder.eos_id,
