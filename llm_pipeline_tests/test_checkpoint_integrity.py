@@ -30,10 +30,14 @@ def test_the_marker_lists_every_file_and_verify_catches_changes(tmp_path):
     marker = store.remote.child("step_00000003").read_json(MARKER)
     assert set(marker["files"]) == {"mp_rank_00_model_states.pt", "sub/optim.pt"}
     assert store.verify("step_00000003") == []
+    # Another node's list being written (a shared disk) is bookkeeping, never hashed nor refused...
+    (folder / "files-rank00001.json.tmp-0123456789abcdef0123456789abcdef").write_bytes(b"{}")
+    assert store.verify("step_00000003") == []
     (folder / "sub" / "optim.pt").write_bytes(b"evil")
-    (folder / "zero_pp_rank_9_mp_rank_00_optim_states.pt").write_bytes(b"planted")
+    # ...but a planted file that only looks like bookkeeping is refused like any other.
+    (folder / "files-rank00000_zero_pp_rank_9_mp_rank_00_optim_states.pt").write_bytes(b"planted")
     problems = store.verify("step_00000003")
-    assert problems == ["step_00000003/zero_pp_rank_9_mp_rank_00_optim_states.pt: not listed in complete.json",
+    assert problems == ["step_00000003/files-rank00000_zero_pp_rank_9_mp_rank_00_optim_states.pt: not listed in complete.json",
                         "step_00000003/sub/optim.pt: sha256 does not match complete.json"]
     warnings = []
     assert store.newest_intact(warnings.append) is None and "fails verification" in warnings[0]

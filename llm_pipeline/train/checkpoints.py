@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -96,7 +97,7 @@ class CheckpointStore:
         folder = os.path.join(self.local_dir, tag)
         hashes = {}
         for name in _files_under(folder):
-            if name == MARKER or _is_file_list(name):
+            if _is_bookkeeping(name):
                 continue
             hashes[name] = sha256_file(LocalFileSystem(), os.path.join(folder, *name.split("/")))
             if self.mirrored:
@@ -124,7 +125,7 @@ class CheckpointStore:
         except (ValueError, KeyError, TypeError) as e:
             return [f"{MARKER} of {tag} is not a valid marker ({type(e).__name__}: {e})"]
         folder = os.path.join(self.local_dir, tag)
-        present = {n for n in _files_under(folder) if n != MARKER and not _is_file_list(n)}
+        present = {n for n in _files_under(folder) if not _is_bookkeeping(n)}
         problems = [f"{tag}/{name}: not listed in {MARKER}" for name in sorted(present - set(listed))]
         for name, sha in sorted(listed.items()):
             path = os.path.join(folder, *name.split("/"))
@@ -195,5 +196,15 @@ def _files_under(folder: str) -> list[str]:
     return sorted(names)
 
 
+# Our own bookkeeping in a tag folder, and the temporary names their atomic writes pass through (on a
+# shared disk another node may be writing its list while this one hashes). Exact names only: a looser
+# match would let a planted file that DeepSpeed's globs load (`*_optim_states.pt`) escape verification.
+_BOOKKEEPING = re.compile(r"(files-rank\d{5}\.json|complete\.json)(\.tmp-[0-9a-f]{32})?")
+
+
+def _is_bookkeeping(name: str) -> bool:
+    return _BOOKKEEPING.fullmatch(name) is not None
+
+
 def _is_file_list(name: str) -> bool:
-    return name.startswith("files-rank") and name.endswith(".json") and "/" not in name
+    return name.startswith("files-rank") and name.endswith(".json") and _is_bookkeeping(name)
