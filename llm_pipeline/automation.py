@@ -28,8 +28,9 @@ def landing_uri(storage: StorageResource) -> str:
     return os.environ.get("LLM_PIPELINE_LANDING_URI") or storage.root().child("landing").uri
 
 
-def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[list[str], str]:
-    """Files under `uri` that are new or changed and complete, and the cursor to keep.
+def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[dict[str, str], int, str]:
+    """Files under `uri` that are new or changed and complete (path -> identity), how many are still
+    arriving, and the cursor to keep.
 
     A file is known by its identity, path + size + version (an object's ETag, a file's mtime), not by
     a time watermark: a late file with an old mtime, or one renamed into the folder, is still new.
@@ -43,24 +44,23 @@ def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[l
     try:
         listing = list_sources(uri, "**/*", storage_options=storage.at(uri).storage_options)
     except CorpusSourceError:  # no landing folder yet, or nothing in it
-        return [], json.dumps({"taken": taken, "seen": {}}, sort_keys=True)
+        return {}, 0, json.dumps({"taken": taken, "seen": {}}, sort_keys=True)
     current = {f.uri: f"{f.size}:{f.version}" for f in listing.files}
     fresh = {path: ident for path, ident in current.items() if taken.get(path) != ident}
-    ready = sorted(path for path, ident in fresh.items() if seen.get(path) == ident)
-    taken.update({path: fresh[path] for path in ready})
+    ready = {path: ident for path, ident in sorted(fresh.items()) if seen.get(path) == ident}
+    taken.update(ready)
     pending = {path: ident for path, ident in fresh.items() if path not in ready}
-    return ready, json.dumps({"taken": taken, "seen": pending}, sort_keys=True)
+    return ready, len(pending), json.dumps({"taken": taken, "seen": pending}, sort_keys=True)
 
 
 @dg.sensor(job=pipeline_job, minimum_interval_seconds=30, description="Starts a run when new corpus files land.")
 def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResource):
     uri = landing_uri(storage)
-    ready, cursor = new_files(storage, uri, context.cursor)
+    ready, arriving, cursor = new_files(storage, uri, context.cursor)
     context.update_cursor(cursor)
     if not ready:
-        pending = len(json.loads(cursor)["seen"])
-        return dg.SkipReason(f"no new complete files under {uri}" + (f" ({pending} still arriving)" if pending else ""))
-    run_key = hashlib.sha256("\n".join(f"{p} {json.loads(cursor)['taken'][p]}" for p in ready).encode()).hexdigest()[:16]
+        return dg.SkipReason(f"no new complete files under {uri}" + (f" ({arriving} still arriving)" if arriving else ""))
+    run_key = hashlib.sha256("\n".join(f"{path} {ident}" for path, ident in ready.items()).encode()).hexdigest()[:16]
     return dg.RunRequest(
         run_key=run_key,
         run_config={"ops": {"raw_corpus": {"config": {"source_uri": uri, "glob": "**/*", "exclude": []}}}},

@@ -1,6 +1,7 @@
 """The corpus stage: formats, quarantine with locations, accounting, safety, determinism."""
 
 import bz2
+from collections import Counter
 import gzip
 import json
 import lzma
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, build_corpus, iter_documents
 from llm_pipeline.corpus.filters import FilterConfig, document_id
-from llm_pipeline.corpus.near_dedup import NearDuplicateIndex
+from llm_pipeline.corpus.near_dedup import NearDuplicateIndex, band_keys, document_signatures
 from llm_pipeline.storage import Storage
 from llm_pipeline_tests.conftest import SAMPLE_FILES
 
@@ -64,10 +65,7 @@ def _assert_accounted(manifest, storage):
 
 
 def _count(items):
-    out = {}
-    for i in items:
-        out[i] = out.get(i, 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(items).items()))
 
 
 def test_build_filters_dedups_and_quarantines(tmp_path, storage, sample_texts):
@@ -364,14 +362,17 @@ def test_filter_config_validation():
 
 def test_near_duplicate_index_separates_different_texts(sample_texts):
     index = NearDuplicateIndex(0.85)
-    assert not any(index.is_near_duplicate(t) for t in sample_texts)
-    assert index.is_near_duplicate(sample_texts[3] + "\n# trailing comment\n")
+
+    def is_near_duplicate(text):
+        sig = document_signatures([text])
+        return index.check(sig[0], band_keys(sig)[0]) is not None
+
+    assert not any(is_near_duplicate(t) for t in sample_texts)
+    assert is_near_duplicate(sample_texts[3] + "\n# trailing comment\n")
 
 
 def test_signatures_do_not_depend_on_batching(sample_texts):
     """A document's signature is the same alone or in a batch: k-grams never straddle documents."""
-    from llm_pipeline.corpus.near_dedup import document_signatures
-
     docs = sample_texts[:5] + ["two words", "", "   ", "one two three four five six", "x" * 70]
     together = document_signatures(docs)
     alone = [document_signatures([d])[0] for d in docs]
@@ -379,3 +380,12 @@ def test_signatures_do_not_depend_on_batching(sample_texts):
     # the word split ignores how much whitespace there is, as str.split() does
     assert (document_signatures(["a  b\tc\n\nd e f"])[0] == document_signatures(["a b c d e f"])[0]).all()
     assert not (together[0] == together[1]).all()
+
+
+def test_a_hash_sign_in_a_file_name_stays_in_the_quarantined_source(tmp_path, storage, sample_texts):
+    text = _texts(sample_texts, 1)[0]
+    _write(tmp_path / "src", "a.txt", text.encode())
+    _write(tmp_path / "src", "copy#1.jsonl", _jsonl([{"text": text}]))
+    manifest = build_corpus(CorpusConfig(source_uri=str(tmp_path / "src"), glob="*"), storage)
+    dup = next(q for q in _quarantine(storage, manifest) if q["reason"] == "exact_duplicate")
+    assert dup["source"].endswith("/copy#1.jsonl") and dup["location"] == "line=1"

@@ -19,6 +19,7 @@ import shutil
 import sysconfig
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -222,10 +223,10 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
                  progress: Callable[[Progress], None] | None = None) -> dict:
     """Read, clean and write the corpus under `out`. Returns the manifest (also written last)."""
     listing = list_sources(cfg.source_uri, cfg.glob, cfg.exclude, cfg.include_hidden, cfg.byte_budget, storage_options)
+    skip_reasons = dict(sorted(Counter(s.reason for s in listing.skipped).items()))
     if not listing.files:
-        reasons = _count(s.reason for s in listing.skipped)
         raise CorpusSourceError(f"corpus source_uri {cfg.source_uri!r}: no file to read; {len(listing.skipped)} matched "
-                                f"entries were all skipped ({reasons})")
+                                f"entries were all skipped ({skip_reasons})")
     opts = CleanOptions(listing.root_uri, dict(storage_options or {}), cfg.format, cfg.text_field, cfg.filters,
                         cfg.quarantine_content_bytes)
     docs = ParquetShards(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes, cfg.row_group_rows)
@@ -240,7 +241,7 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
     try:
         for file_index, result in _cleaned(listing, opts, spool, _worker_count(cfg, listing)):
             source = listing.files[file_index]
-            kept = _merge_file(spool, result, dedup, docs, quarantine, cfg.quarantine_content_bytes)
+            kept = _merge_file(spool, result, source.uri, dedup, docs, quarantine, cfg.quarantine_content_bytes)
             for reason, n in result.dropped.items():
                 dropped[reason] = dropped.get(reason, 0) + n
             for reason, example in result.examples.items():
@@ -279,7 +280,7 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
         "files_matched": len(listing.files) + len(listing.skipped),
         "files_read": len(listing.files),
         "files_skipped": len(listing.skipped),
-        "skipped": _count(s.reason for s in listing.skipped),
+        "skipped": skip_reasons,
         **totals,
         "dropped": dict(sorted(dropped.items())),
         "dropped_examples": dict(sorted(examples.items())),
@@ -297,13 +298,6 @@ def summary(manifest: dict) -> dict:
     """The manifest without its per-file and per-shard lists: what a person or a log line wants."""
     return {k: v for k, v in manifest.items() if k not in ("files", "shards", "quarantine", "dropped_examples")} | {
         "shards": len(manifest["shards"]), "quarantine_files": len(manifest["quarantine"])}
-
-
-def _count(items) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def _worker_count(cfg: CorpusConfig, listing: SourceListing) -> int:
@@ -359,8 +353,8 @@ def _checked(result: FileResult) -> FileResult:
     return result
 
 
-def _merge_file(spool: str, result: FileResult, dedup: _Deduplicator, docs: ParquetShards, quarantine: ParquetShards,
-                content_cap: int) -> dict:
+def _merge_file(spool: str, result: FileResult, file_uri: str, dedup: _Deduplicator, docs: ParquetShards,
+                quarantine: ParquetShards, content_cap: int) -> dict:
     """Dedup one file's candidates against everything before them; move its rows to the output."""
     kept = {"documents": 0, "text_bytes": 0}
     with pa.memory_map(candidates_path(spool, result.index)) as f:
@@ -375,12 +369,11 @@ def _merge_file(spool: str, result: FileResult, dedup: _Deduplicator, docs: Parq
                 kept["documents"] += table.num_rows
                 kept["text_bytes"] += payload_bytes(table.select(["text"]))
             if drops:
-                texts, sources = batch.column("text"), batch.column("source")
+                texts, sources, locations = batch.column("text"), batch.column("source"), batch.column("location")
                 rows = []
                 for row, reason, detail in drops:
                     content = texts[row].as_py().encode("utf-8")
-                    source, _, location = sources[row].as_py().partition("#")
-                    rows.append({"source": source, "location": location, "reason": reason, "detail": detail,
+                    rows.append({"source": file_uri, "location": locations[row].as_py(), "reason": reason, "detail": detail,
                                  "content": content[:content_cap], "content_bytes": len(content)})
                     result.dropped[reason] = result.dropped.get(reason, 0) + 1
                     result.examples.setdefault(reason, f"{sources[row].as_py()}: {detail}")

@@ -20,7 +20,7 @@ from llm_pipeline.corpus.near_dedup import NUM_PERM, document_signatures
 from llm_pipeline.corpus.readers import PREFIX_BYTES, Record, detect, read_jsonl, read_parquet, read_text
 from llm_pipeline.corpus.sources import SourceFile
 
-CANDIDATE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.large_string()), ("source", pa.string()),
+CANDIDATE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.large_string()), ("source", pa.string()), ("location", pa.string()),
                               ("signature", pa.binary(NUM_PERM * 4))])
 QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("location", pa.string()), ("reason", pa.string()),
                                ("detail", pa.string()), ("content", pa.binary()), ("content_bytes", pa.int64())])
@@ -107,8 +107,8 @@ class _Candidates(_Spool):
         super().__init__(path, CANDIDATE_SCHEMA)
         self.near_dedup = near_dedup
 
-    def add_document(self, doc_id: str, text: str, source: str) -> None:
-        self.add(len(text), id=doc_id, text=text, source=source, signature=None)
+    def add_document(self, doc_id: str, text: str, source: str, location: str) -> None:
+        self.add(len(text), id=doc_id, text=text, source=source, location=location, signature=None)
 
     def flush(self) -> None:
         if self.near_dedup and len(self):
@@ -151,7 +151,7 @@ def clean_file(file: SourceFile, index: int, opts: CleanOptions, spool: str, fs=
                 drop(record, reason, "", encoded[:PREFIX_BYTES] if reason == "too_long" else encoded, len(encoded))
                 continue
             source = f"{file.uri}#{record.location}" if record.location else file.uri
-            candidates.add_document(document_id(text), text, source)
+            candidates.add_document(document_id(text), text, source, record.location)
             result.candidates += 1
         candidates.close()
         quarantine.close()

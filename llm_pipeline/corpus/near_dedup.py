@@ -161,8 +161,3 @@ class NearDuplicateIndex:
         for key in keys.tolist():
             self.buckets.setdefault(key, self.count)
         self.count += 1
-
-    def is_near_duplicate(self, text: str) -> bool:
-        """One document at a time (tests, small tools); the corpus build uses `check` on batches."""
-        sig = document_signatures([text])
-        return self.check(sig[0], band_keys(sig)[0]) is not None

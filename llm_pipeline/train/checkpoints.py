@@ -199,6 +199,7 @@ def _files_under(folder: str) -> list[str]:
 # Our own bookkeeping in a tag folder, and the temporary names their atomic writes pass through (on a
 # shared disk another node may be writing its list while this one hashes). Exact names only: a looser
 # match would let a planted file that DeepSpeed's globs load (`*_optim_states.pt`) escape verification.
+_FILE_LIST_NAME = re.compile(r"files-rank\d{5}\.json")
 _BOOKKEEPING = re.compile(r"(files-rank\d{5}\.json|complete\.json)(\.tmp-[0-9a-f]{32})?")
 
 
@@ -207,4 +208,4 @@ def _is_bookkeeping(name: str) -> bool:
 
 
 def _is_file_list(name: str) -> bool:
-    return name.startswith("files-rank") and name.endswith(".json") and _is_bookkeeping(name)
+    return _FILE_LIST_NAME.fullmatch(name) is not None
