@@ -52,7 +52,7 @@ def main() -> int:
                      tokenizer_hash(tok.to_str()), ShardConfig())
         print(f"data ready in {time.time() - t0:.0f}s", flush=True)
         run = root.child("run")
-        cfg = TrainConfig(shards_uri=root.child("shards").uri, run_uri=run.uri, model=preset_config(preset, VOCAB, max_seq_len=seq_len),
+        cfg = TrainConfig(shards_uris=(root.child("shards").uri,), run_uri=run.uri, model=preset_config(preset, VOCAB, max_seq_len=seq_len),
                           seq_len=seq_len, micro_batch=args.micro_batch, steps=steps, warmup_steps=min(10, steps), lr=6e-4,
                           zero_stage=2, dtype=dtype, checkpoint_every=10**6, log_every=max(1, steps // 6))
         run.write_bytes("train_config.json", cfg.to_json().encode())

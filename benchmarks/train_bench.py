@@ -32,7 +32,7 @@ CORES = os.cpu_count() or 1
 
 def ours(root: Storage, shards: Storage, vocab: int, args, stage: int, nproc: int) -> float:
     run = root.child(f"run-z{stage}-w{nproc}")
-    cfg = TrainConfig(shards_uri=shards.uri, run_uri=run.uri, model=preset_config(args.preset, vocab), steps=args.steps,
+    cfg = TrainConfig(shards_uris=(shards.uri,), run_uri=run.uri, model=preset_config(args.preset, vocab), steps=args.steps,
                       zero_stage=stage, dtype="fp32", checkpoint_every=20, log_every=10, micro_batch=16, seq_len=128)
     run.write_bytes("train_config.json", cfg.to_json().encode())
     launch = LaunchConfig("deepspeed" if nproc > 1 else "none", nproc)

@@ -1,4 +1,11 @@
-"""The job over the whole graph, the retraining schedule, and the new-corpus sensor."""
+"""How the pipeline runs itself: new files become corpus batches, batches are cleaned and tokenized
+as they arrive (Declarative Automation), and the model is retrained once enough new tokens are in.
+
+    new_corpus_sensor    landing folder -> a batch record + a new `corpus_batches` partition   (running)
+    data_automation      raw_corpus / tokenizer / tokenized_shards, eager on new partitions     (running)
+    retraining_sensor    enough new training tokens -> train, evaluate, publish (gated)         (running)
+    retraining_schedule  the same on a cron, new data or not                                    (stopped)
+"""
 
 from __future__ import annotations
 
@@ -8,29 +15,46 @@ import os
 
 import dagster as dg
 
+from llm_pipeline.assets.partitions import batch_keys, corpus_batches
+from llm_pipeline.corpus.batches import batch_key, write_batch
 from llm_pipeline.corpus.sources import CorpusSourceError, list_sources
-from llm_pipeline.resources import StorageResource
+from llm_pipeline.resources import AutomationSettings, StorageResource
+
+DATA_ASSETS = ["raw_corpus", "tokenizer", "tokenized_shards"]
+TRAINING_ASSETS = ["trained_checkpoint", "eval_metrics", "published_model"]
 
 pipeline_job = dg.define_asset_job(
-    "llm_pipeline_job", selection=dg.AssetSelection.all(), description="Corpus to published model: the whole graph."
+    "llm_pipeline_job", selection=dg.AssetSelection.all(), partitions_def=corpus_batches,
+    description="One corpus batch to a published model: the whole graph for the batch chosen as partition.",
+)
+
+training_job = dg.define_asset_job(
+    "training_job", selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
+    description="Train on every tokenized corpus batch, evaluate, and publish if the blocking checks pass.",
+)
+
+data_automation = dg.AutomationConditionSensorDefinition(
+    "data_automation", target=dg.AssetSelection.assets(*DATA_ASSETS), default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10, description="Cleans and tokenizes each new corpus batch once; trains the tokenizer on the first.",
 )
 
 retraining_schedule = dg.ScheduleDefinition(
     name="retraining_schedule",
-    job=pipeline_job,
-    # A cron string from the environment; the default retrains weekly, Sunday 03:00.
+    job=training_job,
+    # A cron string from the environment; the default retrains weekly, Sunday 03:00. Stopped until
+    # switched on: it spends compute whether or not data arrived.
     cron_schedule=os.environ.get("LLM_PIPELINE_RETRAIN_CRON", "0 3 * * 0"),
-    description="Re-materializes the whole graph: new corpus, new model.",
+    description="Retrains on every corpus batch on a cron, evaluates, and publishes if the checks pass.",
 )
 
 
-def landing_uri(storage: StorageResource) -> str:
-    return os.environ.get("LLM_PIPELINE_LANDING_URI") or storage.root().child("landing").uri
+def landing_uri(storage: StorageResource, settings: AutomationSettings) -> str:
+    return settings.landing_uri or storage.root().child("landing").uri
 
 
 def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[dict[str, str], int, str]:
-    """Files under `uri` that are new or changed and complete (path -> identity), how many are still
-    arriving, and the cursor to keep.
+    """Files under `uri` that are new or changed and complete (relative path -> identity), how many
+    are still arriving, and the cursor to keep.
 
     A file is known by its identity, path + size + version (an object's ETag, a file's mtime), not by
     a time watermark: a late file with an old mtime, or one renamed into the folder, is still new.
@@ -45,24 +69,66 @@ def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[d
         listing = list_sources(uri, "**/*", storage_options=storage.at(uri).storage_options)
     except CorpusSourceError:  # no landing folder yet, or nothing in it
         return {}, 0, json.dumps({"taken": taken, "seen": {}}, sort_keys=True)
-    current = {f.uri: f"{f.size}:{f.version}" for f in listing.files}
-    fresh = {path: ident for path, ident in current.items() if taken.get(path) != ident}
-    ready = {path: ident for path, ident in sorted(fresh.items()) if seen.get(path) == ident}
+    current = {f.rel: f"{f.size}:{f.version}" for f in listing.files}
+    fresh = {rel: ident for rel, ident in current.items() if taken.get(rel) != ident}
+    ready = {rel: ident for rel, ident in sorted(fresh.items()) if seen.get(rel) == ident}
     taken.update(ready)
-    pending = {path: ident for path, ident in fresh.items() if path not in ready}
+    pending = {rel: ident for rel, ident in fresh.items() if rel not in ready}
     return ready, len(pending), json.dumps({"taken": taken, "seen": pending}, sort_keys=True)
 
 
-@dg.sensor(job=pipeline_job, minimum_interval_seconds=30, description="Starts a run when new corpus files land.")
-def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResource):
-    uri = landing_uri(storage)
+@dg.sensor(minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Makes each delivery of complete new files in the landing folder a corpus batch (a partition).")
+def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, automation: AutomationSettings):
+    uri = landing_uri(storage, automation)
     ready, arriving, cursor = new_files(storage, uri, context.cursor)
-    context.update_cursor(cursor)
     if not ready:
-        return dg.SkipReason(f"no new complete files under {uri}" + (f" ({arriving} still arriving)" if arriving else ""))
-    run_key = hashlib.sha256("\n".join(f"{path} {ident}" for path, ident in ready.items()).encode()).hexdigest()[:16]
+        return dg.SensorResult(skip_reason=f"no new complete files under {uri}" + (f" ({arriving} still arriving)" if arriving else ""),
+                               cursor=cursor)
+    key = batch_key(ready)
+    write_batch(storage.root(), key, uri, ready)  # before the partition exists: the batch's files are fixed
+    context.log.info(f"new corpus batch {key}: {len(ready)} files under {uri}")
+    return dg.SensorResult(dynamic_partitions_requests=[corpus_batches.build_add_request([key])], cursor=cursor)
+
+
+def _latest(instance: dg.DagsterInstance, asset: str, partition: str | None = None):
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1).records
+    return records[0].asset_materialization if records else None
+
+
+def _metadata_value(materialization, name: str):
+    entry = materialization.metadata.get(name)
+    return entry.value if entry is not None else None
+
+
+@dg.sensor(job=training_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Retrains on every corpus batch once retrain_min_new_tokens new training tokens are tokenized.")
+def retraining_sensor(context: dg.SensorEvaluationContext, automation: AutomationSettings):
+    tokenizer = _latest(context.instance, "tokenizer")
+    if tokenizer is None:
+        return dg.SkipReason("no tokenizer yet")
+    current_tokenizer = _metadata_value(tokenizer, "sha256")
+    shards = {}
+    for batch in batch_keys(context.instance):
+        mat = _latest(context.instance, "tokenized_shards", batch)
+        if mat is not None:
+            shards[batch] = mat
+    stale = [b for b, mat in shards.items() if _metadata_value(mat, "tokenizer_sha256") != current_tokenizer]
+    if stale:  # training would refuse the mix; the re-tokenization is under way
+        return dg.SkipReason(f"waiting for batches {', '.join(stale)} to be re-tokenized with the current tokenizer")
+    used = {}
+    trained = _latest(context.instance, "trained_checkpoint")
+    if trained is not None:
+        used = _metadata_value(trained, "batches") or {}
+    fresh = {b: mat for b, mat in shards.items() if used.get(b) != _metadata_value(mat, "uri")}
+    new_tokens = sum(int(_metadata_value(mat, "train_tokens") or 0) for mat in fresh.values())
+    if not fresh or new_tokens < automation.retrain_min_new_tokens:
+        return dg.SkipReason(f"{new_tokens:,} new training tokens in {len(fresh)} batches; retraining at "
+                             f"{automation.retrain_min_new_tokens:,}")
+    data = {b: _metadata_value(mat, "uri") for b, mat in shards.items()}
     return dg.RunRequest(
-        run_key=run_key,
-        run_config={"ops": {"raw_corpus": {"config": {"source_uri": uri, "glob": "**/*", "exclude": []}}}},
-        tags={"llm_pipeline/trigger": "new_corpus", "llm_pipeline/new_files": str(len(ready))},
+        run_key=hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16],
+        tags={"llm_pipeline/trigger": "new_tokens", "llm_pipeline/new_batches": ",".join(fresh)[:200],
+              "llm_pipeline/new_train_tokens": str(new_tokens)},
     )

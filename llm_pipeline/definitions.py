@@ -15,8 +15,15 @@ from llm_pipeline.assets.publishing import published_model
 from llm_pipeline.assets.shards import tokenized_shards
 from llm_pipeline.assets.tokenizer import tokenizer
 from llm_pipeline.assets.training import trained_checkpoint
-from llm_pipeline.automation import new_corpus_sensor, pipeline_job, retraining_schedule
-from llm_pipeline.resources import JsonIOManager, StorageResource, default_storage_root
+from llm_pipeline.automation import (
+    data_automation,
+    new_corpus_sensor,
+    pipeline_job,
+    retraining_schedule,
+    retraining_sensor,
+    training_job,
+)
+from llm_pipeline.resources import AutomationSettings, JsonIOManager, StorageResource, default_storage_root
 
 ASSETS = [raw_corpus, tokenizer, tokenized_shards, trained_checkpoint, eval_metrics, published_model]
 CHECKS = [eval_loss_within_threshold, eval_perplexity_within_threshold, no_regression_vs_published]
@@ -31,14 +38,18 @@ def make_resources(root_uri: str | None = None) -> dict:
         "storage": storage,
         "io_manager": JsonIOManager(storage=storage),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "automation": AutomationSettings(
+            landing_uri=os.environ.get("LLM_PIPELINE_LANDING_URI", ""),
+            retrain_min_new_tokens=int(os.environ.get("LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS") or 1),
+        ),
     }
 
 
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[pipeline_job],
+    jobs=[pipeline_job, training_job],
     schedules=[retraining_schedule],
-    sensors=[new_corpus_sensor],
+    sensors=[new_corpus_sensor, retraining_sensor, data_automation],
     resources=make_resources(),
 )

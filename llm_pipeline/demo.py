@@ -1,4 +1,4 @@
-"""`make demo`: materialize the whole graph on the built-in default corpus, then print the result.
+"""`make demo`: materialize the whole graph for the built-in corpus batch ('builtin'), then print the result.
 
     python -m llm_pipeline.demo [--steps N] [--storage-root URI]
 
@@ -13,8 +13,10 @@ import time
 
 import dagster as dg
 
-from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
+from llm_pipeline.assets.partitions import corpus_batches
 from llm_pipeline.automation import pipeline_job
+from llm_pipeline.corpus.batches import BUILTIN_BATCH
+from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[pipeline_job], resources=resources)
     start = time.time()
     instance = dg.DagsterInstance.get()
-    result = defs.resolve_job_def(pipeline_job.name).execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    if not instance.has_dynamic_partition(corpus_batches.name, BUILTIN_BATCH):
+        instance.add_dynamic_partitions(corpus_batches.name, [BUILTIN_BATCH])
+    result = defs.resolve_job_def(pipeline_job.name).execute_in_process(
+        run_config=run_config, instance=instance, partition_key=BUILTIN_BATCH, raise_on_error=False)
     elapsed = time.time() - start
     for check in result.get_asset_check_evaluations():
         print(f"  check {check.check_name}: {'passed' if check.passed else 'FAILED'}: {check.description}")

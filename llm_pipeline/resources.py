@@ -39,13 +39,21 @@ class StorageResource(dg.ConfigurableResource):
         """Another URI with the same credentials and endpoint (for sources and stage outputs)."""
         return Storage(uri, **(self.storage_options() if uri.startswith("s3://") else {}))
 
-    def stage_folder(self, stage: str, run_id: str) -> Storage:
-        """A new folder per run and stage: materializations never overwrite each other."""
-        return self.root().child(stage, run_id)
+    def stage_folder(self, stage: str, run_id: str, partition: str | None = None) -> Storage:
+        """A new folder per run and stage (and batch): materializations never overwrite each other."""
+        return self.root().child(stage, *([partition] if partition else []), run_id)
 
     def process_env(self) -> dict[str, str]:
         """Environment that lets a child process (the trainer) reach the same storage."""
         return {"AWS_ENDPOINT_URL": self.s3_endpoint_url} if self.s3_endpoint_url else {}
+
+
+class AutomationSettings(dg.ConfigurableResource):
+    """What the sensors watch and when retraining starts (LLM_PIPELINE_LANDING_URI,
+    LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS)."""
+
+    landing_uri: str = Field(default="", description="folder watched for new corpus files; empty: <storage root>/landing")
+    retrain_min_new_tokens: int = Field(default=1, ge=1, description="retrain once this many new training tokens have been tokenized")
 
 
 class JsonIOManager(dg.ConfigurableIOManager):
@@ -60,12 +68,9 @@ class JsonIOManager(dg.ConfigurableIOManager):
 
     storage: StorageResource
 
-    def _folder(self, asset_key: dg.AssetKey, partition: str | None) -> Storage:
-        return self.storage.root().child("_values", *asset_key.path, _partition_folder(partition))
-
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         partition = context.asset_partition_key if context.has_asset_partitions else None
-        self._folder(context.asset_key, partition).write_bytes(f"{context.run_id}.json",
+        value_folder(self.storage, context.asset_key, partition).write_bytes(f"{context.run_id}.json",
                                                                json.dumps(obj, indent=2, sort_keys=True).encode())
 
     def load_input(self, context: dg.InputContext):
@@ -76,13 +81,18 @@ class JsonIOManager(dg.ConfigurableIOManager):
         return self._load(context, asset_key, None)
 
     def _load(self, context: dg.InputContext, asset_key: dg.AssetKey, partition: str | None):
-        folder = self._folder(asset_key, partition)
-        for run_id in (_producing_run(context), _latest_run(context.instance, asset_key, partition)):
+        folder = value_folder(self.storage, asset_key, partition)
+        for run_id in (_producing_run(context), latest_run(context.instance, asset_key, partition)):
             if run_id and folder.exists(f"{run_id}.json"):
                 return json.loads(folder.read_bytes(f"{run_id}.json"))
         where = f" partition {partition!r}" if partition else ""
         raise FileNotFoundError(f"asset {asset_key.to_user_string()}{where} has no value under {folder.uri} from the run that "
                                 f"produced it; materialize it first")
+
+
+def value_folder(storage: StorageResource, asset_key: dg.AssetKey, partition: str | None) -> Storage:
+    """Where the values of one asset (partition) live, one file per run."""
+    return storage.root().child("_values", *asset_key.path, _partition_folder(partition))
 
 
 def _partition_folder(partition: str | None) -> str:
@@ -103,7 +113,7 @@ def _producing_run(context: dg.InputContext) -> str | None:
         return None
 
 
-def _latest_run(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> str | None:
+def latest_run(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> str | None:
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition] if partition else None), limit=1
     ).records

@@ -65,7 +65,7 @@ def _launch(run: Storage, env: dict | None = None) -> subprocess.CompletedProces
 
 def _new_run(uri: str, shards: Storage, **storage_options) -> Storage:
     run = Storage(uri, **storage_options)
-    run.write_bytes("train_config.json", TrainConfig(shards_uri=shards.uri, run_uri=run.uri, model=MODEL, **OPTIONS).to_json().encode())
+    run.write_bytes("train_config.json", TrainConfig(shards_uris=(shards.uri,), run_uri=run.uri, model=MODEL, **OPTIONS).to_json().encode())
     return run
 
 

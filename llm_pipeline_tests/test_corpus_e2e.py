@@ -16,6 +16,7 @@ from llm_pipeline.corpus.build import CorpusConfig, build_corpus, iter_documents
 from llm_pipeline.definitions import make_resources
 from llm_pipeline.resources import REPO_ROOT
 from llm_pipeline.storage import Storage
+from llm_pipeline_tests.helpers import batch_instance
 
 pytestmark = pytest.mark.e2e
 
@@ -106,6 +107,7 @@ def test_raw_corpus_asset_reads_a_mixed_landing_folder(tmp_path, sample_texts, m
         monkeypatch.delenv(key)
     _mixed_folder(tmp_path / "src", sample_texts)
     result = dg.materialize([raw_corpus], resources=make_resources(str(tmp_path / "root")),
+                            instance=batch_instance(), partition_key="builtin",
                             run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "src"), "glob": "**/*"}}}})
     assert result.success
     metadata = result.asset_materializations_for_node("raw_corpus")[0].metadata
@@ -119,22 +121,27 @@ def test_raw_corpus_asset_reads_a_mixed_landing_folder(tmp_path, sample_texts, m
 
 def test_sensor_takes_s3_objects_once_by_etag(s3_endpoint, monkeypatch):
     from llm_pipeline.automation import new_corpus_sensor
-    from llm_pipeline.resources import StorageResource
+    from llm_pipeline.corpus.batches import read_batch
+    from llm_pipeline.resources import AutomationSettings, StorageResource
 
-    monkeypatch.setenv("LLM_PIPELINE_LANDING_URI", "s3://llm-pipeline-test/sensor-landing")
     storage = StorageResource(root_uri="s3://llm-pipeline-test/sensor-root", s3_endpoint_url=s3_endpoint)
+    automation = AutomationSettings(landing_uri="s3://llm-pipeline-test/sensor-landing")
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
     fs.pipe("llm-pipeline-test/sensor-landing/batch-1/a.jsonl", b'{"text": "one"}\n')
     cursor = [None]
 
     def tick():  # one long-lived process, as the daemon's code server: no cache clearing here
-        result = new_corpus_sensor.evaluate_tick(dg.build_sensor_context(cursor=cursor[0], resources={"storage": storage}))
+        result = new_corpus_sensor.evaluate_tick(dg.build_sensor_context(
+            cursor=cursor[0], resources={"storage": storage, "automation": automation}))
         cursor[0] = result.cursor
-        return result
+        requests = result.dynamic_partitions_requests or []
+        return [read_batch(storage.root(), key)["files"] for r in requests for key in r.partition_keys]
 
-    assert not tick().run_requests
-    assert len(tick().run_requests) == 1
-    assert not tick().run_requests
+    assert not tick()
+    [first] = tick()
+    assert list(first) == ["batch-1/a.jsonl"]
+    assert not tick()
     fs.pipe("llm-pipeline-test/sensor-landing/batch-1/a.jsonl", b'{"text": "one, changed"}\n')  # new ETag
     tick()
-    assert len(tick().run_requests) == 1
+    [changed] = tick()
+    assert list(changed) == ["batch-1/a.jsonl"] and changed != first

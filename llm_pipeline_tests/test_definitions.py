@@ -7,7 +7,8 @@ import pytest
 from llm_pipeline.assets.configs import validate_run_config
 from llm_pipeline.automation import new_corpus_sensor, retraining_schedule
 from llm_pipeline.definitions import ASSETS, CHECKS, defs, make_resources
-from llm_pipeline.resources import StorageResource
+from llm_pipeline.corpus.batches import read_batch
+from llm_pipeline_tests.helpers import batch_instance
 
 
 def test_definitions_load():
@@ -17,36 +18,48 @@ def test_definitions_load():
     assert defs.resolve_job_def("llm_pipeline_job") is not None
 
 
-def test_schedule_requests_a_run_of_the_whole_graph():
+def test_retraining_schedule_requests_a_training_run_and_starts_stopped():
     context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc))
     result = retraining_schedule.evaluate_tick(context)
     assert len(result.run_requests) == 1
-    assert retraining_schedule.job_name == "llm_pipeline_job"
+    assert retraining_schedule.job_name == "training_job"
+    assert retraining_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    # What runs by default: new files become batches, batches are processed, new tokens retrain.
+    assert {s.name: s.default_status for s in defs.sensors} == {
+        "new_corpus_sensor": dg.DefaultSensorStatus.RUNNING, "retraining_sensor": dg.DefaultSensorStatus.RUNNING,
+        "data_automation": dg.DefaultSensorStatus.RUNNING}
 
 
 def test_sensor_on_the_default_landing_folder_takes_each_complete_file_once(tmp_path, monkeypatch):
     """No LLM_PIPELINE_* variable: the landing folder is <root>/landing, and the root is a hidden `.storage`."""
     for key in [k for k in os.environ if k.startswith("LLM_PIPELINE_")]:
         monkeypatch.delenv(key)
-    storage = StorageResource(root_uri=str(tmp_path / ".storage"))
+    resources = make_resources(str(tmp_path / ".storage"))
     landing = tmp_path / ".storage" / "landing"
     cursor = [None]
 
-    def tick():
-        ctx = dg.build_sensor_context(cursor=cursor[0], resources={"storage": storage})
+    def tick() -> tuple[dg.SensorResult, dict]:
+        """The tick's result, and the batch it made (relative path -> identity), if any."""
+        ctx = dg.build_sensor_context(cursor=cursor[0], resources={k: resources[k] for k in ("storage", "automation")})
         result = new_corpus_sensor.evaluate_tick(ctx)
         cursor[0] = result.cursor
-        return result
+        requests = result.dynamic_partitions_requests or []
+        assert not result.run_requests  # runs come from the automation, per batch
+        if not requests:
+            return result, {}
+        (key,) = requests[0].partition_keys
+        record = read_batch(resources["storage"].root(), key)
+        assert record["source_uri"] == str(landing)
+        return result, record["files"]
 
-    assert tick().skip_message.startswith("no new complete files")  # no landing folder yet
+    assert tick()[0].skip_message.startswith("no new complete files")  # no landing folder yet
     landing.mkdir(parents=True)
     (landing / "a.txt").write_text("first document " * 20)
     (landing / "upload.txt.part").write_text("still arriving " * 20)  # an in-flight name: never taken
-    assert "1 still arriving" in tick().skip_message  # seen once: it may still be growing
-    first = tick()
-    assert len(first.run_requests) == 1 and first.run_requests[0].tags["llm_pipeline/new_files"] == "1"
-    assert first.run_requests[0].run_config["ops"]["raw_corpus"]["config"]["source_uri"] == str(landing)
-    assert not tick().run_requests  # the same file does not trigger again
+    assert "1 still arriving" in tick()[0].skip_message  # seen once: it may still be growing
+    _, first = tick()
+    assert list(first) == ["a.txt"]
+    assert tick()[1] == {}  # the same file does not make a batch again
 
     # A late file copied with an old mtime (cp -p), and a file that is still growing.
     old = landing / "b.txt"
@@ -57,15 +70,13 @@ def test_sensor_on_the_default_landing_folder_takes_each_complete_file_once(tmp_
     tick()
     with open(growing, "a") as f:
         f.write("more " * 10)
-    second = tick()  # b is stable; c changed between the ticks
-    assert len(second.run_requests) == 1 and second.run_requests[0].tags["llm_pipeline/new_files"] == "1"
-    third = tick()
-    assert third.run_requests[0].tags["llm_pipeline/new_files"] == "1"  # c, once it stopped growing
-    assert len({r.run_requests[0].run_key for r in (first, second, third)}) == 3
+    assert list(tick()[1]) == ["b.txt"]  # b is stable; c changed between the ticks
+    assert list(tick()[1]) == ["c.txt"]  # c, once it stopped growing
     # Changed content is new again.
     (landing / "a.txt").write_text("first document, revised " * 20)
     tick()
-    assert len(tick().run_requests) == 1
+    revised = tick()[1]
+    assert list(revised) == ["a.txt"] and revised["a.txt"] != first["a.txt"]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +102,7 @@ def test_bad_late_stage_config_fails_before_any_work(tmp_path):
         ASSETS + CHECKS,
         resources=make_resources(str(root)),
         run_config={"ops": {"trained_checkpoint": {"config": {"zero_stage": 4}}}},
-        raise_on_error=False,
+        raise_on_error=False, instance=batch_instance(), partition_key="builtin",
     )
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -104,6 +115,7 @@ def test_missing_corpus_source_is_a_clear_failure(tmp_path):
     result = dg.materialize(
         ASSETS[:1], resources=make_resources(str(tmp_path / "root")),
         run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "missing")}}}}, raise_on_error=False,
+        instance=batch_instance(), partition_key="builtin",
     )
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "does not exist" in failure.event_specific_data.error.message
@@ -118,16 +130,17 @@ def test_a_given_tokenizer_json_is_used_as_is(tmp_path, small_tokenizer, sample_
         (src / f"{i}.py").write_text(text)
     given = tmp_path / "tokenizer.json"
     given.write_text(small_tokenizer.to_str())
+    instance = batch_instance()
     result = dg.materialize(
-        ASSETS[:2], resources=make_resources(str(tmp_path / "root")),
+        ASSETS[:2], resources=make_resources(str(tmp_path / "root")), instance=instance, partition_key="builtin",
         run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(src)}},
                             "tokenizer": {"config": {"tokenizer_json_uri": str(given)}}}},
     )
     out = result.output_for_node("tokenizer")
     assert out["sha256"] == tokenizer_hash(small_tokenizer.to_str()) and out["vocab_size"] == 512
     bad = dg.materialize(
-        ASSETS[:2], resources=make_resources(str(tmp_path / "root")), raise_on_error=False,
-        run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(src)}},
+        ASSETS[:2], resources=make_resources(str(tmp_path / "root")), raise_on_error=False, instance=instance,
+        partition_key="builtin", run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(src)}},
                             "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "missing.json")}}}},
     )
     failure = next(e for e in bad.all_events if e.event_type_value == "STEP_FAILURE")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
+from llm_pipeline_tests.helpers import batch_instance
 from llm_pipeline.evaluate.metrics import load_trained_model
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.storage import Storage
@@ -37,8 +38,9 @@ def _run_config(overrides=None, only=None):
 def graph(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("e2e") / "root")
     resources = make_resources(root)
-    instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance)
+    instance = batch_instance()
+    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance,
+                            partition_key="builtin")
     assert result.success
     return root, resources, result, instance
 

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.e2e
 def test_graph_on_s3_root_publishes_and_resumes(s3_endpoint):
     storage = StorageResource(root_uri="s3://llm-pipeline-test/graph", s3_endpoint_url=s3_endpoint)
     resources = {"storage": storage, "io_manager": JsonIOManager(storage=storage), "pipes_subprocess_client": dg.PipesSubprocessClient()}
-    instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance)
+    instance = batch_instance()
+    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance,
+                            partition_key="builtin")
     assert result.success
     published = result.output_for_node("published_model")
     assert published["uri"].startswith("s3://llm-pipeline-test/graph/registry/llm-pipeline-demo/")
@@ -60,7 +61,7 @@ def test_two_nodes_with_their_own_disks_share_checkpoints_through_s3(s3_endpoint
     rank's checkpoint shards; rank 0 fetches the other node's shards to consolidate the model."""
     _, shards, _ = make_shards(tmp_path, Storage(str(tmp_path / "root")), small_tokenizer, sample_texts)
     run = Storage("s3://llm-pipeline-test/two-nodes/run", client_kwargs={"endpoint_url": s3_endpoint})
-    cfg = TrainConfig(shards_uri=shards.uri, run_uri=run.uri, model=MODEL, seq_len=32, micro_batch=4, steps=4,
+    cfg = TrainConfig(shards_uris=(shards.uri,), run_uri=run.uri, model=MODEL, seq_len=32, micro_batch=4, steps=4,
                       warmup_steps=1, zero_stage=2, dtype="fp32", checkpoint_every=2, keep_last=1, log_every=2)
     run.write_bytes("train_config.json", cfg.to_json().encode())
     port, procs = str(free_port()), []

@@ -18,6 +18,7 @@ from llm_pipeline.publish.export import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.storage import Storage, StorageError
 from llm_pipeline.storage.names import check_name
+from llm_pipeline_tests.helpers import batch_instance
 from llm_pipeline.tokenize.bpe import id_space, load_tokenizer, tokenizer_hash
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import ShardConfig, ShardError, load_split_tokens, read_manifest, write_shards
@@ -148,6 +149,7 @@ def test_a_given_garbage_tokenizer_fails_the_asset_by_name(tmp_path):
 
     (tmp_path / "tok.json").write_bytes(b"\xff\xfe garbage")
     result = dg.materialize([raw_corpus, tokenizer], resources=make_resources(str(tmp_path / "root")), raise_on_error=False,
+                            instance=batch_instance(), partition_key="builtin",
                             run_config={"ops": {"raw_corpus": {"config": {"max_bytes": 300_000}},
                                                 "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "tok.json")}}}})
     assert not result.success
@@ -192,9 +194,9 @@ def test_s3_credential_errors_name_the_uri(s3_endpoint, monkeypatch, tmp_path):
 
 BAD_FLOATS = [math.inf, -math.inf, math.nan]
 FLOAT_FIELDS = [
-    (lambda v: TrainConfig(shards_uri="s", run_uri="r", model=ModelConfig(vocab_size=300), lr=v), "lr"),
-    (lambda v: TrainConfig(shards_uri="s", run_uri="r", model=ModelConfig(vocab_size=300), grad_clip=v), "grad_clip"),
-    (lambda v: TrainConfig(shards_uri="s", run_uri="r", model=ModelConfig(vocab_size=300), weight_decay=v), "weight_decay"),
+    (lambda v: TrainConfig(shards_uris=("s",), run_uri="r", model=ModelConfig(vocab_size=300), lr=v), "lr"),
+    (lambda v: TrainConfig(shards_uris=("s",), run_uri="r", model=ModelConfig(vocab_size=300), grad_clip=v), "grad_clip"),
+    (lambda v: TrainConfig(shards_uris=("s",), run_uri="r", model=ModelConfig(vocab_size=300), weight_decay=v), "weight_decay"),
     (lambda v: ModelConfig(vocab_size=300, rope_theta=v), "rope_theta"),
     (lambda v: FilterConfig(near_dedup_threshold=v), "near_dedup_threshold"),
     (lambda v: ShardConfig(val_fraction=v), "val_fraction"),

@@ -42,7 +42,7 @@ def test_param_count_matches_module():
 
 
 def _cfg(**kw):
-    return TrainConfig(shards_uri="s", run_uri="r", model=TINY, seq_len=kw.pop("seq_len", 16), **kw)
+    return TrainConfig(shards_uris=("s",), run_uri="r", model=TINY, seq_len=kw.pop("seq_len", 16), **kw)
 
 
 @pytest.mark.parametrize(

@@ -93,9 +93,26 @@ def test_truncated_parquet_is_refused(tmp_path, storage, small_tokenizer, sample
         load_split_tokens(shards, "train")
 
 
-def test_empty_val_split_is_an_error(tmp_path, storage, small_tokenizer, sample_texts):
-    with pytest.raises(ValueError, match="val split is empty"):
-        make_shards(tmp_path, storage, small_tokenizer, sample_texts[:1], ShardConfig(val_fraction=0.001))
+def test_a_batch_may_have_an_empty_split_but_reading_nothing_is_an_error(tmp_path, storage, small_tokenizer, sample_texts):
+    # A small landed batch can hold no held-out document; only reading an empty split is an error.
+    _, shards, manifest = make_shards(tmp_path, storage, small_tokenizer, sample_texts[:1], ShardConfig(val_fraction=0.001))
+    assert manifest["splits"]["val"]["tokens"] == 0 and manifest["splits"]["train"]["tokens"] > 0
+    with pytest.raises(ShardError, match="no val tokens in"):
+        load_split_tokens(shards, "val")
+
+
+def test_shard_sets_with_mixed_tokenizers_are_refused_by_name(tmp_path, storage, small_tokenizer, sample_texts):
+    from llm_pipeline.tokenize.bpe import train_bpe
+    from llm_pipeline.tokenize.shards import load_tokens
+
+    _, first, _ = make_shards(tmp_path / "a", storage.child("a"), small_tokenizer, sample_texts[:6])
+    other = train_bpe(iter(sample_texts[6:]), 300)
+    _, second, _ = make_shards(tmp_path / "b", storage.child("b"), other, sample_texts[6:])
+    with pytest.raises(ShardError, match=f"mixed tokenizers: {second.uri} made with tokenizer"):
+        load_tokens([first, second], "train")
+    alone, _ = load_split_tokens(first, "train")
+    both, _ = load_tokens([first, first], "train")  # several sets of one tokenizer: concatenated in order
+    assert len(both) == 2 * len(alone) and (both[:len(alone)] == alone).all()
 
 
 def test_shard_config_validation():

@@ -32,7 +32,7 @@ def shards(tmp_path_factory, small_tokenizer, sample_texts):
 def _config(tmp, shards, name: str, **extra) -> tuple[Storage, TrainConfig]:
     run = Storage(str(tmp / f"run-{name}"))
     options = dict(seq_len=32, micro_batch=4, steps=6, warmup_steps=2, zero_stage=2, dtype="fp32", checkpoint_every=3, log_every=3)
-    cfg = TrainConfig(shards_uri=shards.uri, run_uri=run.uri, model=MODEL, **{**options, **extra})
+    cfg = TrainConfig(shards_uris=(shards.uri,), run_uri=run.uri, model=MODEL, **{**options, **extra})
     run.write_bytes("train_config.json", cfg.to_json().encode())
     return run, cfg
 

@@ -89,6 +89,11 @@ class TokenizedShardsConfig(dg.Config):
 
 
 class TrainedCheckpointConfig(dg.Config):
+    # data: which corpus batches, and where the weights start
+    batches: list[str] = Field(default=[], description="corpus batches (partitions) to train on; empty: every materialized batch")
+    init_from: Literal["scratch", "latest_published"] = Field(
+        default="scratch", description="latest_published: continue pretraining from init_from_model's latest version (fresh warmup)")
+    init_from_model: str = Field(default=DEFAULT_MODEL_NAME, description="registry model that init_from latest_published starts from")
     # model: a named size, with any dimension overridden
     preset: Literal["tiny", "demo", "125m", "350m", "1b"] = Field(default="demo", description="model size preset")
     d_model: Optional[int] = Field(default=None, description="overrides the preset's width")
@@ -137,9 +142,11 @@ class TrainedCheckpointConfig(dg.Config):
         dims = ("d_model", "n_layers", "n_heads", "ffn_hidden", "max_seq_len")
         return preset_config(self.preset, vocab_size, **{d: getattr(self, d) for d in dims if getattr(self, d) is not None})
 
-    def to_library(self, shards_uri: str, run_uri: str, vocab_size: int, tokenizer_sha256: str) -> TrainConfig:
+    def to_library(self, shards_uris: tuple[str, ...], run_uri: str, vocab_size: int, tokenizer_sha256: str,
+                   init_from_uri: str = "") -> TrainConfig:
         return TrainConfig(
-            shards_uri=shards_uri, run_uri=run_uri, model=self.build_model_config(vocab_size), tokenizer_sha256=tokenizer_sha256,
+            shards_uris=shards_uris, run_uri=run_uri, model=self.build_model_config(vocab_size), tokenizer_sha256=tokenizer_sha256,
+            init_from_uri=init_from_uri,
             seq_len=self.seq_len, micro_batch=self.micro_batch, grad_accum=self.grad_accum,
             global_batch_tokens=self.global_batch_tokens, steps=self.steps, lr=self.lr,
             min_lr_ratio=self.min_lr_ratio, warmup_steps=self.warmup_steps, lr_schedule=self.lr_schedule,
@@ -158,7 +165,10 @@ class TrainedCheckpointConfig(dg.Config):
 
     def validate_library(self, vocab_size: int, on_gpu: bool) -> None:
         launch = self.launch_config()
-        self.to_library("x", "x", vocab_size, "").validate_for(launch.world_size, on_gpu)
+        self.to_library(("x",), "x", vocab_size, "").validate_for(launch.world_size, on_gpu)
+        check_name(self.init_from_model, "init_from_model")
+        for batch in self.batches:
+            check_name(batch, "batches entry")
 
 
 class EvalMetricsConfig(dg.Config):

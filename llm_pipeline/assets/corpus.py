@@ -1,9 +1,12 @@
+import dataclasses
 import time
 
 import dagster as dg
 
 from llm_pipeline.assets.configs import RawCorpusConfig, validate_run_config
-from llm_pipeline.corpus.build import MANIFEST, CorpusSourceError, Progress, build_corpus
+from llm_pipeline.assets.partitions import batch_keys, corpus_batches, partition_values
+from llm_pipeline.corpus.batches import BUILTIN_BATCH, read_batch
+from llm_pipeline.corpus.build import MANIFEST, CorpusConfig, CorpusSourceError, Progress, build_corpus
 from llm_pipeline.resources import StorageResource
 
 _LOG_EVERY_S = 15.0
@@ -16,24 +19,51 @@ def _counts_table(counts: dict[str, int], what: str) -> dg.MetadataValue:
     )
 
 
-@dg.asset(group_name="llm_pipeline", kinds={"parquet"}, description="Cleaned, deduplicated documents as Parquet.")
+def _batch_config(config: RawCorpusConfig, storage: StorageResource, batch: str) -> CorpusConfig:
+    """`builtin` reads the configured source (the built-in corpus by default); a landed batch reads
+    exactly the files its record lists, with the configured format and filters."""
+    cfg = config.to_library()
+    if batch == BUILTIN_BATCH:
+        return cfg
+    if config.source_uri:
+        raise dg.Failure(description=f"raw_corpus: batch {batch!r} is a landed batch, its files are fixed by its record; "
+                                     f"source_uri applies to the '{BUILTIN_BATCH}' batch only")
+    try:
+        record = read_batch(storage.root(), batch)
+    except (OSError, ValueError) as e:
+        raise dg.Failure(description=f"raw_corpus: {e}") from None
+    return dataclasses.replace(cfg, source_uri=record["source_uri"], glob="**/*", exclude=(), files=tuple(record["files"]),
+                               max_bytes=None)
+
+
+@dg.asset(
+    group_name="llm_pipeline",
+    kinds={"parquet"},
+    partitions_def=corpus_batches,
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Cleaned documents of one corpus batch as Parquet, deduplicated within the batch and against every earlier batch.",
+)
 def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, storage: StorageResource) -> dg.Output[dict]:
     validate_run_config(context.run_config)
-    cfg = config.to_library()
-    out = storage.stage_folder("raw_corpus", context.run_id)
+    batch = context.partition_key
+    cfg = _batch_config(config, storage, batch)
+    keys = batch_keys(context.instance)
+    earlier_keys = keys[:keys.index(batch)] if batch in keys else keys
+    earlier = [(key, storage.at(value["uri"])) for key, value in partition_values(context, storage, "raw_corpus", earlier_keys).items()]
+    out = storage.stage_folder("raw_corpus", context.run_id, batch)
     last_log = [time.monotonic()]
 
     def log_progress(p: Progress) -> None:
         if time.monotonic() - last_log[0] >= _LOG_EVERY_S or p.files_done == p.files_total:
             last_log[0] = time.monotonic()
-            context.log.info(f"raw_corpus: {p.files_done}/{p.files_total} files, {p.documents} documents kept, "
+            context.log.info(f"raw_corpus[{batch}]: {p.files_done}/{p.files_total} files, {p.documents} documents kept, "
                              f"{p.decoded_bytes / 1e6 / max(p.seconds, 1e-9):.1f} MB/s")
 
     try:
-        manifest = build_corpus(cfg, out, storage.at(cfg.source_uri).storage_options, progress=log_progress)
-    except CorpusSourceError as e:
-        raise dg.Failure(description=f"raw_corpus: {e}") from None
-    value = {"uri": out.uri, "manifest_sha256": out.sha256(MANIFEST), "documents": manifest["documents"],
+        manifest = build_corpus(cfg, out, storage.at(cfg.source_uri).storage_options, progress=log_progress, earlier=earlier)
+    except (CorpusSourceError, FileNotFoundError) as e:
+        raise dg.Failure(description=f"raw_corpus[{batch}]: {e}") from None
+    value = {"uri": out.uri, "batch": batch, "manifest_sha256": out.sha256(MANIFEST), "documents": manifest["documents"],
              "text_bytes": manifest["text_bytes"]}
     return dg.Output(
         value,
@@ -47,6 +77,8 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
             "files_skipped": manifest["files_skipped"],
             "records": manifest["records"],
             "documents_dropped": sum(manifest["dropped"].values()),
+            "duplicates_of_earlier_batches": manifest["duplicates_of_earlier_batches"],
+            "deduplicated_against_batches": len(earlier),
             "dropped_by_reason": _counts_table(manifest["dropped"], "documents"),
             "skipped_by_reason": _counts_table(manifest["skipped"], "files"),
             "shards": len(manifest["shards"]),

@@ -8,7 +8,7 @@ from llm_pipeline.publish.export import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
-from llm_pipeline.tokenize.shards import load_split_tokens
+from llm_pipeline.tokenize.shards import load_tokens
 
 _ERROR = dg.AssetCheckSeverity.ERROR
 
@@ -32,17 +32,18 @@ def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, val_
     return result
 
 
-@dg.asset(group_name="llm_pipeline", kinds={"pytorch"}, description="Held-out loss, perplexity, bits per byte and samples.")
+@dg.asset(group_name="llm_pipeline", kinds={"pytorch"},
+          description="Held-out loss, perplexity, bits per byte (over the trained batches' val splits) and samples.")
 def eval_metrics(
     context: dg.AssetExecutionContext,
     config: EvalMetricsConfig,
     storage: StorageResource,
     trained_checkpoint: dict,
-    tokenized_shards: dict,
     tokenizer: dict,
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
-    val_tokens, _ = load_split_tokens(storage.at(tokenized_shards["uri"]), "val", tokenizer["sha256"])
+    # The held-out split of exactly the batches the model was trained on.
+    val_tokens, _ = load_tokens([storage.at(d["uri"]) for d in trained_checkpoint["data"]], "val", tokenizer["sha256"])
     tok_json = tokenizer_json(storage, tokenizer)
     metrics = evaluate(storage.at(trained_checkpoint["final_uri"]), val_tokens, tok_json, tokenizer["eos_id"], config.to_library())
     metrics["uniform_loss"] = math.log(tokenizer["vocab_size"])

@@ -17,17 +17,17 @@ def published_model(
     storage: StorageResource,
     eval_metrics: dict,
     trained_checkpoint: dict,
-    tokenized_shards: dict,
     tokenizer: dict,
-    raw_corpus: dict,
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
     registry = storage.root().child("registry")
+    data = trained_checkpoint["data"]
     lineage = {
-        "raw_corpus": raw_corpus["uri"],
-        "corpus_manifest_sha256": raw_corpus["manifest_sha256"],
+        "corpus_batches": ", ".join(d["batch"] for d in data),
+        **{f"batch {d['batch']}": f"corpus {d['corpus_uri']} (manifest sha256 {d['corpus_manifest_sha256']}), "
+                                  f"shards {d['uri']} (manifest sha256 {d['manifest_sha256']})" for d in data},
         "tokenizer_sha256": tokenizer["sha256"],
-        "shard_manifest_sha256": tokenized_shards["manifest_sha256"],
+        "initialised_from": trained_checkpoint["init_from"] or "scratch",
         "checkpoint": f"{trained_checkpoint['run_uri']} @ {trained_checkpoint['checkpoint']}",
         "checkpoint_step": trained_checkpoint["steps"],
         "dagster_run_id": context.run_id,

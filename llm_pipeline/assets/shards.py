@@ -1,6 +1,7 @@
 import dagster as dg
 
 from llm_pipeline.assets.configs import TokenizedShardsConfig, validate_run_config
+from llm_pipeline.assets.partitions import corpus_batches
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.tokenize.bpe import load_tokenizer
@@ -8,21 +9,33 @@ from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import MANIFEST, write_shards
 
 
-@dg.asset(group_name="llm_pipeline", kinds={"parquet"}, description="Train/val token shards with a sha256 manifest.")
+@dg.asset(
+    group_name="llm_pipeline",
+    kinds={"parquet"},
+    partitions_def=corpus_batches,
+    # Each batch is tokenized once when it arrives, and every batch again when the tokenizer is
+    # replaced (that is the backfill a new tokenizer needs).
+    automation_condition=dg.AutomationCondition.eager(),
+    description="One batch's train/val token shards with a sha256 manifest naming the tokenizer.",
+)
 def tokenized_shards(
     context: dg.AssetExecutionContext, config: TokenizedShardsConfig, storage: StorageResource, raw_corpus: dict, tokenizer: dict
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
+    batch = context.partition_key
     tok = load_tokenizer(tokenizer_json(storage, tokenizer))
     encoder = DocumentEncoder(tok, tokenizer["engine"])
-    out = storage.stage_folder("tokenized_shards", context.run_id)
+    out = storage.stage_folder("tokenized_shards", context.run_id, batch)
     manifest = write_shards(storage.at(raw_corpus["uri"]), out, encoder, tokenizer["vocab_size"], tokenizer["sha256"], config.to_library())
     value = {
         "uri": out.uri,
+        "batch": batch,
         "manifest_sha256": out.sha256(MANIFEST),
         "tokenizer_sha256": tokenizer["sha256"],
         "train_tokens": manifest["splits"]["train"]["tokens"],
         "val_tokens": manifest["splits"]["val"]["tokens"],
+        "corpus_uri": raw_corpus["uri"],
+        "corpus_manifest_sha256": raw_corpus["manifest_sha256"],
     }
     return dg.Output(
         value,
@@ -35,6 +48,7 @@ def tokenized_shards(
             "shards": len(manifest["shards"]),
             "token_dtype": manifest["dtype"],
             "encoder_engine": manifest["encoder_engine"],
+            "tokenizer_sha256": tokenizer["sha256"],
             "manifest_sha256": value["manifest_sha256"],
         },
     )

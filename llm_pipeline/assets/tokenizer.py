@@ -1,9 +1,10 @@
 import dagster as dg
 
 from llm_pipeline.assets.configs import TokenizerConfig, validate_run_config
+from llm_pipeline.assets.partitions import partition_values
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.resources import StorageResource
-from llm_pipeline.storage import open_uri
+from llm_pipeline.storage import Storage, open_uri
 from llm_pipeline.tokenize.bpe import EOS_TOKEN, id_space, load_tokenizer, tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import choose_encoder
 
@@ -13,21 +14,40 @@ def tokenizer_json(storage: StorageResource, tokenizer: dict) -> str:
     return storage.at(tokenizer["uri"]).read_bytes("tokenizer.json").decode("utf-8")
 
 
-def _sample_texts(corpus, budget_bytes: int) -> list[str]:
-    texts, total = [], 0
-    for batch in iter_documents(corpus, columns=("text",)):
-        for text in batch.column("text").to_pylist():
-            texts.append(text)
-            total += len(text.encode("utf-8"))
-            if total >= budget_bytes:
-                return texts
-    return texts
+def _sample_texts(corpora: dict[str, Storage], budget_bytes: int) -> tuple[list[str], list[str]]:
+    """Up to `budget_bytes` of text from the batches in order, and which batches it came from."""
+    texts, used, total = [], [], 0
+    for name, corpus in corpora.items():
+        used.append(name)
+        for batch in iter_documents(corpus, columns=("text",)):
+            for text in batch.column("text").to_pylist():
+                texts.append(text)
+                total += len(text.encode("utf-8"))
+                if total >= budget_bytes:
+                    return texts, used
+    return texts, used
 
 
-@dg.asset(group_name="llm_pipeline", kinds={"huggingface"}, description="Byte-level BPE tokenizer (tokenizer.json).")
-def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storage: StorageResource, raw_corpus: dict) -> dg.Output[dict]:
+# Trained once, when the first batch is in: a new tokenizer would re-tokenize every batch, so
+# replacing it is an explicit act (materialize it), never a side effect of new data.
+_FIRST_BATCH_IN = (dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress()
+                   & dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated()))
+
+
+@dg.asset(
+    group_name="llm_pipeline",
+    kinds={"huggingface"},
+    deps=[dg.AssetDep("raw_corpus", partition_mapping=dg.AllPartitionMapping())],
+    automation_condition=_FIRST_BATCH_IN.with_label("missing, and a corpus batch is in"),
+    description="Byte-level BPE tokenizer (tokenizer.json), trained on the first corpus batches, shared by all batches.",
+)
+def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storage: StorageResource) -> dg.Output[dict]:
     validate_run_config(context.run_config)
-    sample = _sample_texts(storage.at(raw_corpus["uri"]), config.train_bytes)
+    corpora = partition_values(context, storage, "raw_corpus")
+    if not corpora:  # a given tokenizer.json needs text too: tiktoken's identity is proven on it
+        raise dg.Failure(description="tokenizer: no corpus batch has been materialized yet; materialize raw_corpus "
+                                     "for a batch (e.g. 'builtin') first")
+    sample, sampled_batches = _sample_texts({k: storage.at(v["uri"]) for k, v in corpora.items()}, config.train_bytes)
     if config.tokenizer_json_uri:
         try:
             with open_uri(config.tokenizer_json_uri, "rb", **storage.at(config.tokenizer_json_uri).storage_options) as f:
@@ -58,5 +78,6 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storag
             "encoder_engine": report["engine"],
             "identity_check": dg.MetadataValue.json(report),
             "trained_on_documents": len(sample),
+            "sampled_batches": ", ".join(sampled_batches),
         },
     )

@@ -5,7 +5,10 @@ import json
 import dagster as dg
 
 from llm_pipeline.assets.configs import TrainedCheckpointConfig, validate_run_config
+from llm_pipeline.assets.partitions import partition_values
 from llm_pipeline.assets.plots import loss_curve_markdown
+from llm_pipeline.publish.export import resolve_version
+from llm_pipeline.publish.verify import verify
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.train.launch import launch_command, launch_env, worker_command
 
@@ -16,30 +19,74 @@ def _run_key(train_json: dict) -> str:
     return hashlib.sha256(json.dumps(train_json, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _input_error(description: str) -> dg.Failure:
+    # Wrong inputs stay wrong on a retry: the retry policy is for crashed training processes.
+    return dg.Failure(description=description, allow_retries=False)
+
+
+def training_data(context, config: TrainedCheckpointConfig, storage: StorageResource, tokenizer: dict) -> list[dict]:
+    """The batches to train on (each batch's tokenized_shards value), checked: every one
+    materialized, all made with the current tokenizer; batches with no training tokens left out."""
+    shards = partition_values(context, storage, "tokenized_shards", config.batches or None)
+    missing = [b for b in config.batches if b not in shards]
+    if missing:
+        raise _input_error(f"trained_checkpoint: batches {', '.join(missing)} have no tokenized_shards "
+                                     "materialization; materialize them or leave them out of `batches`")
+    stale = {b: v["tokenizer_sha256"] for b, v in shards.items() if v["tokenizer_sha256"] != tokenizer["sha256"]}
+    if stale:
+        listed = ", ".join(f"{b} (tokenizer {sha[:12]})" for b, sha in stale.items())
+        raise _input_error(f"trained_checkpoint: shards with mixed tokenizers: {listed}; the current tokenizer is "
+                                     f"{tokenizer['sha256'][:12]}. Re-tokenize them (backfill tokenized_shards) first")
+    data = [{"batch": b, **v} for b, v in shards.items() if v["train_tokens"] > 0]
+    if not data:
+        raise _input_error("trained_checkpoint: no corpus batch has training tokens yet; materialize "
+                                     "raw_corpus and tokenized_shards for a batch (e.g. 'builtin') first")
+    return data
+
+
+def _initial_weights(config: TrainedCheckpointConfig, storage: StorageResource) -> str:
+    """The published version a continued pretraining starts from ("" for scratch), verified."""
+    if config.init_from == "scratch":
+        return ""
+    try:
+        folder = resolve_version(storage.root().child("registry"), config.init_from_model)
+    except (FileNotFoundError, ValueError) as e:
+        raise _input_error(f"trained_checkpoint: init_from latest_published: {e}") from None
+    problems = verify(folder)
+    if problems:
+        raise _input_error(f"trained_checkpoint: init_from {folder.uri} fails verification: {'; '.join(problems)}")
+    return folder.uri
+
+
 @dg.asset(
     group_name="llm_pipeline",
     kinds={"deepspeed", "pytorch"},
     pool="gpu",
     retry_policy=dg.RetryPolicy(max_retries=1),
-    description="A causal LM trained with DeepSpeed ZeRO: checkpoints plus consolidated model.safetensors.",
+    deps=[dg.AssetDep("tokenized_shards", partition_mapping=dg.AllPartitionMapping())],
+    description="A causal LM trained with DeepSpeed ZeRO on every corpus batch: checkpoints plus consolidated model.safetensors.",
 )
 def trained_checkpoint(
     context: dg.AssetExecutionContext,
     config: TrainedCheckpointConfig,
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
-    tokenized_shards: dict,
     tokenizer: dict,
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
-    probe = config.to_library(tokenized_shards["uri"], "", tokenizer["vocab_size"], tokenizer["sha256"])
+    data = training_data(context, config, storage, tokenizer)
+    init_from = _initial_weights(config, storage)
+    probe = config.to_library(tuple(d["uri"] for d in data), "", tokenizer["vocab_size"], tokenizer["sha256"], init_from)
     key_fields = json.loads(probe.to_json())
     key_fields.pop("run_uri")
-    run = storage.root().child("trained_checkpoint", _run_key(key_fields))
+    # Which batches (and which materialization of each: its shard folder) are part of the key.
+    run = storage.root().child("trained_checkpoint", _run_key({**key_fields, "batches": [d["batch"] for d in data]}))
     train_cfg = dataclasses.replace(probe, run_uri=run.uri)
     run.write_bytes("train_config.json", train_cfg.to_json().encode())
     final = run.child("final")
     final.remove("summary.json")  # only the marker this launch writes counts as success
+    context.log.info(f"training on {len(data)} batches ({', '.join(d['batch'] for d in data)}): "
+                     f"{sum(d['train_tokens'] for d in data):,} training tokens" + (f"; starting from {init_from}" if init_from else ""))
 
     launch = config.launch_config()
     command = launch_command(launch, run.child("train_config.json").uri)
@@ -69,6 +116,8 @@ def trained_checkpoint(
         "final_loss": summary["final_loss"],
         "seq_len": train_cfg.seq_len,
         "train_config": json.loads(train_cfg.to_json()),
+        "data": data,
+        "init_from": init_from,
     }
     return dg.Output(
         value,
@@ -89,5 +138,8 @@ def trained_checkpoint(
             "accelerator": summary["accelerator"],
             **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {}),
             "resumed_from": summary["resumed_from"] or "",
+            "batches": dg.MetadataValue.json({d["batch"]: d["uri"] for d in data}),
+            "train_tokens_available": sum(d["train_tokens"] for d in data),
+            "init_from": init_from or "scratch",
         },
     )

@@ -11,6 +11,7 @@ Output is byte-identical whatever the number of workers: workers only spool, the
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import multiprocessing
 import os
@@ -21,7 +22,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +49,8 @@ __all__ = ["CorpusConfig", "CorpusSourceError", "build_corpus", "iter_documents"
 
 DOCUMENT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
 MANIFEST = "manifest.json"
+DEDUP_INDEX = "dedup_index.parquet"
+DUPLICATE_REASONS = frozenset({"exact_duplicate", "near_duplicate"})
 # The built-in corpus is capped so that the demo stays a demo; a given source is read whole by default.
 BUILTIN_CORPUS_MAX_BYTES = 8_000_000
 # Below this much input, worker processes cost more to start than they save.
@@ -69,6 +72,8 @@ class CorpusConfig:
     format: str = "auto"
     text_field: str = "text"
     include_hidden: bool = False
+    # A fixed set of files (relative to source_uri) instead of everything glob matches: a landed batch.
+    files: tuple[str, ...] | None = None
     # Stored bytes to read at most; None: BUILTIN_CORPUS_MAX_BYTES for the built-in corpus, else no cap.
     max_bytes: int | None = None
     shard_bytes: int = 64_000_000
@@ -182,12 +187,39 @@ def payload_bytes(table: pa.Table) -> int:
 
 
 class _Deduplicator:
-    """Exact (content id) and near (MinHash LSH) dedup over everything kept so far, in order."""
+    """Exact (content id) and near (MinHash LSH) dedup over everything kept so far, in order,
+    including what earlier batches kept (`remember`)."""
 
     def __init__(self, filters: FilterConfig):
         self.ids: dict[bytes, int] = {}  # 16-byte content id -> position among kept documents
         self.kept_ids: list[str] = []
         self.near = NearDuplicateIndex(filters.near_dedup_threshold) if filters.near_dedup else None
+        # Earlier batches' documents come first: batch i's start at earlier_starts[i].
+        self.earlier_starts: list[int] = []
+        self.earlier_names: list[str] = []
+        self.first_own = 0
+        self.earlier_duplicates = 0
+
+    def remember(self, batch: str, ids: list[str], sigs: np.ndarray | None) -> None:
+        """An earlier batch's kept documents: a later document that repeats one is a duplicate."""
+        self.earlier_starts.append(len(self.kept_ids))
+        self.earlier_names.append(batch)
+        for doc_id in ids:
+            self.ids.setdefault(bytes.fromhex(doc_id), len(self.kept_ids))
+            self.kept_ids.append(doc_id)
+        if self.near is not None:
+            if sigs is None:
+                raise ValueError(f"batch {batch}'s dedup index has no MinHash signatures (near dedup was off); "
+                                 "rebuild it with near_dedup on, or turn near_dedup off")
+            self.near.add_many(sigs, band_keys(sigs))
+        self.first_own = len(self.kept_ids)
+
+    def _describe(self, position: int) -> str:
+        doc = f"document {self.kept_ids[position]}"
+        if position >= self.first_own:
+            return doc
+        self.earlier_duplicates += 1
+        return f"{doc} of earlier batch {self.earlier_names[bisect.bisect_right(self.earlier_starts, position) - 1]}"
 
     def decide(self, batch: pa.RecordBatch) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
         """(keep mask, [(row, reason, detail)] for the dropped rows)."""
@@ -204,25 +236,54 @@ class _Deduplicator:
             key = bytes.fromhex(doc_id)
             if key in self.ids:
                 keep[row] = False
-                drops.append((row, "exact_duplicate", f"same text as document {doc_id}"))
+                drops.append((row, "exact_duplicate", f"same text as {self._describe(self.ids[key])}"))
                 continue
             if self.near is not None:
                 match = self.near.check(sigs[row], keys[row])
                 if match is not None:
                     keep[row] = False
                     other, similarity = match
-                    drops.append((row, "near_duplicate", f"near duplicate of document {self.kept_ids[other]} "
+                    drops.append((row, "near_duplicate", f"near duplicate of {self._describe(other)} "
                                                          f"(estimated Jaccard {similarity:.2f})"))
                     continue
             self.ids[key] = len(self.kept_ids)
             self.kept_ids.append(doc_id)
         return keep, drops
 
+    def index_table(self) -> pa.Table:
+        """This build's kept documents (ids, signatures): what a later batch dedups against."""
+        start = self.first_own
+        ids = pa.array(self.kept_ids[start:], pa.string())
+        if self.near is None:
+            return pa.table({"id": ids})
+        sigs = self.near.sigs[start:self.near.count]
+        flat = pa.array(np.ascontiguousarray(sigs).reshape(-1), pa.uint32())
+        return pa.table({"id": ids, "signature": pa.FixedSizeListArray.from_arrays(flat, NUM_PERM)})
+
+
+def read_dedup_index(corpus: Storage) -> tuple[list[str], np.ndarray | None]:
+    """A built corpus's kept document ids and MinHash signatures (None when near dedup was off)."""
+    if not corpus.exists(DEDUP_INDEX):
+        raise FileNotFoundError(f"corpus {corpus.uri} has no {DEDUP_INDEX}; rebuild it to dedup later batches against it")
+    table = pq.read_table(pa.BufferReader(corpus.read_bytes(DEDUP_INDEX)))
+    ids = table.column("id").to_pylist()
+    if "signature" not in table.column_names:
+        return ids, None
+    flat = table.column("signature").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return ids, np.asarray(flat, dtype=np.uint32).reshape(len(ids), NUM_PERM)
+
 
 def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None = None,
-                 progress: Callable[[Progress], None] | None = None) -> dict:
-    """Read, clean and write the corpus under `out`. Returns the manifest (also written last)."""
-    listing = list_sources(cfg.source_uri, cfg.glob, cfg.exclude, cfg.include_hidden, cfg.byte_budget, storage_options)
+                 progress: Callable[[Progress], None] | None = None, earlier: Sequence[tuple[str, Storage]] = ()) -> dict:
+    """Read, clean and write the corpus under `out`. Returns the manifest (also written last).
+
+    `earlier` names the corpora of earlier batches, in order: a document one of them kept is a
+    duplicate here (exact or near). A batch whose every record repeats earlier batches is kept as
+    an empty corpus (nothing new), not an error; `dedup_index.parquet` holds this build's kept ids
+    and signatures for the batches after it.
+    """
+    listing = list_sources(cfg.source_uri, cfg.glob, cfg.exclude, cfg.include_hidden, cfg.byte_budget, storage_options,
+                           only=frozenset(cfg.files) if cfg.files is not None else None)
     skip_reasons = dict(sorted(Counter(s.reason for s in listing.skipped).items()))
     if not listing.files:
         raise CorpusSourceError(f"corpus source_uri {cfg.source_uri!r}: no file to read; {len(listing.skipped)} matched "
@@ -232,6 +293,8 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
     docs = ParquetShards(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes, cfg.row_group_rows)
     quarantine = ParquetShards(out, "quarantine", QUARANTINE_SCHEMA, cfg.shard_bytes, cfg.row_group_rows)
     dedup = _Deduplicator(cfg.filters)
+    for name, corpus in earlier:
+        dedup.remember(name, *read_dedup_index(corpus))
     totals = {"records": 0, "documents": 0, "text_bytes": 0, "bytes_read": 0, "decoded_bytes": 0}
     dropped: dict[str, int] = {}
     examples: dict[str, str] = {}
@@ -261,13 +324,15 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
         shutil.rmtree(spool, ignore_errors=True)
     shards = docs.close()
     quarantine_files = quarantine.close()
-    if totals["documents"] == 0:
+    nothing_new = totals["records"] > 0 and dedup.earlier_duplicates > 0 and set(dropped) <= DUPLICATE_REASONS
+    if totals["documents"] == 0 and not nothing_new:
         hints = "; ".join(f"{reason}: {example}" for reason, example in sorted(examples.items()))
         raise CorpusSourceError(
             f"corpus source_uri {cfg.source_uri!r}: no document kept: all {totals['records']} records from "
             f"{len(file_entries)} files were dropped ({dict(sorted(dropped.items()))}); e.g. {hints}; "
             f"see the quarantine files under {out.uri}"
         )
+    out.write_bytes(DEDUP_INDEX, _parquet_bytes(dedup.index_table()))
     skipped = [{"uri": s.uri, "size": s.size, "outcome": "skipped", "reason": s.reason} for s in listing.skipped]
     manifest = {
         "kind": "raw_corpus",
@@ -276,6 +341,7 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
         "exclude": list(cfg.exclude),
         "format": cfg.format,
         "text_field": cfg.text_field,
+        "files_listed": list(cfg.files) if cfg.files is not None else None,
         "max_bytes": cfg.byte_budget,
         "files_matched": len(listing.files) + len(listing.skipped),
         "files_read": len(listing.files),
@@ -284,6 +350,8 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
         **totals,
         "dropped": dict(sorted(dropped.items())),
         "dropped_examples": dict(sorted(examples.items())),
+        "duplicates_of_earlier_batches": dedup.earlier_duplicates,
+        "deduplicated_against": [{"batch": name, "uri": corpus.uri} for name, corpus in earlier],
         "near_dedup": {"enabled": cfg.filters.near_dedup, "threshold": cfg.filters.near_dedup_threshold,
                        "num_perm": NUM_PERM, "bands": BANDS, "shingle_words": SHINGLE, "library": "rensa"},
         "shards": shards,
@@ -292,6 +360,12 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
     }
     out.write_json(MANIFEST, manifest)
     return manifest
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
 
 
 def summary(manifest: dict) -> dict:

@@ -154,6 +154,11 @@ class NearDuplicateIndex:
         self._add(sig, keys)
         return None
 
+    def add_many(self, sigs: np.ndarray, keys: np.ndarray) -> None:
+        """Documents known to be kept (an earlier batch's), added without a check."""
+        for sig, row_keys in zip(sigs, keys):
+            self._add(sig, row_keys)
+
     def _add(self, sig: np.ndarray, keys: np.ndarray) -> None:
         if self.count == len(self.sigs):
             self.sigs = np.concatenate([self.sigs, np.zeros_like(self.sigs)])

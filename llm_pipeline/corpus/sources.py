@@ -72,8 +72,12 @@ def list_sources(
     include_hidden: bool = False,
     max_bytes: int | None = None,
     storage_options: dict | None = None,
+    only: frozenset[str] | None = None,
 ) -> SourceListing:
     """Files to read under `source_uri`, in sorted order, and every other matched entry with its reason.
+
+    `only` (relative paths) restricts the listing to those files: a landed batch is a fixed set of
+    files, and one of them gone since it landed is skipped as `missing`.
 
     `max_bytes` caps the stored bytes read: files are taken in order while they fit, and a file that
     would overflow the budget is skipped as `over_max_bytes` (a later, smaller file may still fit).
@@ -101,6 +105,8 @@ def list_sources(
                     skipped.append(SkippedEntry(uri, rel, kind))
             elif rel and not _matches(rel, pattern, exclude):
                 continue
+            elif only is not None and rel not in only:
+                continue
             elif not include_hidden and any(is_hidden_or_in_flight(part) for part in rel.split("/")):
                 skipped.append(SkippedEntry(uri, rel, "hidden_or_in_flight", size))
             else:
@@ -108,6 +114,9 @@ def list_sources(
     except OSError as e:
         raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {e}") from None
 
+    if only is not None:
+        found = {f.rel for f in files} | {s.rel for s in skipped}
+        skipped += [SkippedEntry(f"{root_uri}/{rel}", rel, "missing") for rel in only - found]
     files.sort(key=lambda f: f.rel)
     skipped.sort(key=lambda s: s.rel)
     if max_bytes is not None:

@@ -45,10 +45,16 @@ class EvalConfig:
 
 def load_model(folder: Storage, cfg: ModelConfig) -> CausalLM:
     """Weights from `<folder>/model.safetensors` (local or remote) into our model class."""
+    model = CausalLM(cfg)
+    load_weights(model, folder)
+    return model.eval()
+
+
+def load_weights(model: CausalLM, folder: Storage) -> None:
+    """`<folder>/model.safetensors` (a final checkpoint or a published model) into `model`, strictly."""
     import os
     import tempfile
 
-    model = CausalLM(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
         folder.get_file("model.safetensors", path)
@@ -56,7 +62,6 @@ def load_model(folder: Storage, cfg: ModelConfig) -> CausalLM:
             model.load_state_dict(load_file(path), strict=True)
         except Exception as e:  # noqa: BLE001 - safetensors' and torch's errors say nothing of where
             raise ValueError(f"{folder.uri}/model.safetensors cannot be loaded into the model: {type(e).__name__}: {e}") from None
-    return model.eval()
 
 
 def load_trained_model(final: Storage) -> CausalLM:

@@ -180,12 +180,6 @@ def write_shards(
             "tokens": sum(s["tokens"] for s in w.shards),
             "text_bytes": text_bytes[split],
         }
-    for split in SPLITS:
-        if totals[split]["tokens"] == 0:
-            raise ValueError(
-                f"the {split} split is empty: the corpus has {sum(t['documents'] for t in totals.values())} "
-                f"document(s); add documents or change val_fraction ({cfg.val_fraction})"
-            )
     manifest = {
         "kind": "tokenized_shards",
         "tokenizer_sha256": tokenizer_sha256,
@@ -252,13 +246,36 @@ def read_shard(shards: Storage, entry: dict, vocab_size: int) -> np.ndarray:
 
 def load_split_tokens(shards: Storage, split: str, expected_tokenizer_sha256: str | None = None,
                       vocab_size: int | None = None) -> tuple[np.ndarray, dict]:
-    """All tokens of one split as one flat array. Every shard is verified before any is used, so
+    """One shard set's tokens of `split`; see load_tokens (an empty split is an error here)."""
+    return load_tokens([shards], split, expected_tokenizer_sha256, vocab_size)
+
+
+def check_one_tokenizer(manifests: dict[str, dict], expected_tokenizer_sha256: str | None = None) -> None:
+    """Refuse shard sets made with different tokenizers (or not with the expected one), naming them."""
+    by_tokenizer: dict[str, list[str]] = {}
+    for where, manifest in manifests.items():
+        by_tokenizer.setdefault(manifest["tokenizer_sha256"], []).append(where)
+    expected = expected_tokenizer_sha256 or next(iter(by_tokenizer), "")
+    wrong = {sha: names for sha, names in by_tokenizer.items() if sha != expected}
+    if wrong:
+        listed = "; ".join(f"{', '.join(names)} made with tokenizer {sha[:12]}" for sha, names in sorted(wrong.items()))
+        raise ShardError(f"shards with mixed tokenizers: {listed}; expected tokenizer {expected[:12]}. "
+                         "Re-tokenize them with the current tokenizer (a backfill of tokenized_shards) first")
+
+
+def load_tokens(shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None,
+                vocab_size: int | None = None) -> tuple[np.ndarray, dict]:
+    """All tokens of one split of several shard sets (in order) as one flat array. Every shard is verified before any is used, so
     nothing is trained on corrupted data; reads run ahead in a thread (remote storage overlaps).
     Ids must be below `vocab_size` (the model's), and below the manifest's own vocabulary."""
-    manifest = read_manifest(shards, expected_tokenizer_sha256)
-    limit = min(manifest["vocab_size"], vocab_size or manifest["vocab_size"])
-    entries = [s for s in manifest["shards"] if s["split"] == split]
-    if not entries:
-        raise ShardError(f"no {split} shards listed in {shards.uri}/{MANIFEST}")
-    parts = list(_prefetch((read_shard(shards, e, limit) for e in entries), depth=2))
-    return np.concatenate(parts), manifest
+    manifests = {shards.uri: read_manifest(shards) for shards in shard_sets}
+    check_one_tokenizer(manifests, expected_tokenizer_sha256)
+    work = []
+    for shards in shard_sets:
+        manifest = manifests[shards.uri]
+        limit = min(manifest["vocab_size"], vocab_size or manifest["vocab_size"])
+        work += [(shards, entry, limit) for entry in manifest["shards"] if entry["split"] == split]
+    if not work:
+        raise ShardError(f"no {split} tokens in {', '.join(f'{s.uri}/{MANIFEST}' for s in shard_sets)}")
+    parts = list(_prefetch((read_shard(shards, entry, limit) for shards, entry, limit in work), depth=2))
+    return np.concatenate(parts), manifests[shard_sets[0].uri]

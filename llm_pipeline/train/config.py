@@ -17,10 +17,13 @@ LAUNCHERS = ("deepspeed", "torchrun", "none")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    shards_uri: str
+    shards_uris: tuple[str, ...]  # token shard sets (one per corpus batch), read in this order
     run_uri: str  # checkpoints/ and final/ live here; the same inputs map to the same run_uri
     model: ModelConfig
     tokenizer_sha256: str = ""
+    # A published model folder whose weights start the run (continued pretraining); "": from scratch.
+    # The schedule, warmup included, starts afresh either way.
+    init_from_uri: str = ""
     seq_len: int = 128
     micro_batch: int = 16
     grad_accum: int = 1
@@ -49,6 +52,9 @@ class TrainConfig:
 
     def __post_init__(self):
         check_finite_fields(self)
+        if isinstance(self.shards_uris, str) or not self.shards_uris:
+            raise ValueError(f"shards_uris must be a non-empty list of shard folders, got {self.shards_uris!r}")
+        object.__setattr__(self, "shards_uris", tuple(self.shards_uris))
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be one of 0, 1, 2, 3, got {self.zero_stage}")
         if self.dtype not in DTYPES:

@@ -69,12 +69,31 @@ def _optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, **hyper)
 
 
+def _load_initial_weights(model: torch.nn.Module, cfg, reporter) -> None:
+    """Continued pretraining: start from a published model, which must be this model with this tokenizer."""
+    from llm_pipeline.evaluate.metrics import load_weights
+    from llm_pipeline.publish.export import model_config_from_hf
+    from llm_pipeline.storage import Storage
+    from llm_pipeline.tokenize.bpe import tokenizer_hash
+
+    folder = Storage(cfg.init_from_uri)
+    published = model_config_from_hf(folder.read_json("config.json"))
+    if published != cfg.model:
+        raise ValueError(f"init_from model {folder.uri} is {published}, not the configured {cfg.model}")
+    published_tokenizer = tokenizer_hash(folder.read_bytes("tokenizer.json").decode("utf-8"))
+    if cfg.tokenizer_sha256 and published_tokenizer != cfg.tokenizer_sha256:
+        raise ValueError(f"init_from model {folder.uri} uses tokenizer {published_tokenizer[:12]}, the shards "
+                         f"tokenizer {cfg.tokenizer_sha256[:12]}: its embeddings would mean other tokens")
+    load_weights(model, folder)
+    reporter.info(f"initialised from {folder.uri}")
+
+
 def train(cfg, reporter) -> dict:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
     from llm_pipeline.storage import Storage
-    from llm_pipeline.tokenize.shards import load_split_tokens
+    from llm_pipeline.tokenize.shards import load_tokens
     from llm_pipeline.train.config import resolve_dtype
     from llm_pipeline.train.checkpoints import CheckpointStore, consolidated_fp32_state_dict, crash_point, tag_for
     from llm_pipeline.train.data import TokenWindows
@@ -90,11 +109,13 @@ def train(cfg, reporter) -> dict:
 
     run = Storage(cfg.run_uri)
     store = CheckpointStore(run)
-    tokens, _ = load_split_tokens(Storage(cfg.shards_uri), "train", cfg.tokenizer_sha256 or None, cfg.model.vocab_size)
+    tokens, _ = load_tokens([Storage(uri) for uri in cfg.shards_uris], "train", cfg.tokenizer_sha256 or None, cfg.model.vocab_size)
     loader = TokenWindows(tokens, cfg.seq_len, cfg.micro_batch, rank, world, cfg.seed)
 
     torch.manual_seed(cfg.seed)
     model = CausalLM(cfg.model)
+    if cfg.init_from_uri:  # a resumed run loads its checkpoint over these below
+        _load_initial_weights(model, cfg, reporter)
     if cfg.activation_checkpointing:
         from llm_pipeline.train.activation_checkpointing import apply_activation_checkpointing
 

@@ -1,0 +1,156 @@
+"""Corpus batches as partitions, in one process: each batch cleaned and tokenized once, dedup across
+batches, junk failing only its own batch, training over every batch, one tokenizer, warm starts.
+
+The daemon-driven version of the same flow (files dropped into the default landing folder) is in
+test_continuous_daemon.py."""
+
+import os
+
+import dagster as dg
+import pytest
+
+from llm_pipeline.assets.partitions import corpus_batches
+from llm_pipeline.automation import new_corpus_sensor
+from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
+from llm_pipeline.storage import Storage
+from llm_pipeline_tests.conftest import SAMPLE_FILES, _STDLIB
+from llm_pipeline_tests.helpers import batch_instance
+
+pytestmark = pytest.mark.e2e
+DATA = ["raw_corpus", "tokenizer", "tokenized_shards"]
+TRAIN = {"preset": "tiny", "seq_len": 32, "micro_batch": 4, "steps": 4, "warmup_steps": 1, "checkpoint_every": 4,
+         "log_every": 2, "dtype": "fp32", "launcher": "none", "nproc": 1}
+CONFIG = {"tokenizer": {"vocab_size": 300}, "tokenized_shards": {"val_fraction": 0.3}, "trained_checkpoint": TRAIN,
+          "eval_metrics": {"max_loss": 100.0, "max_new_tokens": 4, "max_tokens": 2000}}
+
+
+def _config(selection, **overrides) -> dict:
+    ops = {stage: {"config": dict(values)} for stage, values in CONFIG.items() if stage in selection}
+    for stage, values in overrides.items():
+        ops.setdefault(stage, {"config": {}})["config"].update(values)
+    return {"ops": ops}
+
+
+class Landing:
+    """The landing folder plus the real sensor; its partition requests are applied as the daemon does."""
+
+    def __init__(self, tmp_path, instance):
+        self.resources = make_resources(str(tmp_path / "root"))
+        self.folder = tmp_path / "root" / "landing"
+        self.instance, self.cursor = instance, None
+
+    def deliver(self, files: dict[str, str]) -> str:
+        for rel, text in files.items():
+            (self.folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (self.folder / rel).write_text(text)
+        keys = []
+        for _ in range(2):  # a file is taken once it is unchanged over two ticks
+            result = new_corpus_sensor.evaluate_tick(dg.build_sensor_context(
+                cursor=self.cursor, resources={k: self.resources[k] for k in ("storage", "automation")}))
+            self.cursor = result.cursor
+            for request in result.dynamic_partitions_requests or []:
+                self.instance.add_dynamic_partitions(corpus_batches.name, list(request.partition_keys))
+                keys += request.partition_keys
+        [key] = keys
+        return key
+
+    def materialize(self, selection, batch=None, **overrides):
+        return dg.materialize(ASSETS + CHECKS, selection=selection, resources=self.resources, instance=self.instance,
+                              partition_key=batch, run_config=_config(selection, **overrides), raise_on_error=False)
+
+
+def _texts() -> dict[str, str]:
+    texts = {}
+    for name in SAMPLE_FILES:
+        with open(os.path.join(_STDLIB, name), encoding="utf-8") as f:
+            texts[name.replace("/", "_")] = f.read()
+    return texts
+
+
+def _manifest(result, asset: str) -> dict:
+    [mat] = result.asset_materializations_for_node(asset)
+    return Storage(mat.metadata["uri"].value).read_json("manifest.json")
+
+
+def _runs(instance, asset: str, batch: str) -> list[str]:
+    """The runs that materialized this batch of `asset`, newest first."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[batch]), limit=100).records
+    return [r.run_id for r in records]
+
+
+def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(tmp_path):
+    instance = batch_instance(home=str(tmp_path / "home"))
+    landing = Landing(tmp_path, instance)
+    texts = _texts()
+    names = sorted(texts)
+    first = landing.deliver({f"delivery-1/{n}": texts[n] for n in names[:8]})
+    result = landing.materialize(DATA, first)
+    assert result.success
+    assert _manifest(result, "raw_corpus")["documents"] == 8
+
+    # Batch 2: four new documents, an exact copy and a near copy of batch-1 documents.
+    near = texts[names[0]].replace("def ", "def  ", 3)
+    second = landing.deliver({**{f"delivery-2/{n}": texts[n] for n in names[8:]},
+                              "delivery-2/copy.py": texts[names[1]], "delivery-2/near.py": near})
+    result = landing.materialize(["raw_corpus", "tokenized_shards"], second)
+    assert result.success
+    manifest = _manifest(result, "raw_corpus")
+    assert manifest["documents"] == 4 and manifest["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1}
+    assert manifest["duplicates_of_earlier_batches"] == 2
+    assert f"of earlier batch {first}" in manifest["dropped_examples"]["exact_duplicate"]
+
+    # Batch 3 repeats batch 1: nothing new, kept as an empty batch, not a failure.
+    repeat = landing.deliver({f"delivery-3/{n}": texts[n] for n in names[2:5]})
+    result = landing.materialize(["raw_corpus", "tokenized_shards"], repeat)
+    assert result.success
+    assert _manifest(result, "raw_corpus")["documents"] == 0
+    assert _manifest(result, "tokenized_shards")["splits"]["train"]["tokens"] == 0
+
+    # Batch 4 is all junk: it fails, naming its quarantine, and leaves the other batches alone.
+    before = {b: _runs(instance, "raw_corpus", b) for b in (first, second)}
+    junk = landing.deliver({"delivery-4/a.txt": "x", "delivery-4/b.txt": "\x00\x01" * 100})
+    result = landing.materialize(["raw_corpus"], junk)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.event_specific_data.error.message
+    assert f"raw_corpus[{junk}]" in message and "no document kept" in message and "see the quarantine files under" in message
+    quarantine = message.rsplit("see the quarantine files under ", 1)[1].strip()
+    assert any(n.startswith("quarantine-") for n in Storage(quarantine).listdir())
+    assert {b: _runs(instance, "raw_corpus", b) for b in (first, second)} == before
+
+    # Each batch was cleaned and tokenized exactly once.
+    for asset in ("raw_corpus", "tokenized_shards"):
+        assert [len(_runs(instance, asset, b)) for b in (first, second, repeat, junk)] == [1, 1, 1, 0]
+
+    # Training reads every batch with training tokens (the empty repeat adds none), and says which.
+    result = landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"])
+    assert result.success
+    ckpt = result.output_for_node("trained_checkpoint")
+    assert [d["batch"] for d in ckpt["data"]] == [first, second]
+    assert ckpt["train_config"]["shards_uris"] == [d["uri"] for d in ckpt["data"]]
+    card = Storage(result.output_for_node("published_model")["uri"]).read_bytes("README.md").decode()
+    assert f"batch {first}" in card and f"batch {second}" in card
+
+    # Continued pretraining from the published model starts where it left off (a lower first loss).
+    warm = landing.materialize(["trained_checkpoint"], trained_checkpoint={"init_from": "latest_published"})
+    assert warm.success
+    warm_ckpt = warm.output_for_node("trained_checkpoint")
+    assert warm_ckpt["init_from"] == result.output_for_node("published_model")["uri"]
+    assert warm_ckpt["run_uri"] != ckpt["run_uri"]  # another start: another run key
+    first_loss = lambda c: Storage(c["final_uri"]).read_json("summary.json")["losses"][0][1]  # noqa: E731
+    assert first_loss(warm_ckpt) < first_loss(ckpt) - 0.5
+
+    # A selection of batches is honoured; an unknown one is refused by name.
+    only = landing.materialize(["trained_checkpoint"], trained_checkpoint={"batches": [second]})
+    assert only.success and [d["batch"] for d in only.output_for_node("trained_checkpoint")["data"]] == [second]
+    unknown = landing.materialize(["trained_checkpoint"], trained_checkpoint={"batches": ["nope"]})
+    failure = next(e for e in unknown.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "batches nope have no tokenized_shards" in failure.event_specific_data.error.message
+
+    # A new tokenizer is an explicit act: until the batches are re-tokenized, training refuses the mix.
+    assert landing.materialize(["tokenizer"], tokenizer={"vocab_size": 320}).success
+    refused = landing.materialize(["trained_checkpoint"])
+    failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "mixed tokenizers" in failure.event_specific_data.error.message
+    assert first in failure.event_specific_data.error.message and second in failure.event_specific_data.error.message
