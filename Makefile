@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The repo root is the Dagster instance home: dagster.yaml lives here, its data under .dagster/.
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup demo test dev bench clean
+.PHONY: setup browser demo test dev bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,8 +20,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/python -m llm_pipeline.demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -ra
+
+# Headless Chromium for the UI test (a screenshot of the asset page); Debian's package, as root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The peers the benchmarks compare against (datatrove, spaCy, datasketch) are a benchmark-only extra.
 bench: setup

@@ -1,0 +1,220 @@
+"""Drop files, get a model: the real `dagster-daemon` and webserver on the repo's own dagster.yaml,
+in a fresh copy of the repo, with no LLM_PIPELINE_* variable (the default storage root `.storage/`
+and landing folder `.storage/landing`), as a newcomer runs `dagster dev`. Then the same data flow
+on the S3 API server. Nothing is switched on by hand."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+import s3fs
+
+from llm_pipeline_tests.conftest import _STDLIB, free_port, wait_for_port
+
+pytestmark = pytest.mark.e2e
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _fresh_copy(dest) -> str:
+    """The repo's tracked files, as a clone has them (no .storage/, no .dagster/)."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        if os.path.isfile(os.path.join(REPO, rel)):
+            os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy2(os.path.join(REPO, rel), os.path.join(dest, rel))
+    return str(dest)
+
+
+class Dagster:
+    """`dagster-webserver` + `dagster-daemon run` started in `home` (DAGSTER_HOME, as the Makefile sets it)."""
+
+    def __init__(self, home: str, extra_env: dict[str, str]):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PIPELINE_")}
+        env.update(DAGSTER_HOME=home, **extra_env)
+        self.port = free_port()
+        self.log = open(os.path.join(home, "dagster-test.log"), "wb")
+        self.procs = [
+            subprocess.Popen([os.path.join(BIN, "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
+                             cwd=home, env=env, stdout=self.log, stderr=subprocess.STDOUT),
+            subprocess.Popen([os.path.join(BIN, "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                             cwd=home, env=env, stdout=self.log, stderr=subprocess.STDOUT),
+        ]
+        wait_for_port(self.port, self.procs[0], timeout=120)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.log.close()
+
+    def query(self, query: str) -> dict:
+        body = requests.post(f"{self.url}/graphql", json={"query": query}, timeout=60).json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def partitions(self) -> list[str]:
+        node = self.query('{ assetNodeOrError(assetKey: {path: ["raw_corpus"]}) { ... on AssetNode { partitionKeys } } }')
+        return node["assetNodeOrError"]["partitionKeys"]
+
+    def materializations(self, asset: str) -> list[dict]:
+        """Newest first: run id, partition, and metadata by label (paths, JSON, numbers, text)."""
+        data = self.query(f"""{{ assetOrError(assetKey: {{path: ["{asset}"]}}) {{ ... on Asset {{
+            assetMaterializations(limit: 100) {{ runId partition metadataEntries {{ label
+              ... on PathMetadataEntry {{ path }} ... on JsonMetadataEntry {{ jsonString }}
+              ... on IntMetadataEntry {{ intValue }} ... on TextMetadataEntry {{ text }} }} }} }} }} }}""")
+        found = (data["assetOrError"] or {}).get("assetMaterializations") or []
+        out = []
+        for m in found:
+            meta = {e["label"]: _entry_value(e) for e in m["metadataEntries"]}
+            out.append({"run_id": m["runId"], "partition": m["partition"], "metadata": meta})
+        return out
+
+    def runs(self, job: str) -> list[str]:
+        data = self.query(f'{{ runsOrError(filter: {{pipelineName: "{job}"}}) {{ ... on Runs {{ results {{ runId }} }} }} }}')
+        return [r["runId"] for r in data["runsOrError"]["results"]]
+
+    def failed_runs(self) -> list[str]:
+        data = self.query('{ runsOrError(filter: {statuses: [FAILURE]}) { ... on Runs { results { runId jobName } } } }')
+        return [r["runId"] for r in data["runsOrError"]["results"]]
+
+    def wait_for(self, what: str, condition, timeout: float):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = condition()
+            if value:
+                return value
+            failed = self.failed_runs()
+            assert not failed, f"runs failed while waiting for {what}: {failed}; see {self.log.name}"
+            time.sleep(3)
+        raise TimeoutError(f"waited {timeout:.0f}s for {what}; see {self.log.name}")
+
+
+def _entry_value(entry: dict):
+    if "path" in entry:
+        return entry["path"]
+    if "jsonString" in entry:
+        return json.loads(entry["jsonString"])
+    return entry.get("intValue", entry.get("text"))
+
+
+def _stdlib_files(count: int, skip: int = 0) -> list[str]:
+    """Real Python source files from the standard library, in a fixed order."""
+    names = sorted(n for n in os.listdir(_STDLIB) if n.endswith(".py") and 4_000 < os.path.getsize(os.path.join(_STDLIB, n)) < 60_000)
+    return [os.path.join(_STDLIB, n) for n in names[skip:skip + count]]
+
+
+def _batches_of(dagster: Dagster, asset: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for m in dagster.materializations(asset):
+        out.setdefault(m["partition"], []).append(m)
+    return out
+
+
+@pytest.fixture
+def newcomer(tmp_path):
+    home = _fresh_copy(tmp_path / "llm-pipeline")
+    dagster = Dagster(home, {})
+    try:
+        yield home, dagster
+    finally:
+        dagster.stop()
+
+
+def test_files_dropped_in_the_default_landing_folder_become_a_model(newcomer, tmp_path):
+    home, dagster = newcomer
+    landing = os.path.join(home, ".storage", "landing")
+
+    # Delivery 1, copied with the files' original (old) modification times, plus an upload in flight.
+    os.makedirs(os.path.join(landing, "delivery-1"))
+    for path in _stdlib_files(40):
+        shutil.copy2(path, os.path.join(landing, "delivery-1", os.path.basename(path)))
+    uploading = os.path.join(landing, "delivery-1", "notes.jsonl.part")
+    with open(uploading, "w") as f:
+        f.write("".join(json.dumps({"text": f"note {i}: " + "words of a note " * 20}) + "\n" for i in range(50)))
+
+    dagster.wait_for("batch 1 tokenized and its training started", lambda: dagster.materializations("tokenized_shards")
+                     and dagster.runs("training_job"), timeout=300)
+    [batch1] = dagster.partitions()
+    record1 = json.load(open(os.path.join(home, ".storage", "batches", f"{batch1}.json")))
+    assert len(record1["files"]) == 40 and not any(rel.endswith(".part") for rel in record1["files"])
+
+    # Delivery 2 (while the first training runs): more old-mtime copies, one document repeating delivery 1, and the finished upload
+    # renamed into place.
+    os.makedirs(os.path.join(landing, "delivery-2"))
+    for path in _stdlib_files(25, skip=40):
+        shutil.copy2(path, os.path.join(landing, "delivery-2", os.path.basename(path)))
+    shutil.copy2(_stdlib_files(1)[0], os.path.join(landing, "delivery-2", "repeated.py"))
+    os.rename(uploading, os.path.join(landing, "delivery-2", "notes.jsonl"))
+
+    trainings = dagster.wait_for("training on batches 1 and 2",
+                                 lambda: (lambda m: m if len(m) >= 2 else None)(dagster.materializations("trained_checkpoint")),
+                                 timeout=600)
+    batch1_, batch2 = dagster.partitions()
+    assert batch1_ == batch1
+    assert list(trainings[-1]["metadata"]["batches"]) == [batch1]  # the first training: batch 1 alone
+    assert list(trainings[0]["metadata"]["batches"]) == [batch1, batch2]  # the newest used both
+    record2 = json.load(open(os.path.join(home, ".storage", "batches", f"{batch2}.json")))
+    assert sorted(record2["files"]) == sorted([f"delivery-2/{os.path.basename(p)}" for p in _stdlib_files(25, skip=40)]
+                                              + ["delivery-2/repeated.py", "delivery-2/notes.jsonl"])
+
+    # Each batch cleaned and tokenized once; the repeated document dropped as a duplicate of batch 1.
+    corpus, shards = _batches_of(dagster, "raw_corpus"), _batches_of(dagster, "tokenized_shards")
+    assert {b: len(m) for b, m in corpus.items()} == {batch1: 1, batch2: 1}
+    assert {b: len(m) for b, m in shards.items()} == {batch1: 1, batch2: 1}
+    assert corpus[batch2][0]["metadata"]["duplicates_of_earlier_batches"] == 1
+    assert len(dagster.materializations("tokenizer")) == 1  # one tokenizer across batches
+    # The default storage root of a fresh clone: everything under its .storage/.
+    assert os.path.isdir(os.path.join(home, ".storage", "raw_corpus", batch2))
+
+    if CHROMIUM:  # the UI renders the partitions (a screenshot for people, the DOM for the assertion)
+        page = f"{dagster.url}/assets/raw_corpus?view=partitions"
+        args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,900", "--virtual-time-budget=20000"]
+        dom = subprocess.run(args + ["--dump-dom", page], capture_output=True, timeout=120).stdout.decode()
+        shot = str(tmp_path / "partitions.png")
+        subprocess.run(args + [f"--screenshot={shot}", page], capture_output=True, timeout=120)
+        assert batch1 in dom and batch2 in dom, "the asset page does not show the batches"
+        assert os.path.getsize(shot) > 10_000
+    else:
+        pytest.fail("chromium is not installed: `make test` installs it (Debian package `chromium`)")
+
+
+def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
+    home = _fresh_copy(tmp_path / "llm-pipeline")
+    bucket = "llm-pipeline-test/continuous"
+    dagster = Dagster(home, {"LLM_PIPELINE_STORAGE_ROOT": f"s3://{bucket}", "LLM_PIPELINE_S3_ENDPOINT_URL": s3_endpoint,
+                             # The data stages only here: training on S3 is covered by test_e2e_s3.
+                             "LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS": str(10**12)})
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
+    try:
+        for path in _stdlib_files(20):
+            fs.put_file(path, f"{bucket}/landing/d1/{os.path.basename(path)}")
+        dagster.wait_for("batch 1 tokenized", lambda: dagster.materializations("tokenized_shards"), timeout=300)
+        for path in _stdlib_files(10, skip=20):
+            fs.put_file(path, f"{bucket}/landing/d2/{os.path.basename(path)}")
+        fs.put_file(_stdlib_files(1)[0], f"{bucket}/landing/d2/repeated.py")
+        shards = dagster.wait_for("batch 2 tokenized", lambda: (lambda b: b if len(b) == 2 else None)(
+            _batches_of(dagster, "tokenized_shards")), timeout=300)
+        corpus = _batches_of(dagster, "raw_corpus")
+        assert sorted(corpus) == sorted(shards) == sorted(dagster.partitions())
+        assert all(len(m) == 1 for m in (*corpus.values(), *shards.values()))
+        batch2 = dagster.partitions()[1]
+        assert corpus[batch2][0]["metadata"]["duplicates_of_earlier_batches"] == 1
+        assert corpus[batch2][0]["metadata"]["uri"].startswith(f"s3://{bucket}/raw_corpus/{batch2}/")
+        assert fs.exists(f"{bucket}/batches/{batch2}.json")
+        assert not dagster.materializations("trained_checkpoint")  # below the retraining threshold
+    finally:
+        dagster.stop()
