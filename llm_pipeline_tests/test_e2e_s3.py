@@ -20,7 +20,7 @@ from llm_pipeline.train.checkpoints import STAGING_ENV, CheckpointStore
 from llm_pipeline.train.config import TrainConfig
 from llm_pipeline.train.launch import free_port
 from llm_pipeline.train.model import CausalLM
-from llm_pipeline_tests.helpers import make_shards
+from llm_pipeline_tests.helpers import batch_instance, make_shards
 from llm_pipeline_tests.test_e2e_graph import _run_config
 from llm_pipeline_tests.test_trainer_stages import MODEL
 
