@@ -121,12 +121,13 @@ def retraining_sensor(context: dg.SensorEvaluationContext, automation: Automatio
     trained = _latest(context.instance, "trained_checkpoint")
     if trained is not None:
         used = _metadata_value(trained, "batches") or {}
-    fresh = {b: mat for b, mat in shards.items() if used.get(b) != _metadata_value(mat, "uri")}
+    # Content, not folders: a batch re-tokenized to the same shards is not new data.
+    fresh = {b: mat for b, mat in shards.items() if used.get(b) != _metadata_value(mat, "manifest_sha256")}
     new_tokens = sum(int(_metadata_value(mat, "train_tokens") or 0) for mat in fresh.values())
     if not fresh or new_tokens < automation.retrain_min_new_tokens:
         return dg.SkipReason(f"{new_tokens:,} new training tokens in {len(fresh)} batches; retraining at "
                              f"{automation.retrain_min_new_tokens:,}")
-    data = {b: _metadata_value(mat, "uri") for b, mat in shards.items()}
+    data = {b: _metadata_value(mat, "manifest_sha256") for b, mat in shards.items()}
     return dg.RunRequest(
         run_key=hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16],
         tags={"llm_pipeline/trigger": "new_tokens", "llm_pipeline/new_batches": ",".join(fresh)[:200],

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from llm_pipeline.assets.partitions import corpus_batches
-from llm_pipeline.automation import new_corpus_sensor
+from llm_pipeline.automation import new_corpus_sensor, retraining_sensor
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
 from llm_pipeline.storage import Storage
 from llm_pipeline_tests.conftest import SAMPLE_FILES, _STDLIB
@@ -123,7 +123,14 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
     for asset in ("raw_corpus", "tokenized_shards"):
         assert [len(_runs(instance, asset, b)) for b in (first, second, repeat, junk)] == [1, 1, 1, 0]
 
-    # Training reads every batch with training tokens (the empty repeat adds none), and says which.
+    # New tokens ask for a retraining; training reads every batch with training tokens (the empty
+    # repeat adds none), and says which.
+    def retraining_tick():
+        return retraining_sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, resources={"automation": landing.resources["automation"]}))
+
+    [request] = retraining_tick().run_requests
+    assert request.tags["llm_pipeline/new_batches"] == f"{first},{second},{repeat}"
     result = landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"])
     assert result.success
     ckpt = result.output_for_node("trained_checkpoint")
@@ -131,6 +138,10 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
     assert ckpt["train_config"]["shards_uris"] == [d["uri"] for d in ckpt["data"]]
     card = Storage(result.output_for_node("published_model")["uri"]).read_bytes("README.md").decode()
     assert f"batch {first}" in card and f"batch {second}" in card
+    assert retraining_tick().skip_message.startswith("0 new training tokens")
+    # A batch tokenized again with the same tokenizer gives the same shards: still nothing new.
+    assert landing.materialize(["tokenized_shards"], second).success
+    assert retraining_tick().skip_message.startswith("0 new training tokens")
 
     # Continued pretraining from the published model starts where it left off (a lower first loss).
     warm = landing.materialize(["trained_checkpoint"], trained_checkpoint={"init_from": "latest_published"})
@@ -148,8 +159,15 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
     failure = next(e for e in unknown.all_events if e.event_type_value == "STEP_FAILURE")
     assert "batches nope have no tokenized_shards" in failure.event_specific_data.error.message
 
-    # A new tokenizer is an explicit act: until the batches are re-tokenized, training refuses the mix.
+    # A new tokenizer re-tokenizes every batch that has a corpus (the automation's own evaluation,
+    # as the daemon runs it).
+    defs = dg.Definitions(assets=ASSETS, resources=landing.resources)
+    cursor = dg.evaluate_automation_conditions(defs, instance).cursor
     assert landing.materialize(["tokenizer"], tokenizer={"vocab_size": 320}).success
+    changed = dg.evaluate_automation_conditions(defs, instance, cursor=cursor)
+    assert changed.get_requested_partitions(dg.AssetKey("tokenized_shards")) == {first, second, repeat}
+
+    # Until the batches are re-tokenized, training refuses the mix, naming them.
     refused = landing.materialize(["trained_checkpoint"])
     failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
     assert "mixed tokenizers" in failure.event_specific_data.error.message

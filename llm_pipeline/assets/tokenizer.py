@@ -71,6 +71,7 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storag
     }
     return dg.Output(
         value,
+        data_version=dg.DataVersion(value["sha256"]),  # the same tokenizer again is not a change
         metadata={
             "uri": dg.MetadataValue.path(out.uri),
             "vocab_size": value["vocab_size"],

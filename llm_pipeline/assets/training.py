@@ -138,7 +138,8 @@ def trained_checkpoint(
             "accelerator": summary["accelerator"],
             **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {}),
             "resumed_from": summary["resumed_from"] or "",
-            "batches": dg.MetadataValue.json({d["batch"]: d["uri"] for d in data}),
+            # Each batch's shard manifest: the retraining sensor compares content, not run folders.
+            "batches": dg.MetadataValue.json({d["batch"]: d["manifest_sha256"] for d in data}),
             "train_tokens_available": sum(d["train_tokens"] for d in data),
             "init_from": init_from or "scratch",
         },
