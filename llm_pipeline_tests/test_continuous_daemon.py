@@ -216,5 +216,61 @@ def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
         assert corpus[batch2][0]["metadata"]["uri"].startswith(f"s3://{bucket}/raw_corpus/{batch2}/")
         assert fs.exists(f"{bucket}/batches/{batch2}.json")
         assert not dagster.materializations("trained_checkpoint")  # below the retraining threshold
+
+        # A backfill of both batches, launched as the UI launches one (Materialize -> partitions).
+        launched = dagster.query(f"""mutation {{ launchPartitionBackfill(backfillParams: {{
+            partitionNames: {json.dumps(sorted(shards))}, assetSelection: [{{path: ["tokenized_shards"]}}]}}) {{
+            __typename ... on LaunchBackfillSuccess {{ backfillId }} ... on PythonError {{ message }} }} }}""")
+        assert launched["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", launched
+        again = dagster.wait_for("the backfill", lambda: (lambda b: b if all(len(m) == 2 for m in b.values()) else None)(
+            _batches_of(dagster, "tokenized_shards")), timeout=300)
+        for batch, (new, old) in again.items():  # the same tokenizer and corpus: the same shards
+            assert new["metadata"]["manifest_sha256"] == old["metadata"]["manifest_sha256"], batch
+
+        # Two overlapping runs of one batch's stages, launched as the UI's Materialize does, from two
+        # different sources: each run's shards hold its own run's corpus.
+        _overlapping_runs_read_their_own_values(dagster, tmp_path)
     finally:
         dagster.stop()
+
+
+REPOSITORY = {"repositoryLocationName": "llm_pipeline.definitions", "repositoryName": "__repository__"}
+
+
+def _launch(dagster: Dagster, assets: list[str], batch: str, run_config: dict) -> str:
+    params = {"selector": {**REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
+              "runConfigData": run_config, "executionMetadata": {"tags": [{"key": "dagster/partition", "value": batch}]}}
+    body = requests.post(f"{dagster.url}/graphql", timeout=60, json={"variables": {"p": params}, "query": """
+        mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+          __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""}).json()
+    assert body["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", body
+    return body["data"]["launchRun"]["run"]["runId"]
+
+
+def _overlapping_runs_read_their_own_values(dagster: Dagster, tmp_path) -> None:
+    added = dagster.query(f"""mutation {{ addDynamicPartition(repositorySelector: {{repositoryLocationName:
+        "{REPOSITORY['repositoryLocationName']}", repositoryName: "{REPOSITORY['repositoryName']}"}},
+        partitionsDefName: "corpus_batches", partitionKey: "builtin") {{ __typename }} }}""")
+    assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", added
+    sources = []
+    for name, files in (("a", _stdlib_files(6, skip=100)), ("b", _stdlib_files(12, skip=110))):
+        os.makedirs(tmp_path / name)
+        for path in files:
+            shutil.copy2(path, tmp_path / name / os.path.basename(path))
+        sources.append(str(tmp_path / name))
+    runs = [_launch(dagster, ["raw_corpus", "tokenized_shards"], "builtin",
+                    {"ops": {"raw_corpus": {"config": {"source_uri": source}}}}) for source in sources]
+
+    def finished():
+        data = dagster.query("{ runsOrError { ... on Runs { results { runId status startTime endTime } } } }")
+        mine = {r["runId"]: r for r in data["runsOrError"]["results"] if r["runId"] in runs}
+        return mine if all(r["status"] == "SUCCESS" for r in mine.values()) and len(mine) == 2 else None
+
+    stats = dagster.wait_for("two overlapping runs", finished, timeout=300)
+    a, b = (stats[r] for r in runs)
+    assert a["startTime"] < b["endTime"] and b["startTime"] < a["endTime"], "the runs did not overlap"
+    corpus = {m["run_id"]: m["metadata"]["documents"] for m in dagster.materializations("raw_corpus") if m["run_id"] in runs}
+    shards = {m["run_id"]: m["metadata"]["train_documents"] + m["metadata"]["val_documents"]
+              for m in dagster.materializations("tokenized_shards") if m["run_id"] in runs}
+    assert corpus[runs[0]] != corpus[runs[1]]
+    assert shards == corpus  # each run tokenized its own corpus, not the other run's

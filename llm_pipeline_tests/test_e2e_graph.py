@@ -68,6 +68,11 @@ def test_training_learned_and_eval_gate_passed(graph):
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
     loss_curve = mats["trained_checkpoint"].materialization.metadata["loss_curve"]
     assert "data:image/png;base64," in loss_curve.value
+    # Numbers to meaningful digits; the published files as a table.
+    shown = mats["eval_metrics"].materialization.metadata["loss"].value
+    assert shown == float(f"{metrics['loss']:.5g}") and len(repr(shown)) <= 8
+    files = mats["published_model"].materialization.metadata["files"].value
+    assert {r.data["file"] for r in files.records} >= {"model.safetensors", "config.json", "tokenizer.json"}
 
 
 def test_rank0_streams_progress_through_pipes(graph):

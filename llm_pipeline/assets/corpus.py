@@ -4,6 +4,7 @@ import time
 import dagster as dg
 
 from llm_pipeline.assets.configs import RawCorpusConfig, validate_run_config
+from llm_pipeline.assets.metadata import table
 from llm_pipeline.assets.partitions import batch_keys, corpus_batches, partition_values
 from llm_pipeline.corpus.batches import BUILTIN_BATCH, read_batch
 from llm_pipeline.corpus.build import MANIFEST, CorpusConfig, CorpusSourceError, Progress, build_corpus
@@ -13,10 +14,8 @@ _LOG_EVERY_S = 15.0
 
 
 def _counts_table(counts: dict[str, int], what: str) -> dg.MetadataValue:
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord({"reason": reason, what: n}) for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])],
-        schema=dg.TableSchema(columns=[dg.TableColumn("reason", "string"), dg.TableColumn(what, "int")]),
-    )
+    rows = [{"reason": reason, what: n} for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    return table(rows, {"reason": "string", what: "int"})
 
 
 def _batch_config(config: RawCorpusConfig, storage: StorageResource, batch: str) -> CorpusConfig:

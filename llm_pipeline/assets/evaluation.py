@@ -3,6 +3,7 @@ import math
 import dagster as dg
 
 from llm_pipeline.assets.configs import EvalMetricsConfig, validate_run_config
+from llm_pipeline.assets.metadata import significant
 from llm_pipeline.evaluate.metrics import evaluate, evaluate_published
 from llm_pipeline.publish.export import resolve_version
 from llm_pipeline.publish.verify import verify
@@ -56,20 +57,20 @@ def eval_metrics(
     baseline = _baseline(context, config, storage, val_tokens, tok_json, tokenizer["eos_id"])
     metrics["baseline"] = baseline
     metadata = {
-        "loss": metrics["loss"],
-        "perplexity": metrics["perplexity"],
-        "bits_per_byte": metrics["bits_per_byte"],
+        "loss": significant(metrics["loss"]),
+        "perplexity": significant(metrics["perplexity"]),
+        "bits_per_byte": significant(metrics["bits_per_byte"]),
         "tokens_evaluated": metrics["tokens_evaluated"],
-        "loss_vs_uniform": metrics["loss"] / metrics["uniform_loss"],
+        "loss_vs_uniform": significant(metrics["loss"] / metrics["uniform_loss"], 4),
         "samples": dg.MetadataValue.md(
             "\n\n".join(f"**{s['prompt']!r}** →\n```\n{s['prompt']}{s['completion']}\n```" for s in metrics["samples"])
         ),
     }
     if baseline:
         metadata["baseline_version"] = baseline["version"]
-        metadata["bits_per_byte_delta"] = metrics["bits_per_byte"] - baseline["bits_per_byte"]
+        metadata["bits_per_byte_delta"] = significant(metrics["bits_per_byte"] - baseline["bits_per_byte"], 4)
         if baseline["same_tokenizer"]:
-            metadata["loss_delta"] = metrics["loss"] - baseline["loss"]
+            metadata["loss_delta"] = significant(metrics["loss"] - baseline["loss"], 4)
     return dg.Output(metrics, metadata=metadata)
 
 

@@ -2,6 +2,7 @@ import dagster as dg
 
 from llm_pipeline import __version__
 from llm_pipeline.assets.configs import PublishedModelConfig, validate_run_config
+from llm_pipeline.assets.metadata import significant, table
 from llm_pipeline.publish.export import publish
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
@@ -44,7 +45,9 @@ def published_model(
         metadata={
             "uri": dg.MetadataValue.path(manifest["uri"]),
             "version": manifest["version"],
-            "files": dg.MetadataValue.json(manifest["files"]),
-            **{k: eval_metrics[k] for k in _METRICS},
+            "files": table([{"file": name, "bytes": f["bytes"], "sha256": f["sha256"]} for name, f in manifest["files"].items()],
+                           {"file": "string", "bytes": "int", "sha256": "string"}),
+            **{k: significant(eval_metrics[k]) for k in ("loss", "perplexity", "bits_per_byte")},
+            "tokens_evaluated": eval_metrics["tokens_evaluated"],
         },
     )

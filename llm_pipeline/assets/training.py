@@ -6,6 +6,7 @@ import dagster as dg
 
 from llm_pipeline.assets.configs import TrainedCheckpointConfig, validate_run_config
 from llm_pipeline.assets.partitions import partition_values
+from llm_pipeline.assets.metadata import significant
 from llm_pipeline.assets.plots import loss_curve_markdown
 from llm_pipeline.publish.export import resolve_version
 from llm_pipeline.publish.verify import verify
@@ -114,7 +115,6 @@ def trained_checkpoint(
         "steps": summary["steps"],
         "tokens_seen": summary["tokens_seen"],
         "final_loss": summary["final_loss"],
-        "seq_len": train_cfg.seq_len,
         "train_config": json.loads(train_cfg.to_json()),
         "data": data,
         "init_from": init_from,
@@ -124,11 +124,11 @@ def trained_checkpoint(
         metadata={
             "uri": dg.MetadataValue.path(final.uri),
             "loss_curve": loss_curve_markdown(summary["losses"]),
-            "final_loss": summary["final_loss"],
+            "final_loss": significant(summary["final_loss"]),
             "steps": summary["steps"],
             "tokens_seen": summary["tokens_seen"],
-            "tokens_per_s": summary["tokens_per_s"],
-            "wall_time_s": summary["wall_time_s"],
+            "tokens_per_s": significant(summary["tokens_per_s"], 4),
+            "wall_time_s": significant(summary["wall_time_s"], 4),
             "num_params": summary["num_params"],
             "flops_per_token": summary["flops_per_token"],
             "world_size": summary["world_size"],
@@ -136,7 +136,7 @@ def trained_checkpoint(
             "dtype": summary["dtype"],
             "grad_accum": summary["grad_accum"],
             "accelerator": summary["accelerator"],
-            **({"mfu": summary["mfu"]} if summary["mfu"] is not None else {}),
+            **({"mfu": significant(summary["mfu"], 3)} if summary["mfu"] is not None else {}),
             "resumed_from": summary["resumed_from"] or "",
             # Each batch's shard manifest: the retraining sensor compares content, not run folders.
             "batches": dg.MetadataValue.json({d["batch"]: d["manifest_sha256"] for d in data}),

@@ -127,7 +127,6 @@ def publish(
     metrics: dict,
     lineage: dict,
     training: dict,
-    generation: dict | None = None,
 ) -> dict:
     """Write a new version and move `latest` to it. Returns the manifest (with the version's URI)."""
     check_name(name, "model_name")
@@ -140,7 +139,7 @@ def publish(
         "config.json": _json(hf_config(model_cfg, eos_id)),
         "tokenizer.json": tokenizer_json.encode("utf-8"),
         "generation_config.json": _json({"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id,
-                                         "do_sample": True, "temperature": 0.8, "top_k": 50, **(generation or {})}),
+                                         "do_sample": True, "temperature": 0.8, "top_k": 50}),
         "README.md": model_card(name, version, metrics, lineage, training).encode("utf-8"),
     }
     files.update({k: _json(v) for k, v in tokenizer_files().items()})
@@ -193,8 +192,3 @@ def resolve_model_folder(uri: str, version: str | None = None) -> Storage:
         return folder
     registry, name = folder.uri.rsplit("/", 1)
     return resolve_version(Storage(registry, **folder.storage_options), name, version)
-
-
-def list_versions(registry: Storage, name: str) -> list[str]:
-    model = registry.child(name)
-    return [v for v in model.listdir() if v != LATEST and model.exists(f"{v}/{MANIFEST}")]

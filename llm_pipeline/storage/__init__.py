@@ -22,10 +22,6 @@ from llm_pipeline.storage.names import check_relative_path
 _CHUNK = 8 * 1024 * 1024
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(fs, path: str) -> str:
     digest = hashlib.sha256()
     with fs.open(path, "rb") as f:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from llm_pipeline.finite import check_finite_fields
 from llm_pipeline.train.model import ModelConfig
@@ -204,7 +204,6 @@ class LaunchConfig:
     master_port: int = 0  # 0: pick a free port (one node only)
     hostfile: str = ""
     ssh: bool = False
-    env: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_finite_fields(self)

@@ -70,7 +70,6 @@ def launch_env(launch: LaunchConfig) -> dict[str, str]:
         # The deepspeed launcher does not split the cores between ranks (torchrun does).
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // launch.nproc))
         env.update({k: v for k, v in CPU_ALLOCATOR_ENV.items() if k not in os.environ})
-    env.update({k: str(v) for k, v in launch.env.items()})
     return env
 
 
