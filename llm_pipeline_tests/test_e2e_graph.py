@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
+from llm_pipeline.demo_console import TRAINER_PROGRESS
 from llm_pipeline_tests.helpers import batch_instance
 from llm_pipeline.evaluate.metrics import load_trained_model
 from llm_pipeline.publish.verify import verify
@@ -81,6 +82,7 @@ def test_rank0_streams_progress_through_pipes(graph):
     progress = [m for m in messages if m.startswith("step ") and " loss " in m and "tok/s" in m]
     # log_every=5 over 20 steps: four live progress lines from rank 0 only, in order.
     assert [m.split()[1] for m in progress] == ["5/20", "10/20", "15/20", "20/20"]
+    assert all(TRAINER_PROGRESS.match(m) for m in progress)  # what `make demo` draws its progress bar from
     assert any(m.startswith("training ") and "ZeRO-2" in m and "world size 2" in m for m in messages)
 
 

@@ -11,18 +11,23 @@ import sys
 
 
 class Reporter:
-    def __init__(self, pipes=None):
+    def __init__(self, pipes=None, quiet: bool = False):
         self.pipes = pipes
+        self.quiet = quiet  # ranks other than 0 report warnings only
 
+    # Under Dagster, a message goes through Pipes only (Dagster shows and stores it); printing it
+    # as well showed every line twice.
     def info(self, message: str) -> None:
         if self.pipes is not None:
             self.pipes.log.info(message)
-        print(message, file=sys.stdout, flush=True)
+        elif not self.quiet:
+            print(message, file=sys.stdout, flush=True)
 
     def warning(self, message: str) -> None:
         if self.pipes is not None:
             self.pipes.log.warning(message)
-        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        else:
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
     def progress(self, record: dict) -> None:
         if self.pipes is not None:
@@ -35,7 +40,10 @@ def open_reporter(is_rank0: bool):
 
     # Launched by Dagster: Pipes' context is in the environment (every rank inherits it; only
     # rank 0 talks). Launched by hand: plain stdout.
-    if not is_rank0 or DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
+    if not is_rank0:
+        yield Reporter(None, quiet=True)
+        return
+    if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ:
         yield Reporter(None)
         return
     with open_dagster_pipes() as pipes:

@@ -1,0 +1,81 @@
+"""What `make demo` prints: one line per stage with its time, a training progress bar on a terminal,
+and failures in full. Every event also goes, unabridged, to a log file (and, as always, to the
+Dagster instance the UI reads)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import dagster as dg
+
+# The trainer's progress line (train/trainer.py): "step 40/180 loss 5.8742 lr 2.90e-03 8,563 tok/s elapsed 19s eta 67s"
+TRAINER_PROGRESS = re.compile(r"^step (\d+)/(\d+) loss ([\d.]+) lr \S+ ([\d,]+) tok/s elapsed \d+s eta (\d+)s")
+_BAR = 30
+
+
+class StageLines(logging.Handler):
+    def __init__(self, out=None):
+        super().__init__(logging.DEBUG)
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty()
+        self.bar_open = False
+        self.checks: set[str] = set()  # a check's own step says what its evaluation line said
+
+    def _write(self, text: str) -> None:
+        if self.bar_open:
+            self.out.write("\n")
+            self.bar_open = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def _bar(self, step: int, steps: int, loss: str, tokens_per_s: str, eta: str) -> None:
+        done = _BAR * step // max(steps, 1)
+        line = f"  training  [{'#' * done}{'.' * (_BAR - done)}] step {step}/{steps}  loss {loss}  {tokens_per_s} tok/s  eta {eta}s"
+        if self.tty:  # one line redrawn in place
+            self.out.write("\r" + line)
+            self.out.flush()
+            self.bar_open = step < steps
+            if not self.bar_open:
+                self.out.write("\n")
+        elif step == steps or step % max(steps // 4, 1) == 0:  # a log file or a pipe: a few lines
+            self._write(line)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        meta = getattr(record, "dagster_meta", None) or {}
+        event = meta.get("dagster_event")
+        step = meta.get("step_key") or ""
+        if event is None:
+            match = TRAINER_PROGRESS.match(meta.get("orig_message", ""))
+            if match:
+                self._bar(int(match[1]), int(match[2]), match[3], match[4], match[5])
+            elif record.levelno >= logging.WARNING:
+                self._write(f"  {step}: {meta.get('orig_message', record.getMessage())}")
+            return
+        kind = event.event_type_value
+        if kind == "ASSET_CHECK_EVALUATION":
+            data = event.event_specific_data
+            self.checks.add(step)
+            self._write(f"  check {data.check_name:<34} {'passed' if data.passed else 'FAILED'}: {data.description}")
+        elif step in self.checks:
+            return
+        elif kind == "STEP_SUCCESS":
+            self._write(f"  {step:<20} done in {event.event_specific_data.duration_ms / 1000:6.1f}s")
+        elif kind == "STEP_FAILURE":
+            self._write(f"  {step:<20} FAILED: {event.event_specific_data.error.message.strip()}")
+
+
+def demo_logger(log_path: str) -> dg.LoggerDefinition:
+    """Stage lines on stdout; the full event log in `log_path`."""
+
+    @dg.logger(description="make demo: one line per stage, a training progress bar; everything to a file")
+    def demo_console(_init_context):
+        logger = logging.Logger("llm_pipeline.demo", level=logging.DEBUG)
+        logger.addHandler(StageLines())
+        everything = logging.FileHandler(log_path)
+        everything.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(everything)
+        return logger
+
+    return demo_console
