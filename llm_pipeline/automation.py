@@ -18,7 +18,7 @@ import dagster as dg
 from llm_pipeline.assets.partitions import batch_keys, corpus_batches
 from llm_pipeline.corpus.batches import batch_key, write_batch
 from llm_pipeline.corpus.sources import CorpusSourceError, list_sources
-from llm_pipeline.resources import AutomationSettings, StorageResource
+from llm_pipeline.resources import AutomationSettings, StorageResource, latest_materialization
 
 DATA_ASSETS = ["raw_corpus", "tokenizer", "tokenized_shards"]
 TRAINING_ASSETS = ["trained_checkpoint", "eval_metrics", "published_model"]
@@ -92,9 +92,8 @@ def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResou
 
 
 def _latest(instance: dg.DagsterInstance, asset: str, partition: str | None = None):
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1).records
-    return records[0].asset_materialization if records else None
+    record = latest_materialization(instance, dg.AssetKey(asset), partition)
+    return record.asset_materialization if record else None
 
 
 def _metadata_value(materialization, name: str):

@@ -113,8 +113,14 @@ def _producing_run(context: dg.InputContext) -> str | None:
         return None
 
 
-def latest_run(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> str | None:
+def latest_materialization(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None = None):
+    """The newest materialization record of the asset (partition), or None."""
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition] if partition else None), limit=1
     ).records
-    return records[0].run_id if records else None
+    return records[0] if records else None
+
+
+def latest_run(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> str | None:
+    record = latest_materialization(instance, asset_key, partition)
+    return record.run_id if record else None
