@@ -42,7 +42,7 @@ import numpy as np
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.corpus.filters import FilterConfig, printable_fraction
 from llm_pipeline.corpus.near_dedup import NearDuplicateIndex, band_keys, document_signatures
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 
 CORES = os.cpu_count() or 1
 FILTERS = FilterConfig()

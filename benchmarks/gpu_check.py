@@ -17,14 +17,13 @@ import sys
 import tempfile
 import time
 
-import torch
-
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus, iter_documents
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
+from llm_pipeline.train.hardware import on_gpu
 from llm_pipeline.train.launch import launch_command, launch_env
 from llm_pipeline.train.model import preset_config
 
@@ -38,7 +37,7 @@ def main() -> int:
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=1024)
     args = p.parse_args()
-    if not args.smoke and not torch.cuda.is_available():
+    if not args.smoke and not on_gpu():
         print("no CUDA GPU here: run this on a GPU machine, or with --smoke to test the script on the CPU", file=sys.stderr)
         return 2
     preset, dtype, seq_len, steps = ("tiny", "fp32", 128, args.steps or 4) if args.smoke else ("125m", "bf16", args.seq_len, args.steps or 120)
@@ -56,7 +55,7 @@ def main() -> int:
                           seq_len=seq_len, micro_batch=args.micro_batch, steps=steps, warmup_steps=min(10, steps), lr=6e-4,
                           zero_stage=2, dtype=dtype, checkpoint_every=10**6, log_every=max(1, steps // 6))
         run.write_bytes("train_config.json", cfg.to_json().encode())
-        launch = LaunchConfig("deepspeed" if not args.smoke else "none", nproc=1)
+        launch = LaunchConfig(launcher="deepspeed" if not args.smoke else "none", nproc=1)
         proc = subprocess.run(launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         progress = [line for line in proc.stdout.splitlines() if line.startswith(("training ", "step ", "finished"))]

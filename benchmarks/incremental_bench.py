@@ -23,7 +23,7 @@ import time
 
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus, default_corpus_uri, iter_documents
 from llm_pipeline.corpus.sources import list_sources
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards

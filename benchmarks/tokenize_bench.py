@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from llm_pipeline.corpus.build import DOCUMENT_SCHEMA, CorpusConfig, build_corpus, iter_documents
 from llm_pipeline.corpus.filters import FilterConfig, document_id
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import load_tokenizer, tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder, tiktoken_encoding
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
@@ -160,7 +160,7 @@ def main() -> int:
         print(f"ratio (a)/(b) = {sb / sa:.2f}x   (target >= 4)")
         print(f"ratio (a)/(c) = {sc / sa:.2f}x   (target >= 0.8)")
 
-        from llm_pipeline.tokenize.shards import load_split_tokens
+        from llm_pipeline.train.data import load_split_tokens
 
         train_tokens, _ = load_split_tokens(root.child("shards"), "train")
         loader_rate, train_rate = loader_vs_trainer(train_tokens)

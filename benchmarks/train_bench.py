@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus, iter_documents
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
@@ -35,7 +35,7 @@ def ours(root: Storage, shards: Storage, vocab: int, args, stage: int, nproc: in
     cfg = TrainConfig(shards_uris=(shards.uri,), run_uri=run.uri, model=preset_config(args.preset, vocab), steps=args.steps,
                       zero_stage=stage, dtype="fp32", checkpoint_every=20, log_every=10, micro_batch=16, seq_len=128)
     run.write_bytes("train_config.json", cfg.to_json().encode())
-    launch = LaunchConfig("deepspeed" if nproc > 1 else "none", nproc)
+    launch = LaunchConfig(launcher="deepspeed" if nproc > 1 else "none", nproc=nproc)
     env = {**os.environ, **launch_env(launch)}
     subprocess.run(launch_command(launch, run.full("train_config.json")), env=env, check=True, capture_output=True)
     return run.child("final").read_json("summary.json")["tokens_per_s"]

@@ -29,18 +29,27 @@ ASSETS = [raw_corpus, tokenizer, tokenized_shards, trained_checkpoint, eval_metr
 CHECKS = [eval_loss_within_threshold, eval_perplexity_within_threshold, no_regression_vs_published]
 
 
+def _setting(name: str, default, as_int: bool = False):
+    """A resource value from LLM_PIPELINE_<name> (as dg.EnvVar: read when a run starts, shown as the
+    variable in the UI, never as its value), else the default a newcomer gets."""
+    variable = f"LLM_PIPELINE_{name}"
+    if not os.environ.get(variable):
+        return default
+    return dg.EnvVar.int(variable) if as_int else dg.EnvVar(variable)
+
+
 def make_resources(root_uri: str | None = None) -> dict:
     storage = StorageResource(
-        root_uri=root_uri or default_storage_root(),
-        s3_endpoint_url=os.environ.get("LLM_PIPELINE_S3_ENDPOINT_URL") or None,
+        root_uri=root_uri or _setting("STORAGE_ROOT", default_storage_root()),
+        s3_endpoint_url=_setting("S3_ENDPOINT_URL", None),
     )
     return {
         "storage": storage,
         "io_manager": JsonIOManager(storage=storage),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
         "automation": AutomationSettings(
-            landing_uri=os.environ.get("LLM_PIPELINE_LANDING_URI", ""),
-            retrain_min_new_tokens=int(os.environ.get("LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS") or 1),
+            landing_uri=_setting("LANDING_URI", ""),
+            retrain_min_new_tokens=_setting("RETRAIN_MIN_NEW_TOKENS", 1, as_int=True),
         ),
     }
 

@@ -8,6 +8,7 @@ Runs go to the Dagster instance in DAGSTER_HOME, so they show up in `dagster dev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -20,6 +21,32 @@ from llm_pipeline.automation import pipeline_job
 from llm_pipeline.corpus.batches import BUILTIN_BATCH
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
 from llm_pipeline.demo_console import demo_logger
+
+
+@contextlib.contextmanager
+def _process_output_to(log_file: str):
+    """While the job runs, whatever writes to this process's stdout and stderr (the DeepSpeed launcher
+    and the trainer's ranks, which inherit them; library warnings) goes to the log file. Yields the
+    terminal, where the stage lines go."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    console = os.fdopen(os.dup(1), "w", buffering=1)
+    try:
+        with open(log_file, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                yield console
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+        console.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,16 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     run_config = {"ops": {"trained_checkpoint": {"config": {"steps": args.steps}}}} if args.steps else {}
     run_config["loggers"] = {"demo": {}}  # instead of Dagster's console logger
     resources = make_resources(args.storage_root)
-    defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[pipeline_job], resources=resources,
-                          loggers={"demo": demo_logger(log_file)})
     print(f"llm-pipeline demo: the built-in corpus batch '{BUILTIN_BATCH}' through the whole graph "
-          f"(full event log: {log_file}, and the run in `make dev`)")
+          f"(full log: {log_file}, and the run in `make dev`)")
     start = time.time()
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(corpus_batches.name, BUILTIN_BATCH):
         instance.add_dynamic_partitions(corpus_batches.name, [BUILTIN_BATCH])
-    result = defs.resolve_job_def(pipeline_job.name).execute_in_process(
-        run_config=run_config, instance=instance, partition_key=BUILTIN_BATCH, raise_on_error=False)
+    with _process_output_to(log_file) as console:
+        defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[pipeline_job], resources=resources,
+                              loggers={"demo": demo_logger(log_file, console)})
+        result = defs.resolve_job_def(pipeline_job.name).execute_in_process(
+            run_config=run_config, instance=instance, partition_key=BUILTIN_BATCH, raise_on_error=False)
     elapsed = time.time() - start
     if not result.success:
         print(f"\nllm-pipeline demo FAILED after {elapsed:.0f}s (run {result.run_id}); see {log_file} or the run in the UI.")

@@ -66,13 +66,13 @@ class StageLines(logging.Handler):
             self._write(f"  {step:<20} FAILED: {event.event_specific_data.error.message.strip()}")
 
 
-def demo_logger(log_path: str) -> dg.LoggerDefinition:
-    """Stage lines on stdout; the full event log in `log_path`."""
+def demo_logger(log_path: str, console=None) -> dg.LoggerDefinition:
+    """Stage lines on `console` (default stdout); the full event log in `log_path`."""
 
     @dg.logger(description="make demo: one line per stage, a training progress bar; everything to a file")
     def demo_console(_init_context):
         logger = logging.Logger("llm_pipeline.demo", level=logging.DEBUG)
-        logger.addHandler(StageLines())
+        logger.addHandler(StageLines(console))
         everything = logging.FileHandler(log_path)
         everything.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(everything)

@@ -1,8 +1,8 @@
-"""One rule for every float setting: it must be a finite number (NaN and infinities are refused by name)."""
+"""Run configuration from the launchpad: its floats must be finite numbers (NaN and infinities refused by name).
+Library configs get the same rule from `Settings` (allow_inf_nan=False)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 
@@ -13,7 +13,3 @@ def check_finite(values: dict, where: str = "") -> None:
             prefix = f"{where}: " if where else ""
             raise ValueError(f"{prefix}{name} must be a finite number, got {value}")
 
-
-def check_finite_fields(config) -> None:
-    """The rule over a dataclass's fields; each config dataclass calls it first in __post_init__."""
-    check_finite({f.name: getattr(config, f.name) for f in dataclasses.fields(config)})

@@ -8,17 +8,17 @@ import os
 from typing import Optional
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.names import check_name
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def default_storage_root() -> str:
-    """LLM_PIPELINE_STORAGE_ROOT, else `.storage/` in the repo (git-ignored)."""
-    return os.environ.get("LLM_PIPELINE_STORAGE_ROOT") or os.path.join(REPO_ROOT, ".storage")
+    """`.storage/` in the repo (git-ignored), where LLM_PIPELINE_STORAGE_ROOT is not set."""
+    return os.path.join(REPO_ROOT, ".storage")
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -44,8 +44,12 @@ class StorageResource(dg.ConfigurableResource):
         return self.root().child(stage, *([partition] if partition else []), run_id)
 
     def process_env(self) -> dict[str, str]:
-        """Environment that lets a child process (the trainer) reach the same storage."""
-        return {"AWS_ENDPOINT_URL": self.s3_endpoint_url} if self.s3_endpoint_url else {}
+        """The one channel that hands these storage options to a child process (the trainer): fsspec's
+        own FSSPEC_<PROTOCOL> variable, which it applies to every filesystem of that protocol the
+        process opens, the training config's own URI included. Credentials stay in the environment."""
+        protocol = self.root_uri.split("://", 1)[0] if "://" in self.root_uri else ""
+        options = self.storage_options()
+        return {f"FSSPEC_{protocol.upper()}": json.dumps(options)} if protocol and options else {}
 
 
 class AutomationSettings(dg.ConfigurableResource):
@@ -53,7 +57,16 @@ class AutomationSettings(dg.ConfigurableResource):
     LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS)."""
 
     landing_uri: str = Field(default="", description="folder watched for new corpus files; empty: <storage root>/landing")
-    retrain_min_new_tokens: int = Field(default=1, ge=1, description="retrain once this many new training tokens have been tokenized")
+    retrain_min_new_tokens: int = Field(default=1, description="retrain once this many new training tokens have been tokenized (>= 1)")
+
+    @field_validator("retrain_min_new_tokens", mode="before")
+    @classmethod
+    def _at_least_one(cls, value):
+        # Not a pydantic bound: an environment variable (dg.EnvVar.int) is a placeholder here, and
+        # is checked once Dagster resolves it, when a sensor tick or a run starts.
+        if type(value) is int and value < 1:
+            raise ValueError(f"retrain_min_new_tokens must be >= 1, got {value}")
+        return value
 
 
 class JsonIOManager(dg.ConfigurableIOManager):
@@ -70,8 +83,7 @@ class JsonIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         partition = context.asset_partition_key if context.has_asset_partitions else None
-        value_folder(self.storage, context.asset_key, partition).write_bytes(f"{context.run_id}.json",
-                                                               json.dumps(obj, indent=2, sort_keys=True).encode())
+        value_folder(self.storage, context.asset_key, partition).write_json(f"{context.run_id}.json", obj)
 
     def load_input(self, context: dg.InputContext):
         asset_key = context.upstream_output.asset_key

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import train_bpe
 
 # Small, real Python source documents (from this repo's interpreter) for fast tests.

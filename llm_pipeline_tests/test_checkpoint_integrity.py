@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.checkpoints import CRASH_ENV, MARKER, CheckpointStore
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import launch_command, launch_env

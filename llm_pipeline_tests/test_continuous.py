@@ -12,7 +12,7 @@ import pytest
 from llm_pipeline.assets.partitions import corpus_batches
 from llm_pipeline.automation import new_corpus_sensor, retraining_sensor
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline_tests.conftest import SAMPLE_FILES, _STDLIB
 from llm_pipeline_tests.helpers import batch_instance
 

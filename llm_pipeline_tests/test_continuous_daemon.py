@@ -6,6 +6,7 @@ on the S3 API server. Nothing is switched on by hand."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -40,24 +41,36 @@ class Dagster:
         env.update(DAGSTER_HOME=home, **extra_env)
         self.port = free_port()
         self.log = open(os.path.join(home, "dagster-test.log"), "wb")
-        self.procs = [
-            subprocess.Popen([os.path.join(BIN, "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
-                             cwd=home, env=env, stdout=self.log, stderr=subprocess.STDOUT),
-            subprocess.Popen([os.path.join(BIN, "dagster-daemon"), "run", "-w", "workspace.yaml"],
-                             cwd=home, env=env, stdout=self.log, stderr=subprocess.STDOUT),
-        ]
-        wait_for_port(self.port, self.procs[0], timeout=120)
+        # Each in a process group of its own, with every run, step and trainer process it starts: stop()
+        # ends them all, so no run outlives its test and slows the next one. The webserver first: the
+        # two processes creating a fresh instance's tables at once race ("table ... already exists"),
+        # and the loser exits.
+        start = dict(cwd=home, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs = [subprocess.Popen([os.path.join(BIN, "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
+                                        "-p", str(self.port)], **start)]
+        try:
+            wait_for_port(self.port, self.procs[0], timeout=120)
+        except BaseException:
+            self.stop()
+            raise
+        self.procs.append(subprocess.Popen([os.path.join(BIN, "dagster-daemon"), "run", "-w", "workspace.yaml"], **start))
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         for p in self.procs:
-            p.terminate()
+            _signal_group(p, signal.SIGTERM)
         for p in self.procs:
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                p.kill()
+                pass
+            _signal_group(p, signal.SIGKILL)  # what outlived its parent: run workers, trainer ranks
         self.log.close()
+
+    def in_progress_runs(self) -> list[str]:
+        data = self.query('{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) '
+                          '{ ... on Runs { results { runId } } } }')
+        return [r["runId"] for r in data["runsOrError"]["results"]]
 
     def query(self, query: str) -> dict:
         body = requests.post(f"{self.url}/graphql", json={"query": query}, timeout=60).json()
@@ -92,6 +105,8 @@ class Dagster:
     def wait_for(self, what: str, condition, timeout: float):
         deadline = time.time() + timeout
         while time.time() < deadline:
+            exited = [p.args[0] for p in self.procs if p.poll() is not None]
+            assert not exited, f"{', '.join(map(os.path.basename, exited))} exited while waiting for {what}; see {self.log.name}"
             value = condition()
             if value:
                 return value
@@ -99,6 +114,13 @@ class Dagster:
             assert not failed, f"runs failed while waiting for {what}: {failed}; see {self.log.name}"
             time.sleep(3)
         raise TimeoutError(f"waited {timeout:.0f}s for {what}; see {self.log.name}")
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _entry_value(entry: dict):
@@ -169,6 +191,10 @@ def test_files_dropped_in_the_default_landing_folder_become_a_model(newcomer, tm
     assert sorted(record2["files"]) == sorted([f"delivery-2/{os.path.basename(p)}" for p in _stdlib_files(25, skip=40)]
                                               + ["delivery-2/repeated.py", "delivery-2/notes.jsonl"])
 
+    # The training run goes on to evaluate and publish (the checks pass on the default settings).
+    dagster.wait_for("the training runs to publish", lambda: not dagster.in_progress_runs()
+                     and dagster.materializations("published_model"), timeout=300)
+
     # Each batch cleaned and tokenized once; the repeated document dropped as a duplicate of batch 1.
     corpus, shards = _batches_of(dagster, "raw_corpus"), _batches_of(dagster, "tokenized_shards")
     assert {b: len(m) for b, m in corpus.items()} == {batch1: 1, batch2: 1}
@@ -202,7 +228,8 @@ def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
     try:
         for path in _stdlib_files(20):
             fs.put_file(path, f"{bucket}/landing/d1/{os.path.basename(path)}")
-        dagster.wait_for("batch 1 tokenized", lambda: dagster.materializations("tokenized_shards"), timeout=300)
+        # Startup, two sensor ticks and three runs (each a fresh process importing torch and dagster).
+        dagster.wait_for("batch 1 tokenized", lambda: dagster.materializations("tokenized_shards"), timeout=600)
         for path in _stdlib_files(10, skip=20):
             fs.put_file(path, f"{bucket}/landing/d2/{os.path.basename(path)}")
         fs.put_file(_stdlib_files(1)[0], f"{bucket}/landing/d2/repeated.py")

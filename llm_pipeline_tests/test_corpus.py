@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, build_corpus, iter_documents
 from llm_pipeline.corpus.filters import FilterConfig, document_id
 from llm_pipeline.corpus.near_dedup import NearDuplicateIndex, band_keys, document_signatures
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline_tests.conftest import SAMPLE_FILES
 
 COMPRESS = {"": lambda b: b, ".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
@@ -302,7 +302,7 @@ def test_a_200mb_single_line_file_is_quarantined_in_bounded_memory(tmp_path, sam
     script = (
         "import json, sys\n"
         "from llm_pipeline.corpus.build import CorpusConfig, build_corpus\n"
-        "from llm_pipeline.storage import Storage\n"
+        "from llm_pipeline.storage.folders import Storage\n"
         f"m = build_corpus(CorpusConfig(source_uri={str(src)!r}, glob='*', workers=1), Storage({str(tmp_path / 'out')!r}))\n"
         "rss = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
         "print(json.dumps({'documents': m['documents'], 'dropped': m['dropped'], 'peak_kb': int(rss)}))\n"

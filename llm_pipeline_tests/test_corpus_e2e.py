@@ -15,7 +15,7 @@ from llm_pipeline.assets.corpus import raw_corpus
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus, iter_documents
 from llm_pipeline.definitions import make_resources
 from llm_pipeline.resources import REPO_ROOT
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline_tests.helpers import batch_instance
 
 pytestmark = pytest.mark.e2e

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm_pipeline.train.data import TokenWindows, eval_windows
+from llm_pipeline.evaluate.metrics import eval_windows
+from llm_pipeline.train.data import TokenWindows
 
 TOKENS = np.arange(10_000, dtype=np.uint16) % 997
 

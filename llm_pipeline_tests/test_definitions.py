@@ -18,6 +18,26 @@ def test_definitions_load():
     assert defs.resolve_job_def("llm_pipeline_job") is not None
 
 
+def test_every_setting_from_the_environment_loads_and_is_checked_when_resolved(tmp_path, monkeypatch):
+    """The LLM_PIPELINE_* variables reach the resources as dg.EnvVar: the definitions load whatever they
+    hold (the S3 daemon test sets all four), and a value is checked once Dagster resolves it."""
+    from llm_pipeline.automation import retraining_sensor
+
+    monkeypatch.setenv("LLM_PIPELINE_STORAGE_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("LLM_PIPELINE_LANDING_URI", str(tmp_path / "landing"))
+    monkeypatch.setenv("LLM_PIPELINE_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS", "1000")
+    resources = make_resources()
+    dg.Definitions.validate_loadable(dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=resources))
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources={k: resources[k] for k in ("storage", "automation")})
+        assert "no new complete files under " + str(tmp_path / "landing") in new_corpus_sensor(ctx).skip_reason.skip_message
+        monkeypatch.setenv("LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS", "0")
+        with pytest.raises(dg.DagsterResourceFunctionError) as err:
+            retraining_sensor(dg.build_sensor_context(instance=instance, resources={"automation": resources["automation"]}))
+        assert "retrain_min_new_tokens must be >= 1, got 0" in str(err.value.__cause__)
+
+
 def test_retraining_schedule_requests_a_training_run_and_starts_stopped():
     context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc))
     result = retraining_schedule.evaluate_tick(context)

@@ -11,8 +11,8 @@ from llm_pipeline.demo_console import TRAINER_PROGRESS
 from llm_pipeline_tests.helpers import batch_instance
 from llm_pipeline.evaluate.metrics import load_trained_model
 from llm_pipeline.publish.verify import verify
-from llm_pipeline.storage import Storage
-from llm_pipeline.tokenize.shards import load_split_tokens
+from llm_pipeline.storage.folders import Storage
+from llm_pipeline.train.data import load_split_tokens
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from safetensors.torch import load
 
 from llm_pipeline.definitions import ASSETS, CHECKS
 from llm_pipeline.resources import JsonIOManager, StorageResource
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.checkpoints import STAGING_ENV, CheckpointStore
 from llm_pipeline.train.config import TrainConfig
 from llm_pipeline.train.launch import free_port

@@ -4,7 +4,8 @@ import torch
 from safetensors.torch import save_file
 
 from llm_pipeline.evaluate.metrics import EvalConfig, evaluate, evaluate_published, split_documents
-from llm_pipeline.publish.export import publish, resolve_version
+from llm_pipeline.publish.export import publish
+from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.tokenize.bpe import train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.train.model import CausalLM, ModelConfig

@@ -14,14 +14,15 @@ from hypothesis import strategies as st
 from llm_pipeline.assets.configs import STAGE_CONFIGS, validate_run_config
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.evaluate.metrics import EvalConfig, load_trained_model
-from llm_pipeline.publish.export import resolve_version
+from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
-from llm_pipeline.storage import Storage, StorageError
+from llm_pipeline.storage.folders import Storage, StorageError
 from llm_pipeline.storage.names import check_name
 from llm_pipeline_tests.helpers import batch_instance
 from llm_pipeline.tokenize.bpe import id_space, load_tokenizer, tokenizer_hash
 from llm_pipeline.tokenize.encoder import DocumentEncoder
-from llm_pipeline.tokenize.shards import ShardConfig, ShardError, load_split_tokens, read_manifest, write_shards
+from llm_pipeline.tokenize.shards import ShardConfig, write_shards
+from llm_pipeline.train.data import ShardError, load_split_tokens, read_shard_manifest
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.model import ModelConfig
 from llm_pipeline_tests.helpers import make_shards
@@ -161,10 +162,10 @@ def test_broken_shard_manifests_name_the_file(tmp_path, small_tokenizer, sample_
     _, shards, _ = make_shards(tmp_path, Storage(str(tmp_path / "root")), small_tokenizer, sample_texts)
     shards.write_bytes("manifest.json", b"{not json")
     with pytest.raises(ShardError, match=r"/shards/manifest.json is not valid JSON"):
-        read_manifest(shards)
+        read_shard_manifest(shards)
     shards.write_bytes("manifest.json", b'{"shards": []}')
     with pytest.raises(ShardError, match=r"/shards/manifest.json lacks tokenizer_sha256, vocab_size, dtype, splits"):
-        read_manifest(shards)
+        read_shard_manifest(shards)
 
 
 def test_broken_final_weights_and_config_name_the_path(tmp_path):

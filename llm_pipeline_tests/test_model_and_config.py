@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from llm_pipeline.train.config import LaunchConfig, TrainConfig, resolve_dtype
+from llm_pipeline.train.config import LaunchConfig, TrainConfig
+from llm_pipeline.train.hardware import resolve_dtype
 from llm_pipeline.train.launch import launch_command
 from llm_pipeline.train.model import CausalLM, ModelConfig
 from llm_pipeline.train.trainer import lr_lambda
@@ -14,7 +15,7 @@ TINY = ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=4, ffn_hidden
 def test_logits_match_transformers_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llm_pipeline.publish.export import hf_config
+    from llm_pipeline.train.hf_config import hf_config
 
     torch.manual_seed(0)
     ours = CausalLM(TINY).eval()
@@ -122,23 +123,23 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 
 
 def test_launch_commands():
-    ds = launch_command(LaunchConfig("deepspeed", 2, master_port=29500), "c.json")
+    ds = launch_command(LaunchConfig(launcher="deepspeed", nproc=2, master_port=29500), "c.json")
     assert ds[1:] == ["-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29500", "--module",
                       "llm_pipeline.train.trainer", "--config", "c.json"]
-    tr = launch_command(LaunchConfig("torchrun", 2, master_port=29500), "c.json")
+    tr = launch_command(LaunchConfig(launcher="torchrun", nproc=2, master_port=29500), "c.json")
     assert tr[1:3] == ["-m", "torch.distributed.run"] and tr[-3:] == ["llm_pipeline.train.trainer", "--config", "c.json"]
     with pytest.raises(ValueError, match="nproc and nnodes must be 1"):
-        LaunchConfig("none", 2)
+        LaunchConfig(launcher="none", nproc=2)
 
 
 def test_multi_node_launch_commands():
-    node1 = LaunchConfig("deepspeed", 4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500, hostfile="hosts")
+    node1 = LaunchConfig(launcher="deepspeed", nproc=4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500, hostfile="hosts")
     ds = launch_command(node1, "c.json")
     assert ds[3:17] == ["--hostfile", "hosts", "--num_nodes", "2", "--num_gpus", "4", "--master_addr", "10.0.0.1",
                         "--no_ssh", "--node_rank", "1", "--master_port", "29500", "--module"]
-    head = LaunchConfig("deepspeed", 4, nnodes=2, master_addr="10.0.0.1", master_port=29500, hostfile="hosts", ssh=True)
+    head = LaunchConfig(launcher="deepspeed", nproc=4, nnodes=2, master_addr="10.0.0.1", master_port=29500, hostfile="hosts", ssh=True)
     assert "--no_ssh" not in launch_command(head, "c.json")
-    tr = launch_command(LaunchConfig("torchrun", 4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500), "c.json")
+    tr = launch_command(LaunchConfig(launcher="torchrun", nproc=4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500), "c.json")
     assert tr[3:15] == ["--nnodes", "2", "--node_rank", "1", "--nproc_per_node", "4", "--master_addr", "10.0.0.1",
                         "--master_port", "29500", "-m", "llm_pipeline.train.trainer"]
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from llm_pipeline.publish.export import LATEST, publish, resolve_version
+from llm_pipeline.publish.export import publish
+from llm_pipeline.publish.registry import LATEST, resolve_version
 from llm_pipeline.publish.generate import generate
 from llm_pipeline.publish.verify import main as verify_main
 from llm_pipeline.publish.verify import verify

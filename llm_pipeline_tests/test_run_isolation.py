@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 import pytest
 
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline_tests import jobs
 from llm_pipeline_tests.helpers import batch_instance
 

@@ -3,9 +3,10 @@ import hashlib
 import pyarrow.parquet as pq
 import pytest
 
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import tokenizer_hash
-from llm_pipeline.tokenize.shards import ShardConfig, ShardError, load_split_tokens, split_of
+from llm_pipeline.tokenize.shards import ShardConfig, split_of
+from llm_pipeline.train.data import ShardError, load_split_tokens
 from llm_pipeline_tests.helpers import make_shards
 
 
@@ -103,7 +104,7 @@ def test_a_batch_may_have_an_empty_split_but_reading_nothing_is_an_error(tmp_pat
 
 def test_shard_sets_with_mixed_tokenizers_are_refused_by_name(tmp_path, storage, small_tokenizer, sample_texts):
     from llm_pipeline.tokenize.bpe import train_bpe
-    from llm_pipeline.tokenize.shards import load_tokens
+    from llm_pipeline.train.data import load_tokens
 
     _, first, _ = make_shards(tmp_path / "a", storage.child("a"), small_tokenizer, sample_texts[:6])
     other = train_bpe(iter(sample_texts[6:]), 300)

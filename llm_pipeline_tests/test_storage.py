@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 
 
 def test_child_uris_and_local_roundtrip(tmp_path):

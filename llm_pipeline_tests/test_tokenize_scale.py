@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus, iter_documents
-from llm_pipeline.storage import Storage
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder, choose_encoder
-from llm_pipeline.tokenize.shards import ShardConfig, load_split_tokens, write_shards
+from llm_pipeline.tokenize.shards import ShardConfig, write_shards
+from llm_pipeline.train.data import load_split_tokens
 from llm_pipeline_tests.helpers import make_shards
 
 

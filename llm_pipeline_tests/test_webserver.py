@@ -60,8 +60,9 @@ def test_ui_serves_the_graph_with_lineage(webserver):
     deps = {k: sorted("/".join(d["path"]) for d in v["dependencyKeys"]) for k, v in nodes.items()}
     assert deps["tokenizer"] == ["raw_corpus"]
     assert deps["trained_checkpoint"] == ["tokenized_shards", "tokenizer"]
-    assert "trained_checkpoint" in deps["eval_metrics"]
-    assert "eval_metrics" in deps["published_model"]
+    assert deps["tokenized_shards"] == ["raw_corpus", "tokenizer"]
+    assert deps["eval_metrics"] == ["trained_checkpoint"]  # the graph reads as the chain
+    assert deps["published_model"] == ["eval_metrics"]
     assert nodes["eval_metrics"]["hasAssetChecks"]
 
 

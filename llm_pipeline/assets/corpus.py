@@ -1,4 +1,3 @@
-import dataclasses
 import time
 
 import dagster as dg
@@ -7,8 +6,9 @@ from llm_pipeline.assets.configs import RawCorpusConfig, validate_run_config
 from llm_pipeline.assets.metadata import table
 from llm_pipeline.assets.partitions import batch_keys, corpus_batches, partition_values
 from llm_pipeline.corpus.batches import BUILTIN_BATCH, read_batch
-from llm_pipeline.corpus.build import MANIFEST, CorpusConfig, CorpusSourceError, Progress, build_corpus
+from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, Progress, build_corpus
 from llm_pipeline.resources import StorageResource
+from llm_pipeline.storage.manifests import MANIFEST
 
 _LOG_EVERY_S = 15.0
 
@@ -31,8 +31,7 @@ def _batch_config(config: RawCorpusConfig, storage: StorageResource, batch: str)
         record = read_batch(storage.root(), batch)
     except (OSError, ValueError) as e:
         raise dg.Failure(description=f"raw_corpus: {e}") from None
-    return dataclasses.replace(cfg, source_uri=record["source_uri"], glob="**/*", exclude=(), files=tuple(record["files"]),
-                               max_bytes=None)
+    return cfg.replaced(source_uri=record["source_uri"], glob="**/*", exclude=(), files=tuple(record["files"]), max_bytes=None)
 
 
 @dg.asset(

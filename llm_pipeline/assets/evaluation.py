@@ -5,11 +5,11 @@ import dagster as dg
 from llm_pipeline.assets.configs import EvalMetricsConfig, validate_run_config
 from llm_pipeline.assets.metadata import significant
 from llm_pipeline.evaluate.metrics import evaluate, evaluate_published
-from llm_pipeline.publish.export import resolve_version
+from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
-from llm_pipeline.tokenize.shards import load_tokens
+from llm_pipeline.train.data import load_tokens
 
 _ERROR = dg.AssetCheckSeverity.ERROR
 
@@ -40,15 +40,16 @@ def eval_metrics(
     config: EvalMetricsConfig,
     storage: StorageResource,
     trained_checkpoint: dict,
-    tokenizer: dict,
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
+    tokenizer = trained_checkpoint["tokenizer"]
     # The held-out split of exactly the batches the model was trained on.
     val_tokens, _ = load_tokens([storage.at(d["uri"]) for d in trained_checkpoint["data"]], "val", tokenizer["sha256"])
     tok_json = tokenizer_json(storage, tokenizer)
     metrics = evaluate(storage.at(trained_checkpoint["final_uri"]), val_tokens, tok_json, tokenizer["eos_id"], config.to_library())
     metrics["uniform_loss"] = math.log(tokenizer["vocab_size"])
     metrics["checkpoint"] = trained_checkpoint["checkpoint"]
+    metrics["trained_checkpoint"] = trained_checkpoint  # what published_model publishes
     metrics["gates"] = {
         "max_loss": config.loss_threshold(tokenizer["vocab_size"]),
         "max_perplexity": config.max_perplexity,

@@ -17,10 +17,12 @@ def published_model(
     config: PublishedModelConfig,
     storage: StorageResource,
     eval_metrics: dict,
-    trained_checkpoint: dict,
-    tokenizer: dict,
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
+    # The checkpoint these numbers are about, and its tokenizer, travel in the value: the model
+    # published is always the one evaluated.
+    trained_checkpoint = eval_metrics["trained_checkpoint"]
+    tokenizer = trained_checkpoint["tokenizer"]
     registry = storage.root().child("registry")
     data = trained_checkpoint["data"]
     lineage = {

@@ -6,7 +6,8 @@ from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.tokenize.bpe import load_tokenizer
 from llm_pipeline.tokenize.encoder import DocumentEncoder
-from llm_pipeline.tokenize.shards import MANIFEST, write_shards
+from llm_pipeline.storage.manifests import MANIFEST
+from llm_pipeline.tokenize.shards import write_shards
 
 
 @dg.asset(

@@ -4,7 +4,7 @@ from llm_pipeline.assets.configs import TokenizerConfig, validate_run_config
 from llm_pipeline.assets.partitions import partition_values
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.resources import StorageResource
-from llm_pipeline.storage import Storage, open_uri
+from llm_pipeline.storage.folders import Storage, open_uri
 from llm_pipeline.tokenize.bpe import EOS_TOKEN, id_space, load_tokenizer, tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import choose_encoder
 

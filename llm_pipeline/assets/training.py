@@ -1,5 +1,3 @@
-import dataclasses
-import hashlib
 import json
 
 import dagster as dg
@@ -8,16 +6,10 @@ from llm_pipeline.assets.configs import TrainedCheckpointConfig, validate_run_co
 from llm_pipeline.assets.partitions import partition_values
 from llm_pipeline.assets.metadata import significant
 from llm_pipeline.assets.plots import loss_curve_markdown
-from llm_pipeline.publish.export import resolve_version
+from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.train.launch import launch_command, launch_env, worker_command
-
-
-def _run_key(train_json: dict) -> str:
-    # The same shards and config map to the same run folder: re-materializing after a crash
-    # finds that run's checkpoints and resumes.
-    return hashlib.sha256(json.dumps(train_json, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _input_error(description: str) -> dg.Failure:
@@ -77,12 +69,9 @@ def trained_checkpoint(
     validate_run_config(context.run_config)
     data = training_data(context, config, storage, tokenizer)
     init_from = _initial_weights(config, storage)
-    probe = config.to_library(tuple(d["uri"] for d in data), "", tokenizer["vocab_size"], tokenizer["sha256"], init_from)
-    key_fields = json.loads(probe.to_json())
-    key_fields.pop("run_uri")
-    # Which batches (and which materialization of each: its shard folder) are part of the key.
-    run = storage.root().child("trained_checkpoint", _run_key({**key_fields, "batches": [d["batch"] for d in data]}))
-    train_cfg = dataclasses.replace(probe, run_uri=run.uri)
+    unplaced = config.to_library(tuple(d["uri"] for d in data), "", tokenizer["vocab_size"], tokenizer["sha256"], init_from)
+    run = storage.root().child("trained_checkpoint", unplaced.run_key())
+    train_cfg = unplaced.replaced(run_uri=run.uri)
     run.write_bytes("train_config.json", train_cfg.to_json().encode())
     final = run.child("final")
     final.remove("summary.json")  # only the marker this launch writes counts as success
@@ -118,6 +107,7 @@ def trained_checkpoint(
         "train_config": json.loads(train_cfg.to_json()),
         "data": data,
         "init_from": init_from,
+        "tokenizer": tokenizer,  # evaluation and publishing read it from here: the graph stays a chain
     }
     return dg.Output(
         value,

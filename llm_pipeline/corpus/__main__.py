@@ -12,27 +12,16 @@ import sys
 
 from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, Progress, build_corpus, summary
 from llm_pipeline.corpus.filters import FilterConfig
-from llm_pipeline.corpus.readers import FORMATS
-from llm_pipeline.storage import Storage
+from llm_pipeline.settings import add_options, given_options
+from llm_pipeline.storage.folders import Storage
 
 
 def _parser() -> argparse.ArgumentParser:
-    d, f = CorpusConfig(source_uri="-"), FilterConfig()
     p = argparse.ArgumentParser(prog="python -m llm_pipeline.corpus", description=__doc__.splitlines()[0])
     p.add_argument("source_uri", help="folder or file (fsspec URI), taken literally: no patterns")
     p.add_argument("--out", required=True, help="output folder URI: documents-*.parquet, quarantine-*.parquet, manifest.json")
-    p.add_argument("--glob", default=d.glob, help=f"files to read under the source (default {d.glob!r})")
-    p.add_argument("--exclude", action="append", default=None, help="relative path pattern to skip (repeatable)")
-    p.add_argument("--format", choices=FORMATS, default=d.format, help="auto: from each file's name")
-    p.add_argument("--text-field", default=d.text_field, help="JSON Lines field / Parquet column holding the text")
-    p.add_argument("--include-hidden", action="store_true", help="read hidden files and in-flight uploads too")
-    p.add_argument("--max-bytes", type=int, default=None, help="read at most this many stored bytes")
-    p.add_argument("--workers", type=int, default=d.workers, help="worker processes (0: one per core)")
-    p.add_argument("--min-chars", type=int, default=f.min_chars)
-    p.add_argument("--max-chars", type=int, default=f.max_chars)
-    p.add_argument("--min-printable-fraction", type=float, default=f.min_printable_fraction)
-    p.add_argument("--no-near-dedup", action="store_true", help="exact dedup only")
-    p.add_argument("--near-dedup-threshold", type=float, default=f.near_dedup_threshold)
+    add_options(p, CorpusConfig, skip=("source_uri", "files", "filters"))
+    add_options(p, FilterConfig)
     return p
 
 
@@ -60,14 +49,8 @@ class _Bar:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg = CorpusConfig(
-            source_uri=args.source_uri, glob=args.glob,
-            exclude=tuple(args.exclude) if args.exclude is not None else CorpusConfig.__dataclass_fields__["exclude"].default,
-            format=args.format, text_field=args.text_field, include_hidden=args.include_hidden,
-            max_bytes=args.max_bytes, workers=args.workers,
-            filters=FilterConfig(args.min_chars, args.max_chars, args.min_printable_fraction, not args.no_near_dedup,
-                                 args.near_dedup_threshold),
-        )
+        cfg = CorpusConfig(source_uri=args.source_uri, filters=FilterConfig(**given_options(args, FilterConfig.model_fields)),
+                           **given_options(args, set(CorpusConfig.model_fields) - {"source_uri"}))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

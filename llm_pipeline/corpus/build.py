@@ -12,7 +12,6 @@ Output is byte-identical whatever the number of workers: workers only spool, the
 from __future__ import annotations
 
 import bisect
-import hashlib
 import multiprocessing
 import os
 import queue
@@ -21,13 +20,13 @@ import sysconfig
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from llm_pipeline.corpus.clean import (
     QUARANTINE_SCHEMA,
@@ -40,15 +39,16 @@ from llm_pipeline.corpus.clean import (
 )
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE, NearDuplicateIndex, band_keys
-from llm_pipeline.corpus.readers import FORMATS, PREFIX_BYTES
+from llm_pipeline.corpus.readers import PREFIX_BYTES, Format
 from llm_pipeline.corpus.sources import CorpusSourceError, SourceListing, list_sources
-from llm_pipeline.finite import check_finite_fields
-from llm_pipeline.storage import Storage
+from llm_pipeline.settings import Settings
+from llm_pipeline.storage.folders import Storage
+from llm_pipeline.storage.manifests import read_manifest, write_manifest
+from llm_pipeline.storage.parquet_shards import ParquetShards, parquet_bytes, payload_bytes
 
 __all__ = ["CorpusConfig", "CorpusSourceError", "build_corpus", "iter_documents", "DOCUMENT_SCHEMA", "QUARANTINE_SCHEMA"]
 
 DOCUMENT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
-MANIFEST = "manifest.json"
 DEDUP_INDEX = "dedup_index.parquet"
 DUPLICATE_REASONS = frozenset({"exact_duplicate", "near_duplicate"})
 # The built-in corpus is capped so that the demo stays a demo; a given source is read whole by default.
@@ -62,43 +62,25 @@ def default_corpus_uri() -> str:
     return sysconfig.get_paths()["stdlib"]
 
 
-@dataclass(frozen=True)
-class CorpusConfig:
-    source_uri: str = field(default_factory=default_corpus_uri)
-    glob: str = "**/*.py"
-    # Relative-path patterns to skip. The default keeps the stdlib corpus the same on every
-    # machine: installed packages under site-packages differ from one to the next.
-    exclude: tuple[str, ...] = ("site-packages/*", "dist-packages/*")
-    format: str = "auto"
-    text_field: str = "text"
-    include_hidden: bool = False
+class CorpusConfig(Settings):
+    source_uri: str = Field(default_factory=default_corpus_uri, min_length=1,
+                            description="fsspec URI of a folder or file, taken literally (no patterns)")
+    glob: str = Field(default="**/*.py", description="which files under source_uri to read (the only pattern, with exclude)")
+    # The default keeps the stdlib corpus the same on every machine: installed packages under
+    # site-packages differ from one to the next.
+    exclude: tuple[str, ...] = Field(default=("site-packages/*", "dist-packages/*"), description="relative path patterns to skip")
+    format: Format = Field(default="auto", description="auto: from each file name (.jsonl/.json/.ndjson, .parquet, else text; .gz/.bz2/.xz/.zst decompressed)")
+    text_field: str = Field(default="text", min_length=1, description="the JSON Lines field or Parquet column holding the text")
+    include_hidden: bool = Field(default=False, description="read hidden files and in-flight uploads (*.tmp, *.part, ...) too")
     # A fixed set of files (relative to source_uri) instead of everything glob matches: a landed batch.
     files: tuple[str, ...] | None = None
-    # Stored bytes to read at most; None: BUILTIN_CORPUS_MAX_BYTES for the built-in corpus, else no cap.
-    max_bytes: int | None = None
-    shard_bytes: int = 64_000_000
-    row_group_rows: int = 1024
-    quarantine_content_bytes: int = 65_536
-    workers: int = 0  # 0: one per core (in-process for small inputs)
-    filters: FilterConfig = field(default_factory=FilterConfig)
-
-    def __post_init__(self):
-        check_finite_fields(self)
-        if not self.source_uri:
-            raise ValueError("source_uri is empty")
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if not self.text_field:
-            raise ValueError("text_field is empty")
-        if self.max_bytes is not None and self.max_bytes <= 0:
-            raise ValueError(f"max_bytes must be > 0 (or unset for no cap), got {self.max_bytes}")
-        for name in ("shard_bytes", "row_group_rows"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.quarantine_content_bytes < PREFIX_BYTES:
-            raise ValueError(f"quarantine_content_bytes must be >= {PREFIX_BYTES}, got {self.quarantine_content_bytes}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+    max_bytes: int | None = Field(default=None, gt=0, description="read at most this many stored bytes (files over the budget are skipped and listed); "
+                                  f"unset: {BUILTIN_CORPUS_MAX_BYTES // 10**6} MB for the built-in corpus, no cap for a given source")
+    shard_bytes: int = Field(default=64_000_000, gt=0, description="bytes of text per documents Parquet file")
+    row_group_rows: int = Field(default=1024, gt=0, description="documents per Parquet row group")
+    quarantine_content_bytes: int = Field(default=65_536, ge=PREFIX_BYTES, description="bytes of each dropped document kept in the quarantine")
+    workers: int = Field(default=0, ge=0, description="worker processes; 0: one per core (in-process for small inputs)")
+    filters: FilterConfig = FilterConfig()
 
     @property
     def byte_budget(self) -> int | None:
@@ -115,75 +97,6 @@ class Progress:
     bytes_read: int
     decoded_bytes: int
     seconds: float
-
-
-class ParquetShards:
-    """Rows appended in order into `<prefix>-NNNNN.parquet` files of about `shard_bytes` each.
-
-    Row groups hold a fixed number of rows, and a shard ends at the first row group that reaches
-    `shard_bytes`, so the files depend only on the rows, never on how they were batched. Each file is
-    hashed from the bytes written (no re-read) and written atomically.
-    """
-
-    def __init__(self, out: Storage, prefix: str, schema: pa.Schema, shard_bytes: int, row_group_rows: int):
-        self.out, self.prefix, self.schema = out, prefix, schema
-        self.shard_bytes, self.row_group_rows = shard_bytes, row_group_rows
-        self.files: list[dict] = []
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-        self._start_shard()
-
-    def _start_shard(self) -> None:
-        self.sink = pa.BufferOutputStream()
-        self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
-        self.rows = 0
-        self.bytes = 0
-
-    def append(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self.pending.append(table)
-            self.pending_rows += table.num_rows
-        if self.pending_rows < self.row_group_rows:
-            return
-        pending, offset = pa.concat_tables(self.pending), 0
-        while pending.num_rows - offset >= self.row_group_rows:
-            self._write_group(pending.slice(offset, self.row_group_rows))
-            offset += self.row_group_rows
-        rest = pending.slice(offset)
-        self.pending = [rest] if rest.num_rows else []
-        self.pending_rows = rest.num_rows
-
-    def _write_group(self, group: pa.Table) -> None:
-        self.writer.write_table(group, row_group_size=group.num_rows)
-        self.rows += group.num_rows
-        self.bytes += payload_bytes(group)
-        if self.bytes >= self.shard_bytes:
-            self._finish_shard()
-
-    def _finish_shard(self) -> None:
-        self.writer.close()
-        if self.rows:
-            data = self.sink.getvalue().to_pybytes()
-            name = f"{self.prefix}-{len(self.files):05d}.parquet"
-            self.out.write_bytes(name, data)
-            self.files.append({"name": name, "rows": self.rows, "sha256": hashlib.sha256(data).hexdigest()})
-        self._start_shard()
-
-    def close(self) -> list[dict]:
-        if self.pending_rows:
-            self._write_group(pa.concat_tables(self.pending))
-        self._finish_shard()
-        self.writer.close()
-        return self.files
-
-
-def payload_bytes(table: pa.Table) -> int:
-    """Bytes of the string and binary values: the same for the same rows however they are chunked."""
-    total = 0
-    for column in table.columns:
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_binary(column.type):
-            total += int(pc.sum(pc.binary_length(column)).as_py() or 0)
-    return total
 
 
 class _Deduplicator:
@@ -290,8 +203,6 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
                                 f"entries were all skipped ({skip_reasons})")
     opts = CleanOptions(listing.root_uri, dict(storage_options or {}), cfg.format, cfg.text_field, cfg.filters,
                         cfg.quarantine_content_bytes)
-    docs = ParquetShards(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes, cfg.row_group_rows)
-    quarantine = ParquetShards(out, "quarantine", QUARANTINE_SCHEMA, cfg.shard_bytes, cfg.row_group_rows)
     dedup = _Deduplicator(cfg.filters)
     for name, corpus in earlier:
         dedup.remember(name, *read_dedup_index(corpus))
@@ -299,31 +210,32 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
     dropped: dict[str, int] = {}
     examples: dict[str, str] = {}
     file_entries: list[dict] = []
-    started = time.perf_counter()
-    spool = tempfile.mkdtemp(prefix="llm-pipeline-corpus-")
-    try:
-        for file_index, result in _cleaned(listing, opts, spool, _worker_count(cfg, listing)):
-            source = listing.files[file_index]
-            kept = _merge_file(spool, result, source.uri, dedup, docs, quarantine, cfg.quarantine_content_bytes)
-            for reason, n in result.dropped.items():
-                dropped[reason] = dropped.get(reason, 0) + n
-            for reason, example in result.examples.items():
-                examples.setdefault(reason, example)
-            totals["records"] += result.records
-            totals["documents"] += kept["documents"]
-            totals["text_bytes"] += kept["text_bytes"]
-            totals["bytes_read"] += source.size
-            totals["decoded_bytes"] += result.decoded_bytes
-            file_entries.append({"uri": source.uri, "size": source.size, "outcome": "read", "format": result.format,
-                                 "records": result.records, "documents": kept["documents"],
-                                 "dropped": dict(sorted(result.dropped.items()))})
-            if progress is not None:
-                progress(Progress(len(file_entries), len(listing.files), totals["documents"], totals["bytes_read"],
-                                  totals["decoded_bytes"], time.perf_counter() - started))
-    finally:
-        shutil.rmtree(spool, ignore_errors=True)
-    shards = docs.close()
-    quarantine_files = quarantine.close()
+    with (ParquetShards(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as docs,
+          ParquetShards(out, "quarantine", QUARANTINE_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as quarantine):
+        started = time.perf_counter()
+        spool = tempfile.mkdtemp(prefix="llm-pipeline-corpus-")
+        try:
+            for file_index, result in _cleaned(listing, opts, spool, _worker_count(cfg, listing)):
+                source = listing.files[file_index]
+                kept = _merge_file(spool, result, source.uri, dedup, docs, quarantine, cfg.quarantine_content_bytes)
+                for reason, n in result.dropped.items():
+                    dropped[reason] = dropped.get(reason, 0) + n
+                for reason, example in result.examples.items():
+                    examples.setdefault(reason, example)
+                totals["records"] += result.records
+                totals["documents"] += kept["documents"]
+                totals["text_bytes"] += kept["text_bytes"]
+                totals["bytes_read"] += source.size
+                totals["decoded_bytes"] += result.decoded_bytes
+                file_entries.append({"uri": source.uri, "size": source.size, "outcome": "read", "format": result.format,
+                                     "records": result.records, "documents": kept["documents"],
+                                     "dropped": dict(sorted(result.dropped.items()))})
+                if progress is not None:
+                    progress(Progress(len(file_entries), len(listing.files), totals["documents"], totals["bytes_read"],
+                                      totals["decoded_bytes"], time.perf_counter() - started))
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+    shards, quarantine_files = docs.files, quarantine.files
     nothing_new = totals["records"] > 0 and dedup.earlier_duplicates > 0 and set(dropped) <= DUPLICATE_REASONS
     if totals["documents"] == 0 and not nothing_new:
         hints = "; ".join(f"{reason}: {example}" for reason, example in sorted(examples.items()))
@@ -332,7 +244,7 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
             f"{len(file_entries)} files were dropped ({dict(sorted(dropped.items()))}); e.g. {hints}; "
             f"see the quarantine files under {out.uri}"
         )
-    out.write_bytes(DEDUP_INDEX, _parquet_bytes(dedup.index_table()))
+    out.write_bytes(DEDUP_INDEX, parquet_bytes(dedup.index_table()))
     skipped = [{"uri": s.uri, "size": s.size, "outcome": "skipped", "reason": s.reason} for s in listing.skipped]
     manifest = {
         "kind": "raw_corpus",
@@ -358,14 +270,8 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
         "quarantine": quarantine_files,
         "files": sorted(file_entries + skipped, key=lambda f: f["uri"]),
     }
-    out.write_json(MANIFEST, manifest)
+    write_manifest(out, manifest)
     return manifest
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
 
 
 def summary(manifest: dict) -> dict:
@@ -463,7 +369,7 @@ def _merge_file(spool: str, result: FileResult, file_uri: str, dedup: _Deduplica
 
 def iter_documents(corpus: Storage, batch_size: int = 1024, columns=("id", "text")) -> Iterator[pa.RecordBatch]:
     """Stream the corpus's documents in bounded batches, in manifest order."""
-    manifest = corpus.read_json(MANIFEST)
+    manifest = read_manifest(corpus, ("shards",), "corpus manifest")
     for shard in manifest["shards"]:
         with corpus.fs.open(corpus.full(shard["name"]), "rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=list(columns)):

@@ -4,34 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from pydantic import Field, model_validator
 
-from llm_pipeline.finite import check_finite_fields
+from llm_pipeline.settings import Settings
 
 
+class FilterConfig(Settings):
+    min_chars: int = Field(default=64, ge=0, description="drop documents shorter than this")
+    max_chars: int = Field(default=1_000_000, description="drop documents longer than this")
+    # Printable or ordinary whitespace characters; binary junk and mis-decoded text score low.
+    min_printable_fraction: float = Field(default=0.95, ge=0, le=1, description="drop documents with a smaller share of printable characters")
+    near_dedup: bool = Field(default=True, description="drop near duplicates too (MinHash LSH), not only exact ones")
+    near_dedup_threshold: float = Field(default=0.85, gt=0, le=1,
+                                        description="estimated Jaccard similarity of word 5-gram sets above which a later document is a near duplicate")
 
-@dataclass(frozen=True)
-class FilterConfig:
-    min_chars: int = 64
-    max_chars: int = 1_000_000
-    # Share of characters that are printable or ordinary whitespace; binary junk and
-    # mis-decoded text score low.
-    min_printable_fraction: float = 0.95
-    near_dedup: bool = True
-    # Estimated Jaccard similarity of word 5-gram sets above which a later document is a
-    # near duplicate of an earlier one.
-    near_dedup_threshold: float = 0.85
-
-    def __post_init__(self):
-        check_finite_fields(self)
-        if self.min_chars < 0:
-            raise ValueError(f"min_chars must be >= 0, got {self.min_chars}")
+    @model_validator(mode="after")
+    def _consistent(self):
         if self.max_chars < max(1, self.min_chars):
             raise ValueError(f"max_chars ({self.max_chars}) must be >= min_chars ({self.min_chars}) and >= 1")
-        if not 0.0 <= self.min_printable_fraction <= 1.0:
-            raise ValueError(f"min_printable_fraction must be in [0, 1], got {self.min_printable_fraction}")
-        if not 0.0 < self.near_dedup_threshold <= 1.0:
-            raise ValueError(f"near_dedup_threshold must be in (0, 1], got {self.near_dedup_threshold}")
+        return self
 
 
 def document_id(text: str) -> str:

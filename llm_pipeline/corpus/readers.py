@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import posixpath
+import typing
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -17,7 +18,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMATS = ("auto", "text", "jsonl", "parquet")
+Format = typing.Literal["auto", "text", "jsonl", "parquet"]
+FORMATS = typing.get_args(Format)
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # Dolma and others ship JSON Lines as .json.gz
 _PARQUET_SUFFIXES = (".parquet", ".pq")

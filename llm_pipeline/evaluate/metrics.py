@@ -7,40 +7,42 @@ models with different tokenizers can be compared.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from pydantic import Field
 from tokenizers import Tokenizer
 
-from llm_pipeline.finite import check_finite_fields
-from llm_pipeline.publish.export import model_config_from_hf
-from llm_pipeline.storage import Storage
+from llm_pipeline.settings import Settings
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import EOS_TOKEN, tokenizer_hash
-from llm_pipeline.train.data import eval_windows
+from llm_pipeline.train.hf_config import model_config_from_hf
 from llm_pipeline.train.model import CausalLM, ModelConfig
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    seq_len: int = 128
-    max_tokens: int = 0  # 0: the whole val split
-    prompts: tuple[str, ...] = ("import os\n", "def main(", "class ")
-    max_new_tokens: int = 48
-    temperature: float = 0.8
-    top_k: int = 50
-    seed: int = 0
+def eval_windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None):
+    """Non-overlapping (input, target) windows covering the split in order, for evaluation."""
+    n = len(tokens) - 1
+    if max_tokens:
+        n = min(n, max_tokens)
+    t = torch.from_numpy(tokens.astype(np.int64))
+    for start in range(0, n, seq_len):
+        end = min(start + seq_len, n)
+        yield t[start:end][None], t[start + 1 : end + 1][None]
 
-    def __post_init__(self):
-        check_finite_fields(self)
-        if self.seq_len <= 0:
-            raise ValueError(f"seq_len must be > 0, got {self.seq_len}")
-        if self.max_tokens < 0:
-            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
-        if self.max_new_tokens < 0 or self.top_k < 0 or self.temperature < 0:
-            raise ValueError("max_new_tokens, top_k and temperature must be >= 0")
+
+class EvalConfig(Settings):
+    seq_len: int = Field(default=128, gt=0, description="tokens per evaluation window")
+    max_tokens: int = Field(default=0, ge=0, description="evaluate at most this many val tokens; 0: all")
+    prompts: tuple[str, ...] = Field(default=("import os\n", "def main(", "class "), description="sample completions of these")
+    max_new_tokens: int = Field(default=48, ge=0, description="tokens generated per sample")
+    temperature: float = Field(default=0.8, ge=0, description="sampling temperature; 0: greedy")
+    top_k: int = Field(default=50, ge=0, description="sample among the k likeliest tokens; 0: all")
+    seed: int = Field(default=0, description="sampling seed")
 
 
 def load_model(folder: Storage, cfg: ModelConfig) -> CausalLM:
@@ -52,9 +54,6 @@ def load_model(folder: Storage, cfg: ModelConfig) -> CausalLM:
 
 def load_weights(model: CausalLM, folder: Storage) -> None:
     """`<folder>/model.safetensors` (a final checkpoint or a published model) into `model`, strictly."""
-    import os
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
         folder.get_file("model.safetensors", path)

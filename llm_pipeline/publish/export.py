@@ -17,48 +17,14 @@ import tempfile
 
 from fsspec.implementations.local import LocalFileSystem
 
-from llm_pipeline.storage import Storage, sha256_file
+from llm_pipeline.publish.registry import point_latest
+from llm_pipeline.storage.folders import Storage, json_bytes, sha256_file
+from llm_pipeline.storage.manifests import write_manifest
 from llm_pipeline.storage.names import check_name
 from llm_pipeline.tokenize.bpe import EOS_TOKEN
+from llm_pipeline.train.hf_config import hf_config
 from llm_pipeline.train.model import ModelConfig
 
-MANIFEST = "manifest.json"
-LATEST = "latest"
-
-
-def hf_config(cfg: ModelConfig, eos_id: int) -> dict:
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.ffn_hidden,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_heads,
-        "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.max_seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": False,
-        "bos_token_id": eos_id,
-        "eos_token_id": eos_id,
-        "torch_dtype": "float32",
-    }
-
-
-def model_config_from_hf(config: dict) -> ModelConfig:
-    """The inverse of hf_config, for reading a published folder back into our model class."""
-    if config.get("model_type") != "llama":
-        raise ValueError(f"expected a llama config.json, got model_type {config.get('model_type')!r}")
-    return ModelConfig(
-        vocab_size=config["vocab_size"], d_model=config["hidden_size"], n_layers=config["num_hidden_layers"],
-        n_heads=config["num_attention_heads"], ffn_hidden=config["intermediate_size"],
-        max_seq_len=config["max_position_embeddings"], rope_theta=config["rope_theta"], norm_eps=config["rms_norm_eps"],
-    )
 
 
 def tokenizer_files() -> dict[str, dict]:
@@ -136,13 +102,13 @@ def publish(
     if target.exists():
         raise FileExistsError(f"model version {target.uri} already exists")
     files: dict[str, bytes] = {
-        "config.json": _json(hf_config(model_cfg, eos_id)),
+        "config.json": json_bytes(hf_config(model_cfg, eos_id)),
         "tokenizer.json": tokenizer_json.encode("utf-8"),
-        "generation_config.json": _json({"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id,
+        "generation_config.json": json_bytes({"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id,
                                          "do_sample": True, "temperature": 0.8, "top_k": 50}),
         "README.md": model_card(name, version, metrics, lineage, training).encode("utf-8"),
     }
-    files.update({k: _json(v) for k, v in tokenizer_files().items()})
+    files.update({k: json_bytes(v) for k, v in tokenizer_files().items()})
     hashes = {}
     for file_name, data in files.items():
         target.write_bytes(file_name, data)
@@ -155,40 +121,8 @@ def publish(
     manifest = {"name": name, "version": version, "uri": target.uri, "files": dict(sorted(hashes.items())),
                 "metrics": metrics, "lineage": lineage,
                 "published_at": dt.datetime.now(dt.timezone.utc).isoformat()}
-    target.write_json(MANIFEST, manifest)
-    registry.child(name).write_bytes(LATEST, (version + "\n").encode())  # last
+    write_manifest(target, manifest)
+    point_latest(registry.child(name), version)  # last
     return manifest
 
 
-def _json(value) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def resolve_version(registry: Storage, name: str, version: str | None = None) -> Storage:
-    """The folder of a published version; `latest` (the default) follows the pointer.
-
-    Names are checked by the one naming rule, and so is what a `latest` pointer holds: a pointer
-    naming anything but a version folder beside it (`../v1/x`, an absolute path) is refused."""
-    model = registry.child(check_name(name, "model name"))
-    if not version or version == LATEST:
-        if not model.exists(LATEST):
-            raise FileNotFoundError(f"no published model at {model.uri} (no '{LATEST}' pointer)")
-        pointed = model.read_bytes(LATEST).decode("utf-8", "replace").strip()
-        try:
-            version = check_name(pointed, "version")
-        except ValueError:
-            raise ValueError(f"pointer {model.uri}/{LATEST} names {pointed!r}, which is not a version folder of "
-                             f"{model.uri}; refusing to follow it") from None
-    folder = model.child(check_name(version, "version"))
-    if not folder.exists(MANIFEST):
-        raise FileNotFoundError(f"model version {folder.uri} has no {MANIFEST}")
-    return folder
-
-
-def resolve_model_folder(uri: str, version: str | None = None) -> Storage:
-    """A version folder given either itself or its model folder (`<registry>/<name>`, whose latest is taken)."""
-    folder = Storage(uri)
-    if version is None and folder.exists(MANIFEST):
-        return folder
-    registry, name = folder.uri.rsplit("/", 1)
-    return resolve_version(Storage(registry, **folder.storage_options), name, version)

@@ -9,7 +9,7 @@ import argparse
 import sys
 import tempfile
 
-from llm_pipeline.publish.export import resolve_model_folder
+from llm_pipeline.publish.registry import resolve_model_folder
 
 
 def generate(model_uri: str, prompt: str, version: str | None = None, max_new_tokens: int = 64,

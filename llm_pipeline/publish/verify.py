@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llm_pipeline.publish.export import MANIFEST, resolve_model_folder
-from llm_pipeline.storage import Storage
+from llm_pipeline.publish.registry import resolve_model_folder
+from llm_pipeline.storage.folders import Storage
+from llm_pipeline.storage.manifests import MANIFEST
 from llm_pipeline.storage.names import check_relative_path
 
 

@@ -17,11 +17,17 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 
 import torch
+import torch.distributed as dist
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from fsspec.implementations.local import LocalFileSystem
+from safetensors.torch import save_file
 
-from llm_pipeline.storage import Storage, sha256_file
+from llm_pipeline.storage.folders import Storage, sha256_file
+from llm_pipeline.train.activation_checkpointing import plain_names
+from llm_pipeline.train.model import ModelConfig
 
 MARKER = "complete.json"
 # Each node's list of the files it wrote (name -> sha256), merged into the marker by rank 0.
@@ -170,6 +176,45 @@ class CheckpointStore:
         return removed
 
 
+def save(engine, store: CheckpointStore, step: int, state: dict, rank: int, local_rank: int, keep_last: int) -> str:
+    """Every rank calls this together. The protocol, barrier by barrier: clear the tag (once per node) ->
+    every rank saves its shards -> each node hashes and uploads its own files -> rank 0 writes the
+    marker (last) and prunes -> nodes drop local copies the root no longer keeps. A crash anywhere
+    before the marker leaves a checkpoint that resume never takes."""
+    tag = tag_for(step)
+    if local_rank == 0:
+        store.discard(tag)
+    dist.barrier()
+    engine.save_checkpoint(store.local_dir, tag=tag, client_state=state, save_latest=False)
+    crash_point("after_save", rank, step)
+    dist.barrier()
+    if local_rank == 0:
+        store.upload(tag, rank, after_file=lambda _name: crash_point("mid_upload", rank, step))
+    dist.barrier()
+    if rank == 0:
+        store.mark_complete(tag, {"step": step, "tokens_seen": state["tokens_seen"], "time": time.time()})
+        store.prune(keep_last)
+    dist.barrier()
+    if local_rank == 0 and rank != 0:
+        store.prune_local()
+    return tag
+
+
+def export_final(store: CheckpointStore, tag: str, zero_stage: int, model: ModelConfig, final: Storage) -> None:
+    """Rank 0, after the last save: the checkpoint's fp32 weights as `final/model.safetensors` plus
+    `final/model_config.json`. Only files the marker lists are unpickled."""
+    store.fetch(tag)  # other nodes' shards, when they are not on a shared disk
+    problems = store.verify(tag)
+    if problems:
+        raise RuntimeError(f"final checkpoint {tag} fails verification: {'; '.join(problems)}")
+    local_final = os.path.join(store.local_dir, "_final")
+    os.makedirs(local_final, exist_ok=True)
+    save_file(consolidated_fp32_state_dict(store.local_dir, tag, zero_stage), os.path.join(local_final, "model.safetensors"),
+              metadata={"format": "pt"})
+    final.put_file(os.path.join(local_final, "model.safetensors"), "model.safetensors")
+    final.write_json("model_config.json", model.to_dict())
+
+
 def consolidated_fp32_state_dict(checkpoint_dir: str, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
     """One fp32 state dict from a DeepSpeed checkpoint, in a plain process (no distributed world).
 
@@ -181,10 +226,8 @@ def consolidated_fp32_state_dict(checkpoint_dir: str, tag: str, zero_stage: int)
     if zero_stage == 0 and not glob.glob(os.path.join(folder, "bf16_zero_pp_rank_*_optim_states.pt")):
         state = torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=True)["module"]
     else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
         state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag)
-    return {k: v.float().contiguous() for k, v in state.items()}
+    return {k: v.float().contiguous() for k, v in plain_names(state).items()}
 
 
 def _files_under(folder: str) -> list[str]:

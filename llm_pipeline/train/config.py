@@ -2,98 +2,83 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+import typing
+from typing import Literal
 
-from llm_pipeline.finite import check_finite_fields
+from pydantic import Field, field_validator, model_validator
+
+from llm_pipeline.settings import Settings
 from llm_pipeline.train.model import ModelConfig
-from llm_pipeline.train.schedule import SCHEDULES
+from llm_pipeline.train.schedule import Schedule
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")
-LAUNCHERS = ("deepspeed", "torchrun", "none")
+Dtype = Literal["auto", "fp32", "bf16", "fp16"]
+Launcher = Literal["deepspeed", "torchrun", "none"]
+DTYPES = typing.get_args(Dtype)
+LAUNCHERS = typing.get_args(Launcher)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    shards_uris: tuple[str, ...]  # token shard sets (one per corpus batch), read in this order
-    run_uri: str  # checkpoints/ and final/ live here; the same inputs map to the same run_uri
+class TrainConfig(Settings):
+    # Filled in by whoever starts the run (the asset, or a hand-written train_config.json).
+    shards_uris: tuple[str, ...] = Field(description="token shard sets (one per corpus batch), read in this order")
+    run_uri: str = Field(description="checkpoints/ and final/ live here; the same inputs map to the same run_uri")
     model: ModelConfig
     tokenizer_sha256: str = ""
     # A published model folder whose weights start the run (continued pretraining); "": from scratch.
     # The schedule, warmup included, starts afresh either way.
     init_from_uri: str = ""
-    seq_len: int = 128
-    micro_batch: int = 16
-    grad_accum: int = 1
-    global_batch_tokens: int = 0  # if > 0, grad_accum is derived from it and the world size
-    steps: int = 180
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    lr_schedule: str = "cosine"  # or "wsd": warmup-stable-decay
-    decay_fraction: float = 0.2  # wsd: share of the steps spent decaying
-    activation_checkpointing: bool = False
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0
-    zero_stage: int = 2
-    offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on the CPU (stages 2, 3)
-    offload_params: bool = False  # ZeRO-Infinity style: parameters live on the CPU between uses (stage 3)
-    dtype: str = "auto"  # bf16 where the hardware has it, else fp32 (see resolve_dtype)
-    seed: int = 1337
-    checkpoint_every: int = 100
-    keep_last: int = 2
-    log_every: int = 10
-    peak_tflops: float = 0.0  # per device, for MFU; 0: looked up from the GPU's name
+    # The settings a user chooses (the launchpad shows these).
+    seq_len: int = Field(default=128, gt=0, description="tokens per training sequence")
+    micro_batch: int = Field(default=16, gt=0, description="sequences per rank per micro-step")
+    grad_accum: int = Field(default=1, gt=0, description="micro-steps per optimizer step")
+    global_batch_tokens: int = Field(default=0, ge=0, description="tokens per optimizer step across all ranks; > 0 derives grad_accum from it")
+    steps: int = Field(default=180, gt=0, description="optimizer steps")
+    lr: float = Field(default=3e-3, gt=0, description="peak learning rate")
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="the schedule's floor, as a share of lr")
+    warmup_steps: int = Field(default=20, ge=0, description="linear warmup steps")
+    lr_schedule: Schedule = Field(default="cosine", description="cosine, or wsd: warmup-stable-decay")
+    decay_fraction: float = Field(default=0.2, gt=0, le=1, description="wsd: share of the steps spent decaying")
+    activation_checkpointing: bool = Field(default=False, description="recompute each block's activations in the backward pass")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay (matrices only)")
+    beta1: float = Field(default=0.9, description="AdamW beta1, in [0, 1)")
+    beta2: float = Field(default=0.95, description="AdamW beta2, in [0, 1)")
+    adam_eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon")
+    grad_clip: float = Field(default=1.0, ge=0, description="gradient norm clipping; 0 disables it")
+    zero_stage: Literal[0, 1, 2, 3] = Field(default=2, description="ZeRO stage: 0, 1, 2 or 3")
+    offload_optimizer: bool = Field(default=False, description="ZeRO-Offload: optimizer state and step on the CPU (stage 2 or 3)")
+    offload_params: bool = Field(default=False, description="parameters on the CPU between uses (stage 3)")
+    dtype: Dtype = Field(default="auto", description="auto: bf16 where the hardware runs it fast, else fp32 (see hardware.resolve_dtype)")
+    seed: int = Field(default=1337, description="seeds the initial weights and the data order")
+    checkpoint_every: int = Field(default=100, gt=0, description="optimizer steps between checkpoints")
+    keep_last: int = Field(default=2, gt=0, description="checkpoints kept")
+    log_every: int = Field(default=10, gt=0, description="optimizer steps between progress reports")
+    peak_tflops: float = Field(default=0.0, ge=0, description="per-device peak for MFU; 0: looked up from the GPU's name")
 
-    def __post_init__(self):
-        check_finite_fields(self)
-        if isinstance(self.shards_uris, str) or not self.shards_uris:
-            raise ValueError(f"shards_uris must be a non-empty list of shard folders, got {self.shards_uris!r}")
-        object.__setattr__(self, "shards_uris", tuple(self.shards_uris))
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be one of 0, 1, 2, 3, got {self.zero_stage}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        for name in ("steps", "seq_len", "micro_batch", "grad_accum", "checkpoint_every", "keep_last", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+    @field_validator("shards_uris", mode="before")
+    @classmethod
+    def _a_list_of_folders(cls, value):
+        if isinstance(value, str) or not value:
+            raise ValueError(f"shards_uris must be a non-empty list of shard folders, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
         if self.seq_len > self.model.max_seq_len:
             raise ValueError(f"seq_len ({self.seq_len}) exceeds the model's max_seq_len ({self.model.max_seq_len})")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
-        if not 0 < self.decay_fraction <= 1:
-            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if not self.adam_eps > 0:
-            raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
-        if self.peak_tflops < 0:
-            raise ValueError(f"peak_tflops must be >= 0 (0: look it up), got {self.peak_tflops}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.offload_optimizer and self.zero_stage < 2:
             raise ValueError(f"offload_optimizer needs zero_stage 2 or 3, got zero_stage {self.zero_stage}")
         if self.offload_params and self.zero_stage != 3:
             raise ValueError(f"offload_params needs zero_stage 3, got zero_stage {self.zero_stage}")
-        if self.global_batch_tokens < 0:
-            raise ValueError(f"global_batch_tokens must be >= 0 (0: use grad_accum), got {self.global_batch_tokens}")
         if self.global_batch_tokens and self.grad_accum != 1:
             raise ValueError("set either global_batch_tokens or grad_accum, not both "
                              f"(got global_batch_tokens {self.global_batch_tokens}, grad_accum {self.grad_accum})")
         self.grad_accum_for(1)  # divisibility that holds for any world size; validate_for checks the launch's
+        return self
 
     def grad_accum_for(self, world_size: int) -> int:
         """Micro-steps per optimizer step: grad_accum, or derived from global_batch_tokens."""
@@ -113,16 +98,21 @@ class TrainConfig:
         if self.dtype == "fp16" and not on_gpu:
             raise ValueError("dtype fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 training); use fp32 or bf16")
 
+    def run_key(self) -> str:
+        """The same data (each batch's shard folder) and settings give the same key, wherever the run
+        lives: re-materializing after a crash finds that run's checkpoints and resumes."""
+        settings = self.model_dump(mode="json", exclude={"run_uri"})
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
             raise ValueError(f"unknown training config field(s): {unknown}")
-        return cls(**{**data, "model": ModelConfig(**data["model"])})
+        return cls(**data)
 
     def deepspeed_config(self, world_size: int, dtype: str, on_gpu: bool) -> dict:
         grad_accum = self.grad_accum_for(world_size)
@@ -150,27 +140,6 @@ class TrainConfig:
         return self.micro_batch * self.grad_accum_for(world_size) * world_size * self.seq_len
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(dtype: str, on_gpu: bool) -> str:
-    """'auto' means bf16 only where it is fast: CPUs without bf16 instructions run it ~20x
-    slower than fp32 (measured: 250 vs 5,170 tokens/s on an AMD EPYC without avx512_bf16)."""
-    if dtype != "auto":
-        return dtype
-    if on_gpu:
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
-
-
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -184,8 +153,7 @@ def is_host_address(value: str) -> bool:
     return 0 < len(value) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in value.split("."))
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
+class LaunchConfig(Settings):
     """How the trainer's processes start. One node by default.
 
     Multi-node: every node runs the launch command with its own `node_rank` (node 0 hosts rank 0,
@@ -196,24 +164,18 @@ class LaunchConfig:
     master's address make its static rendezvous.
     """
 
-    launcher: str = "deepspeed"
-    nproc: int = 2  # processes per node
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = 0  # 0: pick a free port (one node only)
-    hostfile: str = ""
-    ssh: bool = False
+    launcher: Launcher = Field(default="deepspeed", description="deepspeed, torchrun, or none: one plain process")
+    nproc: int = Field(default=2, gt=0, description="processes (ranks) per node")
+    nnodes: int = Field(default=1, gt=0, description="nodes; node 0 hosts rank 0, the others run the logged worker command")
+    node_rank: int = Field(default=0, ge=0, description="this node's rank")
+    master_addr: str = Field(default="127.0.0.1", description="node 0's address, reachable from every node")
+    master_port: int = Field(default=0, ge=0, le=65535, description="0: a free port (one node only)")
+    hostfile: str = Field(default="", description="deepspeed: MPI-style hostfile ('host slots=N' lines) for multi-node")
+    ssh: bool = Field(default=False, description="deepspeed with a hostfile: start every node from node 0 over pdsh/ssh")
 
-    def __post_init__(self):
-        check_finite_fields(self)
-        if self.launcher not in LAUNCHERS:
-            raise ValueError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
-        if self.nproc <= 0:
-            raise ValueError(f"nproc must be > 0, got {self.nproc}")
-        if self.nnodes <= 0:
-            raise ValueError(f"nnodes must be > 0, got {self.nnodes}")
-        if not 0 <= self.node_rank < self.nnodes:
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not self.node_rank < self.nnodes:
             raise ValueError(f"node_rank must be in [0, nnodes={self.nnodes}), got {self.node_rank}")
         if self.launcher == "none" and (self.nproc != 1 or self.nnodes != 1):
             raise ValueError("launcher 'none' runs one process: nproc and nnodes must be 1")
@@ -226,11 +188,10 @@ class LaunchConfig:
                 raise ValueError("the deepspeed launcher needs a hostfile when nnodes > 1 (lines of 'host slots=N')")
         if self.ssh and not (self.launcher == "deepspeed" and self.hostfile):
             raise ValueError("ssh applies to the deepspeed launcher with a hostfile only")
-        if not 0 <= self.master_port < 65536:
-            raise ValueError(f"master_port must be in [0, 65535], got {self.master_port}")
         if self.master_addr and not is_host_address(self.master_addr):
             # It reaches a remote shell in deepspeed's ssh mode: a host name or an IP address, nothing else.
             raise ValueError(f"master_addr must be a host name or an IP address, got {self.master_addr!r}")
+        return self
 
     @property
     def world_size(self) -> int:

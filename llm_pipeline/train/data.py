@@ -1,4 +1,9 @@
-"""Packed, shuffled token windows for training: stateless, so resume is exact.
+"""The training data: token shards read and verified, then packed into shuffled windows.
+
+Reading (`load_tokens`): every shard of the chosen sets is checked against its manifest (sha256,
+Parquet, token count, id range) before any is used, so nothing trains on corrupted data.
+
+Windows (`TokenWindows`): stateless, so resume is exact.
 
 The train split is one token stream (documents separated by EOS). It is cut into
 non-overlapping windows of `seq_len + 1` tokens. Epoch e visits them in the order of a
@@ -8,8 +13,16 @@ global micro-batch. The whole loader state is k, saved in every checkpoint.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+
+from llm_pipeline.prefetch import prefetch
+from llm_pipeline.storage.folders import Storage
+from llm_pipeline.storage.manifests import MANIFEST, ManifestError, read_manifest
 
 
 class TokenWindows:
@@ -44,12 +57,77 @@ class TokenWindows:
         return chunk[:, :-1], chunk[:, 1:]
 
 
-def eval_windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None):
-    """Non-overlapping (input, target) windows covering the split in order, for evaluation."""
-    n = len(tokens) - 1
-    if max_tokens:
-        n = min(n, max_tokens)
-    t = torch.from_numpy(tokens.astype(np.int64))
-    for start in range(0, n, seq_len):
-        end = min(start + seq_len, n)
-        yield t[start:end][None], t[start + 1 : end + 1][None]
+class ShardError(ManifestError):
+    """Token shards that cannot be trusted: the message names the set or the shard."""
+
+
+_MANIFEST_KEYS = ("tokenizer_sha256", "vocab_size", "dtype", "shards", "splits")
+
+
+def read_shard_manifest(shards: Storage, expected_tokenizer_sha256: str | None = None) -> dict:
+    manifest = read_manifest(shards, _MANIFEST_KEYS, "shard manifest", ShardError)
+    if expected_tokenizer_sha256 and manifest["tokenizer_sha256"] != expected_tokenizer_sha256:
+        raise ShardError(
+            f"shards at {shards.uri} were made with tokenizer {manifest['tokenizer_sha256'][:12]}, "
+            f"not the expected {expected_tokenizer_sha256[:12]}"
+        )
+    return manifest
+
+
+def read_shard(shards: Storage, entry: dict, vocab_size: int) -> np.ndarray:
+    """One shard's tokens, checked against its manifest entry (presence, sha256, Parquet, count, id range)."""
+    name = entry["name"]
+    if not shards.exists(name):
+        raise ShardError(f"shard {shards.uri}/{name} listed in the manifest is missing")
+    data = shards.read_bytes(name)
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise ShardError(f"shard {shards.uri}/{name} does not match its sha256 in the manifest")
+    try:
+        column = pq.read_table(pa.BufferReader(data), columns=["tokens"]).column("tokens")
+    except (pa.ArrowException, OSError) as e:
+        raise ShardError(f"shard {shards.uri}/{name} is not a readable Parquet file: {e}") from e
+    values = np.concatenate([c.values.to_numpy(zero_copy_only=False) for c in column.chunks])
+    if len(values) != entry["tokens"]:
+        raise ShardError(f"shard {shards.uri}/{name} has {len(values)} tokens, manifest says {entry['tokens']}")
+    largest = int(values.max()) if len(values) else 0
+    if largest >= vocab_size or entry.get("max_id", 0) >= vocab_size:
+        raise ShardError(f"shard {shards.uri}/{name} holds token id {max(largest, entry.get('max_id', 0))}, "
+                         f"outside the vocabulary of {vocab_size}")
+    return values
+
+
+def load_split_tokens(shards: Storage, split: str, expected_tokenizer_sha256: str | None = None,
+                      vocab_size: int | None = None) -> tuple[np.ndarray, dict]:
+    """One shard set's tokens of `split`; see load_tokens (an empty split is an error here)."""
+    return load_tokens([shards], split, expected_tokenizer_sha256, vocab_size)
+
+
+def check_one_tokenizer(manifests: dict[str, dict], expected_tokenizer_sha256: str | None = None) -> None:
+    """Refuse shard sets made with different tokenizers (or not with the expected one), naming them."""
+    by_tokenizer: dict[str, list[str]] = {}
+    for where, manifest in manifests.items():
+        by_tokenizer.setdefault(manifest["tokenizer_sha256"], []).append(where)
+    expected = expected_tokenizer_sha256 or next(iter(by_tokenizer), "")
+    wrong = {sha: names for sha, names in by_tokenizer.items() if sha != expected}
+    if wrong:
+        listed = "; ".join(f"{', '.join(names)} made with tokenizer {sha[:12]}" for sha, names in sorted(wrong.items()))
+        raise ShardError(f"shards with mixed tokenizers: {listed}; expected tokenizer {expected[:12]}. "
+                         "Re-tokenize them with the current tokenizer (a backfill of tokenized_shards) first")
+
+
+def load_tokens(shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None,
+                vocab_size: int | None = None) -> tuple[np.ndarray, dict]:
+    """All tokens of one split of several shard sets (in order) as one flat array. Every shard is verified before any is used, so
+    nothing is trained on corrupted data; reads run ahead in a thread (remote storage overlaps).
+    Ids must be below `vocab_size` (the model's), and below the manifest's own vocabulary."""
+    manifests = {shards.uri: read_shard_manifest(shards) for shards in shard_sets}
+    check_one_tokenizer(manifests, expected_tokenizer_sha256)
+    work = []
+    for shards in shard_sets:
+        manifest = manifests[shards.uri]
+        limit = min(manifest["vocab_size"], vocab_size or manifest["vocab_size"])
+        work += [(shards, entry, limit) for entry in manifest["shards"] if entry["split"] == split]
+    if not work:
+        raise ShardError(f"no {split} tokens in {', '.join(f'{s.uri}/{MANIFEST}' for s in shard_sets)}")
+    parts = list(prefetch((read_shard(shards, entry, limit) for shards, entry, limit in work), depth=2))
+    return np.concatenate(parts), manifests[shard_sets[0].uri]

@@ -15,9 +15,9 @@ import socket
 import subprocess
 import sys
 
-import torch
-
-from llm_pipeline.train.config import LAUNCHERS, LaunchConfig
+from llm_pipeline.settings import add_options, given_options, to_options
+from llm_pipeline.train.config import LaunchConfig
+from llm_pipeline.train.hardware import on_gpu
 
 TRAINER_MODULE = "llm_pipeline.train.trainer"
 
@@ -37,10 +37,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def uses_gpu() -> bool:
-    return torch.cuda.is_available()
 
 
 def launch_command(launch: LaunchConfig, config_path: str) -> list[str]:
@@ -65,7 +61,7 @@ def launch_command(launch: LaunchConfig, config_path: str) -> list[str]:
 
 def launch_env(launch: LaunchConfig) -> dict[str, str]:
     env = {}
-    if not uses_gpu():
+    if not on_gpu():
         env["DS_ACCELERATOR"] = "cpu"
         # The deepspeed launcher does not split the cores between ranks (torchrun does).
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // launch.nproc))
@@ -75,26 +71,18 @@ def launch_env(launch: LaunchConfig) -> dict[str, str]:
 
 def worker_command(launch: LaunchConfig, config_uri: str) -> list[str]:
     """What nodes 1..N-1 run to join node 0's run (node rank left for each node to fill in)."""
-    command = ["python", "-m", "llm_pipeline.train.launch", "--config", config_uri, "--launcher", launch.launcher,
-               "--nproc", str(launch.nproc), "--nnodes", str(launch.nnodes), "--node-rank", "<this node's rank>",
-               "--master-addr", launch.master_addr, "--master-port", str(launch.master_port)]
-    return command + (["--hostfile", launch.hostfile] if launch.hostfile else [])
+    same = [name for name in LaunchConfig.model_fields if name != "node_rank"]
+    return ["python", "-m", "llm_pipeline.train.launch", "--config", config_uri, "--node-rank", "<this node's rank>",
+            *to_options(launch, same)]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Start the trainer's processes on this node.")
     p.add_argument("--config", required=True, help="path or URI of the training config JSON (train_config.json)")
-    p.add_argument("--launcher", choices=LAUNCHERS, default="deepspeed")
-    p.add_argument("--nproc", type=int, default=1, help="processes on this node")
-    p.add_argument("--nnodes", type=int, default=1)
-    p.add_argument("--node-rank", type=int, default=0)
-    p.add_argument("--master-addr", default="127.0.0.1", help="node 0's address")
-    p.add_argument("--master-port", type=int, default=0)
-    p.add_argument("--hostfile", default="", help="deepspeed: MPI-style hostfile naming every node")
-    p.add_argument("--ssh", action="store_true", help="deepspeed: start every node from this one over pdsh/ssh")
+    names = add_options(p, LaunchConfig)
     a = p.parse_args(argv)
     try:
-        launch = LaunchConfig(a.launcher, a.nproc, a.nnodes, a.node_rank, a.master_addr, a.master_port, a.hostfile, a.ssh)
+        launch = LaunchConfig(**given_options(a, names))
     except ValueError as e:
         p.error(str(e))
     return subprocess.call(launch_command(launch, a.config), env={**os.environ, **launch_env(launch)})

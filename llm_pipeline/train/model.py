@@ -7,49 +7,48 @@ unchanged and gives the same logits. Nothing here knows about parallelism.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from llm_pipeline.finite import check_finite_fields
+from llm_pipeline.settings import Settings
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    d_model: int = 192
-    n_layers: int = 4
-    n_heads: int = 6
-    ffn_hidden: int = 512
-    max_seq_len: int = 256
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
+class ModelConfig(Settings):
+    vocab_size: int = Field(gt=0, description="token ids 0..vocab_size-1 (the tokenizer's)")
+    d_model: int = Field(default=192, gt=0, description="width (hidden size)")
+    n_layers: int = Field(default=4, gt=0, description="decoder blocks")
+    n_heads: int = Field(default=6, gt=0, description="attention heads; must divide d_model")
+    ffn_hidden: int = Field(default=512, gt=0, description="SwiGLU hidden size")
+    max_seq_len: int = Field(default=256, gt=0, description="longest sequence the rotary tables cover")
+    rope_theta: float = Field(default=10000.0, gt=0, description="rotary embedding base")
+    norm_eps: float = Field(default=1e-5, gt=0, description="RMSNorm epsilon")
 
-    def __post_init__(self):
-        check_finite_fields(self)
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
+    @model_validator(mode="after")
+    def _heads_split_the_width(self):
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(f"model head size d_model/n_heads = {self.d_model // self.n_heads} must be even for rotary embeddings")
+        return self
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, values: object, source: str) -> "ModelConfig":
         """From a saved model_config.json's contents; ValueError naming `source` if they are not one."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source} is not a valid model config: a JSON object expected, got {type(values).__name__}")
         try:
             return cls(**values)
-        except (TypeError, ValueError) as e:
+        except ValueError as e:
             raise ValueError(f"{source} is not a valid model config: {e}") from None
 
     def num_params(self) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import typing
 
-SCHEDULES = ("cosine", "wsd")
+Schedule = typing.Literal["cosine", "wsd"]
+SCHEDULES = typing.get_args(Schedule)
 
 
 def lr_factor(step: int, steps: int, warmup_steps: int, min_lr_ratio: float, schedule: str = "cosine",

@@ -1,0 +1,214 @@
+"""One storage root URI, everything under it through fsspec (file://, s3://, gs://, memory://).
+
+Writes are atomic for readers: a file is written under a temporary name and renamed into place,
+and multi-file artifacts write their manifest last, so readers trust only what a manifest lists.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from llm_pipeline.storage.names import check_relative_path
+
+_CHUNK = 8 * 1024 * 1024
+
+
+def sha256_file(fs, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def json_bytes(value: Any) -> bytes:
+    """The one way a JSON file is written: indented, keys sorted (stable bytes, stable hashes), a final newline."""
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+class StorageError(OSError):
+    """An I/O error with the URI it happened at (credentials, permissions, network, a broken server)."""
+
+
+def _names_uri(method):
+    """Errors from the filesystem come back naming the URI: an S3 credential error alone says nothing
+    about which bucket. A missing file stays FileNotFoundError, which callers handle."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, StorageError, ValueError):
+            raise
+        except Exception as e:  # noqa: BLE001 - botocore's errors are not OSErrors
+            where = f"{self.uri}/{args[0]}" if args and isinstance(args[0], str) and args[0] else self.uri
+            raise StorageError(f"{where}: {type(e).__name__}: {e}") from e
+
+    return wrapper
+
+
+class Storage:
+    """A directory-like view of one URI. `Storage("s3://bucket/x").child("a", "b")` is `s3://bucket/x/a/b`."""
+
+    def __init__(self, uri: str, **storage_options: Any):
+        if not uri:
+            raise ValueError("storage root URI is empty")
+        if "://" not in uri:
+            uri = os.path.abspath(os.path.expanduser(uri))
+        self.uri = uri.rstrip("/") or "/"
+        self.storage_options = storage_options
+        self.fs, self.path = url_to_fs(self.uri, **storage_options)
+        self.path = self.path.rstrip("/") or "/"
+
+    def __repr__(self) -> str:
+        return f"Storage({self.uri!r})"
+
+    @property
+    def is_local(self) -> bool:
+        return "file" in _protocols(self.fs)
+
+    def child(self, *parts: str) -> "Storage":
+        """A folder below this one. Each part must stay inside: no absolute paths, no `..`."""
+        for part in parts:
+            check_relative_path(part, f"path under {self.uri}")
+        sub = Storage.__new__(Storage)
+        sub.fs, sub.storage_options = self.fs, self.storage_options
+        sub.path = posixpath.join(self.path, *parts)
+        sub.uri = _join_uri(self.uri, *parts)
+        return sub
+
+    @property
+    def name(self) -> str:
+        """The last part of the URI."""
+        return posixpath.basename(self.path)
+
+    def parent(self) -> "Storage":
+        """The folder above this one, with the same options."""
+        sub = Storage.__new__(Storage)
+        sub.fs, sub.storage_options = self.fs, self.storage_options
+        sub.path = posixpath.dirname(self.path) or "/"
+        sub.uri = self.uri[: len(self.uri) - len(self.name)].rstrip("/") or self.uri
+        return sub
+
+    def full(self, name: str) -> str:
+        return posixpath.join(self.path, name)
+
+    @_names_uri
+    def exists(self, name: str = "") -> bool:
+        return self.fs.exists(self.full(name) if name else self.path)
+
+    @_names_uri
+    def makedirs(self) -> None:
+        self.fs.makedirs(self.path, exist_ok=True)
+
+    @_names_uri
+    def listdir(self) -> list[str]:
+        """Names (not paths) directly under this folder; empty if it does not exist."""
+        if not self.fs.exists(self.path):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, detail=False))
+
+    @_names_uri
+    def read_bytes(self, name: str) -> bytes:
+        with self.fs.open(self.full(name), "rb") as f:
+            return f.read()
+
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads(self.read_bytes(name))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{self.uri}/{name} is not valid JSON: {e}") from None
+
+    @_names_uri
+    def _write_atomic(self, name: str, write) -> None:
+        """Atomic for readers: a reader sees the old file, no file, or the whole new one. Locally,
+        `write(path)` fills a temporary file that is renamed into place; object stores make a single
+        PUT visible atomically (a rename there would be a copy), so `write` targets the name."""
+        target = self.full(name)
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        if not self.is_local:
+            write(target)
+            return
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+        write(tmp)
+        os.replace(tmp, target)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self._write_atomic(name, lambda path: self.fs.pipe_file(path, data))
+
+    def write_json(self, name: str, value: Any) -> None:
+        self.write_bytes(name, json_bytes(value))
+
+    @_names_uri
+    def sha256(self, name: str) -> str:
+        return sha256_file(self.fs, self.full(name))
+
+    @_names_uri
+    def size(self, name: str) -> int:
+        return int(self.fs.size(self.full(name)))
+
+    @_names_uri
+    def put_file(self, local_path: str, name: str) -> None:
+        """Copy a local file in, atomically for readers."""
+        self._write_atomic(name, lambda path: self.fs.put_file(local_path, path))
+
+    @_names_uri
+    def get_file(self, name: str, local_path: str) -> None:
+        self.fs.get_file(self.full(name), local_path)
+
+    @_names_uri
+    def upload_dir(self, local_dir: str) -> list[str]:
+        """Copy every file under local_dir into this folder; returns the relative names copied."""
+        names = []
+        for dirpath, _, files in os.walk(local_dir):
+            for file in sorted(files):
+                rel = os.path.relpath(os.path.join(dirpath, file), local_dir).replace(os.sep, "/")
+                self.put_file(os.path.join(dirpath, file), rel)
+                names.append(rel)
+        return sorted(names)
+
+    @_names_uri
+    def download_dir(self, local_dir: str, skip_existing: bool = False) -> None:
+        """Copy every file of this folder under local_dir; skip_existing keeps local files whose size matches."""
+        for path, info in self.fs.find(self.path, detail=True).items():
+            rel = posixpath.relpath(path, self.path)
+            dest = os.path.join(local_dir, *rel.split("/"))
+            if skip_existing and os.path.exists(dest) and os.path.getsize(dest) == info.get("size"):
+                continue
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            self.fs.get_file(path, dest)
+
+    @_names_uri
+    def remove(self, name: str = "") -> None:
+        target = self.full(name) if name else self.path
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
+
+    def local_path(self) -> str | None:
+        """The OS path of this folder when the storage is local, else None."""
+        return self.path if self.is_local else None
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _join_uri(uri: str, *parts: str) -> str:
+    if "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{posixpath.join(rest, *parts)}" if rest else f"{scheme}://{posixpath.join(*parts)}"
+    return posixpath.join(uri, *parts)
+
+
+def open_uri(uri: str, mode: str = "rb", **storage_options: Any):
+    return fsspec.open(uri, mode, **storage_options).open()
