@@ -28,7 +28,7 @@ def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, val_
     if problems:
         raise dg.Failure(description=f"eval_metrics: the published baseline {folder.uri} fails verification: {'; '.join(problems)}")
     result = evaluate_published(folder, val_tokens, tok_json, eos_id, config.to_library())
-    result["version"] = folder.uri.rsplit("/", 1)[1]
+    result["version"] = folder.name
     context.log.info(f"published baseline {config.compare_with}/{result['version']}: bits per byte {result['bits_per_byte']:.4f}")
     return result
 

@@ -1,5 +1,3 @@
-import json
-
 import dagster as dg
 
 from llm_pipeline.assets.configs import TrainedCheckpointConfig, validate_run_config
@@ -104,7 +102,7 @@ def trained_checkpoint(
         "steps": summary["steps"],
         "tokens_seen": summary["tokens_seen"],
         "final_loss": summary["final_loss"],
-        "train_config": json.loads(train_cfg.to_json()),
+        "train_config": train_cfg.model_dump(mode="json"),
         "data": data,
         "init_from": init_from,
         "tokenizer": tokenizer,  # evaluation and publishing read it from here: the graph stays a chain

@@ -90,12 +90,16 @@ class ParquetShards:
     def __enter__(self) -> "ParquetShards":
         return self
 
+    def abort(self, error: BaseException) -> None:
+        """The caller failed: stop the writer (an unfinished shard is never written), keep the caller's error."""
+        self._bg.error = self._bg.error or error
+        self._stop(raise_error=False)
+
     def __exit__(self, kind, error, trace) -> None:
         if kind is None:
             self.close()
-        else:  # the caller failed: stop the writer, keep the caller's error
-            self._bg.error = self._bg.error or error
-            self._stop(raise_error=False)
+        else:
+            self.abort(error)
 
     def _take(self, table: pa.Table, size: int) -> None:
         self._pending.append(table)

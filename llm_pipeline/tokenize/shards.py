@@ -79,7 +79,7 @@ class _SplitWriter:
         return shards
 
     def abort(self, error: BaseException) -> None:
-        self.writer.__exit__(type(error), error, None)
+        self.writer.abort(error)
 
 
 def write_shards(
