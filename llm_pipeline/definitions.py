@@ -9,6 +9,8 @@ from llm_pipeline.assets.evaluation import (
     eval_loss_within_threshold,
     eval_metrics,
     eval_perplexity_within_threshold,
+    harness_scores_meet_minimums,
+    no_eval_contamination,
     no_regression_vs_published,
 )
 from llm_pipeline.assets.publishing import published_model
@@ -26,7 +28,8 @@ from llm_pipeline.automation import (
 from llm_pipeline.resources import AutomationSettings, JsonIOManager, StorageResource, default_storage_root
 
 ASSETS = [raw_corpus, tokenizer, tokenized_shards, trained_checkpoint, eval_metrics, published_model]
-CHECKS = [eval_loss_within_threshold, eval_perplexity_within_threshold, no_regression_vs_published]
+CHECKS = [eval_loss_within_threshold, eval_perplexity_within_threshold, no_regression_vs_published,
+          harness_scores_meet_minimums, no_eval_contamination]
 
 
 def _setting(name: str, default, as_int: bool = False):

@@ -20,6 +20,7 @@ from llm_pipeline.assets.partitions import corpus_batches
 from llm_pipeline.automation import pipeline_job
 from llm_pipeline.corpus.batches import BUILTIN_BATCH
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
+from llm_pipeline.evaluate.local_tasks import CHOICES, CONTINUATION_TASK
 from llm_pipeline.demo_console import demo_logger
 
 
@@ -47,6 +48,20 @@ def _process_output_to(log_file: str):
         for fd in saved:
             os.close(fd)
         console.close()
+
+
+def _harness_lines(metrics: dict) -> list[str]:
+    """lm-evaluation-harness's view of the same model, and the contamination figure."""
+    lines = []
+    for task, results in ((metrics.get("harness") or {}).get("results") or {}).items():
+        shown = ", ".join(f"{name} {v['value']:.4f}" + (f" ± {v['stderr']:.4f}" if v["stderr"] is not None else "")
+                          for name, v in results.items() if name != "word_perplexity")
+        chance = f" (chance {1 / CHOICES:.2f})" if task == CONTINUATION_TASK else ""
+        lines.append(f"{'lm-eval':<16}: {task.removeprefix('llm_pipeline_')} {shown}{chance}")
+    report = metrics["contamination"]
+    lines.append(f"{'contamination':<16}: {report['fraction']:.1%} of eval documents have >= {report['min_overlap']:.0%} "
+                 f"of their {report['n']}-grams in the training split")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * (1 - metrics['loss'] / metrics['uniform_loss']):.1f}% below)\n"
         f"  perplexity      : {metrics['perplexity']:.2f}\n"
         f"  bits per byte   : {metrics['bits_per_byte']:.4f}\n"
-        f"  try it          : python -m llm_pipeline.publish.generate {published['registry']}/{published['name']} --prompt 'def '"
+        + "".join(f"  {line}\n" for line in _harness_lines(metrics))
+        + f"  try it          : python -m llm_pipeline.publish.generate {published['registry']}/{published['name']} --prompt 'def '"
     )
     return 0
 

@@ -34,3 +34,41 @@ def batch_instance(*batches: str, home: str | None = None):
     instance = dg.DagsterInstance.local_temp(home) if home else dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(corpus_batches.name, list(batches or ["builtin"]))
     return instance
+
+
+def datasets_cache(monkeypatch, path) -> str:
+    """Point the Hugging Face datasets library at the cache folder `path`, in this process (it reads
+    HF_DATASETS_CACHE once, at import) and in the processes it starts."""
+    import datasets.config
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(path))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(path))
+    return str(path)
+
+
+def cache_arc_easy(cache_dir: str, questions: int = 20) -> None:
+    """A Hugging Face datasets cache entry for the harness's `arc_easy` (allenai/ai2_arc, ARC-Easy),
+    in the layout `datasets` writes when it downloads one (arrow files + dataset_info.json), so an
+    offline run finds it as it would after `python -m llm_pipeline.evaluate.harness cache arc_easy`.
+    The rows are ours (simple sums), not ARC's: no download here."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+    from datasets.splits import SplitDict, SplitInfo
+
+    features = datasets.Features({
+        "id": datasets.Value("string"), "question": datasets.Value("string"),
+        "choices": {"text": datasets.Sequence(datasets.Value("string")), "label": datasets.Sequence(datasets.Value("string"))},
+        "answerKey": datasets.Value("string")})
+    folder = os.path.join(cache_dir, "allenai___ai2_arc", "ARC-Easy", "0.0.0", "0" * 16)
+    os.makedirs(folder, exist_ok=True)
+    splits = SplitDict(dataset_name="ai2_arc")
+    for split, count in (("train", 5), ("validation", 5), ("test", questions)):
+        rows = [{"id": f"{split}-{i}", "question": f"What is {i} plus {i}?", "answerKey": "A",
+                 "choices": {"text": [str(2 * i), str(2 * i + 1), str(i), "none"], "label": ["A", "B", "C", "D"]}}
+                for i in range(count)]
+        with ArrowWriter(path=os.path.join(folder, f"ai2_arc-{split}.arrow"), features=features) as writer:
+            writer.write_table(datasets.Dataset.from_list(rows, features=features).data.table)
+            written, size = writer.finalize()
+        splits.add(SplitInfo(name=split, num_bytes=size, num_examples=written, dataset_name="ai2_arc"))
+    datasets.DatasetInfo(features=features, config_name="ARC-Easy", dataset_name="ai2_arc", splits=splits,
+                         version="0.0.0").write_to_directory(folder)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_pipeline.evaluate.metrics import eval_windows
+from llm_pipeline.evaluate.metrics import rolling_windows
 from llm_pipeline.train.data import TokenWindows
 
 TOKENS = np.arange(10_000, dtype=np.uint16) % 997
@@ -48,7 +48,17 @@ def test_too_little_data_is_a_clear_error():
         TokenWindows(np.arange(100, dtype=np.uint16), 64, 4)
 
 
-def test_eval_windows_cover_the_split_in_order():
-    pieces = list(eval_windows(TOKENS[:100], 30))
-    assert torch.equal(torch.cat([x[0] for x, _ in pieces]), torch.from_numpy(TOKENS[:99].astype(np.int64)))
-    assert sum(y.numel() for _, y in eval_windows(TOKENS, 30, max_tokens=95)) == 95
+@pytest.mark.parametrize("length,window", [(1, 8), (7, 8), (8, 8), (9, 8), (30, 8), (100, 33)])
+def test_rolling_windows_are_the_harness_windows(length, window):
+    """Our held-out scoring reads each document exactly as lm-eval's loglikelihood_rolling does."""
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    doc = np.arange(100, 100 + length)
+    theirs = [make_disjoint_window(w) for w in get_rolling_token_windows(doc.tolist(), prefix_token=7, max_seq_len=window, context_len=1)]
+    ours = list(rolling_windows(doc, 7, window))
+    assert len(ours) == len(theirs)
+    for (inp, tgt, scored), (context, continuation) in zip(ours, theirs):
+        assert len(inp) <= window
+        assert (context + continuation)[:-1] == inp.tolist()  # what the model reads
+        assert tgt[len(tgt) - scored:].tolist() == continuation  # what is scored
+    assert sum(s for _, _, s in ours) == length  # every token once

@@ -2,6 +2,9 @@
 default storage root. It prints one line per stage, the checks and the summary; everything else
 (Dagster's events, the DeepSpeed launcher, the ranks' warnings) goes to the log file."""
 
+import glob
+import json
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +26,9 @@ def test_the_demo_prints_a_stage_per_line_and_logs_the_rest(tmp_path):
     lines = out.strip().splitlines()
     for stage in ("raw_corpus", "tokenizer", "tokenized_shards", "trained_checkpoint", "eval_metrics", "published_model"):
         assert any(line.strip().startswith(stage) and "done in" in line for line in lines), f"no line for {stage}:\n{out}"
-    assert any("check eval_loss_within_threshold" in line and "passed" in line for line in lines)
+    for check in ("eval_loss_within_threshold", "no_eval_contamination", "harness_scores_meet_minimums"):
+        assert any(f"check {check}" in line and "passed" in line for line in lines), check
+    assert any(line.strip().startswith("lm-eval") and "heldout_continuation acc" in line for line in lines)
     assert any(line.strip().startswith("training  [") and "step 100/100" in line for line in lines)  # the progress bar
     assert "published model" in out and os.path.join(home, ".storage", "registry") in out  # the default root
     assert len(lines) <= 30, out  # not the event stream
@@ -32,3 +37,15 @@ def test_the_demo_prints_a_stage_per_line_and_logs_the_rest(tmp_path):
     log = open(os.path.join(home, ".dagster", "demo.log"), encoding="utf-8", errors="replace").read()
     assert "STEP_SUCCESS" in log or "Finished execution of step" in log  # Dagster's events
     assert "deepspeed.launcher" in log  # the launcher's own lines, kept
+
+    # lm-evaluation-harness ran offline on the demo model: finite results, stderr where the harness
+    # computes one, and its held-out bits per byte are ours.
+    [value_file] = glob.glob(os.path.join(home, ".storage", "_values", "eval_metrics", "*", "*.json"))
+    metrics = json.load(open(value_file))
+    harness = metrics["harness"]["results"]
+    assert all(math.isfinite(v["value"]) for task in harness.values() for v in task.values())
+    choice = harness["llm_pipeline_heldout_continuation"]
+    assert 0 < choice["acc"]["stderr"] < 1 and 0 < choice["acc_norm"]["stderr"] < 1
+    assert harness["llm_pipeline_heldout_perplexity"]["bits_per_byte"]["value"] == \
+        pytest.approx(metrics["bits_per_byte"], abs=1e-3)
+    assert metrics["contamination"]["fraction"] <= 0.2  # the default gate passes on the built-in corpus

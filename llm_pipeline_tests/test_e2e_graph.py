@@ -8,7 +8,8 @@ import torch
 
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
 from llm_pipeline.demo_console import TRAINER_PROGRESS
-from llm_pipeline_tests.helpers import batch_instance
+from llm_pipeline_tests.helpers import batch_instance, datasets_cache
+from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK
 from llm_pipeline.evaluate.metrics import load_trained_model
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.storage.folders import Storage
@@ -63,7 +64,8 @@ def test_training_learned_and_eval_gate_passed(graph):
     assert ckpt["steps"] == 20 and ckpt["tokens_seen"] == 20 * 2 * 8 * 64
     assert metrics["loss"] < metrics["uniform_loss"]
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert set(checks) == {"eval_loss_within_threshold", "eval_perplexity_within_threshold", "no_regression_vs_published"}
+    assert set(checks) == {"eval_loss_within_threshold", "eval_perplexity_within_threshold", "no_regression_vs_published",
+                           "harness_scores_meet_minimums", "no_eval_contamination"}
     assert all(c.passed for c in checks.values())
     assert checks["no_regression_vs_published"].description == "no published model to compare with"
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
@@ -124,17 +126,59 @@ def test_crashed_run_resumes_from_newest_complete_checkpoint(graph):
     assert [loss for _, loss in summary["losses"][10:]] == pytest.approx([loss for _, loss in original[10:]], rel=1e-6)
 
 
+def test_the_harness_results_and_the_contamination_report_reach_the_ui_and_the_model_card(graph):
+    root, _, result, _ = graph
+    metrics = result.output_for_node("eval_metrics")
+    harness = metrics["harness"]["results"]
+    assert harness[PERPLEXITY_TASK]["bits_per_byte"]["value"] == pytest.approx(metrics["bits_per_byte"], abs=1e-3)
+    assert 0 < harness[CONTINUATION_TASK]["acc"]["stderr"] < 1
+    mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
+    shown = mats["eval_metrics"].materialization.metadata
+    assert isinstance(shown[f"{CONTINUATION_TASK}/acc"].value, float)  # numbers: plotted across runs
+    assert isinstance(shown[f"{CONTINUATION_TASK}/acc_stderr"].value, float)
+    assert isinstance(shown["contamination"].value, float) and isinstance(shown["contamination/held_out"].value, float)
+    # The task files the run wrote stay with it; the card shows both tables.
+    tasks = Storage(shown["harness_tasks_uri"].value)
+    assert {f"{t}.{ext}" for t in (PERPLEXITY_TASK, CONTINUATION_TASK) for ext in ("yaml", "jsonl")} <= set(tasks.listdir())
+    assert tasks.full(f"{CONTINUATION_TASK}.jsonl") in tasks.read_bytes(f"{CONTINUATION_TASK}.yaml").decode()
+    card = Storage(result.output_for_node("published_model")["uri"]).read_bytes("README.md").decode()
+    assert "## lm-evaluation-harness 0.4." in card and f"| {CONTINUATION_TASK} | acc |" in card
+    assert "## Contamination (13-grams" in card and "| held_out |" in card
+
+
+def test_a_harness_task_that_cannot_load_offline_fails_before_training(graph, tmp_path, monkeypatch):
+    root, resources, _, instance = graph
+    datasets_cache(monkeypatch, tmp_path / "empty-cache")
+    runs_before = set(Storage(root).child("trained_checkpoint").listdir())
+    result = dg.materialize(
+        ASSETS + CHECKS, selection=["trained_checkpoint", "eval_metrics"], resources=resources, instance=instance,
+        run_config=_run_config({"trained_checkpoint": {"seed": 11}, "eval_metrics": {"harness_tasks": [PERPLEXITY_TASK, "arc_easy"]}},
+                               only=["trained_checkpoint", "eval_metrics"]),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "trained_checkpoint"
+    message = failure.event_specific_data.error.message
+    assert "harness task 'arc_easy' cannot be loaded offline" in message and "Nothing was trained" in message
+    assert set(Storage(root).child("trained_checkpoint").listdir()) == runs_before
+
+
 def test_failing_gate_blocks_publishing(graph):
     root, resources, result, instance = graph
     registry = Storage(root).child("registry", "llm-pipeline-demo")
     latest_before = registry.read_bytes("latest")
     blocked = dg.materialize(
         ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources, instance=instance,
-        run_config=_run_config({"eval_metrics": {"max_loss": 0.5, "max_perplexity": 1.5}}, only=["eval_metrics"]),
+        run_config=_run_config({"eval_metrics": {"max_loss": 0.5, "max_perplexity": 1.5,
+                                                 "min_scores": {f"{CONTINUATION_TASK}/acc": 1.01}}}, only=["eval_metrics"]),
         raise_on_error=False,
     )
     assert not blocked.success
     checks = {c.check_name: c for c in blocked.get_asset_check_evaluations()}
+    assert not checks["harness_scores_meet_minimums"].passed
+    assert f"{CONTINUATION_TASK}/acc " in checks["harness_scores_meet_minimums"].description
+    assert "< 1.0100" in checks["harness_scores_meet_minimums"].description
     assert not checks["eval_loss_within_threshold"].passed
     assert "> max_loss 0.5000" in checks["eval_loss_within_threshold"].description
     assert not checks["eval_perplexity_within_threshold"].passed

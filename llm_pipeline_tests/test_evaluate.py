@@ -1,20 +1,32 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from llm_pipeline.evaluate.metrics import EvalConfig, evaluate, evaluate_published, split_documents
+from llm_pipeline.evaluate.contamination import contamination
+from llm_pipeline.evaluate.harness import check_tasks_available
+from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK, continuation_items
+from llm_pipeline.evaluate.metrics import EvalConfig, evaluate, evaluate_published, held_out_documents, split_documents
+from llm_pipeline.evaluate.suite import HELD_OUT, run_suite
 from llm_pipeline.publish.export import publish
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.tokenize.bpe import train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.train.model import CausalLM, ModelConfig
+from llm_pipeline_tests.helpers import cache_arc_easy, datasets_cache
 
 
-def _val_tokens(tokenizer, texts):
+def _stream(tokenizer, texts):
     eos = tokenizer.token_to_id("<|endoftext|>")
     ids = DocumentEncoder(tokenizer, "tiktoken").encode_batch(texts)
     return np.concatenate([np.array(i + [eos], dtype=np.uint16) for i in ids]), eos
+
+
+def _held_out(tokenizer, texts):
+    tokens, eos = _stream(tokenizer, texts)
+    return held_out_documents(tokens, eos, tokenizer), eos
 
 
 @pytest.fixture()
@@ -29,40 +41,164 @@ def final(storage):
 
 
 def test_evaluation_is_deterministic_and_consistent(final, small_tokenizer, sample_texts):
-    tokens, eos = _val_tokens(small_tokenizer, sample_texts[:3])
+    held_out, eos = _held_out(small_tokenizer, sample_texts[:3])
     cfg = EvalConfig(seq_len=64, max_new_tokens=6)
-    a = evaluate(final, tokens, small_tokenizer.to_str(), eos, cfg)
-    b = evaluate(final, tokens, small_tokenizer.to_str(), eos, cfg)
+    a = evaluate(final, held_out, small_tokenizer.to_str(), eos, cfg)
+    b = evaluate(final, held_out, small_tokenizer.to_str(), eos, cfg)
     assert a == b
-    assert a["tokens_evaluated"] == len(tokens) - 1
+    assert held_out.texts == sample_texts[:3]  # the documents' own text
+    assert a["tokens_evaluated"] == sum(len(d) for d in held_out.ids)  # every token once, EOS never a target
     assert a["perplexity"] == pytest.approx(np.exp(a["loss"]))
-    # every evaluated target maps back to the documents' text: bytes = the UTF-8 size of the texts
-    assert a["bytes_evaluated"] == sum(len(t.encode()) for t in sample_texts[:3]) - len(small_tokenizer.decode([int(tokens[0])]).encode())
+    assert a["bytes_evaluated"] == sum(len(t.encode()) for t in sample_texts[:3])
     assert a["bits_per_byte"] == pytest.approx(a["loss"] * a["tokens_evaluated"] / np.log(2) / a["bytes_evaluated"])
     assert [s["prompt"] for s in a["samples"]] == list(cfg.prompts)
+    # The batch size only changes the padding: the numbers stay.
+    assert evaluate(final, held_out, small_tokenizer.to_str(), eos, cfg.replaced(batch_size=3))["loss"] == pytest.approx(a["loss"], rel=1e-6)
+
+
+def test_max_tokens_takes_whole_documents(small_tokenizer, sample_texts):
+    held_out, _ = _held_out(small_tokenizer, sample_texts[:4])
+    first_two = len(held_out.ids[0]) + len(held_out.ids[1])
+    assert held_out.first(first_two).texts == sample_texts[:2]
+    assert held_out.first(first_two - 1).texts == sample_texts[:1]
+    assert held_out.first(1).texts == sample_texts[:1]  # at least one
+    assert held_out.first(0) is held_out
 
 
 def test_published_baseline_with_the_same_tokenizer_gives_the_same_numbers(storage, final, small_tokenizer, sample_texts):
-    tokens, eos = _val_tokens(small_tokenizer, sample_texts[:3])
+    held_out, eos = _held_out(small_tokenizer, sample_texts[:3])
     cfg = EvalConfig(seq_len=64, max_new_tokens=0)
     publish(storage.child("registry"), "m", final, small_tokenizer.to_str(), eos, {}, {}, {})
-    baseline = evaluate_published(resolve_version(storage.child("registry"), "m"), tokens, small_tokenizer.to_str(), eos, cfg)
-    ours = evaluate(final, tokens, small_tokenizer.to_str(), eos, cfg)
+    baseline = evaluate_published(resolve_version(storage.child("registry"), "m"), held_out, small_tokenizer.to_str(), cfg)
+    ours = evaluate(final, held_out, small_tokenizer.to_str(), eos, cfg)
     assert baseline["same_tokenizer"] and baseline["loss"] == pytest.approx(ours["loss"], rel=1e-6)
 
 
 def test_published_baseline_with_another_tokenizer_is_scored_on_the_same_text(storage, final, small_tokenizer, sample_texts):
     other = train_bpe(iter(sample_texts[3:]), 512)
-    tokens, eos = _val_tokens(small_tokenizer, sample_texts[:3])
+    held_out, eos = _held_out(small_tokenizer, sample_texts[:3])
     publish(storage.child("registry"), "m", final, other.to_str(), eos, {}, {}, {})
     cfg = EvalConfig(seq_len=64, max_new_tokens=0)
-    baseline = evaluate_published(resolve_version(storage.child("registry"), "m"), tokens, small_tokenizer.to_str(), eos, cfg)
-    ours = evaluate(final, tokens, small_tokenizer.to_str(), eos, cfg)
+    baseline = evaluate_published(resolve_version(storage.child("registry"), "m"), held_out, small_tokenizer.to_str(), cfg)
+    ours = evaluate(final, held_out, small_tokenizer.to_str(), eos, cfg)
     assert not baseline["same_tokenizer"]
     assert baseline["tokens_evaluated"] != ours["tokens_evaluated"]
-    assert abs(baseline["bytes_evaluated"] - ours["bytes_evaluated"]) <= 4  # the same text, up to its first token
+    assert baseline["bytes_evaluated"] == ours["bytes_evaluated"]  # the same text
 
 
 def test_split_documents():
     docs = split_documents(np.array([5, 6, 0, 7, 0]), 0)
     assert [d.tolist() for d in docs] == [[5, 6], [7]]
+
+
+def test_the_harness_on_a_model_agrees_with_our_bits_per_byte(tmp_path, storage, final, small_tokenizer, sample_texts):
+    """lm-evaluation-harness, offline, on the model in published format: its held-out bits per byte
+    are ours, and the multiple-choice task reports acc with a stderr."""
+    val, eos = _stream(small_tokenizer, sample_texts[:6])
+    train, _ = _stream(small_tokenizer, sample_texts[6:])
+    cfg = EvalConfig(max_new_tokens=0, continuation_items=40)
+    suite = run_suite(final, val, lambda: iter([train]), small_tokenizer.to_str(), eos, cfg, str(tmp_path / "work"))
+    metrics = suite.metrics
+    harness = metrics["harness"]["results"]
+    assert harness[PERPLEXITY_TASK]["bits_per_byte"]["value"] == pytest.approx(metrics["bits_per_byte"], abs=1e-3)
+    choice = harness[CONTINUATION_TASK]
+    for name in ("acc", "acc_norm"):
+        assert 0 <= choice[name]["value"] <= 1 and 0 < choice[name]["stderr"] < 1
+    assert metrics["harness"]["n_samples"][CONTINUATION_TASK] == 40
+    assert all(np.isfinite(v["value"]) for task in harness.values() for v in task.values())
+    assert set(metrics["contamination"]["sets"]) == {HELD_OUT, CONTINUATION_TASK}
+    assert json.loads(suite.task_data[f"{CONTINUATION_TASK}.jsonl"].splitlines()[0])["context"]
+
+
+def test_the_multiple_choice_task_is_deterministic_and_built_from_held_out_documents(small_tokenizer, sample_texts):
+    held_out, _ = _held_out(small_tokenizer, sample_texts[:6])
+    items = continuation_items(held_out.texts, 60, seed=3)
+    assert items == continuation_items(held_out.texts, 60, seed=3)
+    assert items != continuation_items(held_out.texts, 60, seed=4)
+    assert len(items) == 60
+    starts = {item["document"] for item in items if held_out.texts[item["document"]].startswith(item["context"])}
+    assert len(starts) == 6  # every document's start is asked about
+    for item in items:
+        text = held_out.texts[item["document"]]
+        true = item["choices"][item["label"]]
+        assert text[item["offset"] - len(item["context"]):item["offset"] + len(true)] == item["context"] + true
+        assert len(item["choices"]) == 4 and len(set(item["choices"])) == 4
+        for choice in item["choices"]:  # every candidate is held-out text, none from elsewhere
+            assert any(choice in t for i, t in enumerate(held_out.texts))
+            if choice != true:
+                assert choice not in text or choice.strip() != true.strip()
+    assert {item["label"] for item in items} == {0, 1, 2, 3}
+
+
+def test_one_held_out_document_is_too_few_for_the_multiple_choice_task(sample_texts):
+    with pytest.raises(ValueError, match=f"{CONTINUATION_TASK} task needs passages from at least 2 held-out documents"):
+        continuation_items(sample_texts[:1], 10, seed=0)
+
+
+def test_copied_training_documents_are_contaminated_and_idioms_are_not(small_tokenizer, sample_texts):
+    train, _ = _stream(small_tokenizer, sample_texts[:6])
+    clean, _ = _held_out(small_tokenizer, sample_texts[6:])
+    copied, _ = _held_out(small_tokenizer, sample_texts[1:3])
+    report = contamination(iter([train[:5000], train[5000:]]), {"clean": clean.ids, "copied": copied.ids + clean.ids})
+    assert report["clean"]["fraction"] == 0
+    assert report["clean"]["sharing"] >= 1  # Python idioms: shared 13-grams, not copies
+    assert report["copied"]["contaminated"] == 2 and report["copied"]["fraction"] == pytest.approx(2 / 8)
+
+
+def test_a_standard_task_that_cannot_load_offline_is_named(tmp_path, monkeypatch):
+    datasets_cache(monkeypatch, tmp_path / "empty-cache")
+    with pytest.raises(ValueError, match="harness task 'arc_easy' cannot be loaded offline"):
+        check_tasks_available((PERPLEXITY_TASK, "arc_easy"))
+    with pytest.raises(ValueError, match="harness task 'no_such_task' is not a task"):
+        check_tasks_available(("no_such_task",))
+    check_tasks_available((PERPLEXITY_TASK, CONTINUATION_TASK))  # written at evaluation time: always loadable
+
+
+def test_an_eval_set_with_training_documents_copied_in_fails_the_gate(tmp_path, final, small_tokenizer, sample_texts):
+    """The whole path: the suite's report (held-out documents and the multiple-choice items) read by
+    the blocking check, for a clean held-out split and for one with training documents copied in."""
+    from llm_pipeline.assets.evaluation import no_eval_contamination
+
+    train, eos = _stream(small_tokenizer, sample_texts[:6])
+    cfg = EvalConfig(max_new_tokens=0, continuation_items=30)
+    gates = {"gates": {"max_contamination": 0.2}}
+
+    def gate(val_texts):
+        val, _ = _stream(small_tokenizer, val_texts)
+        suite = run_suite(final, val, lambda: iter([train]), small_tokenizer.to_str(), eos, cfg, str(tmp_path / str(len(val_texts))))
+        return no_eval_contamination({**suite.metrics, **gates}), suite.metrics["contamination"]
+
+    clean, report = gate(sample_texts[6:])
+    assert clean.passed and report["sets"][HELD_OUT]["contaminated"] == 0
+    dirty, report = gate(sample_texts[6:] + sample_texts[:3])  # three training files copied into the eval set
+    assert not dirty.passed
+    assert report["sets"][HELD_OUT]["contaminated"] == 3 and report["sets"][HELD_OUT]["fraction"] == pytest.approx(3 / 9)
+    assert "> max_contamination 20.0%" in dirty.description
+
+
+def test_a_held_out_split_too_small_for_the_multiple_choice_task_leaves_it_out_and_its_gate_fails(tmp_path, final, small_tokenizer, sample_texts):
+    from llm_pipeline.assets.evaluation import harness_scores_meet_minimums
+
+    train, eos = _stream(small_tokenizer, sample_texts[:6])
+    val, _ = _stream(small_tokenizer, sample_texts[6:7])  # one held-out document
+    suite = run_suite(final, val, lambda: iter([train]), small_tokenizer.to_str(), eos, EvalConfig(max_new_tokens=0), str(tmp_path))
+    metrics = suite.metrics
+    assert set(metrics["harness"]["results"]) == {PERPLEXITY_TASK}
+    assert "needs passages from at least 2 held-out documents" in metrics["harness_skipped"][CONTINUATION_TASK]
+    assert set(suite.task_data) == {f"{PERPLEXITY_TASK}.jsonl"}  # no empty task is written
+    gate = harness_scores_meet_minimums({**metrics, "gates": {"min_scores": {f"{CONTINUATION_TASK}/acc": 0.3}}})
+    assert not gate.passed and "no result (the llm_pipeline_heldout_continuation task needs passages" in gate.description
+
+
+def test_a_standard_task_runs_offline_from_the_datasets_cache(tmp_path, monkeypatch, final, small_tokenizer, sample_texts):
+    """A standard harness task (arc_easy) next to the local ones, its dataset read from the cache."""
+    cache_arc_easy(datasets_cache(monkeypatch, tmp_path / "hf-cache"), questions=12)
+    check_tasks_available(("arc_easy",))
+    val, eos = _stream(small_tokenizer, sample_texts[:4])
+    train, _ = _stream(small_tokenizer, sample_texts[4:])
+    cfg = EvalConfig(max_new_tokens=0, continuation_items=10, harness_tasks=(PERPLEXITY_TASK, CONTINUATION_TASK, "arc_easy"))
+    metrics = run_suite(final, val, lambda: iter([train]), small_tokenizer.to_str(), eos, cfg, str(tmp_path / "work")).metrics
+    arc = metrics["harness"]["results"]["arc_easy"]
+    assert metrics["harness"]["n_samples"]["arc_easy"] == 12
+    assert 0 <= arc["acc"]["value"] <= 1 and 0 < arc["acc"]["stderr"] < 1
+    assert metrics["contamination"]["sets"]["arc_easy"]["documents"] == 12  # its items checked too

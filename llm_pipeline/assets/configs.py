@@ -147,9 +147,20 @@ class _EvalMetrics(dg.Config):
     max_perplexity: Optional[float] = Field(default=None, description="publishing gate on perplexity; none by default")
     compare_with: str = Field(default=DEFAULT_MODEL_NAME, description="registry model whose latest version is the baseline; empty: none")
     regression_tolerance: float = Field(default=0.02, description="publishing gate: bits per byte may exceed the baseline's by this fraction")
+    min_scores: dict[str, float] = Field(default={}, description=(
+        'publishing gate on harness results: {"task/metric": minimum}, e.g. {"llm_pipeline_heldout_continuation/acc": 0.3}'))
+    max_contamination: float = Field(default=0.2, description=(
+        "publishing gate: at most this fraction of held-out documents (and of each task's items) contaminated by training data"))
 
     def validate_library(self) -> None:
-        self.to_library()
+        library = self.to_library()
+        for key in self.min_scores:
+            task, _, metric = key.partition("/")
+            if not metric or task not in library.harness_tasks:
+                raise ValueError(f"min_scores key {key!r} must be 'task/metric' with a task of harness_tasks "
+                                 f"({', '.join(library.harness_tasks) or 'none'})")
+        if not 0 <= self.max_contamination <= 1:
+            raise ValueError(f"max_contamination must be between 0 and 1, got {self.max_contamination}")
         if self.compare_with:
             check_name(self.compare_with, "compare_with")
         if self.max_perplexity is not None and self.max_perplexity < 1:
@@ -190,6 +201,12 @@ def _build(stage: str, values: dict):
         return STAGE_CONFIGS[stage](**values)
     except ValidationError as e:
         raise ValueError(f"{stage} config: {e}") from None
+
+
+def harness_tasks(run_config: dict) -> tuple[str, ...]:
+    """The lm-evaluation-harness tasks a run's eval_metrics will run (its config, or the default)."""
+    values = (((run_config or {}).get("ops", {}).get("eval_metrics") or {}).get("config") or {})
+    return EvalMetricsConfig(**values).to_library().harness_tasks
 
 
 def validate_run_config(run_config: dict) -> None:

@@ -1,21 +1,25 @@
 import math
+import tempfile
 
 import dagster as dg
 
 from llm_pipeline.assets.configs import EvalMetricsConfig, validate_run_config
 from llm_pipeline.assets.metadata import significant
-from llm_pipeline.evaluate.metrics import evaluate, evaluate_published
+from llm_pipeline.evaluate.harness import check_tasks_available
+from llm_pipeline.evaluate.local_tasks import task_files
+from llm_pipeline.evaluate.metrics import HeldOut, evaluate_published
+from llm_pipeline.evaluate.suite import run_suite
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
-from llm_pipeline.train.data import load_tokens
+from llm_pipeline.train.data import iter_tokens, load_tokens
 
 _ERROR = dg.AssetCheckSeverity.ERROR
 
 
-def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, val_tokens, tok_json: str, eos_id: int) -> dict | None:
-    """The currently published model's numbers on this run's held-out split, or None if there is none."""
+def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, held_out: HeldOut, tok_json: str) -> dict | None:
+    """The currently published model's numbers on this run's held-out documents, or None if there is none."""
     if not config.compare_with:
         return None
     try:
@@ -27,14 +31,34 @@ def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, val_
     problems = verify(folder)  # nothing is loaded from a baseline that does not match its manifest
     if problems:
         raise dg.Failure(description=f"eval_metrics: the published baseline {folder.uri} fails verification: {'; '.join(problems)}")
-    result = evaluate_published(folder, val_tokens, tok_json, eos_id, config.to_library())
+    result = evaluate_published(folder, held_out, tok_json, config.to_library())
     result["version"] = folder.name
     context.log.info(f"published baseline {config.compare_with}/{result['version']}: bits per byte {result['bits_per_byte']:.4f}")
     return result
 
 
+def _harness_metadata(harness: dict | None) -> dict:
+    """Each task's metrics as numbers (Dagster plots them across runs): `task/metric`, `task/metric_stderr`."""
+    metadata = {}
+    for task, metrics in (harness or {}).get("results", {}).items():
+        for metric, v in metrics.items():
+            metadata[f"{task}/{metric}"] = significant(v["value"])
+            if v["stderr"] is not None:
+                metadata[f"{task}/{metric}_stderr"] = significant(v["stderr"], 3)
+    return metadata
+
+
+def _contamination_metadata(report: dict) -> dict:
+    metadata = {"contamination": significant(report["fraction"], 4)}
+    for name, r in report["sets"].items():
+        metadata[f"contamination/{name}"] = significant(r["fraction"], 4)
+        metadata[f"contamination/{name}/shares_any_{report['n']}gram"] = significant(r["sharing_fraction"], 4)
+    return metadata
+
+
 @dg.asset(group_name="llm_pipeline", kinds={"pytorch"},
-          description="Held-out loss, perplexity, bits per byte (over the trained batches' val splits) and samples.")
+          description=("Held-out loss, perplexity, bits per byte (over the trained batches' val splits), lm-evaluation-harness "
+                       "tasks, eval/train contamination and samples."))
 def eval_metrics(
     context: dg.AssetExecutionContext,
     config: EvalMetricsConfig,
@@ -42,11 +66,29 @@ def eval_metrics(
     trained_checkpoint: dict,
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
+    cfg = config.to_library()
+    try:
+        check_tasks_available(cfg.harness_tasks)
+    except ValueError as e:
+        raise dg.Failure(description=f"eval_metrics config: {e}", allow_retries=False) from None
     tokenizer = trained_checkpoint["tokenizer"]
-    # The held-out split of exactly the batches the model was trained on.
-    val_tokens, _ = load_tokens([storage.at(d["uri"]) for d in trained_checkpoint["data"]], "val", tokenizer["sha256"])
+    # The held-out split of exactly the batches the model was trained on; their training split for contamination.
+    shard_sets = [storage.at(d["uri"]) for d in trained_checkpoint["data"]]
+    val_tokens, _ = load_tokens(shard_sets, "val", tokenizer["sha256"])
     tok_json = tokenizer_json(storage, tokenizer)
-    metrics = evaluate(storage.at(trained_checkpoint["final_uri"]), val_tokens, tok_json, tokenizer["eos_id"], config.to_library())
+    with tempfile.TemporaryDirectory() as work:
+        suite = run_suite(storage.at(trained_checkpoint["final_uri"]), val_tokens,
+                          lambda: iter_tokens(shard_sets, "train", tokenizer["sha256"])[0],
+                          tok_json, tokenizer["eos_id"], cfg, work)
+    metrics = suite.metrics
+    for task, reason in metrics["harness_skipped"].items():
+        context.log.warning(f"harness task {task} left out: {reason}")
+    # The local harness tasks, kept with the run: `lm_eval --include_path <this folder>` runs them again.
+    tasks_folder = storage.root().child("eval_metrics", context.run_id, "harness_tasks")
+    if suite.task_data:
+        written = tuple(name.removesuffix(".jsonl") for name in suite.task_data)
+        for name, body in {**suite.task_data, **task_files(tasks_folder.uri, tasks=written)}.items():
+            tasks_folder.write_bytes(name, body.encode("utf-8"))
     metrics["uniform_loss"] = math.log(tokenizer["vocab_size"])
     metrics["checkpoint"] = trained_checkpoint["checkpoint"]
     metrics["trained_checkpoint"] = trained_checkpoint  # what published_model publishes
@@ -54,15 +96,23 @@ def eval_metrics(
         "max_loss": config.loss_threshold(tokenizer["vocab_size"]),
         "max_perplexity": config.max_perplexity,
         "regression_tolerance": config.regression_tolerance,
+        "min_scores": dict(config.min_scores),
+        "max_contamination": config.max_contamination,
     }
-    baseline = _baseline(context, config, storage, val_tokens, tok_json, tokenizer["eos_id"])
+    baseline = _baseline(context, config, storage, suite.held_out, tok_json)
     metrics["baseline"] = baseline
     metadata = {
         "loss": significant(metrics["loss"]),
         "perplexity": significant(metrics["perplexity"]),
         "bits_per_byte": significant(metrics["bits_per_byte"]),
         "tokens_evaluated": metrics["tokens_evaluated"],
+        "documents_evaluated": metrics["documents_evaluated"],
         "loss_vs_uniform": significant(metrics["loss"] / metrics["uniform_loss"], 4),
+        **_harness_metadata(metrics["harness"]),
+        **({"harness_skipped": dg.MetadataValue.json(metrics["harness_skipped"])} if metrics["harness_skipped"] else {}),
+        **_contamination_metadata(metrics["contamination"]),
+        **({"harness_tasks_uri": dg.MetadataValue.path(tasks_folder.uri)} if suite.task_data else {}),
+        "seconds": dg.MetadataValue.json({k: round(v, 2) for k, v in metrics["seconds"].items()}),
         "samples": dg.MetadataValue.md(
             "\n\n".join(f"**{s['prompt']!r}** →\n```\n{s['prompt']}{s['completion']}\n```" for s in metrics["samples"])
         ),
@@ -116,4 +166,46 @@ def no_regression_vs_published(eval_metrics: dict) -> dg.AssetCheckResult:
         description=(f"bits per byte {ours:.4f} {'<=' if passed else '>'} {limit:.4f} "
                      f"(published {baseline['version']}: {theirs:.4f}, tolerance {tolerance:.1%})"),
         metadata={"bits_per_byte": ours, "baseline_bits_per_byte": theirs, "baseline_version": baseline["version"]},
+    )
+
+
+@dg.asset_check(asset=eval_metrics, blocking=True,
+                description="Each lm-evaluation-harness score named in min_scores reaches its minimum.")
+def harness_scores_meet_minimums(eval_metrics: dict) -> dg.AssetCheckResult:
+    minimums = eval_metrics["gates"]["min_scores"]
+    if not minimums:
+        return dg.AssetCheckResult(passed=True, severity=_ERROR, description="no min_scores configured")
+    results = (eval_metrics["harness"] or {}).get("results", {})
+    lines, failed, scores = [], [], {}
+    for key, minimum in sorted(minimums.items()):
+        task, _, metric = key.partition("/")
+        value = results.get(task, {}).get(metric, {}).get("value")
+        if value is None or not math.isfinite(value):
+            failed.append(key)
+            why = eval_metrics["harness_skipped"].get(task) or f"metrics of {task}: {', '.join(results.get(task, {})) or 'none'}"
+            lines.append(f"{key}: no result ({why})")
+            continue
+        scores[key] = value
+        if value < minimum:
+            failed.append(key)
+        lines.append(f"{key} {value:.4f} {'<' if value < minimum else '>='} {minimum:.4f}")
+    return dg.AssetCheckResult(passed=not failed, severity=_ERROR, description="; ".join(lines),
+                               metadata={**scores, "failed": ", ".join(failed)})
+
+
+@dg.asset_check(asset=eval_metrics, blocking=True,
+                description="At most max_contamination of the eval documents (and of each task's items) share their n-grams with training data.")
+def no_eval_contamination(eval_metrics: dict) -> dg.AssetCheckResult:
+    report, limit = eval_metrics["contamination"], eval_metrics["gates"]["max_contamination"]
+    worst = max(report["sets"], key=lambda name: report["sets"][name]["fraction"])
+    fraction = report["fraction"]
+    passed = fraction <= limit
+    r = report["sets"][worst]
+    return dg.AssetCheckResult(
+        passed=passed, severity=_ERROR,
+        description=(f"{fraction:.1%} of {worst} contaminated ({r['contaminated']} of {r['documents'] - r['too_short']} with "
+                     f">= {report['min_overlap']:.0%} of their {report['n']}-grams in the training split) "
+                     f"{'<=' if passed else '>'} max_contamination {limit:.1%}"),
+        metadata={"contamination": fraction, "max_contamination": limit, "worst_set": worst,
+                  **{name: s["fraction"] for name, s in report["sets"].items()}},
     )

@@ -40,6 +40,7 @@ def published_model(
         registry, config.model_name, storage.at(trained_checkpoint["final_uri"]),
         tokenizer_json(storage, tokenizer), tokenizer["eos_id"],
         {k: eval_metrics[k] for k in _METRICS}, lineage, trained_checkpoint["train_config"],
+        {"harness": eval_metrics["harness"], "contamination": eval_metrics["contamination"]},
     )
     value = {"uri": manifest["uri"], "name": config.model_name, "version": manifest["version"], "registry": registry.uri}
     return dg.Output(

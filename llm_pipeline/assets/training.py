@@ -1,9 +1,10 @@
 import dagster as dg
 
-from llm_pipeline.assets.configs import TrainedCheckpointConfig, validate_run_config
+from llm_pipeline.assets.configs import TrainedCheckpointConfig, harness_tasks, validate_run_config
 from llm_pipeline.assets.partitions import partition_values
 from llm_pipeline.assets.metadata import significant
 from llm_pipeline.assets.plots import loss_curve_markdown
+from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.resources import StorageResource
@@ -33,6 +34,14 @@ def training_data(context, config: TrainedCheckpointConfig, storage: StorageReso
         raise _input_error("trained_checkpoint: no corpus batch has training tokens yet; materialize "
                                      "raw_corpus and tokenized_shards for a batch (e.g. 'builtin') first")
     return data
+
+
+def _check_eval_tasks(run_config: dict) -> None:
+    """The evaluation's harness tasks load offline, checked before hours of training depend on it."""
+    try:
+        check_tasks_available(harness_tasks(run_config))
+    except ValueError as e:
+        raise _input_error(f"eval_metrics config: {e}. Nothing was trained") from None
 
 
 def _initial_weights(config: TrainedCheckpointConfig, storage: StorageResource) -> str:
@@ -65,6 +74,7 @@ def trained_checkpoint(
     tokenizer: dict,
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
+    _check_eval_tasks(context.run_config)
     data = training_data(context, config, storage, tokenizer)
     init_from = _initial_weights(config, storage)
     unplaced = config.to_library(tuple(d["uri"] for d in data), "", tokenizer["vocab_size"], tokenizer["sha256"], init_from)

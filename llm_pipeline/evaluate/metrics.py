@@ -1,7 +1,13 @@
 """Held-out loss, perplexity, bits per byte and sample generations, deterministic for a checkpoint.
 
-Bits per byte divides the total loss in bits by the UTF-8 bytes of the evaluated text, so
-models with different tokenizers can be compared.
+Each held-out document is scored on its own, from the document boundary, the way lm-evaluation-
+harness scores `loglikelihood_rolling` tasks: the first window reads EOS then the document, every
+later window predicts the next `window` tokens with the `window` tokens before them as context
+(the last one right-aligned). So the numbers do not depend on how documents were packed into the
+split, and the harness's held-out task (evaluate/harness.py) reproduces them.
+
+Bits per byte divides the total loss in bits by the UTF-8 bytes of the documents' text, so models
+with different tokenizers can be compared.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,32 +24,94 @@ from safetensors.torch import load_file
 from pydantic import Field
 from tokenizers import Tokenizer
 
+from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, LOCAL_TASKS
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import EOS_TOKEN, tokenizer_hash
 from llm_pipeline.train.hf_config import model_config_from_hf
 from llm_pipeline.train.model import CausalLM, ModelConfig
 
+_IGNORE = -100
 
-def eval_windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None):
-    """Non-overlapping (input, target) windows covering the split in order, for evaluation."""
-    n = len(tokens) - 1
-    if max_tokens:
-        n = min(n, max_tokens)
-    t = torch.from_numpy(tokens.astype(np.int64))
-    for start in range(0, n, seq_len):
-        end = min(start + seq_len, n)
-        yield t[start:end][None], t[start + 1 : end + 1][None]
+
+def rolling_windows(doc: np.ndarray, prefix_id: int, window: int):
+    """(input ids, target ids, how many of the last targets are scored) covering `doc` once,
+    exactly as lm-eval's get_rolling_token_windows(context_len=1) + make_disjoint_window."""
+    stream = np.concatenate([[prefix_id], doc]).astype(np.int64)
+    n = len(doc)
+    for start in range(0, n, window):
+        end = min(start + window, n)
+        first = max(0, end - window)  # the last window reads back to a full context
+        yield stream[first:end], stream[first + 1:end + 1], end - start
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out documents evaluated: their token ids and their text (the same documents for
+    our metrics, the harness's tasks and the contamination check)."""
+    ids: list[np.ndarray]
+    texts: list[str]
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(t.encode("utf-8")) for t in self.texts)
+
+    def first(self, max_tokens: int) -> "HeldOut":
+        """The first documents up to `max_tokens` tokens (whole documents, at least one); 0: all."""
+        if not max_tokens:
+            return self
+        count, total = 0, 0
+        for doc in self.ids:
+            if count and total + len(doc) > max_tokens:
+                break
+            count, total = count + 1, total + len(doc)
+        return HeldOut(self.ids[:count], self.texts[:count])
+
+
+def held_out_documents(val_tokens: np.ndarray, eos_id: int, tokenizer: Tokenizer) -> HeldOut:
+    """The val split's documents, in order, with their text."""
+    ids = split_documents(val_tokens.astype(np.int64), eos_id)
+    if not ids:
+        raise ValueError("the held-out split holds no document")
+    return HeldOut(ids, [tokenizer.decode(d.tolist(), skip_special_tokens=True) for d in ids])
+
+
+@torch.inference_mode()
+def document_nats(model: CausalLM, docs: list[np.ndarray], prefix_id: int, window: int, batch_size: int = 4) -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) of every token of `docs`, and the token count."""
+    windows = [w for doc in docs for w in rolling_windows(doc, prefix_id, window)]
+    windows.sort(key=lambda w: -len(w[0]))  # similar lengths share a batch: little padding
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        batch = windows[i:i + batch_size]
+        width = len(batch[0][0])
+        x = torch.zeros(len(batch), width, dtype=torch.long)
+        y = torch.full((len(batch), width), _IGNORE, dtype=torch.long)
+        for row, (inp, tgt, scored) in enumerate(batch):
+            x[row, :len(inp)] = torch.from_numpy(inp)  # right padding: causal attention never reads it
+            y[row, len(tgt) - scored:len(tgt)] = torch.from_numpy(tgt[len(tgt) - scored:])
+            count += scored
+        logits = model(x).float()
+        total += F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=_IGNORE, reduction="sum").item()
+    return total, count
 
 
 class EvalConfig(Settings):
-    seq_len: int = Field(default=128, gt=0, description="tokens per evaluation window")
-    max_tokens: int = Field(default=0, ge=0, description="evaluate at most this many val tokens; 0: all")
+    seq_len: int = Field(default=0, ge=0, description="tokens per evaluation window; 0: the model's max_seq_len")
+    max_tokens: int = Field(default=0, ge=0, description="evaluate the first held-out documents up to this many tokens (whole documents, at least one); 0: all")
+    batch_size: int = Field(default=4, gt=0, description="evaluation windows per forward pass (4: fastest measured on 2 CPU cores)")
     prompts: tuple[str, ...] = Field(default=("import os\n", "def main(", "class "), description="sample completions of these")
     max_new_tokens: int = Field(default=48, ge=0, description="tokens generated per sample")
     temperature: float = Field(default=0.8, ge=0, description="sampling temperature; 0: greedy")
     top_k: int = Field(default=50, ge=0, description="sample among the k likeliest tokens; 0: all")
-    seed: int = Field(default=0, description="sampling seed")
+    seed: int = Field(default=0, description="sampling seed; also picks the multiple-choice task's items")
+    harness_tasks: tuple[str, ...] = Field(default=LOCAL_TASKS, description=(
+        "lm-evaluation-harness tasks run on the model: the local held-out tasks, and standard tasks whose datasets are cached"))
+    harness_batch_size: int = Field(default=64, gt=0, description="the harness's requests per forward pass (64: its fastest measured on 2 CPU cores)")
+    continuation_items: int = Field(default=200, gt=0, description=f"items of the {CONTINUATION_TASK} task")
+    contamination_ngram: int = Field(default=13, gt=0, description="n of the n-grams (token ids) the contamination check compares")
+    contamination_min_overlap: float = Field(default=0.5, gt=0, le=1, description=(
+        "an eval document is contaminated when at least this share of its n-grams occur in the training split"))
 
 
 def load_model(folder: Storage, cfg: ModelConfig) -> CausalLM:
@@ -67,30 +136,19 @@ def load_trained_model(final: Storage) -> CausalLM:
     return load_model(final, ModelConfig.from_dict(final.read_json("model_config.json"), f"{final.uri}/model_config.json"))
 
 
-@torch.no_grad()
-def held_out_loss(model: CausalLM, tokens: np.ndarray, eos_id: int, tokenizer: Tokenizer, seq_len: int, max_tokens: int = 0) -> dict:
-    seq_len = min(seq_len, model.cfg.max_seq_len)
-    total_nats, count = 0.0, 0
-    for x, y in eval_windows(tokens, seq_len, max_tokens or None):
-        logits = model(x).float()
-        total_nats += F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
-        count += y.numel()
-    evaluated = tokens[1 : count + 1]
-    text_bytes = _utf8_bytes(tokenizer, evaluated, eos_id)
+def held_out_loss(model: CausalLM, held_out: HeldOut, prefix_id: int, cfg: EvalConfig) -> dict:
+    window = min(cfg.seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+    total_nats, count = document_nats(model, held_out.ids, prefix_id, window, cfg.batch_size)
     loss = total_nats / count
     return {
         "loss": loss,
         "perplexity": math.exp(loss) if loss < 700 else float("inf"),
-        "bits_per_byte": total_nats / math.log(2) / max(text_bytes, 1),
+        "bits_per_byte": total_nats / math.log(2) / max(held_out.bytes, 1),
         "tokens_evaluated": count,
-        "bytes_evaluated": text_bytes,
+        "bytes_evaluated": held_out.bytes,
+        "documents_evaluated": len(held_out.ids),
+        "window": window,
     }
-
-
-def _utf8_bytes(tokenizer: Tokenizer, ids: np.ndarray, eos_id: int) -> int:
-    """UTF-8 size of the text the targets encode, decoded document by document."""
-    return sum(len(tokenizer.decode(doc.tolist(), skip_special_tokens=True).encode("utf-8"))
-               for doc in split_documents(ids.astype(np.int64), eos_id) if len(doc))
 
 
 @torch.no_grad()
@@ -104,11 +162,10 @@ def sample_generations(model: CausalLM, tokenizer: Tokenizer, cfg: EvalConfig, e
     return samples
 
 
-def evaluate(final: Storage, val_tokens: np.ndarray, tokenizer_json: str, eos_id: int, cfg: EvalConfig) -> dict:
+def evaluate(final: Storage, held_out: HeldOut, tokenizer_json: str, eos_id: int, cfg: EvalConfig) -> dict:
     model = load_trained_model(final)
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    metrics = held_out_loss(model, val_tokens, eos_id, tokenizer, cfg.seq_len, cfg.max_tokens)
-    metrics["samples"] = sample_generations(model, tokenizer, cfg, eos_id)
+    metrics = held_out_loss(model, held_out, eos_id, cfg)
+    metrics["samples"] = sample_generations(model, Tokenizer.from_str(tokenizer_json), cfg, eos_id)
     return metrics
 
 
@@ -119,28 +176,20 @@ def split_documents(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
     return [tokens[a:b] for a, b in zip(starts, np.concatenate([ends, [len(tokens)]])) if b > a]
 
 
-def evaluate_published(folder: Storage, val_tokens: np.ndarray, tokenizer_json: str, eos_id: int, cfg: EvalConfig) -> dict:
-    """The published model's numbers on the same held-out text.
+def evaluate_published(folder: Storage, held_out: HeldOut, tokenizer_json: str, cfg: EvalConfig) -> dict:
+    """The published model's numbers on the same held-out documents.
 
-    With the same tokenizer it sees the very same tokens; with another, the held-out documents are
-    decoded and re-encoded with its tokenizer, so bits per byte stay comparable.
+    With the same tokenizer it sees the very same tokens; with another, the documents' text is
+    encoded with its tokenizer, so bits per byte stay comparable.
     """
     theirs_json = folder.read_bytes("tokenizer.json").decode("utf-8")
     model = load_model(folder, model_config_from_hf(folder.read_json("config.json")))
-    theirs = Tokenizer.from_str(theirs_json)
     same_tokenizer = tokenizer_hash(theirs_json) == tokenizer_hash(tokenizer_json)
-    their_eos = theirs.token_to_id(EOS_TOKEN)
-    tokens = val_tokens
+    theirs = Tokenizer.from_str(theirs_json)
     if not same_tokenizer:
-        ours = Tokenizer.from_str(tokenizer_json)
-        texts = [ours.decode(d.tolist(), skip_special_tokens=True) for d in split_documents(val_tokens, eos_id)]
         theirs.encode_special_tokens = True
-        encoded = theirs.encode_batch(texts, add_special_tokens=False)
-        tokens = np.concatenate([np.array(e.ids + [their_eos], dtype=np.int64) for e in encoded])
-    max_tokens = cfg.max_tokens
-    if max_tokens and not same_tokenizer:
-        # Keep the same text: scale the token budget by the ratio of token counts.
-        max_tokens = max(1, round(max_tokens * len(tokens) / len(val_tokens)))
-    metrics = held_out_loss(model, tokens, their_eos, theirs, cfg.seq_len, max_tokens)
+        ids = [np.array(e.ids, dtype=np.int64) for e in theirs.encode_batch(held_out.texts, add_special_tokens=False)]
+        held_out = HeldOut(ids, held_out.texts)
+    metrics = held_out_loss(model, held_out, theirs.token_to_id(EOS_TOKEN), cfg)
     metrics["same_tokenizer"] = same_tokenizer
     return metrics

@@ -17,6 +17,7 @@ import tempfile
 
 from fsspec.implementations.local import LocalFileSystem
 
+from llm_pipeline.evaluate.local_tasks import CHOICES, CONTINUATION_TASK
 from llm_pipeline.publish.registry import point_latest
 from llm_pipeline.storage.folders import Storage, json_bytes, sha256_file
 from llm_pipeline.storage.manifests import write_manifest
@@ -49,7 +50,7 @@ def new_version(now: dt.datetime | None = None) -> str:
     return now.strftime("v%Y%m%d-%H%M%S-%f") + "-" + os.urandom(3).hex()
 
 
-def model_card(name: str, version: str, metrics: dict, lineage: dict, training: dict) -> str:
+def model_card(name: str, version: str, metrics: dict, lineage: dict, training: dict, evaluation: dict | None = None) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     lineage_rows = "\n".join(f"- **{k}**: `{v}`" for k, v in lineage.items())
     training_json = json.dumps(training, indent=2, sort_keys=True)
@@ -66,7 +67,7 @@ A Llama-architecture causal language model trained by llm-pipeline with DeepSpee
 | metric | value |
 |---|---|
 {rows}
-
+{_evaluation_sections(evaluation or {})}
 ## Data and lineage
 {lineage_rows}
 
@@ -84,6 +85,61 @@ tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 """
 
 
+def _evaluation_sections(evaluation: dict) -> str:
+    """The lm-evaluation-harness results and the contamination report, as markdown tables."""
+    parts = []
+    harness = evaluation.get("harness")
+    if harness:
+        rows = "\n".join(f"| {task} | {metric} | {v['value']:.4f} | {_stderr(v['stderr'])} |"
+                         for task, metrics in harness["results"].items() for metric, v in metrics.items())
+        chance = (f"\n`{CONTINUATION_TASK}`: a held-out passage and {CHOICES} continuations, chance {1 / CHOICES:.2f}.\n"
+                  if CONTINUATION_TASK in harness["results"] else "")
+        parts.append(f"""
+## lm-evaluation-harness {harness['lm_eval_version']}
+| task | metric | value | stderr |
+|---|---|---|---|
+{rows}
+{chance}""")
+    report = evaluation.get("contamination")
+    if report:
+        rows = "\n".join(f"| {name} | {r['documents']} | {r['sharing_fraction']:.1%} | {r['fraction']:.1%} | {r['mean_overlap']:.1%} |"
+                         for name, r in report["sets"].items())
+        parts.append(f"""
+## Contamination ({report['n']}-grams of token ids shared with the training split)
+| eval set | documents | share any {report['n']}-gram | contaminated (>= {report['min_overlap']:.0%} of n-grams) | mean overlap |
+|---|---|---|---|---|
+{rows}
+""")
+    return "".join(parts)
+
+
+def _stderr(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def hf_files(model_cfg: ModelConfig, tokenizer_json: str, eos_id: int) -> dict[str, bytes]:
+    """A Hugging Face model folder's files, all but the weights and the model card."""
+    files: dict[str, bytes] = {
+        "config.json": json_bytes(hf_config(model_cfg, eos_id)),
+        "tokenizer.json": tokenizer_json.encode("utf-8"),
+        "generation_config.json": json_bytes({"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id,
+                                         "do_sample": True, "temperature": 0.8, "top_k": 50}),
+    }
+    files.update({k: json_bytes(v) for k, v in tokenizer_files().items()})
+    return files
+
+
+def export_local(final: Storage, path: str, tokenizer_json: str, eos_id: int) -> None:
+    """A final checkpoint as a Hugging Face model folder at the local `path` (what `publish`
+    writes, less the card and the manifest), for clients that read a folder: lm-evaluation-harness."""
+    model_cfg = ModelConfig.from_dict(final.read_json("model_config.json"), f"{final.uri}/model_config.json")
+    os.makedirs(path, exist_ok=True)
+    for file_name, data in hf_files(model_cfg, tokenizer_json, eos_id).items():
+        with open(os.path.join(path, file_name), "wb") as f:
+            f.write(data)
+    final.get_file("model.safetensors", os.path.join(path, "model.safetensors"))
+
+
 def publish(
     registry: Storage,
     name: str,
@@ -93,6 +149,7 @@ def publish(
     metrics: dict,
     lineage: dict,
     training: dict,
+    evaluation: dict | None = None,
 ) -> dict:
     """Write a new version and move `latest` to it. Returns the manifest (with the version's URI)."""
     check_name(name, "model_name")
@@ -101,14 +158,8 @@ def publish(
     target = registry.child(name, version)
     if target.exists():
         raise FileExistsError(f"model version {target.uri} already exists")
-    files: dict[str, bytes] = {
-        "config.json": json_bytes(hf_config(model_cfg, eos_id)),
-        "tokenizer.json": tokenizer_json.encode("utf-8"),
-        "generation_config.json": json_bytes({"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id,
-                                         "do_sample": True, "temperature": 0.8, "top_k": 50}),
-        "README.md": model_card(name, version, metrics, lineage, training).encode("utf-8"),
-    }
-    files.update({k: json_bytes(v) for k, v in tokenizer_files().items()})
+    files = hf_files(model_cfg, tokenizer_json, eos_id)
+    files["README.md"] = model_card(name, version, metrics, lineage, training, evaluation).encode("utf-8")
     hashes = {}
     for file_name, data in files.items():
         target.write_bytes(file_name, data)

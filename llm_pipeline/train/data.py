@@ -14,6 +14,7 @@ global micro-batch. The whole loader state is k, saved in every checkpoint.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -120,6 +121,14 @@ def load_tokens(shard_sets: list[Storage], split: str, expected_tokenizer_sha256
     """All tokens of one split of several shard sets (in order) as one flat array. Every shard is verified before any is used, so
     nothing is trained on corrupted data; reads run ahead in a thread (remote storage overlaps).
     Ids must be below `vocab_size` (the model's), and below the manifest's own vocabulary."""
+    shards, manifest = iter_tokens(shard_sets, split, expected_tokenizer_sha256, vocab_size)
+    return np.concatenate(list(shards)), manifest
+
+
+def iter_tokens(shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None,
+                vocab_size: int | None = None) -> tuple[Iterator[np.ndarray], dict]:
+    """load_tokens one verified shard at a time (for a pass over the split that need not hold it all),
+    and the first set's manifest. The manifests are read and checked before this returns."""
     manifests = {shards.uri: read_shard_manifest(shards) for shards in shard_sets}
     check_one_tokenizer(manifests, expected_tokenizer_sha256)
     work = []
@@ -129,5 +138,4 @@ def load_tokens(shard_sets: list[Storage], split: str, expected_tokenizer_sha256
         work += [(shards, entry, limit) for entry in manifest["shards"] if entry["split"] == split]
     if not work:
         raise ShardError(f"no {split} tokens in {', '.join(f'{s.uri}/{MANIFEST}' for s in shard_sets)}")
-    parts = list(prefetch((read_shard(shards, entry, limit) for shards, entry, limit in work), depth=2))
-    return np.concatenate(parts), manifests[shard_sets[0].uri]
+    return prefetch((read_shard(shards, entry, limit) for shards, entry, limit in work), depth=2), manifests[shard_sets[0].uri]
