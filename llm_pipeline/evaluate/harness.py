@@ -48,6 +48,7 @@ def check_tasks_available(tasks: tuple[str, ...] | list[str]) -> None:
     if not standard:
         return
     go_offline()
+    import datasets.config
     from lm_eval.tasks import get_task_dict
 
     manager = _standard_tasks()
@@ -59,7 +60,7 @@ def check_tasks_available(tasks: tuple[str, ...] | list[str]) -> None:
             get_task_dict([task], manager)
         except Exception as e:  # noqa: BLE001 - datasets' offline errors have many types
             raise ValueError(f"harness task {task!r} cannot be loaded offline: its dataset is not in the Hugging Face "
-                             f"datasets cache ({_cache_dir()}). Cache it on a machine with network: "
+                             f"datasets cache ({datasets.config.HF_DATASETS_CACHE}). Cache it on a machine with network: "
                              f"python -m llm_pipeline.evaluate.harness cache {task}  ({type(e).__name__}: {e})") from None
 
 
@@ -75,11 +76,6 @@ def preload() -> threading.Thread:
     thread = threading.Thread(target=imports, name="harness-imports", daemon=True)
     thread.start()
     return thread
-
-
-def _cache_dir() -> str:
-    return os.environ.get("HF_DATASETS_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "datasets")
 
 
 def run_harness(model_dir: str, tasks: list[str], local_tasks_dir: str, window: int, batch_size: int, seed: int = 0) -> dict:
