@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import load_tokenizer, tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder, tiktoken_encoding
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
+from llm_pipeline.train.hardware import peak_rss_bytes
 
 THREADS = os.cpu_count() or 1
 
@@ -89,26 +89,16 @@ def big_child(corpus_dir: str, out_dir: str, tok_path: str) -> None:
     print(f"{seconds} {tokens} {peak_rss_bytes()}")
 
 
-def peak_rss_bytes() -> int:
-    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries it across fork+exec,
-    so a child would report its (much larger) parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def loader_vs_trainer(tokens: np.ndarray) -> tuple[float, float]:
     import torch
 
-    from llm_pipeline.train.data import TokenWindows
+    from llm_pipeline.train.data import single_source
     from llm_pipeline.train.model import CausalLM, ModelConfig
 
-    loader = TokenWindows(tokens, 128, 16, seed=0)
+    loader = single_source(tokens, 128, 16, seed=0)
     start, n = time.perf_counter(), 0
     for k in range(2000):
-        x, _ = loader.batch(k)
+        x, _ = loader.batch(k * 16)
         n += x.numel()
     loader_rate = n / (time.perf_counter() - start)
     torch.set_num_threads(THREADS)
@@ -117,7 +107,7 @@ def loader_vs_trainer(tokens: np.ndarray) -> tuple[float, float]:
     for k in range(7):
         if k == 2:
             start = time.perf_counter()
-        x, y = loader.batch(k)
+        x, y = loader.batch(k * 16)
         _, loss = model(x, y)
         loss.backward()
         opt.step()

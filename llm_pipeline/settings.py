@@ -105,11 +105,24 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Settings], only: typi
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif typing.get_origin(annotation) is tuple:
             parser.add_argument(flag, action="append", default=argparse.SUPPRESS, help=help_text + "; repeatable")
+        elif typing.get_origin(annotation) is dict:
+            parser.add_argument(flag, action=_KeyValue, metavar="KEY=VALUE", default=argparse.SUPPRESS,
+                                help=help_text + "; repeatable")
         else:
             allowed = choices(annotation)
             scalar = type(allowed[0]) if allowed else _scalar(annotation)
             parser.add_argument(flag, type=scalar, choices=allowed or None, default=argparse.SUPPRESS, help=help_text)
     return names
+
+
+class _KeyValue(argparse.Action):
+    """`--flag key=value`, repeatable, into one dict (the model converts the values)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        key, sep, item = value.partition("=")
+        if not sep or not key:
+            parser.error(f"{option_string} takes KEY=VALUE, got {value!r}")
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), key: item})
 
 
 def _scalar(annotation) -> type:
@@ -129,6 +142,8 @@ def to_options(settings: Settings, names: typing.Iterable[str]) -> list[str]:
             argv.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, tuple):
             argv += [part for item in value for part in (flag, str(item))]
+        elif isinstance(value, dict):
+            argv += [part for key, item in value.items() for part in (flag, f"{key}={item}")]
         elif value is not None:
             argv += [flag, str(value)]
     return argv

@@ -159,6 +159,25 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
     failure = next(e for e in unknown.all_events if e.event_type_value == "STEP_FAILURE")
     assert "batches nope have no tokenized_shards" in failure.event_specific_data.error.message
 
+    # A mixture: each batch's share of the samples by weight; the realized mix in the metadata and the card.
+    mixed = landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"],
+                                trained_checkpoint={"mixture": {first: 1.0, second: 3.0}})
+    assert mixed.success
+    mixed_ckpt = mixed.output_for_node("trained_checkpoint")
+    assert mixed_ckpt["train_config"]["shard_sources"] == [first, second]
+    realized = Storage(mixed_ckpt["final_uri"]).read_json("summary.json")["mixture"]
+    assert [realized[b]["weight"] for b in (first, second)] == [0.25, 0.75]
+    assert sum(m["samples"] for m in realized.values()) == 4 * 4  # steps x micro_batch: every sample from a source
+    [mat] = mixed.asset_materializations_for_node("trained_checkpoint")
+    assert mat.metadata["mixture"].value == realized
+    assert mat.metadata[f"mixture/{second}/share"].value == pytest.approx(realized[second]["share"], rel=1e-3)
+    card = Storage(mixed.output_for_node("published_model")["uri"]).read_bytes("README.md").decode()
+    assert "### Training data mixture" in card
+    assert f"| {second} | 75.0% | {realized[second]['share']:.1%} | {realized[second]['samples']:,} |" in card
+    unmatched = landing.materialize(["trained_checkpoint"], trained_checkpoint={"mixture": {"web-*": 1.0}})
+    failure = next(e for e in unmatched.all_events if e.event_type_value == "STEP_FAILURE")
+    assert f"corpus batches {first}, {second} match no mixture source (web-*)" in failure.event_specific_data.error.message
+
     # A new tokenizer re-tokenizes every batch that has a corpus (the automation's own evaluation,
     # as the daemon runs it).
     defs = dg.Definitions(assets=ASSETS, resources=landing.resources)

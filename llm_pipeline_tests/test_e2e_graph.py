@@ -52,9 +52,12 @@ def test_shard_manifest_matches_files(graph):
     shards = Storage(result.output_for_node("tokenized_shards")["uri"])
     manifest = shards.read_json("manifest.json")
     assert manifest["tokenizer_sha256"] == result.output_for_node("tokenizer")["sha256"]
-    assert sorted(s["name"] for s in manifest["shards"]) == sorted(n for n in shards.listdir() if n != "manifest.json")
-    for entry in manifest["shards"]:
+    flat = [f[kind] for f in manifest["flat"].values() for kind in ("tokens", "docs")]
+    assert sorted(s["name"] for s in manifest["shards"] + flat) == sorted(n for n in shards.listdir() if n != "manifest.json")
+    for entry in manifest["shards"] + flat:
         assert hashlib.sha256(shards.read_bytes(entry["name"])).hexdigest() == entry["sha256"]
+    for split, entry in manifest["flat"].items():  # the flat split holds the split's tokens
+        assert entry["tokens"]["count"] == manifest["splits"][split]["tokens"]
     assert sum(s["tokens"] for s in manifest["shards"] if s["split"] == "train") == manifest["splits"]["train"]["tokens"]
 
 
@@ -121,6 +124,7 @@ def test_crashed_run_resumes_from_newest_complete_checkpoint(graph):
     assert again.success
     summary = run.child("final").read_json("summary.json")
     assert summary["resumed_from"] == "step_00000010" and summary["steps"] == 20
+    assert len(summary["peak_rss_bytes_per_rank"]) == 2 and min(summary["peak_rss_bytes_per_rank"]) > 0
     # fp32 on CPU: the resumed steps reproduce the uninterrupted run's losses.
     assert [s for s, _ in summary["losses"]] == list(range(1, 21))
     assert [loss for _, loss in summary["losses"][10:]] == pytest.approx([loss for _, loss in original[10:]], rel=1e-6)

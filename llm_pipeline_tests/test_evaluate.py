@@ -3,19 +3,23 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from llm_pipeline.evaluate.contamination import contamination
 from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK, continuation_items
-from llm_pipeline.evaluate.metrics import EvalConfig, evaluate, evaluate_published, held_out_documents, split_documents
+from llm_pipeline.evaluate.metrics import (EvalConfig, document_nats, evaluate, evaluate_published, held_out_documents,
+                                           load_trained_model, rolling_windows, split_documents)
 from llm_pipeline.evaluate.suite import HELD_OUT, run_suite
 from llm_pipeline.publish.export import publish
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.tokenize.bpe import train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder
+from llm_pipeline.train.data import load_tokens
 from llm_pipeline.train.model import CausalLM, ModelConfig
-from llm_pipeline_tests.helpers import cache_arc_easy, datasets_cache
+from llm_pipeline.train.token_store import open_split
+from llm_pipeline_tests.helpers import cache_arc_easy, datasets_cache, make_shards
 
 
 def _stream(tokenizer, texts):
@@ -54,6 +58,51 @@ def test_evaluation_is_deterministic_and_consistent(final, small_tokenizer, samp
     assert [s["prompt"] for s in a["samples"]] == list(cfg.prompts)
     # The batch size only changes the padding: the numbers stay.
     assert evaluate(final, held_out, small_tokenizer.to_str(), eos, cfg.replaced(batch_size=3))["loss"] == pytest.approx(a["loss"], rel=1e-6)
+
+
+def _reference_nats(model: CausalLM, docs, prefix_id: int, window: int) -> float:
+    """The scoring before the fast path: one window at a time, full logits, torch's cross entropy."""
+    total = 0.0
+    with torch.inference_mode():
+        for doc in docs:
+            for inp, tgt, scored in rolling_windows(doc, prefix_id, window):
+                logits = model(torch.from_numpy(inp)[None])[0, len(tgt) - scored:].float()
+                total += F.cross_entropy(logits, torch.from_numpy(tgt[len(tgt) - scored:]), reduction="sum").item()
+    return total
+
+
+def test_the_fast_scoring_path_leaves_the_numbers_unchanged(final, small_tokenizer, sample_texts):
+    """Batched windows, hidden states gathered at the scored positions, the log-softmax in chunks: in fp32
+    the same nats as scoring each window alone with torch's cross entropy, to 1e-5."""
+    held_out, eos = _held_out(small_tokenizer, sample_texts[:5])
+    model = load_trained_model(final)
+    reference = _reference_nats(model, held_out.ids, eos, 64)
+    for batch_size in (1, 16):
+        nats, count = document_nats(model, held_out.ids, eos, 64, batch_size)
+        assert nats == pytest.approx(reference, rel=1e-5) and count == sum(len(d) for d in held_out.ids)
+
+
+def test_bf16_evaluation_is_recorded_and_close_to_fp32(final, small_tokenizer, sample_texts):
+    held_out, eos = _held_out(small_tokenizer, sample_texts[:3])
+    cfg = EvalConfig(seq_len=64, max_new_tokens=4)
+    fp32 = evaluate(final, held_out, small_tokenizer.to_str(), eos, cfg.replaced(dtype="fp32"))
+    bf16 = evaluate(final, held_out, small_tokenizer.to_str(), eos, cfg.replaced(dtype="bf16"))
+    assert (fp32["dtype"], bf16["dtype"]) == ("fp32", "bf16")
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=1e-2)
+
+
+def test_held_out_documents_from_the_memory_mapped_split_are_the_parquet_ones(tmp_path, storage, final, small_tokenizer, sample_texts):
+    """eval_metrics reads the val split from the token store (views into the map, never widened whole):
+    the documents, their text and every metric are those of the Parquet shards."""
+    _, shards, _ = make_shards(tmp_path, storage, small_tokenizer, sample_texts)
+    eos = small_tokenizer.token_to_id("<|endoftext|>")
+    mapped, _ = open_split([shards], "val", cache_dir=str(tmp_path / "cache"))
+    parquet, _ = load_tokens([shards], "val")
+    a, b = held_out_documents(mapped, eos, small_tokenizer), held_out_documents(parquet, eos, small_tokenizer)
+    assert a.texts == b.texts and all(np.array_equal(x, y) for x, y in zip(a.ids, b.ids))
+    assert a.ids[0].dtype == np.uint16
+    cfg = EvalConfig(seq_len=64, max_new_tokens=0, dtype="fp32")
+    assert evaluate(final, a, small_tokenizer.to_str(), eos, cfg) == evaluate(final, b, small_tokenizer.to_str(), eos, cfg)
 
 
 def test_max_tokens_takes_whole_documents(small_tokenizer, sample_texts):

@@ -17,10 +17,10 @@ from llm_pipeline.corpus.__main__ import _parser as corpus_parser
 from llm_pipeline.corpus.build import CorpusConfig
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.evaluate.metrics import EvalConfig
-from llm_pipeline.settings import add_options, default_of, given_options
+from llm_pipeline.settings import add_options, default_of, given_options, to_options
 from llm_pipeline.tokenize.shards import ShardConfig
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
-from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.model import ModelConfig, preset_config
 
 LAUNCHPAD = [
     (CorpusConfig, RawCorpusConfig), (FilterConfig, RawCorpusConfig), (ShardConfig, TokenizedShardsConfig),
@@ -96,6 +96,12 @@ def test_the_command_lines_parse_into_the_library_configs():
                                        "--min-chars", "3"])
     assert given_options(args, FilterConfig.model_fields) == {"near_dedup": False, "min_chars": 3}
     assert given_options(args, ["exclude"]) == {"exclude": ["x/*", "y/*"]}
+    parser = argparse.ArgumentParser()
+    names = add_options(parser, TrainConfig, only=["mixture"])
+    mixture = given_options(parser.parse_args(["--mixture", "web-*=0.7", "--mixture", "code-*=0.3"]), names)["mixture"]
+    assert TrainConfig(shards_uris=("a",), run_uri="r", model=preset_config("tiny", 512), mixture=mixture).mixture == {"web-*": 0.7, "code-*": 0.3}
+    assert to_options(TrainConfig(shards_uris=("a",), run_uri="r", model=preset_config("tiny", 512), mixture={"a*": 1.0}), names) == \
+        ["--mixture", "a*=1.0"]
 
 
 @pytest.mark.parametrize("build, message", [

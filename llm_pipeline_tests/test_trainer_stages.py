@@ -114,3 +114,21 @@ def test_two_nodes_on_loopback_train_like_one_node_with_two_ranks(tmp_path, shar
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     _assert_same_training(_results(run, outputs[0]), reference)
+
+
+def test_a_compiled_model_trains_like_the_eager_one(shards):
+    """`compile: true` (DeepSpeed's engine.compile: torch.compile with the inductor backend, here on the CPU)
+    follows the eager run's loss curve and ends at its weights; the summary says it was compiled."""
+    results = {}
+    for compiled in (False, True):
+        run, _ = _config(*shards, f"compile={compiled}", compile=compiled)
+        launch = LaunchConfig(launcher="none", nproc=1)
+        proc = subprocess.run(launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)},
+                              capture_output=True, text=True, timeout=600)
+        results[compiled] = _results(run, proc.stdout + proc.stderr)
+        assert results[compiled][0]["compiled"] is compiled
+    (summary, weights), (eager_summary, eager_weights) = results[True], results[False]
+    assert [l for _, l in summary["losses"]] == pytest.approx([l for _, l in eager_summary["losses"]], rel=1e-5)
+    for name, tensor in weights.items():
+        assert torch.allclose(tensor, eager_weights[name], atol=1e-5), name
+    assert summary["attention"] == "flash"  # PyTorch's flash kernel runs this attention (its CPU version here)

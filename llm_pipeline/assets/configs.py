@@ -34,7 +34,7 @@ DEFAULT_MODEL_NAME = "llm-pipeline-demo"
 # Library fields the asset fills in itself; everything else a library model declares is in the launchpad.
 FILLED_BY_THE_ASSET = {
     CorpusConfig: {"source_uri", "files", "filters"},  # source_uri: the launchpad's "" stands for the built-in corpus
-    TrainConfig: {"shards_uris", "run_uri", "model", "tokenizer_sha256", "init_from_uri"},
+    TrainConfig: {"shards_uris", "shard_sources", "run_uri", "model", "tokenizer_sha256", "init_from_uri"},
     LaunchConfig: {"node_rank"},  # this run is always node 0
     ModelConfig: {"vocab_size"},  # the tokenizer's
 }
@@ -120,9 +120,10 @@ class _TrainedCheckpoint(dg.Config):
         return preset_config(self.preset, vocab_size, **overrides)
 
     def to_library(self, shards_uris: tuple[str, ...], run_uri: str, vocab_size: int, tokenizer_sha256: str,
-                   init_from_uri: str = "") -> TrainConfig:
+                   init_from_uri: str = "", shard_sources: tuple[str, ...] = ()) -> TrainConfig:
         return TrainConfig(shards_uris=shards_uris, run_uri=run_uri, model=self.build_model_config(vocab_size),
-                           tokenizer_sha256=tokenizer_sha256, init_from_uri=init_from_uri, **_values(self, TrainConfig))
+                           tokenizer_sha256=tokenizer_sha256, init_from_uri=init_from_uri, shard_sources=shard_sources,
+                           **_values(self, TrainConfig))
 
     def launch_config(self) -> LaunchConfig:
         # This run is always node 0: it hosts rank 0, which reports to Dagster.

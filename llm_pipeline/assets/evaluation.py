@@ -13,7 +13,7 @@ from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
-from llm_pipeline.train.data import iter_tokens, load_tokens
+from llm_pipeline.train.token_store import DEFAULT_CACHE, open_split
 
 _ERROR = dg.AssetCheckSeverity.ERROR
 
@@ -73,12 +73,15 @@ def eval_metrics(
         raise dg.Failure(description=f"eval_metrics config: {e}", allow_retries=False) from None
     tokenizer = trained_checkpoint["tokenizer"]
     # The held-out split of exactly the batches the model was trained on; their training split for contamination.
+    # Memory-mapped from the node's token store, as training read them (verified once per node).
     shard_sets = [storage.at(d["uri"]) for d in trained_checkpoint["data"]]
-    val_tokens, _ = load_tokens(shard_sets, "val", tokenizer["sha256"])
+    train_config = trained_checkpoint["train_config"]
+    store = (train_config.get("token_cache") or DEFAULT_CACHE, int(train_config.get("token_cache_gb", 100) * 2**30))
+    val_tokens, _ = open_split(shard_sets, "val", tokenizer["sha256"], None, *store)
+    train_tokens, _ = open_split(shard_sets, "train", tokenizer["sha256"], None, *store)
     tok_json = tokenizer_json(storage, tokenizer)
     with tempfile.TemporaryDirectory() as work:
-        suite = run_suite(storage.at(trained_checkpoint["final_uri"]), val_tokens,
-                          lambda: iter_tokens(shard_sets, "train", tokenizer["sha256"])[0],
+        suite = run_suite(storage.at(trained_checkpoint["final_uri"]), val_tokens, train_tokens.chunks,
                           tok_json, tokenizer["eos_id"], cfg, work)
     metrics = suite.metrics
     for task, reason in metrics["harness_skipped"].items():
@@ -107,6 +110,7 @@ def eval_metrics(
         "bits_per_byte": significant(metrics["bits_per_byte"]),
         "tokens_evaluated": metrics["tokens_evaluated"],
         "documents_evaluated": metrics["documents_evaluated"],
+        "dtype": metrics["dtype"],  # of the forward passes (eval_metrics.dtype; auto: bf16 where the hardware is fast at it)
         "loss_vs_uniform": significant(metrics["loss"] / metrics["uniform_loss"], 4),
         **_harness_metadata(metrics["harness"]),
         **({"harness_skipped": dg.MetadataValue.json(metrics["harness_skipped"])} if metrics["harness_skipped"] else {}),

@@ -41,6 +41,7 @@ def published_model(
         tokenizer_json(storage, tokenizer), tokenizer["eos_id"],
         {k: eval_metrics[k] for k in _METRICS}, lineage, trained_checkpoint["train_config"],
         {"harness": eval_metrics["harness"], "contamination": eval_metrics["contamination"]},
+        trained_checkpoint.get("mixture"),  # absent from values written before mixtures
     )
     value = {"uri": manifest["uri"], "name": config.model_name, "version": manifest["version"], "registry": registry.uri}
     return dg.Output(

@@ -8,6 +8,7 @@ from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.resources import StorageResource
+from llm_pipeline.train.config import mixture_sources
 from llm_pipeline.train.launch import launch_command, launch_env, worker_command
 
 
@@ -77,7 +78,11 @@ def trained_checkpoint(
     _check_eval_tasks(context.run_config)
     data = training_data(context, config, storage, tokenizer)
     init_from = _initial_weights(config, storage)
-    unplaced = config.to_library(tuple(d["uri"] for d in data), "", tokenizer["vocab_size"], tokenizer["sha256"], init_from)
+    try:
+        sources = mixture_sources([d["batch"] for d in data], config.mixture) if config.mixture else ()
+    except ValueError as e:
+        raise _input_error(f"trained_checkpoint: mixture: {e}") from None
+    unplaced = config.to_library(tuple(d["uri"] for d in data), "", tokenizer["vocab_size"], tokenizer["sha256"], init_from, sources)
     run = storage.root().child("trained_checkpoint", unplaced.run_key())
     train_cfg = unplaced.replaced(run_uri=run.uri)
     run.write_bytes("train_config.json", train_cfg.to_json().encode())
@@ -115,6 +120,7 @@ def trained_checkpoint(
         "train_config": train_cfg.model_dump(mode="json"),
         "data": data,
         "init_from": init_from,
+        "mixture": summary["mixture"],  # the realized mix, for the model card
         "tokenizer": tokenizer,  # evaluation and publishing read it from here: the graph stays a chain
     }
     return dg.Output(
@@ -140,5 +146,7 @@ def trained_checkpoint(
             "batches": dg.MetadataValue.json({d["batch"]: d["manifest_sha256"] for d in data}),
             "train_tokens_available": sum(d["train_tokens"] for d in data),
             "init_from": init_from or "scratch",
+            "mixture": dg.MetadataValue.json(summary["mixture"]),
+            **{f"mixture/{name}/share": significant(source["share"], 4) for name, source in summary["mixture"].items()},
         },
     )

@@ -17,6 +17,7 @@ import threading
 from functools import lru_cache
 
 from llm_pipeline.evaluate.local_tasks import LOCAL_TASKS
+from llm_pipeline.train.hardware import on_gpu
 
 _OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # Bootstrap resamples for the metrics whose stderr the harness bootstraps; acc's is analytic.
@@ -78,7 +79,8 @@ def preload() -> threading.Thread:
     return thread
 
 
-def run_harness(model_dir: str, tasks: list[str], local_tasks_dir: str, window: int, batch_size: int, seed: int = 0) -> dict:
+def run_harness(model_dir: str, tasks: list[str], local_tasks_dir: str, window: int, batch_size: int, seed: int = 0,
+                dtype: str = "fp32") -> dict:
     """Every task in `tasks` on the model in `model_dir`. Returns {"results": {task: {metric:
     {"value", "stderr"}}}, "items": {task: [each item's text, as the model read it]}}."""
     go_offline()
@@ -89,7 +91,8 @@ def run_harness(model_dir: str, tasks: list[str], local_tasks_dir: str, window: 
     standard = [t for t in tasks if t not in LOCAL_TASKS]
     # The harness's own ~15k task files are indexed only when a standard task is asked for (seconds).
     manager = TaskManager(include_path=local_tasks_dir, include_defaults=bool(standard))
-    model = HFLM(pretrained=model_dir, backend="causal", max_length=window, batch_size=batch_size, device="cpu", dtype="float32")
+    model = HFLM(pretrained=model_dir, backend="causal", max_length=window, batch_size=batch_size, device="cuda" if on_gpu() else "cpu",
+                 dtype="bfloat16" if dtype == "bf16" else "float32")
     out = lm_eval.simple_evaluate(model=model, tasks=list(tasks), task_manager=manager, bootstrap_iters=_BOOTSTRAP_ITERS,
                                   log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                   fewshot_random_seed=seed)

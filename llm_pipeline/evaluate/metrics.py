@@ -16,10 +16,10 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from pydantic import Field
 from tokenizers import Tokenizer
@@ -28,11 +28,9 @@ from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, LOCAL_TASKS
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import EOS_TOKEN, tokenizer_hash
+from llm_pipeline.train.hardware import device_for, on_gpu, resolve_dtype
 from llm_pipeline.train.hf_config import model_config_from_hf
 from llm_pipeline.train.model import CausalLM, ModelConfig
-
-_IGNORE = -100
-
 
 def rolling_windows(doc: np.ndarray, prefix_id: int, window: int):
     """(input ids, target ids, how many of the last targets are scored) covering `doc` once,
@@ -68,17 +66,24 @@ class HeldOut:
         return HeldOut(self.ids[:count], self.texts[:count])
 
 
-def held_out_documents(val_tokens: np.ndarray, eos_id: int, tokenizer: Tokenizer) -> HeldOut:
-    """The val split's documents, in order, with their text."""
-    ids = split_documents(val_tokens.astype(np.int64), eos_id)
+def held_out_documents(val_tokens, eos_id: int, tokenizer: Tokenizer) -> HeldOut:
+    """The val split's documents, in order, with their text. `val_tokens`: an array, or a TokenStream of
+    memory-mapped splits (documents are views into it, in its own dtype: nothing is widened up front)."""
+    arrays = getattr(val_tokens, "arrays", [val_tokens])
+    ids = [doc for array in arrays for doc in split_documents(array, eos_id)]
     if not ids:
         raise ValueError("the held-out split holds no document")
     return HeldOut(ids, [tokenizer.decode(d.tolist(), skip_special_tokens=True) for d in ids])
 
 
+_ROWS = 1024  # positions per vocabulary-wide logits chunk: a few MB, cache-sized, never the batch's whole logits
+
+
 @torch.inference_mode()
 def document_nats(model: CausalLM, docs: list[np.ndarray], prefix_id: int, window: int, batch_size: int) -> tuple[float, int]:
-    """Summed negative log-likelihood (nats) of every token of `docs`, and the token count."""
+    """Summed negative log-likelihood (nats) of every token of `docs`, and the token count. Forward only,
+    on the model's device and in its dtype; the log-softmax in fp32, over the scored positions only."""
+    device = next(model.parameters()).device
     windows = [w for doc in docs for w in rolling_windows(doc, prefix_id, window)]
     windows.sort(key=lambda w: -len(w[0]))  # similar lengths share a batch: little padding
     total, count = 0.0, 0
@@ -86,20 +91,29 @@ def document_nats(model: CausalLM, docs: list[np.ndarray], prefix_id: int, windo
         batch = windows[i:i + batch_size]
         width = len(batch[0][0])
         x = torch.zeros(len(batch), width, dtype=torch.long)
-        y = torch.full((len(batch), width), _IGNORE, dtype=torch.long)
-        for row, (inp, tgt, scored) in enumerate(batch):
+        scored = torch.zeros(len(batch), width, dtype=torch.bool)
+        y = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, (inp, tgt, n) in enumerate(batch):
             x[row, :len(inp)] = torch.from_numpy(inp)  # right padding: causal attention never reads it
-            y[row, len(tgt) - scored:len(tgt)] = torch.from_numpy(tgt[len(tgt) - scored:])
-            count += scored
-        logits = model(x).float()
-        total += F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=_IGNORE, reduction="sum").item()
+            y[row, :len(tgt)] = torch.from_numpy(tgt)
+            scored[row, len(tgt) - n:len(tgt)] = True
+            count += n
+        hidden = model.hidden_states(x.to(device))[scored.to(device)]
+        targets = y.to(device)[scored.to(device)]
+        for start in range(0, len(targets), _ROWS):
+            logits = model.lm_head(hidden[start:start + _ROWS]).float()
+            target_logits = logits.gather(1, targets[start:start + _ROWS, None]).squeeze(1)
+            total += (torch.logsumexp(logits, dim=-1) - target_logits).sum().item()
     return total, count
 
 
 class EvalConfig(Settings):
     seq_len: int = Field(default=0, ge=0, description="tokens per evaluation window; 0: the model's max_seq_len")
     max_tokens: int = Field(default=0, ge=0, description="evaluate the first held-out documents up to this many tokens (whole documents, at least one); 0: all")
-    batch_size: int = Field(default=4, gt=0, description="evaluation windows per forward pass (4: fastest measured on 2 CPU cores)")
+    batch_size: int = Field(default=16, gt=0, description="evaluation windows per forward pass (16: 1.5x the speed of 4 on 2 CPU cores, benchmarks/eval_bench.py)")
+    dtype: Literal["auto", "fp32", "bf16"] = Field(default="auto", description=(
+        "weights and activations of every evaluation (ours, the harness's, samples); auto: bf16 where the hardware runs "
+        "it fast (a GPU, a CPU with AMX or AVX-512 BF16), else fp32"))
     prompts: tuple[str, ...] = Field(default=("import os\n", "def main(", "class "), description="sample completions of these")
     max_new_tokens: int = Field(default=48, ge=0, description="tokens generated per sample")
     temperature: float = Field(default=0.8, ge=0, description="sampling temperature; 0: greedy")
@@ -114,11 +128,16 @@ class EvalConfig(Settings):
         "an eval document is contaminated when at least this share of its n-grams occur in the training split"))
 
 
-def load_model(folder: Storage, cfg: ModelConfig) -> CausalLM:
-    """Weights from `<folder>/model.safetensors` (local or remote) into our model class."""
+    def resolved_dtype(self) -> str:
+        return "bf16" if resolve_dtype(self.dtype, on_gpu()) == "bf16" else "fp32"
+
+
+def load_model(folder: Storage, cfg: ModelConfig, dtype: str = "fp32") -> CausalLM:
+    """Weights from `<folder>/model.safetensors` (local or remote) into our model class, for inference: on the GPU
+    if there is one, in `dtype` (fp32 or bf16)."""
     model = CausalLM(cfg)
     load_weights(model, folder)
-    return model.eval()
+    return model.to(device_for(0, on_gpu()), torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
 
 
 def load_weights(model: CausalLM, folder: Storage) -> None:
@@ -132,8 +151,8 @@ def load_weights(model: CausalLM, folder: Storage) -> None:
             raise ValueError(f"{folder.uri}/model.safetensors cannot be loaded into the model: {type(e).__name__}: {e}") from None
 
 
-def load_trained_model(final: Storage) -> CausalLM:
-    return load_model(final, ModelConfig.from_dict(final.read_json("model_config.json"), f"{final.uri}/model_config.json"))
+def load_trained_model(final: Storage, dtype: str = "fp32") -> CausalLM:
+    return load_model(final, ModelConfig.from_dict(final.read_json("model_config.json"), f"{final.uri}/model_config.json"), dtype)
 
 
 def held_out_loss(model: CausalLM, held_out: HeldOut, prefix_id: int, cfg: EvalConfig) -> dict:
@@ -149,6 +168,7 @@ def held_out_loss(model: CausalLM, held_out: HeldOut, prefix_id: int, cfg: EvalC
         "bytes_evaluated": text_bytes,
         "documents_evaluated": len(held_out.ids),
         "window": window,
+        "dtype": "bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32",
     }
 
 
@@ -156,15 +176,16 @@ def held_out_loss(model: CausalLM, held_out: HeldOut, prefix_id: int, cfg: EvalC
 def sample_generations(model: CausalLM, tokenizer: Tokenizer, cfg: EvalConfig, eos_id: int) -> list[dict]:
     samples = []
     for i, prompt in enumerate(cfg.prompts):
-        generator = torch.Generator().manual_seed(cfg.seed + i)
+        device = next(model.parameters()).device
+        generator = torch.Generator(device).manual_seed(cfg.seed + i)
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eos_id]
-        out = model.generate(torch.tensor([ids]), cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, generator, stop_id=eos_id)
+        out = model.generate(torch.tensor([ids], device=device), cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, generator, stop_id=eos_id)
         samples.append({"prompt": prompt, "completion": tokenizer.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)})
     return samples
 
 
 def evaluate(final: Storage, held_out: HeldOut, tokenizer_json: str, eos_id: int, cfg: EvalConfig) -> dict:
-    model = load_trained_model(final)
+    model = load_trained_model(final, cfg.resolved_dtype())
     metrics = held_out_loss(model, held_out, eos_id, cfg)
     metrics["samples"] = sample_generations(model, Tokenizer.from_str(tokenizer_json), cfg, eos_id)
     return metrics
@@ -184,7 +205,7 @@ def evaluate_published(folder: Storage, held_out: HeldOut, tokenizer_json: str, 
     encoded with its tokenizer, so bits per byte stay comparable.
     """
     theirs_json = folder.read_bytes("tokenizer.json").decode("utf-8")
-    model = load_model(folder, model_config_from_hf(folder.read_json("config.json")))
+    model = load_model(folder, model_config_from_hf(folder.read_json("config.json")), cfg.resolved_dtype())
     same_tokenizer = tokenizer_hash(theirs_json) == tokenizer_hash(tokenizer_json)
     theirs = Tokenizer.from_str(theirs_json)
     if not same_tokenizer:

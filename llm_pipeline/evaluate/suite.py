@@ -61,7 +61,7 @@ def run_suite(final: Storage, val_tokens: np.ndarray, train_tokens: Callable[[],
         if tasks:
             export_local(final, model_dir, tokenizer_json, eos_id)
             imports.join()
-            harness = run_harness(model_dir, tasks, tasks_dir, metrics["window"], cfg.harness_batch_size, cfg.seed)
+            harness = run_harness(model_dir, tasks, tasks_dir, metrics["window"], cfg.harness_batch_size, cfg.seed, metrics["dtype"])
         seconds["harness"] = time.perf_counter() - started
     metrics["harness"] = harness and {k: harness[k] for k in ("results", "n_samples", "lm_eval_version")}
     metrics["harness_skipped"] = skipped

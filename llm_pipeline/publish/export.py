@@ -50,7 +50,8 @@ def new_version(now: dt.datetime | None = None) -> str:
     return now.strftime("v%Y%m%d-%H%M%S-%f") + "-" + os.urandom(3).hex()
 
 
-def model_card(name: str, version: str, metrics: dict, lineage: dict, training: dict, evaluation: dict | None = None) -> str:
+def model_card(name: str, version: str, metrics: dict, lineage: dict, training: dict, evaluation: dict | None = None,
+               mixture: dict | None = None) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     lineage_rows = "\n".join(f"- **{k}**: `{v}`" for k, v in lineage.items())
     training_json = json.dumps(training, indent=2, sort_keys=True)
@@ -70,7 +71,7 @@ A Llama-architecture causal language model trained by llm-pipeline with DeepSpee
 {_evaluation_sections(evaluation or {})}
 ## Data and lineage
 {lineage_rows}
-
+{_mixture_section(mixture or {})}
 ## Training configuration
 ```json
 {training_json}
@@ -113,6 +114,20 @@ def _evaluation_sections(evaluation: dict) -> str:
     return "".join(parts)
 
 
+def _mixture_section(mixture: dict) -> str:
+    """The training samples' realized mix per source (the configured weight next to it)."""
+    if not mixture:
+        return ""
+    rows = "\n".join(f"| {name} | {m['weight']:.1%} | {m['share']:.1%} | {m['samples']:,} | {m['tokens']:,} | {m['epochs']:.2f} |"
+                     for name, m in mixture.items())
+    return f"""
+### Training data mixture
+| source | weight | realized share | samples | tokens | epochs |
+|---|---|---|---|---|---|
+{rows}
+"""
+
+
 def _stderr(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
@@ -150,6 +165,7 @@ def publish(
     lineage: dict,
     training: dict,
     evaluation: dict | None = None,
+    mixture: dict | None = None,
 ) -> dict:
     """Write a new version and move `latest` to it. Returns the manifest (with the version's URI)."""
     check_name(name, "model_name")
@@ -159,7 +175,7 @@ def publish(
     if target.exists():
         raise FileExistsError(f"model version {target.uri} already exists")
     files = hf_files(model_cfg, tokenizer_json, eos_id)
-    files["README.md"] = model_card(name, version, metrics, lineage, training, evaluation).encode("utf-8")
+    files["README.md"] = model_card(name, version, metrics, lineage, training, evaluation, mixture).encode("utf-8")
     hashes = {}
     for file_name, data in files.items():
         target.write_bytes(file_name, data)

@@ -26,6 +26,7 @@ from llm_pipeline.storage.manifests import write_manifest
 from llm_pipeline.storage.parquet_shards import ParquetShards
 from llm_pipeline.tokenize.bpe import smallest_uint_type
 from llm_pipeline.tokenize.encoder import DocumentEncoder
+from llm_pipeline.tokenize.flat_tokens import FlatWriter
 
 SPLITS = ("train", "val")
 
@@ -52,9 +53,12 @@ class _SplitWriter:
         self.writer = ParquetShards(out, split, schema, cfg.tokens_per_shard, cfg.row_group_rows)
         self.rows: list[np.ndarray] = []
         self.row_max: list[np.ndarray] = []  # each document's largest id, for each shard's max_id
+        self.flat = FlatWriter(split, dtype)
+        self.out = out
 
     def add(self, ids: np.ndarray) -> None:
         self.rows.append(ids)
+        self.flat.add(ids)
         if len(self.rows) >= self.batch_rows:
             self.flush()
 
@@ -78,18 +82,18 @@ class _SplitWriter:
             start += f["rows"]
         return shards
 
+    def finish_flat(self) -> dict:
+        return self.flat.finish(self.out)
+
     def abort(self, error: BaseException) -> None:
         self.writer.abort(error)
+        self.flat.abort()
 
 
 def write_shards(
     corpus: Storage, out: Storage, encoder: DocumentEncoder, vocab_size: int, tokenizer_sha256: str, cfg: ShardConfig
 ) -> dict:
     """Encode the corpus in bounded batches and write shards + manifest. Returns the manifest."""
-    dtype = smallest_uint_type(vocab_size)
-    writers = {s: _SplitWriter(s, dtype, cfg, out) for s in SPLITS}
-    eos = np.array([encoder.eos_id], dtype=dtype)
-    text_bytes = {s: 0 for s in SPLITS}
     pending: deque[tuple[str, int]] = deque()  # (split, UTF-8 bytes) of documents in flight, in order
 
     def texts():
@@ -98,9 +102,24 @@ def write_shards(
                 pending.append((split_of(doc_id, cfg.val_fraction), len(text.encode("utf-8"))))
                 yield text
 
-    try:
+    def documents():
         for ids in encoder.encode_stream(texts(), window=2 * cfg.encode_batch_docs):
             split, nbytes = pending.popleft()
+            yield split, ids, nbytes
+
+    return write_token_documents(out, documents(), vocab_size, encoder.eos_id, tokenizer_sha256, cfg, encoder.engine)
+
+
+def write_token_documents(out: Storage, documents, vocab_size: int, eos_id: int, tokenizer_sha256: str,
+                          cfg: ShardConfig, encoder_engine: str) -> dict:
+    """Shards, flat files and manifest from (split, token ids, UTF-8 bytes of the text) per document,
+    in order; EOS is appended to each. Returns the manifest."""
+    dtype = smallest_uint_type(vocab_size)
+    writers = {s: _SplitWriter(s, dtype, cfg, out) for s in SPLITS}
+    eos = np.array([eos_id], dtype=dtype)
+    text_bytes = {s: 0 for s in SPLITS}
+    try:
+        for split, ids, nbytes in documents:
             if ids.size and int(ids.max()) >= vocab_size:  # would wrap around in the shard's dtype
                 raise ValueError(f"token id {int(ids.max())} is >= vocab_size {vocab_size}: the tokenizer's ids do not fit "
                                  f"the vocabulary the shards are written for")
@@ -111,6 +130,7 @@ def write_shards(
             w.abort(e)
         raise
     shards = {split: w.close() for split, w in writers.items()}
+    flat = {split: w.finish_flat() for split, w in writers.items()}
     totals = {}
     for split, written in shards.items():
         totals[split] = {
@@ -122,14 +142,15 @@ def write_shards(
         "kind": "tokenized_shards",
         "tokenizer_sha256": tokenizer_sha256,
         "vocab_size": vocab_size,
-        "eos_id": encoder.eos_id,
+        "eos_id": eos_id,
         "dtype": dtype,
-        "encoder_engine": encoder.engine,
+        "encoder_engine": encoder_engine,
         "split_rule": {"hash": "sha256(document id)[:8] / 2**32 < val_fraction -> val", "val_fraction": cfg.val_fraction},
         "tokens_per_shard": cfg.tokens_per_shard,
         "row_group_rows": cfg.row_group_rows,
         "splits": totals,
         "shards": shards["train"] + shards["val"],
+        "flat": flat,  # each split as one memory-mappable array (train/token_store.py)
     }
     write_manifest(out, manifest)
     return manifest

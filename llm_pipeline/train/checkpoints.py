@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -198,6 +200,33 @@ def save(engine, store: CheckpointStore, step: int, state: dict, rank: int, loca
     if local_rank == 0 and rank != 0:
         store.prune_local()
     return tag
+
+
+UNIVERSAL = "universal"  # <local checkpoint dir>/universal/<tag>: a checkpoint converted for another world size
+
+
+def saved_partitions(store: CheckpointStore, tag: str) -> int:
+    """Into how many ranks' files the optimizer state of `tag` is split: the world size it was saved at
+    (ZeRO 1-3, and stage 0 with bf16's optimizer), or 0 for a plain data-parallel checkpoint (stage 0),
+    whose one model states file holds the whole state and loads at any world size."""
+    return len(glob.glob(os.path.join(store.local_dir, tag, "*_optim_states.pt")))
+
+
+def to_universal(store: CheckpointStore, tag: str) -> str:
+    """DeepSpeed's universal checkpoint of `tag` (its ds_to_universal: every parameter's fp32 weights and
+    optimizer moments whole, re-partitioned on load at any world size); returns the folder to load from.
+    Once per node, from the verified checkpoint; the conversion runs in its own process."""
+    out = os.path.join(store.local_dir, UNIVERSAL)
+    shutil.rmtree(os.path.join(out, tag), ignore_errors=True)
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", os.path.join(store.local_dir, tag),
+               "--output_folder", os.path.join(out, tag), "--inject_missing_state", "--num_extract_workers", "2",
+               "--num_merge_workers", "1"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"checkpoint {tag} cannot resume on another world size: DeepSpeed's universal checkpoint "
+                           f"conversion failed (exit {done.returncode}); resume with the world size it was saved at. "
+                           f"Its output: {(done.stdout + done.stderr)[-3000:]}")
+    return out
 
 
 def export_final(store: CheckpointStore, tag: str, zero_stage: int, model: ModelConfig, final: Storage) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import ipaddress
 import json
+import math
 import re
 import typing
 from typing import Literal
@@ -27,10 +29,15 @@ class TrainConfig(Settings):
     run_uri: str = Field(description="checkpoints/ and final/ live here; the same inputs map to the same run_uri")
     model: ModelConfig
     tokenizer_sha256: str = ""
+    # With a mixture: the source (a `mixture` key) of each shards_uris entry, in the same order.
+    shard_sources: tuple[str, ...] = ()
     # A published model folder whose weights start the run (continued pretraining); "": from scratch.
     # The schedule, warmup included, starts afresh either way.
     init_from_uri: str = ""
     # The settings a user chooses (the launchpad shows these).
+    mixture: dict[str, float] = Field(default={}, description=(
+        'each source\'s share of the training samples, e.g. {"web-*": 0.7, "code-*": 0.3}; a source is a pattern over corpus '
+        "batch names (fnmatch); empty: every batch in proportion to its tokens"))
     seq_len: int = Field(default=128, gt=0, description="tokens per training sequence")
     micro_batch: int = Field(default=16, gt=0, description="sequences per rank per micro-step")
     grad_accum: int = Field(default=1, gt=0, description="micro-steps per optimizer step")
@@ -56,6 +63,9 @@ class TrainConfig(Settings):
     keep_last: int = Field(default=2, gt=0, description="checkpoints kept")
     log_every: int = Field(default=10, gt=0, description="optimizer steps between progress reports")
     peak_tflops: float = Field(default=0.0, ge=0, description="per-device peak for MFU; 0: looked up from the GPU's name")
+    compile: bool = Field(default=False, description="torch.compile the model: faster steps on a GPU after a compile of a minute or so")
+    token_cache: str = Field(default="", description="node-local folder for verified and remote-copied token files; empty: ~/.cache/llm-pipeline/tokens")
+    token_cache_gb: float = Field(default=100.0, gt=0, description="size limit of token_cache; least recently used copies are evicted")
 
     @field_validator("shards_uris", mode="before")
     @classmethod
@@ -77,8 +87,30 @@ class TrainConfig(Settings):
         if self.global_batch_tokens and self.grad_accum != 1:
             raise ValueError("set either global_batch_tokens or grad_accum, not both "
                              f"(got global_batch_tokens {self.global_batch_tokens}, grad_accum {self.grad_accum})")
+        for source, weight in self.mixture.items():
+            if not (math.isfinite(weight) and weight > 0):
+                raise ValueError(f"mixture weight of {source!r} must be a positive number, got {weight}")
+        if self.shard_sources:
+            if len(self.shard_sources) != len(self.shards_uris):
+                raise ValueError(f"shard_sources has {len(self.shard_sources)} entries for {len(self.shards_uris)} shards_uris")
+            unknown = sorted(set(self.shard_sources) - set(self.mixture))
+            if unknown:
+                raise ValueError(f"shard_sources {unknown} are not mixture sources ({', '.join(self.mixture) or 'no mixture'})")
         self.grad_accum_for(1)  # divisibility that holds for any world size; validate_for checks the launch's
         return self
+
+    def data_sources(self) -> list[tuple[str, float, tuple[str, ...]]]:
+        """(name, weight, shard sets) of each source trained on: the mixture's, or one of every shard set."""
+        if not self.mixture:
+            return [("all", 1.0, self.shards_uris)]
+        if not self.shard_sources:
+            raise ValueError("a mixture needs shard_sources: the mixture source of each shards_uris entry")
+        sources = [(name, weight, tuple(u for u, s in zip(self.shards_uris, self.shard_sources) if s == name))
+                   for name, weight in self.mixture.items()]
+        empty = [name for name, _, uris in sources if not uris]
+        if empty:
+            raise ValueError(f"mixture source(s) {', '.join(empty)} have no shard set")
+        return sources
 
     def grad_accum_for(self, world_size: int) -> int:
         """Micro-steps per optimizer step: grad_accum, or derived from global_batch_tokens."""
@@ -100,8 +132,9 @@ class TrainConfig(Settings):
 
     def run_key(self) -> str:
         """The same data (each batch's shard folder) and settings give the same key, wherever the run
-        lives: re-materializing after a crash finds that run's checkpoints and resumes."""
-        settings = self.model_dump(mode="json", exclude={"run_uri"})
+        lives: re-materializing after a crash finds that run's checkpoints and resumes. Where this node
+        caches token files is not a setting of the run."""
+        settings = self.model_dump(mode="json", exclude={"run_uri", "token_cache", "token_cache_gb"})
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
@@ -138,6 +171,26 @@ class TrainConfig(Settings):
 
     def tokens_per_step(self, world_size: int) -> int:
         return self.micro_batch * self.grad_accum_for(world_size) * world_size * self.seq_len
+
+
+def mixture_sources(batches: list[str], mixture: dict[str, float]) -> tuple[str, ...]:
+    """The mixture source of each corpus batch: the one pattern (fnmatch) its name matches. A batch
+    matching none or several, and a pattern matching no batch, are errors that name them."""
+    sources, unmatched = [], []
+    for batch in batches:
+        matches = [pattern for pattern in mixture if fnmatch.fnmatchcase(batch, pattern)]
+        if len(matches) > 1:
+            raise ValueError(f"corpus batch {batch!r} matches several mixture sources: {', '.join(matches)}")
+        if not matches:
+            unmatched.append(batch)
+        sources += matches
+    if unmatched:
+        raise ValueError(f"corpus batches {', '.join(unmatched)} match no mixture source ({', '.join(mixture)}); "
+                         "add a source for them or leave them out of `batches`")
+    empty = [pattern for pattern in mixture if pattern not in sources]
+    if empty:
+        raise ValueError(f"mixture sources {', '.join(empty)} match no corpus batch with training tokens ({', '.join(batches)})")
+    return tuple(sources)
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")

@@ -1,14 +1,16 @@
-"""The training data: token shards read and verified, then packed into shuffled windows.
+"""The training data: token shards read and verified, then cut into shuffled windows and mixed.
 
 Reading (`load_tokens`): every shard of the chosen sets is checked against its manifest (sha256,
 Parquet, token count, id range) before any is used, so nothing trains on corrupted data.
 
-Windows (`TokenWindows`): stateless, so resume is exact.
-
-The train split is one token stream (documents separated by EOS). It is cut into
-non-overlapping windows of `seq_len + 1` tokens. Epoch e visits them in the order of a
-permutation seeded by (seed, e); micro-step k of rank r takes the r-th slice of the k-th
-global micro-batch. The whole loader state is k, saved in every checkpoint.
+Windows: stateless, so resume is exact, at any world size. A source's token stream (its shard
+sets, documents separated by EOS) is cut into non-overlapping windows of `seq_len + 1` tokens
+(`TokenWindows`). The run draws global samples 0, 1, 2, ...: `DataMixture` says which source
+sample g comes from and which of that source's samples it is; sample j of a source is window
+perm_e[j mod n] of its epoch e = j // n, a permutation seeded by (seed, source, e). Micro-step
+k takes the global samples from k x micro_batch x world on, rank r the r-th slice of them
+(`Batches`). The whole loader state is the number of global samples drawn, saved in every
+checkpoint: the same number resumes the same stream on any world size.
 """
 
 from __future__ import annotations
@@ -25,37 +27,137 @@ from llm_pipeline.prefetch import prefetch
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import MANIFEST, ManifestError, read_manifest
 
+# Samples per mixing block: each block holds exactly round(weight x MIX_BLOCK) samples of each source,
+# in a seeded order. So proportions are exact over every block, and a source's share is at least 1/MIX_BLOCK.
+MIX_BLOCK = 10_000
+
 
 class TokenWindows:
-    def __init__(self, tokens: np.ndarray, seq_len: int, micro_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0):
-        # Kept in the shards' own dtype (uint16 for most vocabularies): a quarter of int64's memory.
-        # Only each gathered batch is widened.
-        self.tokens = tokens
-        self.seq_len, self.micro_batch = seq_len, micro_batch
-        self.rank, self.world_size, self.seed = rank, world_size, seed
+    """One source's windows: sample j is window perm_e[j mod n] of epoch e = j // n."""
+
+    def __init__(self, tokens, seq_len: int, seed: int = 0, source: int = 0, name: str = "train"):
+        # Kept in the shards' own dtype (uint16 for most vocabularies), usually memory-mapped
+        # (train/token_store.py): only each gathered batch is widened.
+        self.tokens, self.seq_len, self.name = tokens, seq_len, name
+        self.seed, self.source = seed, source
         self.num_windows = (len(tokens) - 1) // seq_len
-        per_step = micro_batch * world_size
-        if self.num_windows < per_step:
-            raise ValueError(
-                f"the train split has {len(tokens)} tokens: {self.num_windows} windows of seq_len {seq_len}, "
-                f"fewer than one micro-batch across ranks ({micro_batch} x {world_size}); use more data or smaller batches"
-            )
-        self.batches_per_epoch = self.num_windows // per_step
+        if self.num_windows < 1:
+            raise ValueError(f"the train split of {name} has {len(tokens)} tokens: not one window of seq_len {seq_len}")
         self._offsets = np.arange(seq_len + 1)
         self._epoch, self._perm = -1, None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._epoch, self._perm = epoch, rng.permutation(self.num_windows)
+            rng = np.random.default_rng([self.seed, self.source, epoch])
+            # int32 where it fits: the one per-rank array that grows with the data (4 bytes a window)
+            index_type = np.int32 if self.num_windows < 2**31 else np.int64
+            self._epoch, self._perm = epoch, rng.permutation(np.arange(self.num_windows, dtype=index_type))
         return self._perm
 
-    def batch(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, index = divmod(micro_step, self.batches_per_epoch)
-        start = (index * self.world_size + self.rank) * self.micro_batch
-        windows = self._permutation(epoch)[start : start + self.micro_batch]
-        chunk = torch.from_numpy(self.tokens[(windows * self.seq_len)[:, None] + self._offsets].astype(np.int64))
+    def windows(self, samples: np.ndarray) -> np.ndarray:
+        """Rows of seq_len + 1 token ids (int64) for this source's samples."""
+        epochs, index = np.divmod(samples, self.num_windows)
+        starts = np.empty(len(samples), dtype=np.int64)
+        for epoch in np.unique(epochs):
+            at = epochs == epoch
+            starts[at] = self._permutation(int(epoch))[index[at]].astype(np.int64) * self.seq_len
+        return np.asarray(self.tokens[starts[:, None] + self._offsets]).astype(np.int64)
+
+
+class DataMixture:
+    """Which source each global sample comes from, and which of that source's samples it is."""
+
+    def __init__(self, sources: list[TokenWindows], weights: list[float], seed: int = 0):
+        if len(sources) != len(weights) or not sources:
+            raise ValueError("a mixture needs one weight per source")
+        self.sources, self.seed = sources, seed
+        shares = np.asarray(weights, dtype=np.float64) / sum(weights)
+        self.weights = shares
+        # Largest remainder: each block's counts sum to MIX_BLOCK, each within one sample of its share.
+        exact = shares * MIX_BLOCK
+        counts = np.floor(exact).astype(np.int64)
+        counts[np.argsort(-(exact - counts), kind="stable")[: MIX_BLOCK - counts.sum()]] += 1
+        if (counts == 0).any():
+            names = [s.name for s, c in zip(sources, counts) if c == 0]
+            raise ValueError(f"mixture weight of {', '.join(names)} is below 1/{MIX_BLOCK} of the total")
+        self.block_counts = counts
+        self._block, self._labels, self._ranks = -1, None, None
+
+    def _layout(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each position's source in `block`, and its rank among that source's positions."""
+        if block != self._block:
+            labels = np.random.default_rng([self.seed, block]).permutation(np.repeat(np.arange(len(self.sources)), self.block_counts))
+            ranks = np.empty(MIX_BLOCK, dtype=np.int64)
+            for source in range(len(self.sources)):
+                at = labels == source
+                ranks[at] = np.arange(at.sum())
+            self._block, self._labels, self._ranks = block, labels, ranks
+        return self._labels, self._ranks
+
+    def assign(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(source, sample of that source) of each global sample."""
+        if len(self.sources) == 1:
+            return np.zeros(len(samples), dtype=np.int64), samples
+        blocks, positions = np.divmod(samples, MIX_BLOCK)
+        source, index = np.empty_like(samples), np.empty_like(samples)
+        for block in np.unique(blocks):
+            at = blocks == block
+            labels, ranks = self._layout(int(block))
+            source[at] = labels[positions[at]]
+            index[at] = block * self.block_counts[source[at]] + ranks[positions[at]]
+        return source, index
+
+    def drawn(self, samples: int) -> np.ndarray:
+        """How many of the first `samples` global samples each source gave."""
+        full, rest = divmod(samples, MIX_BLOCK)
+        counts = full * self.block_counts
+        if rest and len(self.sources) > 1:
+            counts = counts + np.bincount(self._layout(full)[0][:rest], minlength=len(self.sources))
+        elif rest:
+            counts = counts + rest
+        return counts
+
+    def windows(self, samples: np.ndarray) -> np.ndarray:
+        source, index = self.assign(samples)
+        rows = np.empty((len(samples), self.sources[0].seq_len + 1), dtype=np.int64)
+        for s in np.unique(source):
+            at = source == s
+            rows[at] = self.sources[int(s)].windows(index[at])
+        return rows
+
+    def realized(self, samples: int) -> dict[str, dict]:
+        """The mix the first `samples` samples realized, per source: weight, samples, share, tokens, epochs."""
+        drawn = self.drawn(samples)
+        return {source.name: {"weight": float(weight), "samples": int(n), "share": float(n / max(samples, 1)),
+                              "tokens": int(n) * source.seq_len, "epochs": float(n / source.num_windows)}
+                for source, weight, n in zip(self.sources, self.weights, drawn)}
+
+
+class Batches:
+    """One rank's micro-batches: its slice of the global samples from `first_sample` on."""
+
+    def __init__(self, mixture: DataMixture, micro_batch: int, rank: int = 0, world_size: int = 1):
+        self.mixture, self.micro_batch, self.rank, self.world_size = mixture, micro_batch, rank, world_size
+        windows = sum(s.num_windows for s in mixture.sources)
+        if windows < micro_batch * world_size:
+            raise ValueError(
+                f"the train split has {windows} windows of seq_len {mixture.sources[0].seq_len}, fewer than one micro-batch "
+                f"across ranks ({micro_batch} x {world_size}); use more data or smaller batches"
+            )
+
+    @property
+    def samples_per_micro_step(self) -> int:
+        return self.micro_batch * self.world_size
+
+    def batch(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = first_sample + self.rank * self.micro_batch
+        chunk = torch.from_numpy(self.mixture.windows(np.arange(start, start + self.micro_batch, dtype=np.int64)))
         return chunk[:, :-1], chunk[:, 1:]
+
+
+def single_source(tokens, seq_len: int, micro_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> Batches:
+    """The loader of one token stream (no mixture)."""
+    return Batches(DataMixture([TokenWindows(tokens, seq_len, seed)], [1.0], seed), micro_batch, rank, world_size)
 
 
 class ShardError(ManifestError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+
 import torch
 
 
@@ -34,3 +36,30 @@ def resolve_dtype(dtype: str, on_gpu: bool) -> str:
     if on_gpu:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries it across fork+exec,
+    so a child would report its (much larger) parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def flash_attention_problem(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """None if PyTorch's flash attention kernel runs this model's attention (causal, no mask) here; else
+    why it cannot (scaled_dot_product_attention then falls back to a slower kernel)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.zeros(1, 1, 16, head_dim, device=device, dtype=dtype)
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    except RuntimeError as e:
+        return str(e).strip().splitlines()[0]
+    return None

@@ -5,8 +5,11 @@ single process. It reads token shards, trains with DeepSpeed ZeRO, checkpoints t
 storage root, resumes from the newest complete checkpoint, and at the end writes
 `final/model.safetensors`, `final/model_config.json` and, last, `final/summary.json`.
 
-The run in named steps: `build` (world, data, model, engine), `resume`, `train_step` (one optimizer
-step), `checkpoints.save` (the save protocol), `checkpoints.export_final`, `finish` (the summary).
+The run in named steps: `build` (world, data, the checkpoint to resume, model, engine), `resume`,
+`train_step` (one optimizer step), `checkpoints.save` (the save protocol), `checkpoints.export_final`,
+`finish` (the summary). A checkpoint saved at another world size resumes through DeepSpeed's
+universal checkpoint format; the data position is counted in global samples, so no sample is
+repeated or skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,8 +36,9 @@ from llm_pipeline.train import checkpoints
 from llm_pipeline.train.activation_checkpointing import apply_activation_checkpointing
 from llm_pipeline.train.checkpoints import CheckpointStore
 from llm_pipeline.train.config import TrainConfig
-from llm_pipeline.train.data import TokenWindows, load_tokens
-from llm_pipeline.train.hardware import accelerator_name, device_for, on_gpu, resolve_dtype
+from llm_pipeline.train.data import Batches, DataMixture, TokenWindows
+from llm_pipeline.train.token_store import DEFAULT_CACHE, open_split
+from llm_pipeline.train.hardware import accelerator_name, device_for, flash_attention_problem, on_gpu, peak_rss_bytes, resolve_dtype
 from llm_pipeline.train.hf_config import model_config_from_hf
 from llm_pipeline.train.launch import free_port
 from llm_pipeline.train.mfu import model_flops_utilization
@@ -55,20 +60,23 @@ class Training:
     device: torch.device
     engine: object
     scheduler: object
-    loader: TokenWindows
+    loader: Batches
     store: CheckpointStore
+    resume_tag: str | None = None  # the checkpoint to load (chosen before the engine: its format depends on it)
+    resume_dir: str = ""
     step: int = 0
-    micro_step: int = 0
+    samples_seen: int = 0  # global samples drawn: the loader's whole state, the same on any world size
     tokens_seen: int = 0
     losses: list = field(default_factory=list)
     resumed_from: str | None = None
+    attention_problem: str | None = None  # why flash attention cannot run here; None: it does
 
     @property
     def is_rank0(self) -> bool:
         return self.rank == 0
 
     def client_state(self) -> dict:
-        return {"step": self.step, "micro_step": self.micro_step, "tokens_seen": self.tokens_seen, "losses": self.losses,
+        return {"step": self.step, "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen, "losses": self.losses,
                 "rng_state": torch.get_rng_state()}
 
 
@@ -102,14 +110,61 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def _optimizer(cfg: TrainConfig, model: torch.nn.Module, gpu: bool) -> torch.optim.Optimizer:
     groups = _param_groups(model, cfg.weight_decay)
     hyper = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
     if cfg.offload_optimizer:
         # The optimizer step runs on the CPU: DeepSpeed's vectorised CPU Adam (JIT-built on first
         # use, then cached under ~/.cache/torch_extensions) is the one ZeRO-Offload is built for.
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **hyper)
-    return torch.optim.AdamW(groups, **hyper)
+    # On CUDA, one fused kernel for the whole step instead of a dozen per parameter.
+    return torch.optim.AdamW(groups, fused=gpu, **hyper)
+
+
+def _data(cfg: TrainConfig, rank: int, world: int) -> Batches:
+    """Every source's train split, memory-mapped (a rank holds the pages it reads, not the split;
+    train/token_store.py), mixed by the config's weights."""
+    sources, weights = [], []
+    for i, (name, weight, uris) in enumerate(cfg.data_sources()):
+        tokens, _ = open_split([Storage(uri) for uri in uris], "train", cfg.tokenizer_sha256 or None, cfg.model.vocab_size,
+                               cfg.token_cache or DEFAULT_CACHE, int(cfg.token_cache_gb * 2**30))
+        sources.append(TokenWindows(tokens, cfg.seq_len, cfg.seed, i, name))
+        weights.append(weight)
+    return Batches(DataMixture(sources, weights, cfg.seed), cfg.micro_batch, rank, world)
+
+
+def _checkpoint_to_resume(store: CheckpointStore, rank: int, local_rank: int, world: int, reporter) -> tuple[str | None, str]:
+    """The newest checkpoint that verifies (rank 0 picks it, every node checks its own copy) and the
+    folder to load it from: converted to DeepSpeed's universal format if saved at another world size."""
+    choice = [None, 0]
+    if rank == 0:
+        tag = store.newest_intact(reporter.warning)
+        choice = [tag, checkpoints.saved_partitions(store, tag)] if tag else choice
+    dist.broadcast_object_list(choice, src=0)
+    tag, saved_world = choice
+    if not tag:
+        return None, ""
+    if local_rank == 0 and rank != 0:  # once per node: a remote root's copy lands on every node's disk
+        store.fetch(tag)
+        problems = store.verify(tag)
+        if problems:
+            raise RuntimeError(f"checkpoint {tag} fails verification on this node: {'; '.join(problems)}")
+    if saved_world in (0, world):
+        dist.barrier()
+        return tag, store.local_dir
+    reporter.info(f"checkpoint {tag} was saved at world size {saved_world}, resuming at {world}: converting it to "
+                  "DeepSpeed's universal checkpoint format")
+    error = None
+    if rank == 0 or (store.mirrored and local_rank == 0):  # once per disk
+        try:
+            checkpoints.to_universal(store, tag)
+        except RuntimeError as e:
+            error = str(e)
+    errors = [None] * world
+    dist.all_gather_object(errors, error)  # every rank stops, before any work, if a conversion failed
+    if any(errors):
+        raise RuntimeError(next(e for e in errors if e))
+    return tag, os.path.join(store.local_dir, checkpoints.UNIVERSAL)
 
 
 def _load_initial_weights(model: torch.nn.Module, cfg: TrainConfig, reporter) -> None:
@@ -132,8 +187,9 @@ def build(cfg: TrainConfig, reporter) -> Training:
     rank, local_rank, world = _set_up_world(gpu)
     cfg.validate_for(world, gpu)  # before any process group: a bad combination fails fast, by name
     _init_distributed(gpu)
-    tokens, _ = load_tokens([Storage(uri) for uri in cfg.shards_uris], "train", cfg.tokenizer_sha256 or None, cfg.model.vocab_size)
-    loader = TokenWindows(tokens, cfg.seq_len, cfg.micro_batch, rank, world, cfg.seed)
+    loader = _data(cfg, rank, world)
+    store = CheckpointStore(Storage(cfg.run_uri))
+    resume_tag, resume_dir = _checkpoint_to_resume(store, rank, local_rank, world, reporter)
 
     torch.manual_seed(cfg.seed)
     model = CausalLM(cfg.model)
@@ -141,34 +197,49 @@ def build(cfg: TrainConfig, reporter) -> Training:
         _load_initial_weights(model, cfg, reporter)
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
-    optimizer = _optimizer(cfg, model)
+    optimizer = _optimizer(cfg, model, gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     dtype = resolve_dtype(cfg.dtype, gpu)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=cfg.deepspeed_config(world, dtype, gpu)
-    )
-    return Training(cfg, rank, local_rank, world, gpu, dtype, device_for(local_rank, gpu), engine, scheduler, loader,
-                    CheckpointStore(Storage(cfg.run_uri)))
+    ds_config = cfg.deepspeed_config(world, dtype, gpu)
+    if resume_dir and resume_dir != store.local_dir:
+        ds_config["checkpoint"] = {"load_universal": True}
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    if cfg.compile:
+        # DeepSpeed's own compile keeps the module's parameter names (checkpoints stay loadable without it).
+        engine.compile()
+    return Training(cfg, rank, local_rank, world, gpu, dtype, device_for(local_rank, gpu), engine, scheduler, loader, store,
+                    resume_tag, resume_dir)
 
 
 def resume(t: Training, reporter) -> None:
-    """Load the newest checkpoint that verifies, if any: rank 0 picks it, every node checks its own copy."""
-    choice = [t.store.newest_intact(reporter.warning) if t.is_rank0 else None]
-    dist.broadcast_object_list(choice, src=0)
-    tag = choice[0]
+    """Load the checkpoint `build` chose, if any."""
+    tag = t.resume_tag
     if not tag:
         return
-    if t.local_rank == 0 and not t.is_rank0:  # once per node: a remote root's copy lands on every node's disk
-        t.store.fetch(tag)
-        problems = t.store.verify(tag)
-        if problems:
-            raise RuntimeError(f"checkpoint {tag} fails verification on this node: {'; '.join(problems)}")
-    dist.barrier()
-    _, client = t.engine.load_checkpoint(t.store.local_dir, tag=tag)
-    t.step, t.micro_step, t.tokens_seen, t.losses = client["step"], client["micro_step"], client["tokens_seen"], client["losses"]
+    _, client = t.engine.load_checkpoint(t.resume_dir, tag=tag)
+    t.step, t.tokens_seen, t.losses = client["step"], client["tokens_seen"], client["losses"]
+    # Checkpoints of earlier versions counted this rank's micro-steps, at the same world size.
+    t.samples_seen = client["samples_seen"] if "samples_seen" in client else client["micro_step"] * t.loader.samples_per_micro_step
     torch.set_rng_state(client["rng_state"])
     t.resumed_from = tag
-    reporter.info(f"resumed from checkpoint {tag}: step {t.step}, {t.tokens_seen} tokens seen")
+    if t.resume_dir != t.store.local_dir:
+        _repair_universal_optimizer_state(getattr(t.engine.optimizer, "optimizer", t.engine.optimizer), t.cfg)
+        dist.barrier()  # every rank has loaded: the converted copy is no longer needed
+        if t.local_rank == 0:
+            shutil.rmtree(os.path.join(t.resume_dir, tag), ignore_errors=True)
+    reporter.info(f"resumed from checkpoint {tag}: step {t.step}, {t.tokens_seen} tokens seen, sample {t.samples_seen}")
+
+
+def _repair_universal_optimizer_state(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Two slips of DeepSpeed 0.19's ZeRO-3 universal load, found by comparing with an uninterrupted run:
+    it copies the first parameter group's hyperparameters to every group (the norms, which have no
+    weight decay, would be decayed), and it gives every group the same `step` tensor, which AdamW
+    increments in place once per group (bias corrections then run ahead). Harmless for other stages."""
+    for group, weight_decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
+        group["weight_decay"] = weight_decay
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
 
 
 def train_step(t: Training) -> float:
@@ -176,8 +247,8 @@ def train_step(t: Training) -> float:
     grad_accum = t.cfg.grad_accum_for(t.world)
     step_loss = torch.zeros((), device=t.device)
     for _ in range(grad_accum):
-        x, y = t.loader.batch(t.micro_step)
-        t.micro_step += 1
+        x, y = t.loader.batch(t.samples_seen)
+        t.samples_seen += t.loader.samples_per_micro_step
         _, loss = t.engine(x.to(t.device), y.to(t.device))
         t.engine.backward(loss)
         t.engine.step()
@@ -201,12 +272,21 @@ def train(cfg: TrainConfig, reporter) -> dict | None:
     offload = "".join(f" +{what} offload" for what, on in (("optimizer", cfg.offload_optimizer), ("param", cfg.offload_params)) if on)
     reporter.info(
         f"training {cfg.model.num_params() / 1e6:.2f}M params ({cfg.model.flops_per_token(cfg.seq_len) / 1e6:.1f} MFLOP/token), "
-        f"ZeRO-{cfg.zero_stage}{offload}, {t.dtype}, world size {t.world} on {'GPU' if t.gpu else 'CPU'}, {tokens_per_step} "
+        f"ZeRO-{cfg.zero_stage}{offload}, {t.dtype}{', compiled' if cfg.compile else ''}, world size {t.world} on {'GPU' if t.gpu else 'CPU'}, {tokens_per_step} "
         f"tokens/step ({cfg.grad_accum_for(t.world)} micro-steps), steps {t.step}->{cfg.steps}"
     )
+    # On a GPU in bf16 PyTorch's SDPA runs flash attention; anything else is named (it falls back, slower).
+    attention_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.dtype, torch.float32)
+    t.attention_problem = flash_attention_problem(t.device, attention_dtype, cfg.model.head_dim)
+    if t.attention_problem and t.gpu:
+        reporter.warning(f"flash attention is not available here, attention runs a slower kernel: {t.attention_problem}")
     loop_start, loop_start_step = time.time(), t.step
+    steady_s, steady_steps = 0.0, 0  # step time after this launch's first step (compilation, warm-up) without saves
     while t.step < cfg.steps:
+        step_start = time.perf_counter()
         loss = train_step(t)
+        if t.step > loop_start_step + 1:
+            steady_s, steady_steps = steady_s + time.perf_counter() - step_start, steady_steps + 1
         if t.is_rank0 and (t.step % cfg.log_every == 0 or t.step == cfg.steps):
             elapsed = time.time() - loop_start
             tok_s = (t.step - loop_start_step) * tokens_per_step / max(elapsed, 1e-9)
@@ -217,24 +297,32 @@ def train(cfg: TrainConfig, reporter) -> dict | None:
         if t.step % cfg.checkpoint_every == 0 or t.step == cfg.steps:
             checkpoints.save(t.engine, t.store, t.step, t.client_state(), t.rank, t.local_rank, cfg.keep_last)
     loop_s = time.time() - loop_start
+    # Each rank's peak memory, for the summary: the token store keeps it flat as the data grows.
+    peak_rss = [0] * t.world
+    dist.all_gather_object(peak_rss, peak_rss_bytes())
     summary = None
     if t.is_rank0:
         final = Storage(cfg.run_uri).child("final")
         checkpoints.export_final(t.store, checkpoints.tag_for(t.step), cfg.zero_stage, cfg.model, final)
-        summary = finish(t, final, loop_s, t.step - loop_start_step, time.time() - t_start)
+        steady = steady_steps * tokens_per_step / steady_s if steady_steps else None
+        summary = finish(t, final, loop_s, t.step - loop_start_step, time.time() - t_start, peak_rss, steady)
         reporter.info(f"finished: {t.step} steps, final loss {summary['final_loss']:.4f}, {summary['tokens_per_s']:,.0f} tok/s"
                       + (f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""))
     dist.barrier()
     return summary
 
 
-def finish(t: Training, final: Storage, loop_s: float, trained_steps: int, wall_s: float) -> dict:
-    """`final/summary.json`, written last: its presence means the run finished."""
+def finish(t: Training, final: Storage, loop_s: float, trained_steps: int, wall_s: float, peak_rss: list[int],
+           steady_tokens_per_s: float | None) -> dict:
+    """`final/summary.json`, written last: its presence means the run finished. `tokens_per_s` covers the
+    whole loop (checkpoint saves included); `steady_tokens_per_s` the steps after the first, saves left
+    out: the speed of training itself, which MFU is computed from."""
     cfg = t.cfg
     flops_per_token = cfg.model.flops_per_token(cfg.seq_len)
     tokens_per_s = trained_steps * cfg.tokens_per_step(t.world) / loop_s if trained_steps else 0.0
     accelerator = accelerator_name(t.device)
-    mfu = model_flops_utilization(flops_per_token * tokens_per_s / t.world, t.dtype, cfg.peak_tflops, accelerator) if t.gpu else None
+    speed = steady_tokens_per_s or tokens_per_s
+    mfu = model_flops_utilization(flops_per_token * speed / t.world, t.dtype, cfg.peak_tflops, accelerator) if t.gpu else None
     summary = {
         "steps": t.step,
         "checkpoint": checkpoints.tag_for(t.step),
@@ -249,11 +337,18 @@ def finish(t: Training, final: Storage, loop_s: float, trained_steps: int, wall_
         "wall_time_s": wall_s,
         "train_loop_s": loop_s,
         "tokens_per_s": tokens_per_s,
+        "steady_tokens_per_s": steady_tokens_per_s,
         "mfu": mfu,
         "accelerator": accelerator,
         "grad_accum": cfg.grad_accum_for(t.world),
         "resumed_from": t.resumed_from,
         "device": t.device.type,
+        "peak_rss_bytes_per_rank": peak_rss,
+        "samples_seen": t.samples_seen,
+        "compiled": cfg.compile,
+        "attention": "flash" if t.attention_problem is None else f"not flash: {t.attention_problem}",
+        # The mix the run's samples realized (one source "all" without a mixture).
+        "mixture": t.loader.mixture.realized(t.samples_seen),
     }
     final.write_json("summary.json", summary)
     return summary
