@@ -212,11 +212,15 @@ def saved_partitions(store: CheckpointStore, tag: str) -> int:
     return len(glob.glob(os.path.join(store.local_dir, tag, "*_optim_states.pt")))
 
 
-def to_universal(store: CheckpointStore, tag: str) -> str:
+def universal_dir(store: CheckpointStore) -> str:
+    return os.path.join(store.local_dir, UNIVERSAL)
+
+
+def to_universal(store: CheckpointStore, tag: str) -> None:
     """DeepSpeed's universal checkpoint of `tag` (its ds_to_universal: every parameter's fp32 weights and
-    optimizer moments whole, re-partitioned on load at any world size); returns the folder to load from.
+    optimizer moments whole, re-partitioned on load at any world size), into universal_dir(store).
     Once per node, from the verified checkpoint; the conversion runs in its own process."""
-    out = os.path.join(store.local_dir, UNIVERSAL)
+    out = universal_dir(store)
     shutil.rmtree(os.path.join(out, tag), ignore_errors=True)
     command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", os.path.join(store.local_dir, tag),
                "--output_folder", os.path.join(out, tag), "--inject_missing_state", "--num_extract_workers", "2",
@@ -226,7 +230,6 @@ def to_universal(store: CheckpointStore, tag: str) -> str:
         raise RuntimeError(f"checkpoint {tag} cannot resume on another world size: DeepSpeed's universal checkpoint "
                            f"conversion failed (exit {done.returncode}); resume with the world size it was saved at. "
                            f"Its output: {(done.stdout + done.stderr)[-3000:]}")
-    return out
 
 
 def export_final(store: CheckpointStore, tag: str, zero_stage: int, model: ModelConfig, final: Storage) -> None:

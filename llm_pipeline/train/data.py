@@ -16,7 +16,6 @@ checkpoint: the same number resumes the same stream on any world size.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -218,26 +217,27 @@ def check_one_tokenizer(manifests: dict[str, dict], expected_tokenizer_sha256: s
                          "Re-tokenize them with the current tokenizer (a backfill of tokenized_shards) first")
 
 
-def load_tokens(shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None,
-                vocab_size: int | None = None) -> tuple[np.ndarray, dict]:
-    """All tokens of one split of several shard sets (in order) as one flat array. Every shard is verified before any is used, so
-    nothing is trained on corrupted data; reads run ahead in a thread (remote storage overlaps).
-    Ids must be below `vocab_size` (the model's), and below the manifest's own vocabulary."""
-    shards, manifest = iter_tokens(shard_sets, split, expected_tokenizer_sha256, vocab_size)
-    return np.concatenate(list(shards)), manifest
-
-
-def iter_tokens(shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None,
-                vocab_size: int | None = None) -> tuple[Iterator[np.ndarray], dict]:
-    """load_tokens one verified shard at a time (for a pass over the split that need not hold it all),
-    and the first set's manifest. The manifests are read and checked before this returns."""
+def checked_manifests(shard_sets: list[Storage], expected_tokenizer_sha256: str | None = None) -> dict[str, dict]:
+    """Every set's shard manifest by URI, all made with one tokenizer (the expected one, if given)."""
     manifests = {shards.uri: read_shard_manifest(shards) for shards in shard_sets}
     check_one_tokenizer(manifests, expected_tokenizer_sha256)
-    work = []
-    for shards in shard_sets:
-        manifest = manifests[shards.uri]
-        limit = min(manifest["vocab_size"], vocab_size or manifest["vocab_size"])
-        work += [(shards, entry, limit) for entry in manifest["shards"] if entry["split"] == split]
+    return manifests
+
+
+def id_limit(manifest: dict, vocab_size: int | None) -> int:
+    """Ids must be below the model's vocabulary and below the manifest's own."""
+    return min(manifest["vocab_size"], vocab_size or manifest["vocab_size"])
+
+
+def load_tokens(shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None,
+                vocab_size: int | None = None) -> tuple[np.ndarray, dict]:
+    """All tokens of one split of several shard sets (in order) as one flat array, from the Parquet shards,
+    and the first set's manifest. Every shard is verified before any is used, so nothing is trained on
+    corrupted data; reads run ahead in a thread (remote storage overlaps)."""
+    manifests = checked_manifests(shard_sets, expected_tokenizer_sha256)
+    work = [(shards, entry, id_limit(manifests[shards.uri], vocab_size))
+            for shards in shard_sets for entry in manifests[shards.uri]["shards"] if entry["split"] == split]
     if not work:
         raise ShardError(f"no {split} tokens in {', '.join(f'{s.uri}/{MANIFEST}' for s in shard_sets)}")
-    return prefetch((read_shard(shards, entry, limit) for shards, entry, limit in work), depth=2), manifests[shard_sets[0].uri]
+    shards = prefetch((read_shard(shards, entry, limit) for shards, entry, limit in work), depth=2)
+    return np.concatenate(list(shards)), manifests[shard_sets[0].uri]

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from llm_pipeline.storage.folders import Storage
-from llm_pipeline.train.data import ShardError, check_one_tokenizer, read_shard, read_shard_manifest
+from llm_pipeline.train.data import ShardError, checked_manifests, id_limit, read_shard
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "llm-pipeline", "tokens")
 _CHUNK = 1 << 20  # ids per read of the verification pass: a few MB, whatever the file
@@ -55,7 +55,6 @@ class TokenStream:
             out[mask] = self.arrays[i][index[mask] - self.starts[i]]
         return out
 
-
     def chunks(self, tokens: int = 1 << 22):
         """The stream in order, `tokens` at a time (a pass that never holds the split)."""
         for array in self.arrays:
@@ -66,13 +65,12 @@ class TokenStream:
 def open_split(shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None,
                vocab_size: int | None = None, cache_dir: str = DEFAULT_CACHE, cache_limit_bytes: int = 100 << 30) -> tuple[TokenStream, dict]:
     """The split of every shard set, memory-mapped and verified, and the first set's manifest."""
-    manifests = {shards.uri: read_shard_manifest(shards) for shards in shard_sets}
-    check_one_tokenizer(manifests, expected_tokenizer_sha256)
+    manifests = checked_manifests(shard_sets, expected_tokenizer_sha256)
     os.makedirs(cache_dir, exist_ok=True)
     arrays = []
     for shards in shard_sets:
         manifest = manifests[shards.uri]
-        limit = min(manifest["vocab_size"], vocab_size or manifest["vocab_size"])
+        limit = id_limit(manifest, vocab_size)
         flat = manifest.get("flat", {}).get(split)
         if flat is None:
             path, dtype = _converted(shards, manifest, split, limit, cache_dir), manifest["dtype"]

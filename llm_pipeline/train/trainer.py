@@ -63,7 +63,7 @@ class Training:
     loader: Batches
     store: CheckpointStore
     resume_tag: str | None = None  # the checkpoint to load (chosen before the engine: its format depends on it)
-    resume_dir: str = ""
+    resume_universal: bool = False  # saved at another world size: load its universal conversion
     step: int = 0
     samples_seen: int = 0  # global samples drawn: the loader's whole state, the same on any world size
     tokens_seen: int = 0
@@ -133,9 +133,9 @@ def _data(cfg: TrainConfig, rank: int, world: int) -> Batches:
     return Batches(DataMixture(sources, weights, cfg.seed), cfg.micro_batch, rank, world)
 
 
-def _checkpoint_to_resume(store: CheckpointStore, rank: int, local_rank: int, world: int, reporter) -> tuple[str | None, str]:
-    """The newest checkpoint that verifies (rank 0 picks it, every node checks its own copy) and the
-    folder to load it from: converted to DeepSpeed's universal format if saved at another world size."""
+def _checkpoint_to_resume(store: CheckpointStore, rank: int, local_rank: int, world: int, reporter) -> tuple[str | None, bool]:
+    """The newest checkpoint that verifies (rank 0 picks it, every node checks its own copy), and whether
+    it was converted to DeepSpeed's universal format (saved at another world size)."""
     choice = [None, 0]
     if rank == 0:
         tag = store.newest_intact(reporter.warning)
@@ -143,7 +143,7 @@ def _checkpoint_to_resume(store: CheckpointStore, rank: int, local_rank: int, wo
     dist.broadcast_object_list(choice, src=0)
     tag, saved_world = choice
     if not tag:
-        return None, ""
+        return None, False
     if local_rank == 0 and rank != 0:  # once per node: a remote root's copy lands on every node's disk
         store.fetch(tag)
         problems = store.verify(tag)
@@ -151,7 +151,7 @@ def _checkpoint_to_resume(store: CheckpointStore, rank: int, local_rank: int, wo
             raise RuntimeError(f"checkpoint {tag} fails verification on this node: {'; '.join(problems)}")
     if saved_world in (0, world):
         dist.barrier()
-        return tag, store.local_dir
+        return tag, False
     reporter.info(f"checkpoint {tag} was saved at world size {saved_world}, resuming at {world}: converting it to "
                   "DeepSpeed's universal checkpoint format")
     error = None
@@ -164,7 +164,7 @@ def _checkpoint_to_resume(store: CheckpointStore, rank: int, local_rank: int, wo
     dist.all_gather_object(errors, error)  # every rank stops, before any work, if a conversion failed
     if any(errors):
         raise RuntimeError(next(e for e in errors if e))
-    return tag, os.path.join(store.local_dir, checkpoints.UNIVERSAL)
+    return tag, True
 
 
 def _load_initial_weights(model: torch.nn.Module, cfg: TrainConfig, reporter) -> None:
@@ -189,7 +189,7 @@ def build(cfg: TrainConfig, reporter) -> Training:
     _init_distributed(gpu)
     loader = _data(cfg, rank, world)
     store = CheckpointStore(Storage(cfg.run_uri))
-    resume_tag, resume_dir = _checkpoint_to_resume(store, rank, local_rank, world, reporter)
+    resume_tag, resume_universal = _checkpoint_to_resume(store, rank, local_rank, world, reporter)
 
     torch.manual_seed(cfg.seed)
     model = CausalLM(cfg.model)
@@ -201,14 +201,14 @@ def build(cfg: TrainConfig, reporter) -> Training:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     dtype = resolve_dtype(cfg.dtype, gpu)
     ds_config = cfg.deepspeed_config(world, dtype, gpu)
-    if resume_dir and resume_dir != store.local_dir:
+    if resume_universal:
         ds_config["checkpoint"] = {"load_universal": True}
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     if cfg.compile:
         # DeepSpeed's own compile keeps the module's parameter names (checkpoints stay loadable without it).
         engine.compile()
     return Training(cfg, rank, local_rank, world, gpu, dtype, device_for(local_rank, gpu), engine, scheduler, loader, store,
-                    resume_tag, resume_dir)
+                    resume_tag, resume_universal)
 
 
 def resume(t: Training, reporter) -> None:
@@ -216,17 +216,18 @@ def resume(t: Training, reporter) -> None:
     tag = t.resume_tag
     if not tag:
         return
-    _, client = t.engine.load_checkpoint(t.resume_dir, tag=tag)
+    folder = checkpoints.universal_dir(t.store) if t.resume_universal else t.store.local_dir
+    _, client = t.engine.load_checkpoint(folder, tag=tag)
     t.step, t.tokens_seen, t.losses = client["step"], client["tokens_seen"], client["losses"]
     # Checkpoints of earlier versions counted this rank's micro-steps, at the same world size.
     t.samples_seen = client["samples_seen"] if "samples_seen" in client else client["micro_step"] * t.loader.samples_per_micro_step
     torch.set_rng_state(client["rng_state"])
     t.resumed_from = tag
-    if t.resume_dir != t.store.local_dir:
+    if t.resume_universal:
         _repair_universal_optimizer_state(getattr(t.engine.optimizer, "optimizer", t.engine.optimizer), t.cfg)
         dist.barrier()  # every rank has loaded: the converted copy is no longer needed
         if t.local_rank == 0:
-            shutil.rmtree(os.path.join(t.resume_dir, tag), ignore_errors=True)
+            shutil.rmtree(os.path.join(folder, tag), ignore_errors=True)
     reporter.info(f"resumed from checkpoint {tag}: step {t.step}, {t.tokens_seen} tokens seen, sample {t.samples_seen}")
 
 
