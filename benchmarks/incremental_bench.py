@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
 
     source = default_corpus_uri()
     base = CorpusConfig(source_uri=source, max_bytes=10**12)  # the whole standard library, no cap
-    files = list_sources(source, base.glob, base.exclude).files
+    files = list_sources(source, base.file_glob, base.excluded).files
     total = sum(f.size for f in files)
     existing, new, running = [], [], 0
     for f in files:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Storage(tmp)
         # The shared tokenizer, trained once on the existing batch's first files (as the tokenizer asset does).
         warm = root.child("warm")
-        build_corpus(CorpusConfig(source_uri=source, files=tuple(existing[:200])), warm)
+        build_corpus(CorpusConfig(source_uri=source, files=dict.fromkeys(existing[:200], "")), warm)
         tok = train_bpe((t for b in iter_documents(warm, columns=("text",)) for t in b.column("text").to_pylist()), VOCAB)
 
         full_corpus_s, full_tok_s, full = _stage(base, root.child("full"), tok)
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
               f"({full['documents']} documents)")
 
         # The existing batch, built once (not timed: it was paid when that batch landed).
-        build_corpus(CorpusConfig(source_uri=source, files=tuple(existing)), root.child("existing", "corpus"))
-        new_corpus_s, new_tok_s, inc = _stage(CorpusConfig(source_uri=source, files=tuple(new)), root.child("new"), tok,
+        build_corpus(CorpusConfig(source_uri=source, files=dict.fromkeys(existing, "")), root.child("existing", "corpus"))
+        new_corpus_s, new_tok_s, inc = _stage(CorpusConfig(source_uri=source, files=dict.fromkeys(new, "")), root.child("new"), tok,
                                               earlier=[("existing", root.child("existing", "corpus"))])
         print(f"(b) incremental  : corpus {new_corpus_s:.2f}s (dedup against {inc['deduplicated_against'][0]['batch']}'s index) "
               f"+ tokenize {new_tok_s:.2f}s = {new_corpus_s + new_tok_s:.2f}s ({inc['documents']} new documents, "

@@ -17,8 +17,9 @@ import dagster as dg
 
 from llm_pipeline.assets.partitions import batch_keys, corpus_batches
 from llm_pipeline.corpus.batches import batch_key, write_batch
-from llm_pipeline.corpus.sources import CorpusSourceError, list_sources
+from llm_pipeline.corpus.sources import CorpusSourceError, NothingMatched, SourceMissing, list_sources
 from llm_pipeline.resources import AutomationSettings, StorageResource, latest_materialization
+from llm_pipeline.storage.folders import bounded
 
 DATA_ASSETS = ["raw_corpus", "tokenizer", "tokenized_shards"]
 TRAINING_ASSETS = ["trained_checkpoint", "eval_metrics", "published_model"]
@@ -52,39 +53,69 @@ def landing_uri(storage: StorageResource, settings: AutomationSettings) -> str:
     return settings.landing_uri or storage.root().child("landing").uri
 
 
-def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[dict[str, str], int, str]:
+class LandingError(RuntimeError):
+    """The landing folder could not be looked at, or the sensor's cursor cannot be read: a tick that
+    fails with this names what failed, instead of reading as 'nothing new'."""
+
+
+def read_cursor(cursor: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(taken, seen) from the new-corpus sensor's cursor; LandingError naming the way out otherwise."""
+    if not cursor:
+        return {}, {}
+    try:
+        state = json.loads(cursor)
+        taken, seen = state["taken"], state["seen"]
+        if not all(isinstance(part, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in part.items())
+                   for part in (taken, seen)):
+            raise TypeError("taken and seen must map file names to identities")
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise LandingError(
+            f"new_corpus_sensor's cursor is not one this release writes ({type(e).__name__}: {bounded(str(e), 120)}; "
+            f"cursor starts {cursor[:60]!r}). Clear it to go on: `dagster sensor cursor new_corpus_sensor --delete`, "
+            "or the sensor's page in the UI. The files in the landing folder are then taken once more as one new "
+            "batch, whose documents dedup drops as duplicates of the earlier batches.") from None
+    return taken, seen
+
+
+def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[dict[str, str], int, str, list[str]]:
     """Files under `uri` that are new or changed and complete (relative path -> identity), how many
-    are still arriving, and the cursor to keep.
+    are still arriving, the cursor to keep, and the entries that cannot be taken (named, with why).
 
     A file is known by its identity, path + size + version (an object's ETag, a file's mtime), not by
     a time watermark: a late file with an old mtime, or one renamed into the folder, is still new.
     A file is taken once its identity is the same on two ticks in a row (an upload still growing
     is not), and never again unless its content changes. Hidden files and in-flight names (*.part,
     *.tmp, ...) are judged relative to the landing folder, with the corpus stage's own listing, so
-    a landing folder under `.storage/` works.
+    a landing folder under `.storage/` works. A folder that cannot be listed raises LandingError.
     """
-    state = json.loads(cursor) if cursor else {}
-    taken, seen = state.get("taken", {}), state.get("seen", {})
+    taken, seen = read_cursor(cursor)
     try:
         listing = list_sources(uri, "**/*", storage_options=storage.at(uri).storage_options)
-    except CorpusSourceError:  # no landing folder yet, or nothing in it
-        return {}, 0, json.dumps({"taken": taken, "seen": {}}, sort_keys=True)
+    except (SourceMissing, NothingMatched):  # no landing folder yet, or nothing in it
+        return {}, 0, json.dumps({"taken": taken, "seen": {}}, sort_keys=True), []
+    except CorpusSourceError as e:
+        raise LandingError(f"new_corpus_sensor cannot list the landing folder: {e}") from None
     current = {f.rel: f"{f.size}:{f.version}" for f in listing.files}
     fresh = {rel: ident for rel, ident in current.items() if taken.get(rel) != ident}
     ready = {rel: ident for rel, ident in sorted(fresh.items()) if seen.get(rel) == ident}
     taken.update(ready)
     pending = {rel: ident for rel, ident in fresh.items() if rel not in ready}
-    return ready, len(pending), json.dumps({"taken": taken, "seen": pending}, sort_keys=True)
+    refused = [f"{s.rel} ({s.reason})" for s in listing.skipped if s.reason != "hidden_or_in_flight"]
+    return ready, len(pending), json.dumps({"taken": taken, "seen": pending}, sort_keys=True), refused
 
 
 @dg.sensor(minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Makes each delivery of complete new files in the landing folder a corpus batch (a partition).")
 def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, automation: AutomationSettings):
     uri = landing_uri(storage, automation)
-    ready, arriving, cursor = new_files(storage, uri, context.cursor)
+    ready, arriving, cursor, refused = new_files(storage, uri, context.cursor)
+    not_taken = ""
+    if refused:
+        not_taken = f"; {len(refused)} entries cannot be taken: {', '.join(refused[:5])}" + (" ..." if len(refused) > 5 else "")
+        context.log.warning(f"new_corpus_sensor: under {uri}{not_taken}")
     if not ready:
-        return dg.SensorResult(skip_reason=f"no new complete files under {uri}" + (f" ({arriving} still arriving)" if arriving else ""),
-                               cursor=cursor)
+        return dg.SensorResult(skip_reason=f"no new complete files under {uri}" + (f" ({arriving} still arriving)" if arriving else "")
+                               + not_taken, cursor=cursor)
     key = batch_key(ready)
     write_batch(storage.root(), key, uri, ready)  # before the partition exists: the batch's files are fixed
     context.log.info(f"new corpus batch {key}: {len(ready)} files under {uri}")

@@ -1,6 +1,9 @@
-"""`make demo`: materialize the whole graph for the built-in corpus batch ('builtin'), then print the result.
+"""`make demo`: materialize the whole graph for the corpus batch 'builtin', then print the result.
 
-    python -m llm_pipeline.demo [--steps N] [--storage-root URI]
+    python -m llm_pipeline.demo [--source URI] [--steps N] [--storage-root URI]
+
+The batch reads the built-in corpus (the Python standard library's source), or your own data with
+`--source`: a folder, a file or a bucket prefix, every file under it read by its name's format.
 
 Runs go to the Dagster instance in DAGSTER_HOME, so they show up in `dagster dev` afterwards.
 """
@@ -64,8 +67,19 @@ def _harness_lines(metrics: dict) -> list[str]:
     return lines
 
 
+def demo_run_config(source: str | None = None, steps: int | None = None) -> dict:
+    ops = {}
+    if source:
+        ops["raw_corpus"] = {"config": {"source_uri": source}}
+    if steps:
+        ops["trained_checkpoint"] = {"config": {"steps": steps}}
+    return {"ops": ops, "loggers": {"demo": {}}}  # the demo's logger instead of Dagster's console logger
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default=None, help="your data: a folder, file or bucket prefix (fsspec URI), every file "
+                        "under it read by its name's format (default: the built-in corpus)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the asset's default)")
     parser.add_argument("--storage-root", default=None, help="storage root URI (default: LLM_PIPELINE_STORAGE_ROOT or .storage/)")
     parser.add_argument("--log-file", default=None, help="the full event log (default: $DAGSTER_HOME/.dagster/demo.log)")
@@ -75,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     log_file = args.log_file or os.path.join(os.environ.get("DAGSTER_HOME") or ".", ".dagster", "demo.log")
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
 
-    run_config = {"ops": {"trained_checkpoint": {"config": {"steps": args.steps}}}} if args.steps else {}
-    run_config["loggers"] = {"demo": {}}  # instead of Dagster's console logger
+    run_config = demo_run_config(args.source, args.steps)
     resources = make_resources(args.storage_root)
-    print(f"llm-pipeline demo: the built-in corpus batch '{BUILTIN_BATCH}' through the whole graph "
+    what = f"your data at {args.source}" if args.source else "the built-in corpus"
+    print(f"llm-pipeline demo: {what}, as batch '{BUILTIN_BATCH}', through the whole graph "
           f"(full log: {log_file}, and the run in `make dev`)")
     start = time.time()
     instance = dg.DagsterInstance.get()

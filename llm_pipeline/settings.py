@@ -77,13 +77,13 @@ def choices(annotation) -> tuple:
     """The allowed values of a Literal (also inside Optional), else ()."""
     if typing.get_origin(annotation) is typing.Literal:
         return typing.get_args(annotation)
-    for arg in typing.get_args(annotation) if _is_optional(annotation) else ():
+    for arg in typing.get_args(annotation) if is_optional(annotation) else ():
         if typing.get_origin(arg) is typing.Literal:
             return typing.get_args(arg)
     return ()
 
 
-def _is_optional(annotation) -> bool:
+def is_optional(annotation) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
 
 
@@ -100,6 +100,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Settings], only: typi
     for name in names:
         field = cls.model_fields[name]
         annotation, flag = field.annotation, "--" + name.replace("_", "-")
+        if is_optional(annotation) and not choices(annotation):  # unset: the model's own default applies
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
         help_text = f"{field.description or name} (default: {default_of(cls, name)!r})"
         if annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
@@ -126,7 +128,7 @@ class _KeyValue(argparse.Action):
 
 
 def _scalar(annotation) -> type:
-    if _is_optional(annotation):
+    if is_optional(annotation):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if annotation in (int, float, str):
         return annotation

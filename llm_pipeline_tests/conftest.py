@@ -71,3 +71,30 @@ def s3_endpoint():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+    """A real GCS JSON API server (gcp-storage-emulator) on loopback, with a bucket, for gcsfs.
+
+    gcsfs finds it through STORAGE_EMULATOR_HOST (anonymous credentials), in this process and in the
+    processes it starts (the trainer). GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs would otherwise
+    first ask a gRPC control API, which the emulator does not serve, about each bucket (read at import)."""
+    port = free_port()
+    env = {**os.environ, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator"), "start",
+                             "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_for_port(port, proc)
+        os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+        os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+        import gcsfs
+
+        gcsfs.GCSFileSystem(project="test").mkdir("llm-pipeline-test")
+        yield "llm-pipeline-test"
+    finally:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        proc.terminate()
+        proc.wait(timeout=10)
+

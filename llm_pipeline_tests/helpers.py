@@ -1,11 +1,21 @@
 """Builders shared by tests: a small real corpus -> tokenizer -> shards chain."""
 
 import os
+import random
 
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus
 from llm_pipeline.tokenize.bpe import id_space, tokenizer_hash
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
+
+
+_WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "so", "ti") for b in ("ban", "dor", "fel", "gim", "hox", "jul")]
+
+
+def distinct_text(i: int) -> str:
+    """Document i of a corpus whose documents are neither duplicates nor near duplicates of each other."""
+    rng = random.Random(i)
+    return " ".join(rng.choice(_WORDS) for _ in range(60)) + f" {i}."
 
 
 def make_shards(tmp_path, root, tokenizer, texts, shard_cfg: ShardConfig | None = None, engine: str = "tiktoken",
@@ -72,3 +82,20 @@ def cache_arc_easy(cache_dir: str, questions: int = 20) -> None:
         splits.add(SplitInfo(name=split, num_bytes=size, num_examples=written, dataset_name="ai2_arc"))
     datasets.DatasetInfo(features=features, config_name="ARC-Easy", dataset_name="ai2_arc", splits=splits,
                          version="0.0.0").write_to_directory(folder)
+
+
+def published(tmp_path, tokenizer):
+    """A minimal published version folder of a tiny random model, written by the real publish():
+    (registry, the publish manifest)."""
+    from safetensors.torch import save_file
+
+    from llm_pipeline.publish.export import publish
+    from llm_pipeline.storage.folders import Storage
+    from llm_pipeline.train.model import CausalLM, ModelConfig
+
+    final = Storage(str(tmp_path / "final"))
+    model_cfg = ModelConfig(vocab_size=300, d_model=16, n_layers=1, n_heads=2, ffn_hidden=32, max_seq_len=32)
+    final.write_json("model_config.json", model_cfg.to_dict())
+    save_file(CausalLM(model_cfg).state_dict(), str(tmp_path / "final" / "model.safetensors"))
+    registry = Storage(str(tmp_path / "registry"))
+    return registry, publish(registry, "m", final, tokenizer.to_str(), 0, {"loss": 1.0}, {}, {})

@@ -34,15 +34,14 @@ def _config(selection, **overrides) -> dict:
 class Landing:
     """The landing folder plus the real sensor; its partition requests are applied as the daemon does."""
 
-    def __init__(self, tmp_path, instance):
-        self.resources = make_resources(str(tmp_path / "root"))
-        self.folder = tmp_path / "root" / "landing"
+    def __init__(self, tmp_path, instance, root_uri: str | None = None):
+        self.resources = make_resources(root_uri or str(tmp_path / "root"))
+        self.folder = self.resources["storage"].root().child("landing")  # the default landing folder
         self.instance, self.cursor = instance, None
 
     def deliver(self, files: dict[str, str]) -> str:
         for rel, text in files.items():
-            (self.folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (self.folder / rel).write_text(text)
+            self.folder.write_bytes(rel, text.encode("utf-8"))
         keys = []
         for _ in range(2):  # a file is taken once it is unchanged over two ticks
             result = new_corpus_sensor.evaluate_tick(dg.build_sensor_context(
@@ -191,3 +190,29 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
     failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
     assert "mixed tokenizers" in failure.event_specific_data.error.message
     assert first in failure.event_specific_data.error.message and second in failure.event_specific_data.error.message
+
+
+def test_landing_to_published_model_on_gcs(gcs_bucket, tmp_path):
+    """The storage root, and so the landing folder, on gs:// (a real GCS API server through gcsfs):
+    a delivery lands as a batch, is cleaned and tokenized, trained on by the trainer's own process,
+    evaluated and published; transformers loads the published folder back from the bucket."""
+    from llm_pipeline.publish.generate import generate
+    from llm_pipeline.publish.verify import verify
+
+    instance = batch_instance(home=str(tmp_path / "home"))
+    landing = Landing(tmp_path, instance, root_uri=f"gs://{gcs_bucket}/continuous")
+    texts = _texts()
+    batch = landing.deliver({f"delivery-1/{n}": texts[n] for n in sorted(texts)})
+    data = landing.materialize(DATA, batch)
+    assert data.success
+    assert _manifest(data, "raw_corpus")["documents"] == len(texts)
+    assert _manifest(data, "tokenized_shards")["splits"]["train"]["tokens"] > 0
+    result = landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"])
+    assert result.success
+    published = result.output_for_node("published_model")
+    assert published["uri"].startswith(f"gs://{gcs_bucket}/continuous/registry/")
+    storage = landing.resources["storage"]
+    assert verify(storage.at(published["uri"])) == []
+    trained = result.output_for_node("trained_checkpoint")
+    assert trained["run_uri"].startswith(f"gs://{gcs_bucket}/") and [d["batch"] for d in trained["data"]] == [batch]
+    assert isinstance(generate(published["uri"], "def ", max_new_tokens=4), str)

@@ -78,8 +78,8 @@ def test_build_filters_dedups_and_quarantines(tmp_path, storage, sample_texts):
     _write(src, "short.py", b"x = 1\n")
     _write(src, "latin1.py", "caf\xe9 = 1\n".encode("latin-1") * 20)
     _write(src, "binary.py", bytes(range(1, 32)) * 10)
-    _write(src, "site-packages/pkg.py", sample_texts[2].encode())  # excluded by default
-    manifest = build_corpus(CorpusConfig(source_uri=str(src)), storage)
+    _write(src, "site-packages/pkg.py", sample_texts[2].encode())  # excluded
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), exclude=("site-packages/*",)), storage)
     assert manifest["documents"] == 2
     assert manifest["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1, "too_short": 1, "invalid_utf8": 1, "low_quality": 1}
     docs = _docs(storage)
@@ -341,7 +341,7 @@ def test_missing_source_names_the_uri(tmp_path, storage):
 
 def test_empty_source_names_the_glob(tmp_path, storage):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CorpusSourceError, match=r"no files matching glob '\*\*/\*.py'"):
+    with pytest.raises(CorpusSourceError, match=r"no files matching glob '\*\*/\*'"):
         build_corpus(CorpusConfig(source_uri=str(tmp_path / "empty")), storage)
 
 

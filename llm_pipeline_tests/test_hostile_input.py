@@ -25,7 +25,7 @@ from llm_pipeline.tokenize.shards import ShardConfig, write_shards
 from llm_pipeline.train.data import ShardError, load_split_tokens, read_shard_manifest
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.model import ModelConfig
-from llm_pipeline_tests.helpers import make_shards
+from llm_pipeline_tests.helpers import make_shards, published
 
 ESCAPES = ["../../escaped", "a/../../../b", "/etc/passwd", "..", ".", "x\n", "", "a/b", "s3://bucket/x", "a\\b", ".hidden", "-x"]
 
@@ -73,24 +73,8 @@ def test_any_name_is_refused_by_field_or_confined_to_its_folder(tmp_path_factory
     assert os.path.dirname(real) == os.path.realpath(registry.path) and os.path.basename(real) == checked
 
 
-def _published(tmp_path, tokenizer):
-    """A minimal published version folder, written by the real publish()."""
-    from llm_pipeline.publish.export import publish
-
-    final = Storage(str(tmp_path / "final"))
-    model_cfg = ModelConfig(vocab_size=300, d_model=16, n_layers=1, n_heads=2, ffn_hidden=32, max_seq_len=32)
-    final.write_json("model_config.json", model_cfg.to_dict())
-    from safetensors.torch import save_file
-
-    from llm_pipeline.train.model import CausalLM
-
-    save_file(CausalLM(model_cfg).state_dict(), str(tmp_path / "final" / "model.safetensors"))
-    registry = Storage(str(tmp_path / "registry"))
-    return registry, publish(registry, "m", final, tokenizer.to_str(), 0, {"loss": 1.0}, {}, {})
-
-
 def test_a_latest_pointer_that_leaves_its_model_is_refused(tmp_path, small_tokenizer):
-    registry, manifest = _published(tmp_path, small_tokenizer)
+    registry, manifest = published(tmp_path, small_tokenizer)
     assert resolve_version(registry, "m").uri == manifest["uri"]
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "manifest.json").write_text("{}")
@@ -103,7 +87,7 @@ def test_a_latest_pointer_that_leaves_its_model_is_refused(tmp_path, small_token
 
 
 def test_verify_reports_a_garbage_manifest_as_a_fail_line(tmp_path, small_tokenizer):
-    _, manifest = _published(tmp_path, small_tokenizer)
+    _, manifest = published(tmp_path, small_tokenizer)
     folder = Storage(manifest["uri"])
     folder.write_bytes("manifest.json", b"\x00not json")
     assert "manifest.json is not a valid manifest" in verify(folder)[0]

@@ -18,9 +18,11 @@ from pydantic import Field, ValidationError, create_model
 
 from llm_pipeline.corpus.build import CorpusConfig, default_corpus_uri
 from llm_pipeline.corpus.filters import FilterConfig
+from llm_pipeline.evaluate.harness import check_tasks_available
+from llm_pipeline.evaluate.local_tasks import LOCAL_TASKS
 from llm_pipeline.evaluate.metrics import EvalConfig
 from llm_pipeline.finite import check_finite
-from llm_pipeline.settings import Settings, choices, default_of
+from llm_pipeline.settings import Settings, is_optional, choices, default_of
 from llm_pipeline.storage.names import check_name
 from llm_pipeline.tokenize.bpe import special_token_list, validate_vocab_size
 from llm_pipeline.tokenize.shards import ShardConfig
@@ -59,6 +61,9 @@ def launchpad_fields(cls: type[Settings], overrides: bool = False) -> dict:
 
 
 def _launchpad_type(annotation):
+    if is_optional(annotation):
+        inner = next(a for a in typing.get_args(annotation) if a is not type(None))
+        return Optional[_launchpad_type(inner)]
     allowed = choices(annotation)
     if allowed and not all(isinstance(a, str) for a in allowed):
         return type(allowed[0])  # Dagster's config types have no integer enums; the library checks the values
@@ -131,7 +136,7 @@ class _TrainedCheckpoint(dg.Config):
 
     def validate_library(self, vocab_size: int, on_gpu: bool) -> None:
         launch = self.launch_config()
-        self.to_library(("x",), "x", vocab_size, "").validate_for(launch.world_size, on_gpu)
+        self.to_library(("x",), "x", vocab_size, "").validate_for(launch.world_size, on_gpu, launch.nproc)
         check_name(self.init_from_model, "init_from_model")
         for batch in self.batches:
             check_name(batch, "batches entry")
@@ -160,6 +165,7 @@ class _EvalMetrics(dg.Config):
             if not metric or task not in library.harness_tasks:
                 raise ValueError(f"min_scores key {key!r} must be 'task/metric' with a task of harness_tasks "
                                  f"({', '.join(library.harness_tasks) or 'none'})")
+        check_tasks_available([t for t in library.harness_tasks if t in LOCAL_TASKS], self.gated_metrics())
         if not 0 <= self.max_contamination <= 1:
             raise ValueError(f"max_contamination must be between 0 and 1, got {self.max_contamination}")
         if self.compare_with:
@@ -171,6 +177,14 @@ class _EvalMetrics(dg.Config):
 
     def to_library(self) -> EvalConfig:
         return EvalConfig(**_values(self, EvalConfig))
+
+    def gated_metrics(self) -> dict[str, list[str]]:
+        """task -> the metrics its min_scores gates read."""
+        metrics: dict[str, list[str]] = {}
+        for key in self.min_scores:
+            task, _, metric = key.partition("/")
+            metrics.setdefault(task, []).append(metric)
+        return metrics
 
     def loss_threshold(self, vocab_size: int) -> float:
         return self.max_loss if self.max_loss is not None else 0.7 * math.log(vocab_size)
@@ -204,10 +218,12 @@ def _build(stage: str, values: dict):
         raise ValueError(f"{stage} config: {e}") from None
 
 
-def harness_tasks(run_config: dict) -> tuple[str, ...]:
-    """The lm-evaluation-harness tasks a run's eval_metrics will run (its config, or the default)."""
+def check_eval_tasks(run_config: dict) -> None:
+    """The harness tasks a run's eval_metrics will run (its config, or the default) load offline, and
+    report every metric its min_scores gates name; ValueError naming the first that does not."""
     values = (((run_config or {}).get("ops", {}).get("eval_metrics") or {}).get("config") or {})
-    return EvalMetricsConfig(**values).to_library().harness_tasks
+    config = EvalMetricsConfig(**values)
+    check_tasks_available(config.to_library().harness_tasks, config.gated_metrics())
 
 
 def validate_run_config(run_config: dict) -> None:

@@ -31,7 +31,7 @@ def _batch_config(config: RawCorpusConfig, storage: StorageResource, batch: str)
         record = read_batch(storage.root(), batch)
     except (OSError, ValueError) as e:
         raise dg.Failure(description=f"raw_corpus: {e}") from None
-    return cfg.replaced(source_uri=record["source_uri"], glob="**/*", exclude=(), files=tuple(record["files"]), max_bytes=None)
+    return cfg.replaced(source_uri=record["source_uri"], glob="**/*", exclude=(), files=dict(record["files"]), max_bytes=None)
 
 
 @dg.asset(
@@ -59,8 +59,12 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
 
     try:
         manifest = build_corpus(cfg, out, storage.at(cfg.source_uri).storage_options, progress=log_progress, earlier=earlier)
-    except (CorpusSourceError, FileNotFoundError) as e:
+    except (CorpusSourceError, OSError, ValueError) as e:
         raise dg.Failure(description=f"raw_corpus[{batch}]: {e}") from None
+    not_as_landed = [f["uri"] for f in manifest["files"] if f.get("reason") in ("missing", "changed_since_landing")]
+    if not_as_landed:
+        context.log.warning(f"raw_corpus[{batch}]: {len(not_as_landed)} files of the batch are missing or changed since they "
+                            f"landed and were not read: {', '.join(not_as_landed[:10])}" + (" ..." if len(not_as_landed) > 10 else ""))
     value = {"uri": out.uri, "batch": batch, "manifest_sha256": out.sha256(MANIFEST), "documents": manifest["documents"],
              "text_bytes": manifest["text_bytes"]}
     return dg.Output(

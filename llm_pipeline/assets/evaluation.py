@@ -68,7 +68,7 @@ def eval_metrics(
     validate_run_config(context.run_config)
     cfg = config.to_library()
     try:
-        check_tasks_available(cfg.harness_tasks)
+        check_tasks_available(cfg.harness_tasks, config.gated_metrics())
     except ValueError as e:
         raise dg.Failure(description=f"eval_metrics config: {e}", allow_retries=False) from None
     tokenizer = trained_checkpoint["tokenizer"]
@@ -201,6 +201,11 @@ def harness_scores_meet_minimums(eval_metrics: dict) -> dg.AssetCheckResult:
                 description="At most max_contamination of the eval documents (and of each task's items) share their n-grams with training data.")
 def no_eval_contamination(eval_metrics: dict) -> dg.AssetCheckResult:
     report, limit = eval_metrics["contamination"], eval_metrics["gates"]["max_contamination"]
+    if all(s["documents"] == s["too_short"] for s in report["sets"].values()):
+        # Nothing measured is not "nothing contaminated": the gate does not pass vacuously.
+        return dg.AssetCheckResult(passed=False, severity=_ERROR, description=(
+            f"no eval document is long enough for a {report['n']}-gram: contamination cannot be measured; "
+            "lower contamination_ngram"), metadata={"max_contamination": limit})
     worst = max(report["sets"], key=lambda name: report["sets"][name]["fraction"])
     fraction = report["fraction"]
     passed = fraction <= limit

@@ -5,7 +5,7 @@ from llm_pipeline.assets.partitions import partition_values
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.storage.folders import Storage, open_uri
-from llm_pipeline.tokenize.bpe import EOS_TOKEN, id_space, load_tokenizer, tokenizer_hash, train_bpe
+from llm_pipeline.tokenize.bpe import eos_id, id_space, load_tokenizer, tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import choose_encoder
 
 
@@ -66,7 +66,7 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storag
         "uri": out.uri,
         "sha256": tokenizer_hash(tok_json),
         "vocab_size": id_space(tok),
-        "eos_id": tok.token_to_id(EOS_TOKEN),
+        "eos_id": eos_id(tok),
         "engine": report["engine"],
     }
     return dg.Output(

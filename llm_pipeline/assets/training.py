@@ -1,10 +1,9 @@
 import dagster as dg
 
-from llm_pipeline.assets.configs import TrainedCheckpointConfig, harness_tasks, validate_run_config
+from llm_pipeline.assets.configs import TrainedCheckpointConfig, check_eval_tasks, validate_run_config
 from llm_pipeline.assets.partitions import partition_values
 from llm_pipeline.assets.metadata import significant
 from llm_pipeline.assets.plots import loss_curve_markdown
-from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.resources import StorageResource
@@ -40,7 +39,7 @@ def training_data(context, config: TrainedCheckpointConfig, storage: StorageReso
 def _check_eval_tasks(run_config: dict) -> None:
     """The evaluation's harness tasks load offline, checked before hours of training depend on it."""
     try:
-        check_tasks_available(harness_tasks(run_config))
+        check_eval_tasks(run_config)
     except ValueError as e:
         raise _input_error(f"eval_metrics config: {e}. Nothing was trained") from None
 

@@ -10,10 +10,10 @@ import argparse
 import json
 import sys
 
-from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, Progress, build_corpus, summary
+from llm_pipeline.corpus.build import CorpusConfig, Progress, build_corpus, summary
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.settings import add_options, given_options
-from llm_pipeline.storage.folders import Storage
+from llm_pipeline.storage.folders import Storage, bounded
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,21 +48,18 @@ class _Bar:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    bar = _Bar(sys.stderr)
     try:
         cfg = CorpusConfig(source_uri=args.source_uri, filters=FilterConfig(**given_options(args, FilterConfig.model_fields)),
                            **given_options(args, set(CorpusConfig.model_fields) - {"source_uri"}))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    bar = _Bar(sys.stderr)
-    try:
-        manifest = build_corpus(cfg, Storage(args.out), progress=bar)
-    except CorpusSourceError as e:
+        out = Storage(args.out)
+        manifest = build_corpus(cfg, out, progress=bar)
+    except (ValueError, OSError) as e:  # a bad option, source or output: one line that names it, no traceback
         bar.close()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)
         return 1
     bar.close()
-    print(json.dumps(summary(manifest) | {"out": Storage(args.out).uri}, sort_keys=True))
+    print(json.dumps(summary(manifest) | {"out": out.uri}, sort_keys=True))
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llm_pipeline.corpus.clean import (
     QUARANTINE_SCHEMA,
@@ -40,7 +40,7 @@ from llm_pipeline.corpus.clean import (
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE, NearDuplicateIndex, band_keys
 from llm_pipeline.corpus.readers import PREFIX_BYTES, Format
-from llm_pipeline.corpus.sources import CorpusSourceError, SourceListing, list_sources
+from llm_pipeline.corpus.sources import CorpusSourceError, SourceListing, check_glob, is_hidden_or_in_flight, list_sources
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import read_manifest, write_manifest
@@ -53,6 +53,11 @@ DEDUP_INDEX = "dedup_index.parquet"
 DUPLICATE_REASONS = frozenset({"exact_duplicate", "near_duplicate"})
 # The built-in corpus is capped so that the demo stays a demo; a given source is read whole by default.
 BUILTIN_CORPUS_MAX_BYTES = 8_000_000
+# The built-in corpus is the standard library's Python source. Its excludes keep it the same on every
+# machine: installed packages under site-packages differ from one to the next. A given source reads
+# every file under it, the reader chosen by each file's name.
+BUILTIN_GLOB = "**/*.py"
+BUILTIN_EXCLUDE = ("site-packages/*", "dist-packages/*")
 # Below this much input, worker processes cost more to start than they save.
 _INLINE_BYTES = 16 * 1024 * 1024
 
@@ -65,15 +70,17 @@ def default_corpus_uri() -> str:
 class CorpusConfig(Settings):
     source_uri: str = Field(default_factory=default_corpus_uri, min_length=1,
                             description="fsspec URI of a folder or file, taken literally (no patterns)")
-    glob: str = Field(default="**/*.py", description="which files under source_uri to read (the only pattern, with exclude)")
-    # The default keeps the stdlib corpus the same on every machine: installed packages under
-    # site-packages differ from one to the next.
-    exclude: tuple[str, ...] = Field(default=("site-packages/*", "dist-packages/*"), description="relative path patterns to skip")
+    glob: str | None = Field(default=None, description=(
+        "which files under source_uri to read (the only pattern, with exclude); unset: every file (the reader chosen by "
+        f"each name), and {BUILTIN_GLOB!r} for the built-in corpus"))
+    exclude: tuple[str, ...] | None = Field(default=None, description=(
+        f"relative path patterns to skip; unset: none, and {', '.join(BUILTIN_EXCLUDE)} for the built-in corpus"))
     format: Format = Field(default="auto", description="auto: from each file name (.jsonl/.json/.ndjson, .parquet, else text; .gz/.bz2/.xz/.zst decompressed)")
     text_field: str = Field(default="text", min_length=1, description="the JSON Lines field or Parquet column holding the text")
     include_hidden: bool = Field(default=False, description="read hidden files and in-flight uploads (*.tmp, *.part, ...) too")
-    # A fixed set of files (relative to source_uri) instead of everything glob matches: a landed batch.
-    files: tuple[str, ...] | None = None
+    # A fixed set of files instead of everything glob matches: a landed batch. Relative path -> the
+    # identity it landed with ("size:version"; "" for any): a file changed since is not read.
+    files: dict[str, str] | None = None
     max_bytes: int | None = Field(default=None, gt=0, description="read at most this many stored bytes (files over the budget are skipped and listed); "
                                   f"unset: {BUILTIN_CORPUS_MAX_BYTES // 10**6} MB for the built-in corpus, no cap for a given source")
     shard_bytes: int = Field(default=64_000_000, gt=0, description="bytes of text per documents Parquet file")
@@ -82,11 +89,32 @@ class CorpusConfig(Settings):
     workers: int = Field(default=0, ge=0, description="worker processes; 0: one per core (in-process for small inputs)")
     filters: FilterConfig = FilterConfig()
 
+    @field_validator("glob")
+    @classmethod
+    def _a_valid_pattern(cls, value):
+        return value if value is None else check_glob(value)
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.source_uri == default_corpus_uri()
+
     @property
     def byte_budget(self) -> int | None:
         if self.max_bytes is not None:
             return self.max_bytes
-        return BUILTIN_CORPUS_MAX_BYTES if self.source_uri == default_corpus_uri() else None
+        return BUILTIN_CORPUS_MAX_BYTES if self.is_builtin else None
+
+    @property
+    def file_glob(self) -> str:
+        if self.glob is not None:
+            return self.glob
+        return BUILTIN_GLOB if self.is_builtin else "**/*"
+
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        if self.exclude is not None:
+            return self.exclude
+        return BUILTIN_EXCLUDE if self.is_builtin else ()
 
 
 @dataclass
@@ -195,8 +223,9 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
     an empty corpus (nothing new), not an error; `dedup_index.parquet` holds this build's kept ids
     and signatures for the batches after it.
     """
-    listing = list_sources(cfg.source_uri, cfg.glob, cfg.exclude, cfg.include_hidden, cfg.byte_budget, storage_options,
-                           only=frozenset(cfg.files) if cfg.files is not None else None)
+    listing = list_sources(cfg.source_uri, cfg.file_glob, cfg.excluded, cfg.include_hidden, cfg.byte_budget, storage_options,
+                           only=cfg.files)
+    check_output_folder(out, cfg, storage_options)  # after the (cheap) listing, before any file is read
     skip_reasons = dict(sorted(Counter(s.reason for s in listing.skipped).items()))
     if not listing.files:
         raise CorpusSourceError(f"corpus source_uri {cfg.source_uri!r}: no file to read; {len(listing.skipped)} matched "
@@ -249,11 +278,11 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
     manifest = {
         "kind": "raw_corpus",
         "source_uri": cfg.source_uri,
-        "glob": cfg.glob,
-        "exclude": list(cfg.exclude),
+        "glob": cfg.file_glob,
+        "exclude": list(cfg.excluded),
         "format": cfg.format,
         "text_field": cfg.text_field,
-        "files_listed": list(cfg.files) if cfg.files is not None else None,
+        "files_listed": sorted(cfg.files) if cfg.files is not None else None,
         "max_bytes": cfg.byte_budget,
         "files_matched": len(listing.files) + len(listing.skipped),
         "files_read": len(listing.files),
@@ -272,6 +301,26 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
     }
     write_manifest(out, manifest)
     return manifest
+
+
+def check_output_folder(out: Storage, cfg: CorpusConfig, storage_options: dict | None = None) -> None:
+    """Refuse, before reading anything, an output that would mix with other files: an existing file,
+    a folder that already holds something (a second run's manifest beside the first run's shards),
+    or a folder inside the source that a later build would read as input."""
+    if out.fs.isfile(out.path):
+        raise CorpusSourceError(f"output folder {out.uri} is an existing file; give a folder that is new or empty")
+    if out.listdir():
+        raise CorpusSourceError(f"output folder {out.uri} is not empty; give a new or empty folder (each build writes its own)")
+    source = Storage(cfg.source_uri, **(storage_options or {}))
+    if type(source.fs) is not type(out.fs):
+        return
+    inner, outer = (os.path.realpath(out.path), os.path.realpath(source.path)) if out.is_local else (out.path, source.path)
+    if not (inner.rstrip("/") + "/").startswith(outer.rstrip("/") + "/"):
+        return
+    rel = inner[len(outer.rstrip("/")) + 1:]
+    if cfg.include_hidden or not any(is_hidden_or_in_flight(part) for part in rel.split("/")):
+        raise CorpusSourceError(f"output folder {out.uri} is inside the source {cfg.source_uri}: "
+                                "the next build would read its own output")
 
 
 def summary(manifest: dict) -> dict:

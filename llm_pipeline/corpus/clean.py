@@ -8,17 +8,20 @@ decides, so the output does not depend on how many workers there were.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
 from dataclasses import dataclass, field
 
+import fsspec.compression
 import pyarrow as pa
 from fsspec.core import url_to_fs
 
 from llm_pipeline.corpus.filters import FilterConfig, document_id, quality_reason
 from llm_pipeline.corpus.near_dedup import NUM_PERM, document_signatures
-from llm_pipeline.corpus.readers import PREFIX_BYTES, Record, detect, read_jsonl, read_parquet, read_text
+from llm_pipeline.corpus.readers import PREFIX_BYTES, Record, ZstdReader, detect, read_jsonl, read_parquet, read_text
 from llm_pipeline.corpus.sources import SourceFile
+from llm_pipeline.storage.folders import bounded, is_local_fs, open_regular
 
 CANDIDATE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.large_string()), ("source", pa.string()), ("location", pa.string()),
                               ("signature", pa.binary(NUM_PERM * 4))])
@@ -57,6 +60,14 @@ class FileResult:
     dropped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)  # first detail per reason
     error: str | None = None  # a bug, not bad data: the build stops and names the file
+
+
+def record_source(file_uri: str, location: str) -> str:
+    """A document's `source`: its file's URI, and `#line=N` / `#row=N` for a record inside it.
+    '%' and '#' in the URI are percent-encoded (as in a URI fragment's path), so the first '#' always
+    starts the location and no file's name can pass for a line of another file."""
+    uri = file_uri.replace("%", "%25").replace("#", "%23")
+    return f"{uri}#{location}" if location else uri
 
 
 def candidates_path(spool: str, index: int) -> str:
@@ -126,8 +137,9 @@ def clean_file(file: SourceFile, index: int, opts: CleanOptions, spool: str, fs=
     quarantine = _Spool(quarantine_path(spool, index), QUARANTINE_SCHEMA)
 
     def drop(record: Record, reason: str, detail: str, content: bytes, size: int) -> None:
+        detail = bounded(detail, 500)  # a field name or column list of any size stays a short message
         result.dropped[reason] = result.dropped.get(reason, 0) + 1
-        where = f"{file.uri}#{record.location}" if record.location else file.uri
+        where = record_source(file.uri, record.location)
         result.examples.setdefault(reason, f"{where}: {detail}" if detail else where)
         cap = opts.quarantine_content_bytes
         quarantine.add(min(len(content), cap), source=file.uri, location=record.location, reason=reason, detail=detail,
@@ -143,14 +155,14 @@ def clean_file(file: SourceFile, index: int, opts: CleanOptions, spool: str, fs=
             text = record.text
             if text.startswith("\ufeff"):
                 text = text[1:]
-            if "\r" in text:
-                text = text.replace("\r\n", "\n")
+            if "\r" in text:  # every line-ending convention (\r\n, old Mac \r) stored as \n
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
             reason = quality_reason(text, opts.filters)
             if reason is not None:
                 encoded = text.encode("utf-8", "surrogatepass")
                 drop(record, reason, "", encoded[:PREFIX_BYTES] if reason == "too_long" else encoded, len(encoded))
                 continue
-            source = f"{file.uri}#{record.location}" if record.location else file.uri
+            source = record_source(file.uri, record.location)
             candidates.add_document(document_id(text), text, source, record.location)
             result.candidates += 1
         candidates.close()
@@ -161,24 +173,33 @@ def clean_file(file: SourceFile, index: int, opts: CleanOptions, spool: str, fs=
 
 
 def _records(fs, file: SourceFile, fmt: str, compression: str | None, opts: CleanOptions):
-    remote = "file" not in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
-    block = {"block_size": _REMOTE_BLOCK} if remote else {}
+    remote = not is_local_fs(fs)
     try:
-        if fmt == "parquet":
-            if compression:
-                yield Record("", reason="unreadable", detail=f"{compression}-compressed Parquet is not supported; "
-                                                             f"Parquet compresses its own pages")
-                return
-            with fs.open(file.path, "rb", **block) as f:
-                yield from read_parquet(f, opts.text_field, opts.max_doc_bytes)
+        if fmt == "parquet" and compression:
+            yield Record("", reason="unreadable", detail=f"{compression}-compressed Parquet is not supported; "
+                                                         f"Parquet compresses its own pages")
             return
-        with fs.open(file.path, "rb", compression=compression, **block) as f:
-            if fmt == "jsonl":
-                yield from read_jsonl(f, opts.text_field, opts.max_line_bytes)
-            else:
-                yield from read_text(f, opts.max_doc_bytes)
-    except OSError as e:  # cannot open at all: permissions, vanished since the listing
-        yield Record("", reason="unreadable", detail=f"{type(e).__name__}: {e}")
+        # Locally only a regular file is opened: a FIFO or device swapped in since the listing cannot hang the read.
+        with (fs.open(file.path, "rb", block_size=_REMOTE_BLOCK) if remote else open_regular(file.path)) as raw:
+            if fmt == "parquet":
+                yield from read_parquet(raw, opts.text_field, opts.max_doc_bytes)
+                return
+            with _decompressed(raw, compression) as f:
+                if fmt == "jsonl":
+                    yield from read_jsonl(f, opts.text_field, opts.max_line_bytes)
+                else:
+                    yield from read_text(f, opts.max_doc_bytes)
+    except OSError as e:  # cannot open at all: permissions, vanished or replaced since the listing
+        yield Record("", reason="unreadable", detail=bounded(f"{type(e).__name__}: {e}"))
+
+
+def _decompressed(raw, compression: str | None):
+    """The file's decompressed bytes; zstd through our own reader, which reports a frame cut short."""
+    if compression is None:
+        return contextlib.nullcontext(raw)
+    if compression == "zstd":
+        return ZstdReader(raw)
+    return fsspec.compression.compr[compression](raw, mode="rb")
 
 
 def worker_main(tasks, results, opts: CleanOptions, spool: str) -> None:

@@ -17,6 +17,7 @@ from typing import Iterator
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 
 Format = typing.Literal["auto", "text", "jsonl", "parquet"]
 FORMATS = typing.get_args(Format)
@@ -57,6 +58,53 @@ def detect(name: str, format_override: str = "auto") -> tuple[str, str | None]:
 
 class CorruptStream(Exception):
     """The (compressed) byte stream broke off: what was read before it stands."""
+
+
+class ZstdReader:
+    """A .zst stream decoded frame after frame, which says when it breaks off.
+
+    zstandard's own stream reader (what fsspec opens .zst files with) returns end-of-file when the
+    input ends inside a frame: an upload cut short reads as a complete, shorter file, and the
+    documents of its last frame vanish without a trace. Here input that ends inside a frame (its
+    content, or the checksum its header announced) is an error, as it is for gzip, bz2 and xz;
+    a frame's checksum is verified when present, and bytes after the last frame must be a frame."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self._frame = None  # the decompressor of the frame being read; None between frames
+        self._frame_bytes = 0  # compressed bytes fed to it
+        self._pending = b""
+
+    def read1(self, n: int = -1) -> bytes:
+        while True:
+            if self._pending:
+                data, self._pending = self._pending, b""
+            else:
+                data = self.raw.read(_CHUNK)
+                if not data:
+                    if self._frame is not None and self._frame_bytes:
+                        raise zstandard.ZstdError(f"the stream ends inside a zstd frame ({self._frame_bytes} bytes of it read): "
+                                                  "truncated, or its checksum missing")
+                    return b""
+            if self._frame is None:
+                self._frame, self._frame_bytes = zstandard.ZstdDecompressor().decompressobj(), 0
+            self._frame_bytes += len(data)
+            out = self._frame.decompress(data)
+            if self._frame.eof:
+                self._pending, self._frame = self._frame.unused_data, None
+            if out:
+                return out
+
+    read = read1
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _chunks(stream) -> Iterator[bytes]:
@@ -124,12 +172,29 @@ def _raw_chunks(stream) -> Iterator[bytes]:
         yield chunk
 
 
+def _newlines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Chunks with every line ending as \n: \r\n (Windows) and a lone \r (old Mac) too. JSON text
+    never holds a raw CR inside a value, so this cannot split a record. A CR that ends a chunk waits
+    for the next one, which may start with its LF."""
+    held = b""
+    for chunk in chunks:
+        chunk = held + chunk
+        held = b""
+        if chunk.endswith(b"\r"):
+            chunk, held = chunk[:-1], b"\r"
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        yield chunk
+    if held:
+        yield b"\n"
+
+
 def _lines(stream, max_line_bytes: int) -> Iterator[tuple[bytes, int]]:
     """(line, its full length) for each line; a line over the limit comes back as a prefix with its length."""
     pending = b""
     oversize = -1  # >= 0 while inside a line already known to be too long: its length so far
     prefix = b""
-    for chunk in _chunks(stream):
+    for chunk in _newlines(_chunks(stream)):
         pieces = chunk.split(b"\n")
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
@@ -166,8 +231,6 @@ def read_jsonl(stream, text_field: str, max_line_bytes: int) -> Iterator[Record]
                 yield Record(f"line={line_no}", reason="too_long", detail=f"line of {size} bytes exceeds {max_line_bytes}",
                              raw=line, raw_size=size)
                 continue
-            if line.endswith(b"\r"):
-                line = line[:-1]
             if not line.strip():
                 continue
             yield _json_record(line, line_no, text_field)
@@ -209,7 +272,7 @@ def read_parquet(file, text_field: str, max_doc_bytes: int, batch_rows: int = 10
                      raw_size=pf.metadata.num_rows)
         return
     column_type = schema.field(text_field).type
-    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+    if not is_text_type(column_type):
         yield Record("", reason="non_string_text", detail=f"column {text_field!r} is {column_type}, not a string column",
                      raw_size=pf.metadata.num_rows)
         return
@@ -230,6 +293,14 @@ def read_parquet(file, text_field: str, max_doc_bytes: int, batch_rows: int = 10
         except (pa.ArrowException, OSError) as e:
             yield Record(f"row={row}", reason="corrupt_stream", detail=f"row group {group} cannot be read: {e}")
             row = sum(pf.metadata.row_group(g).num_rows for g in range(group + 1))
+
+
+def is_text_type(arrow_type: pa.DataType) -> bool:
+    """Every way a Parquet writer stores a string column: string, large_string, string_view, or a
+    dictionary of one of them (a pandas category column, or pyarrow's read_dictionary)."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type)
 
 
 def _parquet_record(text: str | None, row: int, text_field: str, max_doc_bytes: int) -> Record:

@@ -16,9 +16,12 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
+from typing import Collection
 
 from fsspec.core import url_to_fs
 from fsspec.utils import glob_translate
+
+from llm_pipeline.storage.folders import bounded, is_local_fs
 
 # Names an upload or copy tool writes while a file is still arriving.
 IN_FLIGHT_PATTERNS = ("*.tmp", "*.tmp-*", "*.part", "*.crdownload", "*._COPYING_", ".~*", "*.swp")
@@ -26,6 +29,33 @@ IN_FLIGHT_PATTERNS = ("*.tmp", "*.tmp-*", "*.part", "*.crdownload", "*._COPYING_
 
 class CorpusSourceError(ValueError):
     """The source as a whole cannot be used (missing, unreadable, nothing matched)."""
+
+
+class SourceMissing(CorpusSourceError):
+    """The source does not exist (yet): for a landing folder, nothing has landed."""
+
+
+class NothingMatched(CorpusSourceError):
+    """The source exists and could be listed, but no entry matched the patterns."""
+
+
+def display_name(name: str) -> str:
+    """A path as text that can always be written and shown: bytes that are not UTF-8 (a POSIX name
+    like b'\\xff\\xfe.txt', which Python holds as surrogate escapes) appear as \\xff escapes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_glob(glob: str) -> str:
+    """`glob` if it is a pattern fsspec's glob rules accept, else ValueError naming it."""
+    try:
+        _pattern(glob)
+    except ValueError as e:
+        raise ValueError(f"glob {glob!r} is not a valid pattern: {e}") from None
+    return glob
 
 
 @dataclass(frozen=True)
@@ -72,25 +102,32 @@ def list_sources(
     include_hidden: bool = False,
     max_bytes: int | None = None,
     storage_options: dict | None = None,
-    only: frozenset[str] | None = None,
+    only: Collection[str] | None = None,
 ) -> SourceListing:
     """Files to read under `source_uri`, in sorted order, and every other matched entry with its reason.
 
-    `only` (relative paths) restricts the listing to those files: a landed batch is a fixed set of
+    `only` (relative paths, or relative path -> identity) restricts the listing to those files: a landed batch is a fixed set of
     files, and one of them gone since it landed is skipped as `missing`.
 
     `max_bytes` caps the stored bytes read: files are taken in order while they fit, and a file that
     would overflow the budget is skipped as `over_max_bytes` (a later, smaller file may still fit).
+
+    With `only` as a mapping, each file's identity (`size:version`, as the landing sensor recorded
+    it) must still be what it was: a file changed since is skipped as `changed_since_landing`, not read.
+
+    Entries that cannot be read as files are skipped with their reason, never dropped unseen: a
+    name that is not UTF-8 (`undecodable_name`), a FIFO, socket or device (`not_a_regular_file`),
+    a folder that cannot be listed (`unreadable_folder`).
     """
     try:
         fs, root = url_to_fs(source_uri, **(storage_options or {}))
         fs.invalidate_cache(root)  # a long-lived process (the sensor's) must see what landed since
         exists = fs.exists(root)
     except Exception as e:  # noqa: BLE001 - credentials, endpoint, permissions: name the URI
-        raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {type(e).__name__}: {e}") from None
+        raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {type(e).__name__}: {bounded(str(e))}") from None
     if not exists:
-        raise CorpusSourceError(f"corpus source_uri {source_uri!r} does not exist")
-    is_local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
+        raise SourceMissing(f"corpus source_uri {source_uri!r} does not exist")
+    is_local = is_local_fs(fs)
     pattern = _pattern(glob)
     files: list[SourceFile] = []
     skipped: list[SkippedEntry] = []
@@ -99,9 +136,14 @@ def list_sources(
         walk = _walk_local(root, exclude) if is_local else _walk_remote(fs, root)
         for rel, kind, size, is_dir, path, version in walk:
             uri = f"{root_uri}/{rel}" if rel else root_uri
-            if kind != "file":
-                # A link not followed: counted when it names a matched file, or a folder that may hold some.
-                if is_dir or _matches(rel, pattern, exclude):
+            shown = display_name(rel)
+            if shown != rel:
+                # Not UTF-8: no batch key, manifest or document source can carry the name. Named, counted, not read.
+                if only is None or is_dir:
+                    skipped.append(SkippedEntry(f"{root_uri}/{shown}", shown, "undecodable_name", size))
+            elif kind != "file":
+                # Not read: counted when it names a matched file, or a folder that may hold some.
+                if (only is None or rel in only) and (is_dir or _matches(rel, pattern, exclude)):
                     skipped.append(SkippedEntry(uri, rel, kind))
             elif rel and not _matches(rel, pattern, exclude):
                 continue
@@ -109,21 +151,23 @@ def list_sources(
                 continue
             elif not include_hidden and any(is_hidden_or_in_flight(part) for part in rel.split("/")):
                 skipped.append(SkippedEntry(uri, rel, "hidden_or_in_flight", size))
+            elif isinstance(only, dict) and only[rel] and only[rel] != f"{size}:{version}":
+                skipped.append(SkippedEntry(uri, rel, "changed_since_landing", size))
             else:
                 files.append(SourceFile(path, uri, rel, size, version))
     except OSError as e:
-        raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {e}") from None
+        raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {bounded(str(e))}") from None
 
     if only is not None:
         found = {f.rel for f in files} | {s.rel for s in skipped}
-        skipped += [SkippedEntry(f"{root_uri}/{rel}", rel, "missing") for rel in only - found]
+        skipped += [SkippedEntry(f"{root_uri}/{rel}", rel, "missing") for rel in set(only) - found]
     files.sort(key=lambda f: f.rel)
     skipped.sort(key=lambda s: s.rel)
     if max_bytes is not None:
         files, over = _apply_budget(files, max_bytes)
         skipped = sorted(skipped + over, key=lambda s: s.rel)
     if not files and not skipped:
-        raise CorpusSourceError(f"corpus source_uri {source_uri!r} has no files matching glob {glob!r}")
+        raise NothingMatched(f"corpus source_uri {source_uri!r} has no files matching glob {glob!r}")
     return SourceListing(fs, fs.unstrip_protocol(root), files, skipped)
 
 
@@ -158,33 +202,51 @@ def _walk_local(root: str, exclude: tuple[str, ...] = ()):
     stack = [("", real_root)]
     while stack:
         rel_dir, real_dir = stack.pop()
-        with os.scandir(real_dir) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        try:
+            with os.scandir(real_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            if not rel_dir:
+                raise
+            # A subfolder we may not read (or one too deep for the OS): named and counted, the rest goes on.
+            yield rel_dir, "unreadable_folder", None, True, None, e.strerror or type(e).__name__
+            continue
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not os.path.exists(target):
-                    yield rel, "broken_symlink", None, False, None, ""
-                elif os.path.commonpath([real_root, target]) != real_root:
-                    yield rel, "symlink_outside_source", None, os.path.isdir(target), None, ""
-                elif os.path.isdir(target):
-                    if target in seen_dirs:
-                        yield rel, "symlink_loop", None, True, None, ""
-                    else:
-                        seen_dirs.add(target)
-                        stack.append((rel, target))
-                elif os.path.isfile(target):
-                    stat = os.stat(target)
-                    yield rel, "file", stat.st_size, False, target, str(stat.st_mtime_ns)
-            elif entry.is_dir(follow_symlinks=False):
-                # No link on the way here, so the path is real already.
-                if entry.path not in seen_dirs and not _prunable(rel, exclude):
-                    seen_dirs.add(entry.path)
-                    stack.append((rel, entry.path))
-            elif entry.is_file(follow_symlinks=False):
-                stat = entry.stat(follow_symlinks=False)
-                yield rel, "file", stat.st_size, False, entry.path, str(stat.st_mtime_ns)
+            try:
+                yield from _local_entry(entry, rel, real_root, seen_dirs, stack, exclude)
+            except OSError:  # gone or replaced since the folder was read
+                yield rel, "unreadable", None, False, None, ""
+
+
+def _local_entry(entry: os.DirEntry, rel: str, real_root: str, seen_dirs: set, stack: list, exclude: tuple[str, ...]):
+    if entry.is_symlink():
+        target = os.path.realpath(entry.path)
+        if not os.path.exists(target):
+            yield rel, "broken_symlink", None, False, None, ""
+        elif os.path.commonpath([real_root, target]) != real_root:
+            yield rel, "symlink_outside_source", None, os.path.isdir(target), None, ""
+        elif os.path.isdir(target):
+            if target in seen_dirs:
+                yield rel, "symlink_loop", None, True, None, ""
+            else:
+                seen_dirs.add(target)
+                stack.append((rel, target))
+        elif os.path.isfile(target):
+            stat = os.stat(target)
+            yield rel, "file", stat.st_size, False, target, str(stat.st_mtime_ns)
+        else:
+            yield rel, "not_a_regular_file", None, False, None, ""
+    elif entry.is_dir(follow_symlinks=False):
+        # No link on the way here, so the path is real already.
+        if entry.path not in seen_dirs and not _prunable(rel, exclude):
+            seen_dirs.add(entry.path)
+            stack.append((rel, entry.path))
+    elif entry.is_file(follow_symlinks=False):
+        stat = entry.stat(follow_symlinks=False)
+        yield rel, "file", stat.st_size, False, entry.path, str(stat.st_mtime_ns)
+    else:  # a FIFO, socket or device: reading it could hang or never end
+        yield rel, "not_a_regular_file", None, False, None, ""
 
 
 def _walk_remote(fs, root: str):

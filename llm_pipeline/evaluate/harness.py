@@ -16,7 +16,7 @@ import sys
 import threading
 from functools import lru_cache
 
-from llm_pipeline.evaluate.local_tasks import LOCAL_TASKS
+from llm_pipeline.evaluate.local_tasks import LOCAL_TASK_METRICS, LOCAL_TASKS
 from llm_pipeline.train.hardware import on_gpu
 
 _OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -42,9 +42,13 @@ def _standard_tasks():
     return TaskManager()
 
 
-def check_tasks_available(tasks: tuple[str, ...] | list[str]) -> None:
-    """Raise ValueError naming the first task the harness does not know or cannot load offline.
-    The local tasks are written at evaluation time and always load."""
+def check_tasks_available(tasks: tuple[str, ...] | list[str], metrics: dict[str, list[str]] | None = None) -> None:
+    """Raise ValueError naming the first task the harness does not know or cannot load offline, or the
+    first of `metrics` (task -> metric names a gate reads) that its task does not report. The local
+    tasks are written at evaluation time and always load."""
+    metrics = metrics or {}
+    for task in LOCAL_TASKS:
+        _check_metrics(task, metrics.get(task, []), LOCAL_TASK_METRICS[task])
     standard = [t for t in tasks if t not in LOCAL_TASKS]
     if not standard:
         return
@@ -58,11 +62,31 @@ def check_tasks_available(tasks: tuple[str, ...] | list[str]) -> None:
             raise ValueError(f"harness task {task!r} is not a task, group or tag lm-evaluation-harness knows "
                              f"(local tasks: {', '.join(LOCAL_TASKS)})")
         try:
-            get_task_dict([task], manager)
+            loaded = get_task_dict([task], manager)
         except Exception as e:  # noqa: BLE001 - datasets' offline errors have many types
             raise ValueError(f"harness task {task!r} cannot be loaded offline: its dataset is not in the Hugging Face "
                              f"datasets cache ({datasets.config.HF_DATASETS_CACHE}). Cache it on a machine with network: "
                              f"python -m llm_pipeline.evaluate.harness cache {task}  ({type(e).__name__}: {e})") from None
+        if metrics.get(task):
+            _check_metrics(task, metrics[task], _reported_metrics(loaded))
+
+
+def _reported_metrics(task_dict: dict) -> set[str]:
+    """The metric names the loaded task (or every task of a group) aggregates."""
+    names = set()
+    for value in task_dict.values():
+        if isinstance(value, dict):
+            names |= _reported_metrics(value)
+        elif hasattr(value, "aggregation"):
+            names |= set(value.aggregation())
+    return names
+
+
+def _check_metrics(task: str, asked: list[str], reported) -> None:
+    for metric in asked:
+        if metric.partition("@")[0] not in reported:  # "metric@filter" names a filtered variant of the metric
+            raise ValueError(f"min_scores key {task + '/' + metric!r}: task {task!r} does not report {metric!r} "
+                             f"(it reports {', '.join(sorted(reported)) or 'nothing'})")
 
 
 def preload() -> threading.Thread:

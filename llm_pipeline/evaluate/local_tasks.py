@@ -21,6 +21,9 @@ from dataclasses import dataclass
 PERPLEXITY_TASK = "llm_pipeline_heldout_perplexity"
 CONTINUATION_TASK = "llm_pipeline_heldout_continuation"
 LOCAL_TASKS = (PERPLEXITY_TASK, CONTINUATION_TASK)
+# What each local task reports: the harness's metric names, the keys a min_scores gate may name.
+LOCAL_TASK_METRICS = {PERPLEXITY_TASK: ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+                      CONTINUATION_TASK: ("acc", "acc_norm")}
 CHOICES = 4
 
 _PIECE = 80  # a line longer than this is cut at spaces, so prose gives passages as code does
@@ -142,12 +145,13 @@ def task_files(data_dir: str, cache_dir: str | None = None, tasks: tuple[str, ..
 
     perplexity = {"task": PERPLEXITY_TASK, **dataset(PERPLEXITY_TASK), "output_type": "loglikelihood_rolling",
                   "doc_to_text": "", "doc_to_target": "text",
-                  "metric_list": [{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")],
+                  "metric_list": [{"metric": m} for m in LOCAL_TASK_METRICS[PERPLEXITY_TASK]],
                   "metadata": {"version": 1}}
     continuation = {"task": CONTINUATION_TASK, **dataset(CONTINUATION_TASK), "output_type": "multiple_choice",
                     "doc_to_text": "context", "doc_to_choice": "choices", "doc_to_target": "label",
                     "target_delimiter": "",  # the passage and its continuation are contiguous text
-                    "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")],
+                    "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                                    for m in LOCAL_TASK_METRICS[CONTINUATION_TASK]],
                     "metadata": {"version": 1}}
     return {f"{task['task']}.yaml": _yaml(task) + "\n" for task in (perplexity, continuation) if task["task"] in tasks}
 

@@ -16,31 +16,33 @@ import os
 import tempfile
 
 from fsspec.implementations.local import LocalFileSystem
+from tokenizers import Tokenizer
 
 from llm_pipeline.evaluate.local_tasks import CHOICES, CONTINUATION_TASK
 from llm_pipeline.publish.registry import point_latest
 from llm_pipeline.storage.folders import Storage, json_bytes, sha256_file
 from llm_pipeline.storage.manifests import write_manifest
 from llm_pipeline.storage.names import check_name
-from llm_pipeline.tokenize.bpe import EOS_TOKEN
 from llm_pipeline.train.hf_config import hf_config
 from llm_pipeline.train.model import ModelConfig
 
 
 
-def tokenizer_files() -> dict[str, dict]:
+def tokenizer_files(eos: str) -> dict[str, dict]:
+    """transformers' tokenizer settings: the end-of-text token `eos` is also BOS, UNK and padding (a
+    byte-level BPE has no unknown input, and training packs documents with it alone)."""
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": EOS_TOKEN,
-        "eos_token": EOS_TOKEN,
-        "unk_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
+        "bos_token": eos,
+        "eos_token": eos,
+        "unk_token": eos,
+        "pad_token": eos,
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": 1_000_000_000,
     }
-    special = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN, "pad_token": EOS_TOKEN}
+    special = {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": eos}
     return {"tokenizer_config.json": config, "special_tokens_map.json": special}
 
 
@@ -140,7 +142,8 @@ def hf_files(model_cfg: ModelConfig, tokenizer_json: str, eos_id: int) -> dict[s
         "generation_config.json": json_bytes({"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id,
                                          "do_sample": True, "temperature": 0.8, "top_k": 50}),
     }
-    files.update({k: json_bytes(v) for k, v in tokenizer_files().items()})
+    eos = Tokenizer.from_str(tokenizer_json).id_to_token(eos_id)
+    files.update({k: json_bytes(v) for k, v in tokenizer_files(eos).items()})
     return files
 
 

@@ -10,6 +10,8 @@ import sys
 import tempfile
 
 from llm_pipeline.publish.registry import resolve_model_folder
+from llm_pipeline.publish.verify import verify
+from llm_pipeline.storage.folders import bounded
 
 
 def generate(model_uri: str, prompt: str, version: str | None = None, max_new_tokens: int = 64,
@@ -18,6 +20,9 @@ def generate(model_uri: str, prompt: str, version: str | None = None, max_new_to
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_model_folder(model_uri, version)
+    problems = verify(folder)  # every file regular, inside the folder and as published, before transformers reads it
+    if problems:
+        raise ValueError(f"{folder.uri} fails verification: {'; '.join(problems[:5])}")
     with tempfile.TemporaryDirectory() as tmp:
         local = folder.local_path()
         if local is None:
@@ -42,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args(argv)
-    text = generate(a.model_uri, a.prompt, a.version, a.max_new_tokens, a.temperature, a.top_k, a.seed)
+    try:
+        text = generate(a.model_uri, a.prompt, a.version, a.max_new_tokens, a.temperature, a.top_k, a.seed)
+    except (ValueError, OSError) as e:
+        print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)
+        return 1
     print(a.prompt + text)
     return 0
 

@@ -24,7 +24,7 @@ def resolve_version(registry: Storage, name: str, version: str | None = None) ->
     if not version or version == LATEST:
         if not model.exists(LATEST):
             raise FileNotFoundError(f"no published model at {model.uri} (no '{LATEST}' pointer)")
-        pointed = model.read_bytes(LATEST).decode("utf-8", "replace").strip()
+        pointed = model.read_bytes(LATEST, limit=1024).decode("utf-8", "replace").strip()
         try:
             version = check_name(pointed, "version")
         except ValueError:

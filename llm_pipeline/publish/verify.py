@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from llm_pipeline.publish.registry import resolve_model_folder
-from llm_pipeline.storage.folders import Storage
+from llm_pipeline.storage.folders import Storage, bounded
 from llm_pipeline.storage.manifests import MANIFEST
 from llm_pipeline.storage.names import check_relative_path
 
@@ -22,14 +22,17 @@ def verify(folder: Storage) -> list[str]:
         manifest = folder.read_json(MANIFEST)
         files = manifest["files"]
         entries = sorted((check_relative_path(name, "manifest file name"), entry["sha256"]) for name, entry in files.items())
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        return [f"{MANIFEST} is not a valid manifest ({type(e).__name__}: {e})"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return [f"{MANIFEST} is not a valid manifest ({type(e).__name__}: {bounded(str(e))})"]
     problems = []
     for name, sha256 in entries:
-        if not folder.exists(name):
+        try:
+            if folder.sha256(name) != sha256:
+                problems.append(f"tampered: {name} (sha256 does not match the manifest)")
+        except FileNotFoundError:
             problems.append(f"missing: {name}")
-        elif folder.sha256(name) != sha256:
-            problems.append(f"tampered: {name} (sha256 does not match the manifest)")
+        except OSError as e:  # a FIFO, a device, a folder or a link where a file should be: never followed
+            problems.append(f"not a regular file: {name} ({bounded(str(e))})")
     extra = set(folder.listdir()) - set(files) - {MANIFEST}
     problems.extend(f"not in manifest: {name}" for name in sorted(extra))
     return problems
@@ -41,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         folder = resolve_model_folder(args.uri)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"FAIL {args.uri}: {e}")
+    except (ValueError, OSError) as e:
+        print(f"FAIL {args.uri}: {bounded(str(e))}")
         return 1
     problems = verify(folder)
     for p in problems:

@@ -6,13 +6,17 @@ and multi-file artifacts write their manifest last, so readers trust only what a
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import posixpath
+import stat
 import uuid
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -23,20 +27,52 @@ _CHUNK = 8 * 1024 * 1024
 
 
 def sha256_file(fs, path: str) -> str:
+    """The file's sha256; a local path must be a regular file (see open_regular)."""
     digest = hashlib.sha256()
-    with fs.open(path, "rb") as f:
+    with (open_regular(path) if is_local_fs(fs) else fs.open(path, "rb")) as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
 
+class StorageError(OSError):
+    """An I/O error with the URI it happened at (credentials, permissions, network, a broken server)."""
+
+
+class NotARegularFile(StorageError):
+    """A name that should be a file is a FIFO, a device, a folder or a link: reading it could hang,
+    never end (/dev/zero) or leave the folder (a link to elsewhere)."""
+
+
+def open_regular(path: str) -> BinaryIO:
+    """A local file opened for reading only when it is a regular file and not a link. Opened
+    non-blocking, so a FIFO in its place cannot hang the open, and checked on the open descriptor,
+    so nothing can be swapped in between the check and the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # O_NOFOLLOW met a link as the last part
+            raise NotARegularFile(f"{path} is a symbolic link, not a regular file; refusing to follow it") from None
+        raise
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise NotARegularFile(f"{path} is {_kind(kind)}, not a regular file")
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return os.fdopen(fd, "rb")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def json_bytes(value: Any) -> bytes:
     """The one way a JSON file is written: indented, keys sorted (stable bytes, stable hashes), a final newline."""
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-class StorageError(OSError):
-    """An I/O error with the URI it happened at (credentials, permissions, network, a broken server)."""
 
 
 def _names_uri(method):
@@ -74,7 +110,7 @@ class Storage:
 
     @property
     def is_local(self) -> bool:
-        return "file" in _protocols(self.fs)
+        return is_local_fs(self.fs)
 
     def child(self, *parts: str) -> "Storage":
         """A folder below this one. Each part must stay inside: no absolute paths, no `..`."""
@@ -100,7 +136,30 @@ class Storage:
         return sub
 
     def full(self, name: str) -> str:
-        return posixpath.join(self.path, name)
+        """The path of `name` below this folder. Every name, written or read from a manifest, obeys the
+        one rule for relative paths: nothing joined here can leave the folder."""
+        return posixpath.join(self.path, check_relative_path(name, f"file name under {self.uri}"))
+
+    @contextlib.contextmanager
+    def open_read(self, name: str) -> Iterator[BinaryIO]:
+        """`name` opened for reading. Locally it must be a regular file reached through no link
+        below this folder: a FIFO, a device or a link (to a file elsewhere, or to /dev/zero) is refused."""
+        path = self.full(name)
+        if not self.is_local:
+            with self.fs.open(path, "rb") as f:
+                yield f
+            return
+        parent = self.path
+        for part in name.split("/")[:-1]:
+            parent = os.path.join(parent, part)
+            if os.path.islink(parent):
+                raise NotARegularFile(f"{self.uri}/{name}: {part} is a symbolic link; refusing to follow it")
+        try:
+            handle = open_regular(path)
+        except NotARegularFile as e:
+            raise NotARegularFile(f"{self.uri}/{name}: {str(e).removeprefix(path + ' ')}") from None
+        with handle:
+            yield handle
 
     @_names_uri
     def exists(self, name: str = "") -> bool:
@@ -118,15 +177,22 @@ class Storage:
         return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, detail=False))
 
     @_names_uri
-    def read_bytes(self, name: str) -> bytes:
-        with self.fs.open(self.full(name), "rb") as f:
-            return f.read()
+    def read_bytes(self, name: str, limit: int | None = None) -> bytes:
+        """The file's bytes; with `limit`, a file larger than that is refused by name (a small JSON
+        value or pointer is never allowed to fill memory)."""
+        with self.open_read(name) as f:
+            data = f.read() if limit is None else f.read(limit + 1)
+        if limit is not None and len(data) > limit:
+            raise ValueError(f"{self.uri}/{name} is larger than {limit:,} bytes, too large for what it should hold")
+        return data
 
-    def read_json(self, name: str) -> Any:
+    def read_json(self, name: str, limit: int = 256 << 20) -> Any:
         try:
-            return json.loads(self.read_bytes(name))
+            return json.loads(self.read_bytes(name, limit))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{self.uri}/{name} is not valid JSON: {e}") from None
+            raise ValueError(f"{self.uri}/{name} is not valid JSON: {bounded(str(e))}") from None
+        except RecursionError:
+            raise ValueError(f"{self.uri}/{name} is not valid JSON: nested too deeply") from None
 
     @_names_uri
     def _write_atomic(self, name: str, write) -> None:
@@ -150,7 +216,11 @@ class Storage:
 
     @_names_uri
     def sha256(self, name: str) -> str:
-        return sha256_file(self.fs, self.full(name))
+        digest = hashlib.sha256()
+        with self.open_read(name) as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     @_names_uri
     def size(self, name: str) -> int:
@@ -163,7 +233,12 @@ class Storage:
 
     @_names_uri
     def get_file(self, name: str, local_path: str) -> None:
-        self.fs.get_file(self.full(name), local_path)
+        if not self.is_local:
+            self.fs.get_file(self.full(name), local_path)
+            return
+        with self.open_read(name) as src, open(local_path, "wb") as dst:
+            while chunk := src.read(_CHUNK):
+                dst.write(chunk)
 
     @_names_uri
     def upload_dir(self, local_dir: str) -> list[str]:
@@ -185,7 +260,7 @@ class Storage:
             if skip_existing and os.path.exists(dest) and os.path.getsize(dest) == info.get("size"):
                 continue
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            self.fs.get_file(path, dest)
+            self.get_file(rel, dest)
 
     @_names_uri
     def remove(self, name: str = "") -> None:
@@ -198,9 +273,19 @@ class Storage:
         return self.path if self.is_local else None
 
 
+def bounded(text: str, limit: int = 300) -> str:
+    """An error message quotes at most `limit` characters of what it is about, whatever the input."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _protocols(fs) -> tuple[str, ...]:
     proto = fs.protocol
     return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def is_local_fs(fs) -> bool:
+    """The one answer to "is this the local disk?" (which decides atomic renames, regular-file checks, caching)."""
+    return "file" in _protocols(fs)
 
 
 def _join_uri(uri: str, *parts: str) -> str:

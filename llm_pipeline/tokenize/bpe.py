@@ -8,6 +8,9 @@ from typing import Iterable, Iterator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 EOS_TOKEN = "<|endoftext|>"
+# The end-of-text token of a given tokenizer, by family, in this order: GPT-2's (ours), Llama 2 /
+# Mistral / T5's, Llama 3's, Gemma's. It separates documents in the shards and ends generation.
+EOS_CANDIDATES = (EOS_TOKEN, "</s>", "<|end_of_text|>", "<eos>")
 BYTE_ALPHABET = 256
 
 
@@ -56,10 +59,23 @@ def load_tokenizer(json_text: str, source: str = "tokenizer.json") -> Tokenizer:
         tok = Tokenizer.from_str(json_text)
     except Exception as e:  # noqa: BLE001 - the Rust parser raises a bare Exception
         raise ValueError(f"{source} is not a valid tokenizer.json: {e}") from None
-    if tok.token_to_id(EOS_TOKEN) is None:
-        raise ValueError(f"{source}: tokenizer has no {EOS_TOKEN!r} token; byte-level BPE tokenizers need it as EOS")
+    eos_token(tok, source)
     tok.encode_special_tokens = True
     return tok
+
+
+def eos_token(tok: Tokenizer, source: str = "tokenizer.json") -> str:
+    """The tokenizer's end-of-text token: the first of EOS_CANDIDATES it has; ValueError naming `source` if none."""
+    for candidate in EOS_CANDIDATES:
+        if tok.token_to_id(candidate) is not None:
+            return candidate
+    specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special][:10]
+    raise ValueError(f"{source}: tokenizer has no end-of-text token (one of {', '.join(EOS_CANDIDATES)}); its special "
+                     f"tokens are {', '.join(specials) or 'none'}")
+
+
+def eos_id(tok: Tokenizer) -> int:
+    return tok.token_to_id(eos_token(tok))
 
 
 def id_space(tok: Tokenizer) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 
 from tokenizers import Tokenizer
 
-from llm_pipeline.tokenize.bpe import EOS_TOKEN
+from llm_pipeline.tokenize.bpe import eos_id
 
 # The split regex of GPT-2, identical to HF ByteLevel(use_regex=True).
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -81,7 +81,7 @@ class DocumentEncoder:
         if engine not in ("tiktoken", "tokenizers"):
             raise ValueError(f"unknown encoder engine {engine!r}")
         self.tokenizer, self.engine = tokenizer, engine
-        self.eos_id = tokenizer.token_to_id(EOS_TOKEN)
+        self.eos_id = eos_id(tokenizer)
         self.threads = max(1, os.cpu_count() or 1)
         self._tiktoken = tiktoken_encoding(tokenizer) if engine == "tiktoken" else None
         self._pool = ThreadPoolExecutor(self.threads) if self._tiktoken is not None else None

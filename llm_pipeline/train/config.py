@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from llm_pipeline.settings import Settings
+from llm_pipeline.train.memory import available_bytes, human, local_devices, training_bytes_per_rank
 from llm_pipeline.train.model import ModelConfig
 from llm_pipeline.train.schedule import Schedule
 
@@ -21,6 +22,20 @@ Dtype = Literal["auto", "fp32", "bf16", "fp16"]
 Launcher = Literal["deepspeed", "torchrun", "none"]
 DTYPES = typing.get_args(Dtype)
 LAUNCHERS = typing.get_args(Launcher)
+
+
+# Samples per mixing block: each block holds exactly round(weight x MIX_BLOCK) samples of each source,
+# in a seeded order. So proportions are exact over every block, and a source's share is at least 1/MIX_BLOCK.
+MIX_BLOCK = 10_000
+
+
+def mixture_shares(weights: list[float]) -> list[float]:
+    """Weights as shares of 1. Scaled by the largest first, so no sum overflows (weights of 1e308 each
+    are equal shares, not infinity)."""
+    top = max(weights)
+    scaled = [w / top for w in weights]
+    total = math.fsum(scaled)
+    return [w / total for w in scaled]
 
 
 class TrainConfig(Settings):
@@ -90,6 +105,9 @@ class TrainConfig(Settings):
         for source, weight in self.mixture.items():
             if not (math.isfinite(weight) and weight > 0):
                 raise ValueError(f"mixture weight of {source!r} must be a positive number, got {weight}")
+        for source, share in zip(self.mixture, mixture_shares(list(self.mixture.values())) if self.mixture else []):
+            if round(share * MIX_BLOCK) == 0:
+                raise ValueError(f"mixture weight of {source!r} is below 1/{MIX_BLOCK} of the total: it would never be drawn")
         if self.shard_sources:
             if len(self.shard_sources) != len(self.shards_uris):
                 raise ValueError(f"shard_sources has {len(self.shard_sources)} entries for {len(self.shards_uris)} shards_uris")
@@ -124,11 +142,30 @@ class TrainConfig(Settings):
             )
         return self.global_batch_tokens // per_micro_step
 
-    def validate_for(self, world_size: int, on_gpu: bool) -> None:
-        """Checks that need the launch: world size and hardware. Run before any process starts."""
+    def validate_for(self, world_size: int, on_gpu: bool, ranks_on_this_node: int | None = None) -> None:
+        """Checks that need the launch: world size and hardware, and that the run fits this node's
+        devices and memory. Run before any process starts."""
         self.grad_accum_for(world_size)
         if self.dtype == "fp16" and not on_gpu:
             raise ValueError("dtype fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 training); use fp32 or bf16")
+        ranks = ranks_on_this_node or world_size
+        devices, kind = local_devices(on_gpu)
+        if ranks > devices:
+            raise ValueError(f"nproc {ranks} exceeds this node's {devices} {kind}: one rank per device")
+        m = self.model
+        need = training_bytes_per_rank(m.num_params(), m.n_layers, m.d_model, m.n_heads, m.vocab_size, m.max_seq_len, self.seq_len,
+                                       self.micro_batch, world_size, self.zero_stage, self.dtype, on_gpu,
+                                       self.activation_checkpointing)
+        have, what = available_bytes(on_gpu)
+        per_rank = sum(need.values())
+        total = per_rank if on_gpu else per_rank * ranks  # CPU ranks of a node share its memory
+        if total > have:
+            raise ValueError(
+                f"this run cannot fit: {m.num_params():.3g} parameters, micro_batch {self.micro_batch} x seq_len {self.seq_len} "
+                f"need at least {human(per_rank)} per rank ({human(need['model_state'])} of weights, gradients and AdamW state "
+                f"with ZeRO stage {self.zero_stage} over {world_size} ranks; {human(need['activations'])} of activations)"
+                f"{'' if on_gpu else f' x {ranks} ranks'}, and there are {what}. Use a smaller model (preset, d_model, "
+                "n_layers), a smaller micro_batch or seq_len, a higher zero_stage or more ranks")
 
     def run_key(self) -> str:
         """The same data (each batch's shard folder) and settings give the same key, wherever the run

@@ -25,10 +25,8 @@ import torch
 from llm_pipeline.prefetch import prefetch
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import MANIFEST, ManifestError, read_manifest
+from llm_pipeline.train.config import MIX_BLOCK, mixture_shares
 
-# Samples per mixing block: each block holds exactly round(weight x MIX_BLOCK) samples of each source,
-# in a seeded order. So proportions are exact over every block, and a source's share is at least 1/MIX_BLOCK.
-MIX_BLOCK = 10_000
 
 
 class TokenWindows:
@@ -70,7 +68,7 @@ class DataMixture:
         if len(sources) != len(weights) or not sources:
             raise ValueError("a mixture needs one weight per source")
         self.sources, self.seed = sources, seed
-        shares = np.asarray(weights, dtype=np.float64) / sum(weights)
+        shares = np.asarray(mixture_shares(list(weights)), dtype=np.float64)
         self.weights = shares
         # Largest remainder: each block's counts sum to MIX_BLOCK, each within one sample of its share.
         exact = shares * MIX_BLOCK
@@ -166,8 +164,52 @@ class ShardError(ManifestError):
 _MANIFEST_KEYS = ("tokenizer_sha256", "vocab_size", "dtype", "shards", "splits")
 
 
+TOKEN_DTYPES = ("uint16", "uint32")
+
+
+def _hex(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_shard_manifest(manifest: dict, where: str) -> None:
+    """Every field a reader uses has the type and range it must: ShardError naming the first that does not.
+    Names are checked where they are joined (Storage.full), by the one rule for relative paths."""
+    def refuse(field: str, value) -> None:
+        shown = repr(value)
+        raise ShardError(f"shard manifest {where}: {field} is invalid: {shown[:200]}{'...' if len(shown) > 200 else ''}")
+
+    if manifest["dtype"] not in TOKEN_DTYPES:
+        refuse("dtype", manifest["dtype"])
+    if not (_count(manifest["vocab_size"]) and 0 < manifest["vocab_size"] <= 2**32):
+        refuse("vocab_size", manifest["vocab_size"])
+    if not isinstance(manifest["shards"], list):
+        refuse("shards", manifest["shards"])
+    for i, entry in enumerate(manifest["shards"]):
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry.get("split") in ("train", "val")
+                and _hex(entry.get("sha256")) and _count(entry.get("tokens")) and _count(entry.get("max_id", 0))):
+            refuse(f"shards[{i}]", entry)
+    flat = manifest.get("flat", {})
+    if not isinstance(flat, dict):
+        refuse("flat", flat)
+    for split, entry in flat.items():
+        tokens, docs = (entry.get("tokens"), entry.get("docs")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(entry, dict) and entry.get("dtype") == manifest["dtype"]):
+            refuse(f"flat.{split}.dtype", entry.get("dtype") if isinstance(entry, dict) else entry)
+        if not (isinstance(tokens, dict) and isinstance(tokens.get("name"), str) and _hex(tokens.get("sha256"))
+                and _count(tokens.get("count")) and _count(tokens.get("max_id"))
+                and tokens.get("bytes") == tokens["count"] * np.dtype(entry["dtype"]).itemsize):
+            refuse(f"flat.{split}.tokens", tokens)
+        if not (isinstance(docs, dict) and isinstance(docs.get("name"), str) and _hex(docs.get("sha256")) and _count(docs.get("count"))):
+            refuse(f"flat.{split}.docs", docs)
+
+
 def read_shard_manifest(shards: Storage, expected_tokenizer_sha256: str | None = None) -> dict:
     manifest = read_manifest(shards, _MANIFEST_KEYS, "shard manifest", ShardError)
+    _check_shard_manifest(manifest, f"{shards.uri}/{MANIFEST}")
     if expected_tokenizer_sha256 and manifest["tokenizer_sha256"] != expected_tokenizer_sha256:
         raise ShardError(
             f"shards at {shards.uri} were made with tokenizer {manifest['tokenizer_sha256'][:12]}, "
@@ -179,9 +221,12 @@ def read_shard_manifest(shards: Storage, expected_tokenizer_sha256: str | None =
 def read_shard(shards: Storage, entry: dict, vocab_size: int) -> np.ndarray:
     """One shard's tokens, checked against its manifest entry (presence, sha256, Parquet, count, id range)."""
     name = entry["name"]
-    if not shards.exists(name):
-        raise ShardError(f"shard {shards.uri}/{name} listed in the manifest is missing")
-    data = shards.read_bytes(name)
+    try:
+        data = shards.read_bytes(name)
+    except FileNotFoundError:
+        raise ShardError(f"shard {shards.uri}/{name} listed in the manifest is missing") from None
+    except (OSError, ValueError) as e:
+        raise ShardError(f"shard {shards.uri}/{name}: {e}") from None
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise ShardError(f"shard {shards.uri}/{name} does not match its sha256 in the manifest")
     try:

@@ -10,13 +10,15 @@ multi-node run the asset starts node 0; every other node runs this module with i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
 import sys
 
 from llm_pipeline.settings import add_options, given_options, to_options
-from llm_pipeline.train.config import LaunchConfig
+from llm_pipeline.storage.folders import bounded, open_uri
+from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.hardware import on_gpu
 
 TRAINER_MODULE = "llm_pipeline.train.trainer"
@@ -85,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         launch = LaunchConfig(**given_options(a, names))
     except ValueError as e:
         p.error(str(e))
+    try:
+        with open_uri(a.config, "rb") as f:
+            TrainConfig.from_dict(json.load(f)).validate_for(launch.world_size, on_gpu(), launch.nproc)
+    except (ValueError, OSError) as e:  # before any process starts: one line that names the problem
+        print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)
+        return 1
     return subprocess.call(launch_command(launch, a.config), env={**os.environ, **launch_env(launch)})
 
 

@@ -3,9 +3,9 @@
 Each shard set's split is one flat array (`<split>.tokens`, tokenize/flat_tokens.py). A rank maps it
 with `np.memmap`: its memory holds only the pages it touches, however large the split, and the
 ranks of a node share them. Before first use on a node the file is verified once (sha256 against
-the manifest, every id below the vocabulary) in one streaming pass; a marker in the node cache,
-keyed by the file's path, size and modification time, spares later runs and the other ranks the
-pass (a changed file is verified again). Remote roots (S3, GCS) are copied into the node cache
+the manifest, its size, every id below the vocabulary, the document index) in one streaming pass; a
+marker in the node cache, keyed by the file's path, inode, size, mtime and ctime, spares later runs
+and the other ranks the pass (a changed file, even one with its size and mtime put back, is verified again). Remote roots (S3, GCS) are copied into the node cache
 first, evicting the least recently used copies beyond the cache's size limit. Shard sets written
 before flat files existed are converted from their Parquet shards (each verified) on first use.
 A file lock makes one rank of a node do the work while the others wait for it.
@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from llm_pipeline.storage.folders import Storage
+from llm_pipeline.storage.folders import Storage, open_regular
 from llm_pipeline.train.data import ShardError, checked_manifests, id_limit, read_shard
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "llm-pipeline", "tokens")
@@ -77,7 +77,8 @@ def open_split(shard_sets: list[Storage], split: str, expected_tokenizer_sha256:
         else:
             path, dtype = _verified_flat(shards, flat, limit, cache_dir, cache_limit_bytes), flat["dtype"]
         if os.path.getsize(path):
-            arrays.append(np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r"))
+            with open_regular(path) as f:  # the file verified, mapped through the same checks
+                arrays.append(np.memmap(f, dtype=np.dtype(dtype).newbyteorder("<"), mode="r"))
     if not arrays:
         raise ShardError(f"no {split} tokens in {', '.join(s.uri for s in shard_sets)}")
     return TokenStream(arrays), manifests[shard_sets[0].uri]
@@ -96,32 +97,46 @@ def _node_lock(cache_dir: str, key: str):
 
 def _verified_flat(shards: Storage, flat: dict, vocab_limit: int, cache_dir: str, cache_limit_bytes: int) -> str:
     entry, sha = flat["tokens"], flat["tokens"]["sha256"]
+    where = f"{shards.uri}/{entry['name']}"
     with _node_lock(cache_dir, sha[:32]):
-        path = shards.full(entry["name"]) if shards.is_local else _cached_copy(shards, entry, cache_dir, cache_limit_bytes)
-        if not os.path.exists(path):
-            raise ShardError(f"flat token file {shards.uri}/{entry['name']} listed in the manifest is missing")
-        marker = os.path.join(cache_dir, f"verified-{_file_key(path, sha)}.json")
+        try:
+            path = shards.full(entry["name"]) if shards.is_local else _cached_copy(shards, entry, cache_dir, cache_limit_bytes)
+            with open_regular(path) as f:
+                identity = _file_key(path, os.fstat(f.fileno()), sha, flat["docs"]["sha256"])
+        except FileNotFoundError:
+            raise ShardError(f"flat token file {where} listed in the manifest is missing") from None
+        except (OSError, ValueError) as e:
+            raise ShardError(f"flat token file {where}: {e}") from None
+        marker = os.path.join(cache_dir, f"verified-{identity}.json")
         if not os.path.exists(marker):
-            _verify(path, flat, vocab_limit, f"{shards.uri}/{entry['name']}")
+            _verify(path, flat, vocab_limit, where)
+            _verify_docs(shards, flat, where)
             with open(marker, "w") as f:
                 json.dump({"path": path, "sha256": sha}, f)
         elif entry["max_id"] >= vocab_limit:
-            raise ShardError(f"{shards.uri}/{entry['name']} holds token id {entry['max_id']}, outside the vocabulary of {vocab_limit}")
-        if not shards.is_local:  # the cache evicts the least recently used; mtime (the marker's key) stays
-            os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
+            raise ShardError(f"{where} holds token id {entry['max_id']}, outside the vocabulary of {vocab_limit}")
+        if not shards.is_local:  # least recently used first out; the copy itself stays untouched (its ctime keys the marker)
+            _touch(path + ".used")
     return path
 
 
-def _file_key(path: str, sha: str) -> str:
-    stat = os.stat(path)
-    return hashlib.sha256(f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{sha}".encode()).hexdigest()[:32]
+def _file_key(path: str, stat: os.stat_result, sha: str, docs_sha: str) -> str:
+    """What a verification is valid for: this file as it is. Besides path, size and mtime (which a
+    writer can put back as they were), the inode (a file replaced by another) and the ctime (which
+    every write and every change of mtime moves, and no user can set)."""
+    return hashlib.sha256(f"{os.path.realpath(path)}|{stat.st_dev}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}|"
+                          f"{stat.st_ctime_ns}|{sha}|{docs_sha}".encode()).hexdigest()[:32]
 
 
 def _verify(path: str, flat: dict, vocab_limit: int, where: str) -> None:
-    """One streaming pass: the bytes' sha256 and the largest id."""
+    """One streaming pass: the size the manifest gives, the bytes' sha256 and the largest id."""
     dtype = np.dtype(flat["dtype"]).newbyteorder("<")
     digest, largest = hashlib.sha256(), 0
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != flat["tokens"]["bytes"]:
+            raise ShardError(f"{where} is {size:,} bytes; the manifest says {flat['tokens']['count']:,} {flat['dtype']} ids "
+                             f"({flat['tokens']['bytes']:,} bytes)")
         while chunk := f.read(_CHUNK * dtype.itemsize):
             digest.update(chunk)
             ids = np.frombuffer(chunk, dtype=dtype)
@@ -131,6 +146,29 @@ def _verify(path: str, flat: dict, vocab_limit: int, where: str) -> None:
         raise ShardError(f"{where} does not match its sha256 in the manifest")
     if largest >= vocab_limit:
         raise ShardError(f"{where} holds token id {largest}, outside the vocabulary of {vocab_limit}")
+
+
+def _verify_docs(shards: Storage, flat: dict, where: str) -> None:
+    """The document index: its sha256, and end offsets that never go back and end at the token count."""
+    entry, tokens = flat["docs"], flat["tokens"]["count"]
+    name = f"{shards.uri}/{entry['name']}"
+    try:
+        data = shards.read_bytes(entry["name"], limit=8 * entry["count"])
+    except FileNotFoundError:
+        raise ShardError(f"document index {name} of {where} listed in the manifest is missing") from None
+    except (OSError, ValueError) as e:
+        raise ShardError(f"document index {name}: {e}") from None
+    if hashlib.sha256(data).hexdigest() != entry["sha256"] or len(data) != 8 * entry["count"]:
+        raise ShardError(f"document index {name} does not match its sha256 and count in the manifest")
+    ends = np.frombuffer(data, dtype="<u8")
+    if len(ends) and (np.any(np.diff(ends.astype(np.int64)) < 0) or int(ends[-1]) != tokens):
+        raise ShardError(f"document index {name}: end offsets must never decrease and must end at the {tokens:,} tokens of {where}")
+
+
+def _touch(path: str) -> None:
+    with open(path, "a"):
+        pass
+    os.utime(path)
 
 
 def _cached_copy(shards: Storage, entry: dict, cache_dir: str, cache_limit_bytes: int) -> str:
@@ -147,15 +185,22 @@ def _cached_copy(shards: Storage, entry: dict, cache_dir: str, cache_limit_bytes
     return path
 
 
+def _last_used(path: str) -> float:
+    used = path + ".used"
+    return os.path.getmtime(used) if os.path.exists(used) else os.path.getmtime(path)
+
+
 def _evict(cache_dir: str, room: int) -> None:
     """Remove the least recently used cached copies until the rest fit in `room` bytes."""
     files = [os.path.join(cache_dir, n) for n in os.listdir(cache_dir) if n.endswith(".tokens")]
-    files.sort(key=os.path.getatime)
+    files.sort(key=_last_used)
     total = sum(os.path.getsize(f) for f in files)
     while files and total > room:
         oldest = files.pop(0)
         total -= os.path.getsize(oldest)
         os.remove(oldest)
+        if os.path.exists(oldest + ".used"):
+            os.remove(oldest + ".used")
 
 
 def _converted(shards: Storage, manifest: dict, split: str, vocab_limit: int, cache_dir: str) -> str:
