@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The repo root is the Dagster instance home: dagster.yaml lives here, its data under .dagster/.
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup browser demo test dev bench clean
+.PHONY: setup browser lint demo test dev bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,8 +20,13 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/python -m llm_pipeline.demo
 
-test: setup browser
-	$(BIN)/python -m pytest -q -ra
+test: setup browser lint
+	$(BIN)/python -m pytest -q -ra --durations=25
+
+# ruff's lint rules and formatting (pyproject.toml), on the library.
+lint: setup
+	$(BIN)/ruff check llm_pipeline
+	$(BIN)/ruff format --check llm_pipeline
 
 # Headless Chromium for the UI test (a screenshot of the asset page); Debian's package, as root.
 browser:

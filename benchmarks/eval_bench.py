@@ -25,7 +25,8 @@ import time
 from tokenizers import Tokenizer
 
 from benchmarks.builtin_shards import builtin_shards
-from llm_pipeline.evaluate.metrics import EvalConfig, held_out_documents, held_out_loss, load_trained_model
+from llm_pipeline.evaluate.metrics import EvalConfig, held_out_documents, held_out_loss
+from llm_pipeline.train.weights import load_trained_model
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import EOS_TOKEN
 from llm_pipeline.train.config import LaunchConfig, TrainConfig

@@ -25,18 +25,24 @@ DATA_ASSETS = ["raw_corpus", "tokenizer", "tokenized_shards"]
 TRAINING_ASSETS = ["trained_checkpoint", "eval_metrics", "published_model"]
 
 pipeline_job = dg.define_asset_job(
-    "llm_pipeline_job", selection=dg.AssetSelection.all(), partitions_def=corpus_batches,
+    "llm_pipeline_job",
+    selection=dg.AssetSelection.all(),
+    partitions_def=corpus_batches,
     description="One corpus batch to a published model: the whole graph for the batch chosen as partition.",
 )
 
 training_job = dg.define_asset_job(
-    "training_job", selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
+    "training_job",
+    selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
     description="Train on every tokenized corpus batch, evaluate, and publish if the blocking checks pass.",
 )
 
 data_automation = dg.AutomationConditionSensorDefinition(
-    "data_automation", target=dg.AssetSelection.assets(*DATA_ASSETS), default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=10, description="Cleans and tokenizes each new corpus batch once; trains the tokenizer on the first.",
+    "data_automation",
+    target=dg.AssetSelection.assets(*DATA_ASSETS),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Cleans and tokenizes each new corpus batch once; trains the tokenizer on the first.",
 )
 
 retraining_schedule = dg.ScheduleDefinition(
@@ -65,15 +71,17 @@ def read_cursor(cursor: str | None) -> tuple[dict[str, str], dict[str, str]]:
     try:
         state = json.loads(cursor)
         taken, seen = state["taken"], state["seen"]
-        if not all(isinstance(part, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in part.items())
-                   for part in (taken, seen)):
+        if not all(
+            isinstance(part, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in part.items()) for part in (taken, seen)
+        ):
             raise TypeError("taken and seen must map file names to identities")
     except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise LandingError(
             f"new_corpus_sensor's cursor is not one this release writes ({type(e).__name__}: {bounded(str(e), 120)}; "
             f"cursor starts {cursor[:60]!r}). Clear it to go on: `dagster sensor cursor new_corpus_sensor --delete`, "
             "or the sensor's page in the UI. The files in the landing folder are then taken once more as one new "
-            "batch, whose documents dedup drops as duplicates of the earlier batches.") from None
+            "batch, whose documents dedup drops as duplicates of the earlier batches."
+        ) from None
     return taken, seen
 
 
@@ -104,8 +112,11 @@ def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[d
     return ready, len(pending), json.dumps({"taken": taken, "seen": pending}, sort_keys=True), refused
 
 
-@dg.sensor(minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Makes each delivery of complete new files in the landing folder a corpus batch (a partition).")
+@dg.sensor(
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Makes each delivery of complete new files in the landing folder a corpus batch (a partition).",
+)
 def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, automation: AutomationSettings):
     uri = landing_uri(storage, automation)
     ready, arriving, cursor, refused = new_files(storage, uri, context.cursor)
@@ -114,8 +125,10 @@ def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResou
         not_taken = f"; {len(refused)} entries cannot be taken: {', '.join(refused[:5])}" + (" ..." if len(refused) > 5 else "")
         context.log.warning(f"new_corpus_sensor: under {uri}{not_taken}")
     if not ready:
-        return dg.SensorResult(skip_reason=f"no new complete files under {uri}" + (f" ({arriving} still arriving)" if arriving else "")
-                               + not_taken, cursor=cursor)
+        return dg.SensorResult(
+            skip_reason=f"no new complete files under {uri}" + (f" ({arriving} still arriving)" if arriving else "") + not_taken,
+            cursor=cursor,
+        )
     key = batch_key(ready)
     write_batch(storage.root(), key, uri, ready)  # before the partition exists: the batch's files are fixed
     context.log.info(f"new corpus batch {key}: {len(ready)} files under {uri}")
@@ -132,8 +145,12 @@ def _metadata_value(materialization, name: str):
     return entry.value if entry is not None else None
 
 
-@dg.sensor(job=training_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Retrains on every corpus batch once retrain_min_new_tokens new training tokens are tokenized.")
+@dg.sensor(
+    job=training_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Retrains on every corpus batch once retrain_min_new_tokens new training tokens are tokenized.",
+)
 def retraining_sensor(context: dg.SensorEvaluationContext, automation: AutomationSettings):
     tokenizer = _latest(context.instance, "tokenizer")
     if tokenizer is None:
@@ -155,11 +172,15 @@ def retraining_sensor(context: dg.SensorEvaluationContext, automation: Automatio
     fresh = {b: mat for b, mat in shards.items() if used.get(b) != _metadata_value(mat, "manifest_sha256")}
     new_tokens = sum(int(_metadata_value(mat, "train_tokens") or 0) for mat in fresh.values())
     if not fresh or new_tokens < automation.retrain_min_new_tokens:
-        return dg.SkipReason(f"{new_tokens:,} new training tokens in {len(fresh)} batches; retraining at "
-                             f"{automation.retrain_min_new_tokens:,}")
+        return dg.SkipReason(
+            f"{new_tokens:,} new training tokens in {len(fresh)} batches; retraining at {automation.retrain_min_new_tokens:,}"
+        )
     data = {b: _metadata_value(mat, "manifest_sha256") for b, mat in shards.items()}
     return dg.RunRequest(
         run_key=hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16],
-        tags={"llm_pipeline/trigger": "new_tokens", "llm_pipeline/new_batches": ",".join(fresh)[:200],
-              "llm_pipeline/new_train_tokens": str(new_tokens)},
+        tags={
+            "llm_pipeline/trigger": "new_tokens",
+            "llm_pipeline/new_batches": ",".join(fresh)[:200],
+            "llm_pipeline/new_train_tokens": str(new_tokens),
+        },
     )

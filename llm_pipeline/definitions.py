@@ -28,8 +28,13 @@ from llm_pipeline.automation import (
 from llm_pipeline.resources import AutomationSettings, JsonIOManager, StorageResource, default_storage_root
 
 ASSETS = [raw_corpus, tokenizer, tokenized_shards, trained_checkpoint, eval_metrics, published_model]
-CHECKS = [eval_loss_within_threshold, eval_perplexity_within_threshold, no_regression_vs_published,
-          harness_scores_meet_minimums, no_eval_contamination]
+CHECKS = [
+    eval_loss_within_threshold,
+    eval_perplexity_within_threshold,
+    no_regression_vs_published,
+    harness_scores_meet_minimums,
+    no_eval_contamination,
+]
 
 
 def _setting(name: str, default, as_int: bool = False):

@@ -14,8 +14,8 @@ import argparse
 import contextlib
 import os
 import sys
-import warnings
 import time
+import warnings
 
 import dagster as dg
 
@@ -23,8 +23,8 @@ from llm_pipeline.assets.partitions import corpus_batches
 from llm_pipeline.automation import pipeline_job
 from llm_pipeline.corpus.batches import BUILTIN_BATCH
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
-from llm_pipeline.evaluate.local_tasks import CHOICES, CONTINUATION_TASK
 from llm_pipeline.demo_console import demo_logger
+from llm_pipeline.evaluate.local_tasks import CHOICES, CONTINUATION_TASK
 
 
 @contextlib.contextmanager
@@ -57,13 +57,18 @@ def _harness_lines(metrics: dict) -> list[str]:
     """lm-evaluation-harness's view of the same model, and the contamination figure."""
     lines = []
     for task, results in ((metrics.get("harness") or {}).get("results") or {}).items():
-        shown = ", ".join(f"{name} {v['value']:.4f}" + (f" ± {v['stderr']:.4f}" if v["stderr"] is not None else "")
-                          for name, v in results.items() if name != "word_perplexity")
+        shown = ", ".join(
+            f"{name} {v['value']:.4f}" + (f" ± {v['stderr']:.4f}" if v["stderr"] is not None else "")
+            for name, v in results.items()
+            if name != "word_perplexity"
+        )
         chance = f" (chance {1 / CHOICES:.2f})" if task == CONTINUATION_TASK else ""
         lines.append(f"{'lm-eval':<16}: {task.removeprefix('llm_pipeline_')} {shown}{chance}")
     report = metrics["contamination"]
-    lines.append(f"{'contamination':<16}: {report['fraction']:.1%} of eval documents have >= {report['min_overlap']:.0%} "
-                 f"of their {report['n']}-grams in the training split")
+    lines.append(
+        f"{'contamination':<16}: {report['fraction']:.1%} of eval documents have >= {report['min_overlap']:.0%} "
+        f"of their {report['n']}-grams in the training split"
+    )
     return lines
 
 
@@ -78,8 +83,12 @@ def demo_run_config(source: str | None = None, steps: int | None = None) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default=None, help="your data: a folder, file or bucket prefix (fsspec URI), every file "
-                        "under it read by its name's format (default: the built-in corpus)")
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="your data: a folder, file or bucket prefix (fsspec URI), every file "
+        "under it read by its name's format (default: the built-in corpus)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the asset's default)")
     parser.add_argument("--storage-root", default=None, help="storage root URI (default: LLM_PIPELINE_STORAGE_ROOT or .storage/)")
     parser.add_argument("--log-file", default=None, help="the full event log (default: $DAGSTER_HOME/.dagster/demo.log)")
@@ -92,17 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     run_config = demo_run_config(args.source, args.steps)
     resources = make_resources(args.storage_root)
     what = f"your data at {args.source}" if args.source else "the built-in corpus"
-    print(f"llm-pipeline demo: {what}, as batch '{BUILTIN_BATCH}', through the whole graph "
-          f"(full log: {log_file}, and the run in `make dev`)")
+    print(
+        f"llm-pipeline demo: {what}, as batch '{BUILTIN_BATCH}', through the whole graph (full log: {log_file}, and the run in `make dev`)"
+    )
     start = time.time()
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(corpus_batches.name, BUILTIN_BATCH):
         instance.add_dynamic_partitions(corpus_batches.name, [BUILTIN_BATCH])
     with _process_output_to(log_file) as console:
-        defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[pipeline_job], resources=resources,
-                              loggers={"demo": demo_logger(log_file, console)})
+        defs = dg.Definitions(
+            assets=ASSETS, asset_checks=CHECKS, jobs=[pipeline_job], resources=resources, loggers={"demo": demo_logger(log_file, console)}
+        )
         result = defs.resolve_job_def(pipeline_job.name).execute_in_process(
-            run_config=run_config, instance=instance, partition_key=BUILTIN_BATCH, raise_on_error=False)
+            run_config=run_config, instance=instance, partition_key=BUILTIN_BATCH, raise_on_error=False
+        )
     elapsed = time.time() - start
     if not result.success:
         print(f"\nllm-pipeline demo FAILED after {elapsed:.0f}s (run {result.run_id}); see {log_file} or the run in the UI.")

@@ -98,8 +98,9 @@ class JsonIOManager(dg.ConfigurableIOManager):
             if run_id and folder.exists(f"{run_id}.json"):
                 return json.loads(folder.read_bytes(f"{run_id}.json"))
         where = f" partition {partition!r}" if partition else ""
-        raise FileNotFoundError(f"asset {asset_key.to_user_string()}{where} has no value under {folder.uri} from the run that "
-                                f"produced it; materialize it first")
+        raise FileNotFoundError(
+            f"asset {asset_key.to_user_string()}{where} has no value under {folder.uri} from the run that produced it; materialize it first"
+        )
 
 
 def value_folder(storage: StorageResource, asset_key: dg.AssetKey, partition: str | None) -> Storage:

@@ -14,8 +14,7 @@ import typing
 import pydantic
 from pydantic import ConfigDict, ValidationError
 
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
-           "less_than_equal": ("le", "<=")}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
 
 
 class Settings(pydantic.BaseModel):
@@ -92,8 +91,9 @@ def default_of(cls: type[pydantic.BaseModel], name: str):
     return field.get_default(call_default_factory=True)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type[Settings], only: typing.Iterable[str] | None = None,
-                skip: typing.Iterable[str] = ()) -> list[str]:
+def add_options(
+    parser: argparse.ArgumentParser, cls: type[Settings], only: typing.Iterable[str] | None = None, skip: typing.Iterable[str] = ()
+) -> list[str]:
     """One `--field-name` option per field of `cls`: type, choices, help and default from the field.
     Options left out of a command line take the model's default (argparse.SUPPRESS). Returns the names."""
     names = [n for n in (only or cls.model_fields) if n not in set(skip)]
@@ -108,8 +108,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Settings], only: typi
         elif typing.get_origin(annotation) is tuple:
             parser.add_argument(flag, action="append", default=argparse.SUPPRESS, help=help_text + "; repeatable")
         elif typing.get_origin(annotation) is dict:
-            parser.add_argument(flag, action=_KeyValue, metavar="KEY=VALUE", default=argparse.SUPPRESS,
-                                help=help_text + "; repeatable")
+            parser.add_argument(flag, action=_KeyValue, metavar="KEY=VALUE", default=argparse.SUPPRESS, help=help_text + "; repeatable")
         else:
             allowed = choices(annotation)
             scalar = type(allowed[0]) if allowed else _scalar(annotation)

@@ -484,3 +484,18 @@ def test_error_details_are_bounded_whatever_the_input(tmp_path):
     with pytest.raises(CorpusSourceError) as e:
         _build(tmp_path / ("n" * 200) / ("n" * 200) / "missing", tmp_path / "out2")
     assert len(str(e.value)) < 2000
+
+
+def test_a_landing_prefix_on_s3_without_credentials_fails_the_tick_by_name(s3_endpoint, monkeypatch, tmp_path):
+    from llm_pipeline.resources import AutomationSettings, StorageResource
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    # Another spelling of the endpoint: s3fs caches filesystems by their options, and one with credentials exists.
+    storage = StorageResource(root_uri="s3://llm-pipeline-test/nocreds", s3_endpoint_url=s3_endpoint.replace("127.0.0.1", "localhost"))
+    resources = {"storage": storage, "automation": AutomationSettings()}
+    with pytest.raises(Exception, match=r"cannot list the landing folder: corpus source_uri 's3://llm-pipeline-test/nocreds/landing'"
+                                        r".*NoCredentialsError"):
+        new_corpus_sensor.evaluate_tick(dg.build_sensor_context(resources=resources))

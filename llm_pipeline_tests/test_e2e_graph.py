@@ -10,7 +10,7 @@ from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
 from llm_pipeline.demo_console import TRAINER_PROGRESS
 from llm_pipeline_tests.helpers import batch_instance, datasets_cache
 from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK
-from llm_pipeline.evaluate.metrics import load_trained_model
+from llm_pipeline.train.weights import load_trained_model
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.data import load_split_tokens

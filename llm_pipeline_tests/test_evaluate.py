@@ -10,7 +10,8 @@ from llm_pipeline.evaluate.contamination import contamination
 from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK, continuation_items
 from llm_pipeline.evaluate.metrics import (EvalConfig, document_nats, evaluate, evaluate_published, held_out_documents,
-                                           load_trained_model, rolling_windows, split_documents)
+                                           rolling_windows, split_documents)
+from llm_pipeline.train.weights import load_trained_model
 from llm_pipeline.evaluate.suite import HELD_OUT, run_suite
 from llm_pipeline.publish.export import publish
 from llm_pipeline.publish.registry import resolve_version

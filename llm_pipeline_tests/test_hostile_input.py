@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from llm_pipeline.assets.configs import STAGE_CONFIGS, validate_run_config
 from llm_pipeline.corpus.filters import FilterConfig
-from llm_pipeline.evaluate.metrics import EvalConfig, load_trained_model
+from llm_pipeline.evaluate.metrics import EvalConfig
+from llm_pipeline.train.weights import load_trained_model
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.storage.folders import Storage, StorageError

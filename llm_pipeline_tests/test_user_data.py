@@ -168,7 +168,7 @@ def test_a_given_tokenizer_with_a_large_vocabulary_and_foreign_specials_goes_end
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm_pipeline.definitions import ASSETS, CHECKS
-    from llm_pipeline.evaluate.metrics import load_trained_model
+    from llm_pipeline.train.weights import load_trained_model
     from llm_pipeline.publish.verify import verify
     from llm_pipeline.tokenize.bpe import load_tokenizer
 

@@ -22,14 +22,13 @@ from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.evaluate.local_tasks import LOCAL_TASKS
 from llm_pipeline.evaluate.metrics import EvalConfig
 from llm_pipeline.finite import check_finite
-from llm_pipeline.settings import Settings, is_optional, choices, default_of
+from llm_pipeline.settings import Settings, choices, default_of, is_optional
 from llm_pipeline.storage.names import check_name
 from llm_pipeline.tokenize.bpe import special_token_list, validate_vocab_size
 from llm_pipeline.tokenize.shards import ShardConfig
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.hardware import on_gpu
 from llm_pipeline.train.model import PRESETS, ModelConfig, preset_config
-
 
 DEFAULT_MODEL_NAME = "llm-pipeline-demo"
 
@@ -54,8 +53,9 @@ def launchpad_fields(cls: type[Settings], overrides: bool = False) -> dict:
             default = list(default)
         if overrides:
             annotation, default = Optional[annotation], None
-        description = (f"overrides the preset's {name}" + (f": {field.description}" if field.description else "")
-                       if overrides else field.description)
+        description = (
+            f"overrides the preset's {name}" + (f": {field.description}" if field.description else "") if overrides else field.description
+        )
         fields[name] = (annotation, Field(default=default, description=description))
     return fields
 
@@ -78,15 +78,20 @@ def _values(config: dg.Config, cls: type[Settings]) -> dict:
 
 
 class _RawCorpus(dg.Config):
-    source_uri: str = Field(default="", description="fsspec URI of a folder or file, taken literally (no patterns); empty: the Python standard library")
+    source_uri: str = Field(
+        default="", description="fsspec URI of a folder or file, taken literally (no patterns); empty: the Python standard library"
+    )
 
     def to_library(self) -> CorpusConfig:
         values = {k: v for k, v in _values(self, CorpusConfig).items() if k != "source_uri"}
-        return CorpusConfig(source_uri=self.source_uri or default_corpus_uri(), filters=FilterConfig(**_values(self, FilterConfig)), **values)
+        return CorpusConfig(
+            source_uri=self.source_uri or default_corpus_uri(), filters=FilterConfig(**_values(self, FilterConfig)), **values
+        )
 
 
-RawCorpusConfig = create_model("RawCorpusConfig", __base__=_RawCorpus, __module__=__name__,
-                               **launchpad_fields(CorpusConfig), **launchpad_fields(FilterConfig))
+RawCorpusConfig = create_model(
+    "RawCorpusConfig", __base__=_RawCorpus, __module__=__name__, **launchpad_fields(CorpusConfig), **launchpad_fields(FilterConfig)
+)
 
 
 class TokenizerConfig(dg.Config):
@@ -107,15 +112,17 @@ class _TokenizedShards(dg.Config):
         return ShardConfig(**_values(self, ShardConfig))
 
 
-TokenizedShardsConfig = create_model("TokenizedShardsConfig", __base__=_TokenizedShards, __module__=__name__,
-                                     **launchpad_fields(ShardConfig))
+TokenizedShardsConfig = create_model(
+    "TokenizedShardsConfig", __base__=_TokenizedShards, __module__=__name__, **launchpad_fields(ShardConfig)
+)
 
 
 class _TrainedCheckpoint(dg.Config):
     # data: which corpus batches, and where the weights start
     batches: list[str] = Field(default=[], description="corpus batches (partitions) to train on; empty: every materialized batch")
     init_from: Literal["scratch", "latest_published"] = Field(
-        default="scratch", description="latest_published: continue pretraining from init_from_model's latest version (fresh warmup)")
+        default="scratch", description="latest_published: continue pretraining from init_from_model's latest version (fresh warmup)"
+    )
     init_from_model: str = Field(default=DEFAULT_MODEL_NAME, description="registry model that init_from latest_published starts from")
     # model: a named size, with any dimension overridden (the ModelConfig fields)
     preset: Literal[tuple(PRESETS)] = Field(default="demo", description="model size preset")
@@ -124,11 +131,24 @@ class _TrainedCheckpoint(dg.Config):
         overrides = {name: value for name, value in _values(self, ModelConfig).items() if value is not None}
         return preset_config(self.preset, vocab_size, **overrides)
 
-    def to_library(self, shards_uris: tuple[str, ...], run_uri: str, vocab_size: int, tokenizer_sha256: str,
-                   init_from_uri: str = "", shard_sources: tuple[str, ...] = ()) -> TrainConfig:
-        return TrainConfig(shards_uris=shards_uris, run_uri=run_uri, model=self.build_model_config(vocab_size),
-                           tokenizer_sha256=tokenizer_sha256, init_from_uri=init_from_uri, shard_sources=shard_sources,
-                           **_values(self, TrainConfig))
+    def to_library(
+        self,
+        shards_uris: tuple[str, ...],
+        run_uri: str,
+        vocab_size: int,
+        tokenizer_sha256: str,
+        init_from_uri: str = "",
+        shard_sources: tuple[str, ...] = (),
+    ) -> TrainConfig:
+        return TrainConfig(
+            shards_uris=shards_uris,
+            run_uri=run_uri,
+            model=self.build_model_config(vocab_size),
+            tokenizer_sha256=tokenizer_sha256,
+            init_from_uri=init_from_uri,
+            shard_sources=shard_sources,
+            **_values(self, TrainConfig),
+        )
 
     def launch_config(self) -> LaunchConfig:
         # This run is always node 0: it hosts rank 0, which reports to Dagster.
@@ -143,28 +163,45 @@ class _TrainedCheckpoint(dg.Config):
 
 
 TrainedCheckpointConfig = create_model(
-    "TrainedCheckpointConfig", __base__=_TrainedCheckpoint, __module__=__name__,
-    **launchpad_fields(ModelConfig, overrides=True), **launchpad_fields(TrainConfig), **launchpad_fields(LaunchConfig))
+    "TrainedCheckpointConfig",
+    __base__=_TrainedCheckpoint,
+    __module__=__name__,
+    **launchpad_fields(ModelConfig, overrides=True),
+    **launchpad_fields(TrainConfig),
+    **launchpad_fields(LaunchConfig),
+)
 
 
 class _EvalMetrics(dg.Config):
     # The publishing gates (asset checks read them); the evaluation settings are EvalConfig's.
-    max_loss: Optional[float] = Field(default=None, description="publishing gate; default 70% of ln(vocab_size), the loss of a uniform guess")
+    max_loss: Optional[float] = Field(
+        default=None, description="publishing gate; default 70% of ln(vocab_size), the loss of a uniform guess"
+    )
     max_perplexity: Optional[float] = Field(default=None, description="publishing gate on perplexity; none by default")
     compare_with: str = Field(default=DEFAULT_MODEL_NAME, description="registry model whose latest version is the baseline; empty: none")
-    regression_tolerance: float = Field(default=0.02, description="publishing gate: bits per byte may exceed the baseline's by this fraction")
-    min_scores: dict[str, float] = Field(default={}, description=(
-        'publishing gate on harness results: {"task/metric": minimum}, e.g. {"llm_pipeline_heldout_continuation/acc": 0.3}'))
-    max_contamination: float = Field(default=0.2, description=(
-        "publishing gate: at most this fraction of held-out documents (and of each task's items) contaminated by training data"))
+    regression_tolerance: float = Field(
+        default=0.02, description="publishing gate: bits per byte may exceed the baseline's by this fraction"
+    )
+    min_scores: dict[str, float] = Field(
+        default={},
+        description=('publishing gate on harness results: {"task/metric": minimum}, e.g. {"llm_pipeline_heldout_continuation/acc": 0.3}'),
+    )
+    max_contamination: float = Field(
+        default=0.2,
+        description=(
+            "publishing gate: at most this fraction of held-out documents (and of each task's items) contaminated by training data"
+        ),
+    )
 
     def validate_library(self) -> None:
         library = self.to_library()
         for key in self.min_scores:
             task, _, metric = key.partition("/")
             if not metric or task not in library.harness_tasks:
-                raise ValueError(f"min_scores key {key!r} must be 'task/metric' with a task of harness_tasks "
-                                 f"({', '.join(library.harness_tasks) or 'none'})")
+                raise ValueError(
+                    f"min_scores key {key!r} must be 'task/metric' with a task of harness_tasks "
+                    f"({', '.join(library.harness_tasks) or 'none'})"
+                )
         check_tasks_available([t for t in library.harness_tasks if t in LOCAL_TASKS], self.gated_metrics())
         if not 0 <= self.max_contamination <= 1:
             raise ValueError(f"max_contamination must be between 0 and 1, got {self.max_contamination}")
@@ -221,7 +258,7 @@ def _build(stage: str, values: dict):
 def check_eval_tasks(run_config: dict) -> None:
     """The harness tasks a run's eval_metrics will run (its config, or the default) load offline, and
     report every metric its min_scores gates name; ValueError naming the first that does not."""
-    values = (((run_config or {}).get("ops", {}).get("eval_metrics") or {}).get("config") or {})
+    values = ((run_config or {}).get("ops", {}).get("eval_metrics") or {}).get("config") or {}
     config = EvalMetricsConfig(**values)
     check_tasks_available(config.to_library().harness_tasks, config.gated_metrics())
 

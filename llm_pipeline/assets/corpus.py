@@ -25,8 +25,10 @@ def _batch_config(config: RawCorpusConfig, storage: StorageResource, batch: str)
     if batch == BUILTIN_BATCH:
         return cfg
     if config.source_uri:
-        raise dg.Failure(description=f"raw_corpus: batch {batch!r} is a landed batch, its files are fixed by its record; "
-                                     f"source_uri applies to the '{BUILTIN_BATCH}' batch only")
+        raise dg.Failure(
+            description=f"raw_corpus: batch {batch!r} is a landed batch, its files are fixed by its record; "
+            f"source_uri applies to the '{BUILTIN_BATCH}' batch only"
+        )
     try:
         record = read_batch(storage.root(), batch)
     except (OSError, ValueError) as e:
@@ -46,7 +48,7 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
     batch = context.partition_key
     cfg = _batch_config(config, storage, batch)
     keys = batch_keys(context.instance)
-    earlier_keys = keys[:keys.index(batch)] if batch in keys else keys
+    earlier_keys = keys[: keys.index(batch)] if batch in keys else keys
     earlier = [(key, storage.at(value["uri"])) for key, value in partition_values(context, storage, "raw_corpus", earlier_keys).items()]
     out = storage.stage_folder("raw_corpus", context.run_id, batch)
     last_log = [time.monotonic()]
@@ -54,8 +56,10 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
     def log_progress(p: Progress) -> None:
         if time.monotonic() - last_log[0] >= _LOG_EVERY_S or p.files_done == p.files_total:
             last_log[0] = time.monotonic()
-            context.log.info(f"raw_corpus[{batch}]: {p.files_done}/{p.files_total} files, {p.documents} documents kept, "
-                             f"{p.decoded_bytes / 1e6 / max(p.seconds, 1e-9):.1f} MB/s")
+            context.log.info(
+                f"raw_corpus[{batch}]: {p.files_done}/{p.files_total} files, {p.documents} documents kept, "
+                f"{p.decoded_bytes / 1e6 / max(p.seconds, 1e-9):.1f} MB/s"
+            )
 
     try:
         manifest = build_corpus(cfg, out, storage.at(cfg.source_uri).storage_options, progress=log_progress, earlier=earlier)
@@ -63,10 +67,17 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
         raise dg.Failure(description=f"raw_corpus[{batch}]: {e}") from None
     not_as_landed = [f["uri"] for f in manifest["files"] if f.get("reason") in ("missing", "changed_since_landing")]
     if not_as_landed:
-        context.log.warning(f"raw_corpus[{batch}]: {len(not_as_landed)} files of the batch are missing or changed since they "
-                            f"landed and were not read: {', '.join(not_as_landed[:10])}" + (" ..." if len(not_as_landed) > 10 else ""))
-    value = {"uri": out.uri, "batch": batch, "manifest_sha256": out.sha256(MANIFEST), "documents": manifest["documents"],
-             "text_bytes": manifest["text_bytes"]}
+        context.log.warning(
+            f"raw_corpus[{batch}]: {len(not_as_landed)} files of the batch are missing or changed since they "
+            f"landed and were not read: {', '.join(not_as_landed[:10])}" + (" ..." if len(not_as_landed) > 10 else "")
+        )
+    value = {
+        "uri": out.uri,
+        "batch": batch,
+        "manifest_sha256": out.sha256(MANIFEST),
+        "documents": manifest["documents"],
+        "text_bytes": manifest["text_bytes"],
+    }
     return dg.Output(
         value,
         metadata={

@@ -5,13 +5,13 @@ import dagster as dg
 
 from llm_pipeline.assets.configs import EvalMetricsConfig, validate_run_config
 from llm_pipeline.assets.metadata import significant
+from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.evaluate.local_tasks import task_files
 from llm_pipeline.evaluate.metrics import HeldOut, evaluate_published
 from llm_pipeline.evaluate.suite import run_suite
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
-from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.train.token_store import DEFAULT_CACHE, open_split
 
@@ -56,9 +56,14 @@ def _contamination_metadata(report: dict) -> dict:
     return metadata
 
 
-@dg.asset(group_name="llm_pipeline", kinds={"pytorch"},
-          description=("Held-out loss, perplexity, bits per byte (over the trained batches' val splits), lm-evaluation-harness "
-                       "tasks, eval/train contamination and samples."))
+@dg.asset(
+    group_name="llm_pipeline",
+    kinds={"pytorch"},
+    description=(
+        "Held-out loss, perplexity, bits per byte (over the trained batches' val splits), lm-evaluation-harness "
+        "tasks, eval/train contamination and samples."
+    ),
+)
 def eval_metrics(
     context: dg.AssetExecutionContext,
     config: EvalMetricsConfig,
@@ -81,8 +86,9 @@ def eval_metrics(
     train_tokens, _ = open_split(shard_sets, "train", tokenizer["sha256"], None, *store)
     tok_json = tokenizer_json(storage, tokenizer)
     with tempfile.TemporaryDirectory() as work:
-        suite = run_suite(storage.at(trained_checkpoint["final_uri"]), val_tokens, train_tokens.chunks,
-                          tok_json, tokenizer["eos_id"], cfg, work)
+        suite = run_suite(
+            storage.at(trained_checkpoint["final_uri"]), val_tokens, train_tokens.chunks, tok_json, tokenizer["eos_id"], cfg, work
+        )
     metrics = suite.metrics
     for task, reason in metrics["harness_skipped"].items():
         context.log.warning(f"harness task {task} left out: {reason}")
@@ -145,18 +151,21 @@ def eval_loss_within_threshold(eval_metrics: dict) -> dg.AssetCheckResult:
 def eval_perplexity_within_threshold(eval_metrics: dict) -> dg.AssetCheckResult:
     ppl, limit = eval_metrics["perplexity"], eval_metrics["gates"]["max_perplexity"]
     if limit is None:
-        return dg.AssetCheckResult(passed=math.isfinite(ppl), severity=_ERROR,
-                                   description=f"perplexity {ppl:.2f}; no max_perplexity configured")
+        return dg.AssetCheckResult(
+            passed=math.isfinite(ppl), severity=_ERROR, description=f"perplexity {ppl:.2f}; no max_perplexity configured"
+        )
     passed = math.isfinite(ppl) and ppl <= limit
     return dg.AssetCheckResult(
-        passed=passed, severity=_ERROR,
+        passed=passed,
+        severity=_ERROR,
         description=f"perplexity {ppl:.2f} {'<=' if passed else '>'} max_perplexity {limit:.2f}",
         metadata={"perplexity": ppl if math.isfinite(ppl) else str(ppl), "max_perplexity": limit},
     )
 
 
-@dg.asset_check(asset=eval_metrics, blocking=True,
-                description="Bits per byte no worse than the published model's, within regression_tolerance.")
+@dg.asset_check(
+    asset=eval_metrics, blocking=True, description="Bits per byte no worse than the published model's, within regression_tolerance."
+)
 def no_regression_vs_published(eval_metrics: dict) -> dg.AssetCheckResult:
     baseline = eval_metrics["baseline"]
     if baseline is None:
@@ -166,15 +175,17 @@ def no_regression_vs_published(eval_metrics: dict) -> dg.AssetCheckResult:
     limit = theirs * (1 + tolerance)
     passed = math.isfinite(ours) and ours <= limit
     return dg.AssetCheckResult(
-        passed=passed, severity=_ERROR,
-        description=(f"bits per byte {ours:.4f} {'<=' if passed else '>'} {limit:.4f} "
-                     f"(published {baseline['version']}: {theirs:.4f}, tolerance {tolerance:.1%})"),
+        passed=passed,
+        severity=_ERROR,
+        description=(
+            f"bits per byte {ours:.4f} {'<=' if passed else '>'} {limit:.4f} "
+            f"(published {baseline['version']}: {theirs:.4f}, tolerance {tolerance:.1%})"
+        ),
         metadata={"bits_per_byte": ours, "baseline_bits_per_byte": theirs, "baseline_version": baseline["version"]},
     )
 
 
-@dg.asset_check(asset=eval_metrics, blocking=True,
-                description="Each lm-evaluation-harness score named in min_scores reaches its minimum.")
+@dg.asset_check(asset=eval_metrics, blocking=True, description="Each lm-evaluation-harness score named in min_scores reaches its minimum.")
 def harness_scores_meet_minimums(eval_metrics: dict) -> dg.AssetCheckResult:
     minimums = eval_metrics["gates"]["min_scores"]
     if not minimums:
@@ -193,28 +204,44 @@ def harness_scores_meet_minimums(eval_metrics: dict) -> dg.AssetCheckResult:
         if value < minimum:
             failed.append(key)
         lines.append(f"{key} {value:.4f} {'<' if value < minimum else '>='} {minimum:.4f}")
-    return dg.AssetCheckResult(passed=not failed, severity=_ERROR, description="; ".join(lines),
-                               metadata={**scores, "failed": ", ".join(failed)})
+    return dg.AssetCheckResult(
+        passed=not failed, severity=_ERROR, description="; ".join(lines), metadata={**scores, "failed": ", ".join(failed)}
+    )
 
 
-@dg.asset_check(asset=eval_metrics, blocking=True,
-                description="At most max_contamination of the eval documents (and of each task's items) share their n-grams with training data.")
+@dg.asset_check(
+    asset=eval_metrics,
+    blocking=True,
+    description="At most max_contamination of the eval documents (and of each task's items) share their n-grams with training data.",
+)
 def no_eval_contamination(eval_metrics: dict) -> dg.AssetCheckResult:
     report, limit = eval_metrics["contamination"], eval_metrics["gates"]["max_contamination"]
     if all(s["documents"] == s["too_short"] for s in report["sets"].values()):
         # Nothing measured is not "nothing contaminated": the gate does not pass vacuously.
-        return dg.AssetCheckResult(passed=False, severity=_ERROR, description=(
-            f"no eval document is long enough for a {report['n']}-gram: contamination cannot be measured; "
-            "lower contamination_ngram"), metadata={"max_contamination": limit})
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=_ERROR,
+            description=(
+                f"no eval document is long enough for a {report['n']}-gram: contamination cannot be measured; lower contamination_ngram"
+            ),
+            metadata={"max_contamination": limit},
+        )
     worst = max(report["sets"], key=lambda name: report["sets"][name]["fraction"])
     fraction = report["fraction"]
     passed = fraction <= limit
     r = report["sets"][worst]
     return dg.AssetCheckResult(
-        passed=passed, severity=_ERROR,
-        description=(f"{fraction:.1%} of {worst} contaminated ({r['contaminated']} of {r['documents'] - r['too_short']} with "
-                     f">= {report['min_overlap']:.0%} of their {report['n']}-grams in the training split) "
-                     f"{'<=' if passed else '>'} max_contamination {limit:.1%}"),
-        metadata={"contamination": fraction, "max_contamination": limit, "worst_set": worst,
-                  **{name: s["fraction"] for name, s in report["sets"].items()}},
+        passed=passed,
+        severity=_ERROR,
+        description=(
+            f"{fraction:.1%} of {worst} contaminated ({r['contaminated']} of {r['documents'] - r['too_short']} with "
+            f">= {report['min_overlap']:.0%} of their {report['n']}-grams in the training split) "
+            f"{'<=' if passed else '>'} max_contamination {limit:.1%}"
+        ),
+        metadata={
+            "contamination": fraction,
+            "max_contamination": limit,
+            "worst_set": worst,
+            **{name: s["fraction"] for name, s in report["sets"].items()},
+        },
     )

@@ -12,8 +12,9 @@ def batch_keys(instance: dg.DagsterInstance) -> list[str]:
     return list(instance.get_dynamic_partitions(corpus_batches.name))
 
 
-def partition_values(context: dg.AssetExecutionContext, storage: StorageResource, asset: str,
-                     keys: list[str] | None = None) -> dict[str, dict]:
+def partition_values(
+    context: dg.AssetExecutionContext, storage: StorageResource, asset: str, keys: list[str] | None = None
+) -> dict[str, dict]:
     """The value of each materialized partition of `asset` (all batches, or `keys`), in batch order:
     the one this run wrote where it wrote one, else the latest materialization's. Partitions never
     materialized (a batch that failed, or not processed yet) are left out."""
@@ -26,4 +27,3 @@ def partition_values(context: dg.AssetExecutionContext, storage: StorageResource
                 values[key] = folder.read_json(f"{run_id}.json")
                 break
     return values
-

@@ -4,9 +4,9 @@ from llm_pipeline.assets.configs import TokenizedShardsConfig, validate_run_conf
 from llm_pipeline.assets.partitions import corpus_batches
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.resources import StorageResource
+from llm_pipeline.storage.manifests import MANIFEST
 from llm_pipeline.tokenize.bpe import load_tokenizer
 from llm_pipeline.tokenize.encoder import DocumentEncoder
-from llm_pipeline.storage.manifests import MANIFEST
 from llm_pipeline.tokenize.shards import write_shards
 
 

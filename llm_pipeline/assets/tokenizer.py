@@ -30,8 +30,11 @@ def _sample_texts(corpora: dict[str, Storage], budget_bytes: int) -> tuple[list[
 
 # Trained once, when the first batch is in: a new tokenizer would re-tokenize every batch, so
 # replacing it is an explicit act (materialize it), never a side effect of new data.
-_FIRST_BATCH_IN = (dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress()
-                   & dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated()))
+_FIRST_BATCH_IN = (
+    dg.AutomationCondition.missing()
+    & ~dg.AutomationCondition.in_progress()
+    & dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
+)
 
 
 @dg.asset(
@@ -45,8 +48,9 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storag
     validate_run_config(context.run_config)
     corpora = partition_values(context, storage, "raw_corpus")
     if not corpora:  # a given tokenizer.json needs text too: tiktoken's identity is proven on it
-        raise dg.Failure(description="tokenizer: no corpus batch has been materialized yet; materialize raw_corpus "
-                                     "for a batch (e.g. 'builtin') first")
+        raise dg.Failure(
+            description="tokenizer: no corpus batch has been materialized yet; materialize raw_corpus for a batch (e.g. 'builtin') first"
+        )
     sample, sampled_batches = _sample_texts({k: storage.at(v["uri"]) for k, v in corpora.items()}, config.train_bytes)
     if config.tokenizer_json_uri:
         try:

@@ -1,8 +1,8 @@
 import dagster as dg
 
 from llm_pipeline.assets.configs import TrainedCheckpointConfig, check_eval_tasks, validate_run_config
-from llm_pipeline.assets.partitions import partition_values
 from llm_pipeline.assets.metadata import significant
+from llm_pipeline.assets.partitions import partition_values
 from llm_pipeline.assets.plots import loss_curve_markdown
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
@@ -22,17 +22,23 @@ def training_data(context, config: TrainedCheckpointConfig, storage: StorageReso
     shards = partition_values(context, storage, "tokenized_shards", config.batches or None)
     missing = [b for b in config.batches if b not in shards]
     if missing:
-        raise _input_error(f"trained_checkpoint: batches {', '.join(missing)} have no tokenized_shards "
-                                     "materialization; materialize them or leave them out of `batches`")
+        raise _input_error(
+            f"trained_checkpoint: batches {', '.join(missing)} have no tokenized_shards "
+            "materialization; materialize them or leave them out of `batches`"
+        )
     stale = {b: v["tokenizer_sha256"] for b, v in shards.items() if v["tokenizer_sha256"] != tokenizer["sha256"]}
     if stale:
         listed = ", ".join(f"{b} (tokenizer {sha[:12]})" for b, sha in stale.items())
-        raise _input_error(f"trained_checkpoint: shards with mixed tokenizers: {listed}; the current tokenizer is "
-                                     f"{tokenizer['sha256'][:12]}. Re-tokenize them (backfill tokenized_shards) first")
+        raise _input_error(
+            f"trained_checkpoint: shards with mixed tokenizers: {listed}; the current tokenizer is "
+            f"{tokenizer['sha256'][:12]}. Re-tokenize them (backfill tokenized_shards) first"
+        )
     data = [{"batch": b, **v} for b, v in shards.items() if v["train_tokens"] > 0]
     if not data:
-        raise _input_error("trained_checkpoint: no corpus batch has training tokens yet; materialize "
-                                     "raw_corpus and tokenized_shards for a batch (e.g. 'builtin') first")
+        raise _input_error(
+            "trained_checkpoint: no corpus batch has training tokens yet; materialize "
+            "raw_corpus and tokenized_shards for a batch (e.g. 'builtin') first"
+        )
     return data
 
 
@@ -87,8 +93,10 @@ def trained_checkpoint(
     run.write_bytes("train_config.json", train_cfg.to_json().encode())
     final = run.child("final")
     final.remove("summary.json")  # only the marker this launch writes counts as success
-    context.log.info(f"training on {len(data)} batches ({', '.join(d['batch'] for d in data)}): "
-                     f"{sum(d['train_tokens'] for d in data):,} training tokens" + (f"; starting from {init_from}" if init_from else ""))
+    context.log.info(
+        f"training on {len(data)} batches ({', '.join(d['batch'] for d in data)}): "
+        f"{sum(d['train_tokens'] for d in data):,} training tokens" + (f"; starting from {init_from}" if init_from else "")
+    )
 
     launch = config.launch_config()
     command = launch_command(launch, run.child("train_config.json").uri)

@@ -37,8 +37,9 @@ class _Bar:
         width = 30
         filled = int(width * p.files_done / max(p.files_total, 1))
         rate = p.decoded_bytes / 1e6 / max(p.seconds, 1e-9)
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {p.files_done}/{p.files_total} files  "
-                          f"{p.documents} documents  {rate:.1f} MB/s ")
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {p.files_done}/{p.files_total} files  {p.documents} documents  {rate:.1f} MB/s "
+        )
         self.stream.flush()
 
     def close(self) -> None:
@@ -50,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     bar = _Bar(sys.stderr)
     try:
-        cfg = CorpusConfig(source_uri=args.source_uri, filters=FilterConfig(**given_options(args, FilterConfig.model_fields)),
-                           **given_options(args, set(CorpusConfig.model_fields) - {"source_uri"}))
+        cfg = CorpusConfig(
+            source_uri=args.source_uri,
+            filters=FilterConfig(**given_options(args, FilterConfig.model_fields)),
+            **given_options(args, set(CorpusConfig.model_fields) - {"source_uri"}),
+        )
         out = Storage(args.out)
         manifest = build_corpus(cfg, out, progress=bar)
     except (ValueError, OSError) as e:  # a bad option, source or output: one line that names it, no traceback

@@ -21,22 +21,24 @@ BUILTIN_BATCH = "builtin"
 
 def batch_key(files: dict[str, str], now: dt.datetime | None = None) -> str:
     """Short, stable and sortable: landing time plus a hash of the files and their versions."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     digest = hashlib.sha256("\n".join(f"{rel} {ident}" for rel, ident in sorted(files.items())).encode()).hexdigest()
     return f"{now:%Y%m%d-%H%M%S}-{digest[:8]}"
 
 
 def write_batch(root: Storage, key: str, source_uri: str, files: dict[str, str]) -> None:
-    root.child(BATCHES).write_json(f"{check_name(key, 'batch key')}.json",
-                                   {"key": key, "source_uri": source_uri, "files": dict(sorted(files.items()))})
+    root.child(BATCHES).write_json(
+        f"{check_name(key, 'batch key')}.json", {"key": key, "source_uri": source_uri, "files": dict(sorted(files.items()))}
+    )
 
 
 def read_batch(root: Storage, key: str) -> dict:
     folder = root.child(BATCHES)
     name = f"{check_name(key, 'batch key')}.json"
     if not folder.exists(name):
-        raise FileNotFoundError(f"batch {key!r} has no record at {folder.uri}/{name}; only the landing sensor "
-                                f"and '{BUILTIN_BATCH}' make batches")
+        raise FileNotFoundError(
+            f"batch {key!r} has no record at {folder.uri}/{name}; only the landing sensor and '{BUILTIN_BATCH}' make batches"
+        )
     record = folder.read_json(name)
     if not (isinstance(record, dict) and isinstance(record.get("source_uri"), str) and isinstance(record.get("files"), dict)):
         raise ValueError(f"batch record {folder.uri}/{name} is not a batch record (source_uri, files)")

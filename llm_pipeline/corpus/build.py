@@ -20,8 +20,8 @@ import sysconfig
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -68,24 +68,38 @@ def default_corpus_uri() -> str:
 
 
 class CorpusConfig(Settings):
-    source_uri: str = Field(default_factory=default_corpus_uri, min_length=1,
-                            description="fsspec URI of a folder or file, taken literally (no patterns)")
-    glob: str | None = Field(default=None, description=(
-        "which files under source_uri to read (the only pattern, with exclude); unset: every file (the reader chosen by "
-        f"each name), and {BUILTIN_GLOB!r} for the built-in corpus"))
-    exclude: tuple[str, ...] | None = Field(default=None, description=(
-        f"relative path patterns to skip; unset: none, and {', '.join(BUILTIN_EXCLUDE)} for the built-in corpus"))
-    format: Format = Field(default="auto", description="auto: from each file name (.jsonl/.json/.ndjson, .parquet, else text; .gz/.bz2/.xz/.zst decompressed)")
+    source_uri: str = Field(
+        default_factory=default_corpus_uri, min_length=1, description="fsspec URI of a folder or file, taken literally (no patterns)"
+    )
+    glob: str | None = Field(
+        default=None,
+        description=(
+            "which files under source_uri to read (the only pattern, with exclude); unset: every file (the reader chosen by "
+            f"each name), and {BUILTIN_GLOB!r} for the built-in corpus"
+        ),
+    )
+    exclude: tuple[str, ...] | None = Field(
+        default=None, description=(f"relative path patterns to skip; unset: none, and {', '.join(BUILTIN_EXCLUDE)} for the built-in corpus")
+    )
+    format: Format = Field(
+        default="auto", description="auto: from each file name (.jsonl/.json/.ndjson, .parquet, else text; .gz/.bz2/.xz/.zst decompressed)"
+    )
     text_field: str = Field(default="text", min_length=1, description="the JSON Lines field or Parquet column holding the text")
     include_hidden: bool = Field(default=False, description="read hidden files and in-flight uploads (*.tmp, *.part, ...) too")
     # A fixed set of files instead of everything glob matches: a landed batch. Relative path -> the
     # identity it landed with ("size:version"; "" for any): a file changed since is not read.
     files: dict[str, str] | None = None
-    max_bytes: int | None = Field(default=None, gt=0, description="read at most this many stored bytes (files over the budget are skipped and listed); "
-                                  f"unset: {BUILTIN_CORPUS_MAX_BYTES // 10**6} MB for the built-in corpus, no cap for a given source")
+    max_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="read at most this many stored bytes (files over the budget are skipped and listed); "
+        f"unset: {BUILTIN_CORPUS_MAX_BYTES // 10**6} MB for the built-in corpus, no cap for a given source",
+    )
     shard_bytes: int = Field(default=64_000_000, gt=0, description="bytes of text per documents Parquet file")
     row_group_rows: int = Field(default=1024, gt=0, description="documents per Parquet row group")
-    quarantine_content_bytes: int = Field(default=65_536, ge=PREFIX_BYTES, description="bytes of each dropped document kept in the quarantine")
+    quarantine_content_bytes: int = Field(
+        default=65_536, ge=PREFIX_BYTES, description="bytes of each dropped document kept in the quarantine"
+    )
     workers: int = Field(default=0, ge=0, description="worker processes; 0: one per core (in-process for small inputs)")
     filters: FilterConfig = FilterConfig()
 
@@ -150,8 +164,10 @@ class _Deduplicator:
             self.kept_ids.append(doc_id)
         if self.near is not None:
             if sigs is None:
-                raise ValueError(f"batch {batch}'s dedup index has no MinHash signatures (near dedup was off); "
-                                 "rebuild it with near_dedup on, or turn near_dedup off")
+                raise ValueError(
+                    f"batch {batch}'s dedup index has no MinHash signatures (near dedup was off); "
+                    "rebuild it with near_dedup on, or turn near_dedup off"
+                )
             self.near.add_many(sigs, band_keys(sigs))
         self.first_own = len(self.kept_ids)
 
@@ -169,8 +185,12 @@ class _Deduplicator:
         drops = []
         sigs = keys = None
         if self.near is not None:
-            sigs = np.frombuffer(batch.column("signature").buffers()[1], dtype=np.uint32,
-                                 count=len(ids) * NUM_PERM, offset=batch.column("signature").offset * NUM_PERM * 4)
+            sigs = np.frombuffer(
+                batch.column("signature").buffers()[1],
+                dtype=np.uint32,
+                count=len(ids) * NUM_PERM,
+                offset=batch.column("signature").offset * NUM_PERM * 4,
+            )
             sigs = sigs.reshape(len(ids), NUM_PERM)
             keys = band_keys(sigs)
         for row, doc_id in enumerate(ids):
@@ -184,8 +204,7 @@ class _Deduplicator:
                 if match is not None:
                     keep[row] = False
                     other, similarity = match
-                    drops.append((row, "near_duplicate", f"near duplicate of {self._describe(other)} "
-                                                         f"(estimated Jaccard {similarity:.2f})"))
+                    drops.append((row, "near_duplicate", f"near duplicate of {self._describe(other)} (estimated Jaccard {similarity:.2f})"))
                     continue
             self.ids[key] = len(self.kept_ids)
             self.kept_ids.append(doc_id)
@@ -197,7 +216,7 @@ class _Deduplicator:
         ids = pa.array(self.kept_ids[start:], pa.string())
         if self.near is None:
             return pa.table({"id": ids})
-        sigs = self.near.sigs[start:self.near.count]
+        sigs = self.near.sigs[start : self.near.count]
         flat = pa.array(np.ascontiguousarray(sigs).reshape(-1), pa.uint32())
         return pa.table({"id": ids, "signature": pa.FixedSizeListArray.from_arrays(flat, NUM_PERM)})
 
@@ -214,8 +233,13 @@ def read_dedup_index(corpus: Storage) -> tuple[list[str], np.ndarray | None]:
     return ids, np.asarray(flat, dtype=np.uint32).reshape(len(ids), NUM_PERM)
 
 
-def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None = None,
-                 progress: Callable[[Progress], None] | None = None, earlier: Sequence[tuple[str, Storage]] = ()) -> dict:
+def build_corpus(
+    cfg: CorpusConfig,
+    out: Storage,
+    storage_options: dict | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    earlier: Sequence[tuple[str, Storage]] = (),
+) -> dict:
     """Read, clean and write the corpus under `out`. Returns the manifest (also written last).
 
     `earlier` names the corpora of earlier batches, in order: a document one of them kept is a
@@ -223,15 +247,19 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
     an empty corpus (nothing new), not an error; `dedup_index.parquet` holds this build's kept ids
     and signatures for the batches after it.
     """
-    listing = list_sources(cfg.source_uri, cfg.file_glob, cfg.excluded, cfg.include_hidden, cfg.byte_budget, storage_options,
-                           only=cfg.files)
+    listing = list_sources(
+        cfg.source_uri, cfg.file_glob, cfg.excluded, cfg.include_hidden, cfg.byte_budget, storage_options, only=cfg.files
+    )
     check_output_folder(out, cfg, storage_options)  # after the (cheap) listing, before any file is read
     skip_reasons = dict(sorted(Counter(s.reason for s in listing.skipped).items()))
     if not listing.files:
-        raise CorpusSourceError(f"corpus source_uri {cfg.source_uri!r}: no file to read; {len(listing.skipped)} matched "
-                                f"entries were all skipped ({skip_reasons})")
-    opts = CleanOptions(listing.root_uri, dict(storage_options or {}), cfg.format, cfg.text_field, cfg.filters,
-                        cfg.quarantine_content_bytes)
+        raise CorpusSourceError(
+            f"corpus source_uri {cfg.source_uri!r}: no file to read; {len(listing.skipped)} matched "
+            f"entries were all skipped ({skip_reasons})"
+        )
+    opts = CleanOptions(
+        listing.root_uri, dict(storage_options or {}), cfg.format, cfg.text_field, cfg.filters, cfg.quarantine_content_bytes
+    )
     dedup = _Deduplicator(cfg.filters)
     for name, corpus in earlier:
         dedup.remember(name, *read_dedup_index(corpus))
@@ -239,8 +267,10 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
     dropped: dict[str, int] = {}
     examples: dict[str, str] = {}
     file_entries: list[dict] = []
-    with (ParquetShards(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as docs,
-          ParquetShards(out, "quarantine", QUARANTINE_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as quarantine):
+    with (
+        ParquetShards(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as docs,
+        ParquetShards(out, "quarantine", QUARANTINE_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as quarantine,
+    ):
         started = time.perf_counter()
         spool = tempfile.mkdtemp(prefix="llm-pipeline-corpus-")
         try:
@@ -256,12 +286,28 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
                 totals["text_bytes"] += kept["text_bytes"]
                 totals["bytes_read"] += source.size
                 totals["decoded_bytes"] += result.decoded_bytes
-                file_entries.append({"uri": source.uri, "size": source.size, "outcome": "read", "format": result.format,
-                                     "records": result.records, "documents": kept["documents"],
-                                     "dropped": dict(sorted(result.dropped.items()))})
+                file_entries.append(
+                    {
+                        "uri": source.uri,
+                        "size": source.size,
+                        "outcome": "read",
+                        "format": result.format,
+                        "records": result.records,
+                        "documents": kept["documents"],
+                        "dropped": dict(sorted(result.dropped.items())),
+                    }
+                )
                 if progress is not None:
-                    progress(Progress(len(file_entries), len(listing.files), totals["documents"], totals["bytes_read"],
-                                      totals["decoded_bytes"], time.perf_counter() - started))
+                    progress(
+                        Progress(
+                            len(file_entries),
+                            len(listing.files),
+                            totals["documents"],
+                            totals["bytes_read"],
+                            totals["decoded_bytes"],
+                            time.perf_counter() - started,
+                        )
+                    )
         finally:
             shutil.rmtree(spool, ignore_errors=True)
     shards, quarantine_files = docs.files, quarantine.files
@@ -293,8 +339,14 @@ def build_corpus(cfg: CorpusConfig, out: Storage, storage_options: dict | None =
         "dropped_examples": dict(sorted(examples.items())),
         "duplicates_of_earlier_batches": dedup.earlier_duplicates,
         "deduplicated_against": [{"batch": name, "uri": corpus.uri} for name, corpus in earlier],
-        "near_dedup": {"enabled": cfg.filters.near_dedup, "threshold": cfg.filters.near_dedup_threshold,
-                       "num_perm": NUM_PERM, "bands": BANDS, "shingle_words": SHINGLE, "library": "rensa"},
+        "near_dedup": {
+            "enabled": cfg.filters.near_dedup,
+            "threshold": cfg.filters.near_dedup_threshold,
+            "num_perm": NUM_PERM,
+            "bands": BANDS,
+            "shingle_words": SHINGLE,
+            "library": "rensa",
+        },
         "shards": shards,
         "quarantine": quarantine_files,
         "files": sorted(file_entries + skipped, key=lambda f: f["uri"]),
@@ -317,16 +369,17 @@ def check_output_folder(out: Storage, cfg: CorpusConfig, storage_options: dict |
     inner, outer = (os.path.realpath(out.path), os.path.realpath(source.path)) if out.is_local else (out.path, source.path)
     if not (inner.rstrip("/") + "/").startswith(outer.rstrip("/") + "/"):
         return
-    rel = inner[len(outer.rstrip("/")) + 1:]
+    rel = inner[len(outer.rstrip("/")) + 1 :]
     if cfg.include_hidden or not any(is_hidden_or_in_flight(part) for part in rel.split("/")):
-        raise CorpusSourceError(f"output folder {out.uri} is inside the source {cfg.source_uri}: "
-                                "the next build would read its own output")
+        raise CorpusSourceError(f"output folder {out.uri} is inside the source {cfg.source_uri}: the next build would read its own output")
 
 
 def summary(manifest: dict) -> dict:
     """The manifest without its per-file and per-shard lists: what a person or a log line wants."""
     return {k: v for k, v in manifest.items() if k not in ("files", "shards", "quarantine", "dropped_examples")} | {
-        "shards": len(manifest["shards"]), "quarantine_files": len(manifest["quarantine"])}
+        "shards": len(manifest["shards"]),
+        "quarantine_files": len(manifest["quarantine"]),
+    }
 
 
 def _worker_count(cfg: CorpusConfig, listing: SourceListing) -> int:
@@ -362,8 +415,10 @@ def _cleaned(listing: SourceListing, opts: CleanOptions, spool: str, workers: in
                 except queue.Empty:
                     dead = [p for p in procs if not p.is_alive()]
                     if dead:
-                        raise RuntimeError(f"a corpus worker process died (exit code {dead[0].exitcode}) while cleaning "
-                                           f"{listing.files[index].uri} or a file after it") from None
+                        raise RuntimeError(
+                            f"a corpus worker process died (exit code {dead[0].exitcode}) while cleaning "
+                            f"{listing.files[index].uri} or a file after it"
+                        ) from None
                     continue
                 ready[result.index] = result
             yield index, _checked(ready.pop(index))
@@ -382,8 +437,9 @@ def _checked(result: FileResult) -> FileResult:
     return result
 
 
-def _merge_file(spool: str, result: FileResult, file_uri: str, dedup: _Deduplicator, docs: ParquetShards,
-                quarantine: ParquetShards, content_cap: int) -> dict:
+def _merge_file(
+    spool: str, result: FileResult, file_uri: str, dedup: _Deduplicator, docs: ParquetShards, quarantine: ParquetShards, content_cap: int
+) -> dict:
     """Dedup one file's candidates against everything before them; move its rows to the output."""
     kept = {"documents": 0, "text_bytes": 0}
     with pa.memory_map(candidates_path(spool, result.index)) as f:
@@ -402,8 +458,16 @@ def _merge_file(spool: str, result: FileResult, file_uri: str, dedup: _Deduplica
                 rows = []
                 for row, reason, detail in drops:
                     content = texts[row].as_py().encode("utf-8")
-                    rows.append({"source": file_uri, "location": locations[row].as_py(), "reason": reason, "detail": detail,
-                                 "content": content[:content_cap], "content_bytes": len(content)})
+                    rows.append(
+                        {
+                            "source": file_uri,
+                            "location": locations[row].as_py(),
+                            "reason": reason,
+                            "detail": detail,
+                            "content": content[:content_cap],
+                            "content_bytes": len(content),
+                        }
+                    )
                     result.dropped[reason] = result.dropped.get(reason, 0) + 1
                     result.examples.setdefault(reason, f"{sources[row].as_py()}: {detail}")
                 quarantine.append(pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA))
@@ -420,6 +484,5 @@ def iter_documents(corpus: Storage, batch_size: int = 1024, columns=("id", "text
     """Stream the corpus's documents in bounded batches, in manifest order."""
     manifest = read_manifest(corpus, ("shards",), "corpus manifest")
     for shard in manifest["shards"]:
-        with corpus.fs.open(corpus.full(shard["name"]), "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=list(columns)):
-                yield batch
+        with corpus.open_read(shard["name"]) as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=list(columns))

@@ -23,10 +23,25 @@ from llm_pipeline.corpus.readers import PREFIX_BYTES, Record, ZstdReader, detect
 from llm_pipeline.corpus.sources import SourceFile
 from llm_pipeline.storage.folders import bounded, is_local_fs, open_regular
 
-CANDIDATE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.large_string()), ("source", pa.string()), ("location", pa.string()),
-                              ("signature", pa.binary(NUM_PERM * 4))])
-QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("location", pa.string()), ("reason", pa.string()),
-                               ("detail", pa.string()), ("content", pa.binary()), ("content_bytes", pa.int64())])
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.large_string()),
+        ("source", pa.string()),
+        ("location", pa.string()),
+        ("signature", pa.binary(NUM_PERM * 4)),
+    ]
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("location", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("content", pa.binary()),
+        ("content_bytes", pa.int64()),
+    ]
+)
 _SPOOL_ROWS = 2048
 _SPOOL_BYTES = 16 * 1024 * 1024
 _REMOTE_BLOCK = 8 * 1024 * 1024
@@ -101,8 +116,9 @@ class _Spool:
         if self.writer is None:
             self.writer = pa.ipc.new_file(self.path, self.schema)
         if len(self):
-            self.writer.write_batch(pa.record_batch([pa.array(self.columns[n], self.schema.field(n).type) for n in self.schema.names],
-                                                    schema=self.schema))
+            self.writer.write_batch(
+                pa.record_batch([pa.array(self.columns[n], self.schema.field(n).type) for n in self.schema.names], schema=self.schema)
+            )
         self.columns = {name: [] for name in self.schema.names}
         self.bytes = 0
 
@@ -142,8 +158,15 @@ def clean_file(file: SourceFile, index: int, opts: CleanOptions, spool: str, fs=
         where = record_source(file.uri, record.location)
         result.examples.setdefault(reason, f"{where}: {detail}" if detail else where)
         cap = opts.quarantine_content_bytes
-        quarantine.add(min(len(content), cap), source=file.uri, location=record.location, reason=reason, detail=detail,
-                       content=content[:cap], content_bytes=size)
+        quarantine.add(
+            min(len(content), cap),
+            source=file.uri,
+            location=record.location,
+            reason=reason,
+            detail=detail,
+            content=content[:cap],
+            content_bytes=size,
+        )
 
     try:
         for record in _records(fs, file, fmt, compression, opts):
@@ -176,11 +199,12 @@ def _records(fs, file: SourceFile, fmt: str, compression: str | None, opts: Clea
     remote = not is_local_fs(fs)
     try:
         if fmt == "parquet" and compression:
-            yield Record("", reason="unreadable", detail=f"{compression}-compressed Parquet is not supported; "
-                                                         f"Parquet compresses its own pages")
+            yield Record(
+                "", reason="unreadable", detail=f"{compression}-compressed Parquet is not supported; Parquet compresses its own pages"
+            )
             return
         # Locally only a regular file is opened: a FIFO or device swapped in since the listing cannot hang the read.
-        with (fs.open(file.path, "rb", block_size=_REMOTE_BLOCK) if remote else open_regular(file.path)) as raw:
+        with fs.open(file.path, "rb", block_size=_REMOTE_BLOCK) if remote else open_regular(file.path) as raw:
             if fmt == "parquet":
                 yield from read_parquet(raw, opts.text_field, opts.max_doc_bytes)
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+
 from pydantic import Field, model_validator
 
 from llm_pipeline.settings import Settings
@@ -13,10 +14,16 @@ class FilterConfig(Settings):
     min_chars: int = Field(default=64, ge=0, description="drop documents shorter than this")
     max_chars: int = Field(default=1_000_000, description="drop documents longer than this")
     # Printable or ordinary whitespace characters; binary junk and mis-decoded text score low.
-    min_printable_fraction: float = Field(default=0.95, ge=0, le=1, description="drop documents with a smaller share of printable characters")
+    min_printable_fraction: float = Field(
+        default=0.95, ge=0, le=1, description="drop documents with a smaller share of printable characters"
+    )
     near_dedup: bool = Field(default=True, description="drop near duplicates too (MinHash LSH), not only exact ones")
-    near_dedup_threshold: float = Field(default=0.85, gt=0, le=1,
-                                        description="estimated Jaccard similarity of word 5-gram sets above which a later document is a near duplicate")
+    near_dedup_threshold: float = Field(
+        default=0.85,
+        gt=0,
+        le=1,
+        description="estimated Jaccard similarity of word 5-gram sets above which a later document is a near duplicate",
+    )
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -22,8 +22,19 @@ _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
 _P = 0x100000001B3
 _P_INVERSE = pow(_P, -1, 1 << 64)  # P is odd, so it has an inverse modulo 2**64
-_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
-                 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9], dtype=np.uint64)
+_MIX = np.array(
+    [
+        0x9E3779B97F4A7C15,
+        0xC2B2AE3D27D4EB4F,
+        0x165667B19E3779F9,
+        0xD6E8FEB86659FD93,
+        0xFF51AFD7ED558CCD,
+        0xC4CEB9FE1A85EC53,
+        0x94D049BB133111EB,
+        0xBF58476D1CE4E5B9,
+    ],
+    dtype=np.uint64,
+)
 _BAND_MIX = _MIX[:ROWS]
 
 
@@ -108,8 +119,13 @@ def _signatures(encoded: list[bytes], k: int) -> np.ndarray:
     if short.size:  # fewer than k words (or none): one shingle of all the document's words
         first_word = np.concatenate([[0], np.cumsum(words_per_doc)[:-1]])
         with np.errstate(over="ignore"):
-            extra = np.array([np.sum(words[first_word[d] : first_word[d] + words_per_doc[d]] * _MIX[: words_per_doc[d]],
-                                     dtype=np.uint64) for d in short], dtype=np.uint64)
+            extra = np.array(
+                [
+                    np.sum(words[first_word[d] : first_word[d] + words_per_doc[d]] * _MIX[: words_per_doc[d]], dtype=np.uint64)
+                    for d in short
+                ],
+                dtype=np.uint64,
+            )
         grams = np.concatenate([grams, extra])
         gram_doc = np.concatenate([gram_doc, short])
         order = np.argsort(gram_doc, kind="stable")

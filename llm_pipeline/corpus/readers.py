@@ -11,8 +11,8 @@ from __future__ import annotations
 import codecs
 import posixpath
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import orjson
 import pyarrow as pa
@@ -83,8 +83,10 @@ class ZstdReader:
                 data = self.raw.read(_CHUNK)
                 if not data:
                     if self._frame is not None and self._frame_bytes:
-                        raise zstandard.ZstdError(f"the stream ends inside a zstd frame ({self._frame_bytes} bytes of it read): "
-                                                  "truncated, or its checksum missing")
+                        raise zstandard.ZstdError(
+                            f"the stream ends inside a zstd frame ({self._frame_bytes} bytes of it read): "
+                            "truncated, or its checksum missing"
+                        )
                     return b""
             if self._frame is None:
                 self._frame, self._frame_bytes = zstandard.ZstdDecompressor().decompressobj(), 0
@@ -111,7 +113,7 @@ def _chunks(stream) -> Iterator[bytes]:
     """The stream's bytes as UTF-8 chunks: a UTF-8 BOM dropped, UTF-16 (by its BOM) re-encoded."""
     first = _read(stream, _CHUNK)
     if first.startswith(codecs.BOM_UTF8):
-        first = first[len(codecs.BOM_UTF8):]
+        first = first[len(codecs.BOM_UTF8) :]
     elif first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         decoder = codecs.getincrementaldecoder("utf-16")(errors="strict")
         chunk = first
@@ -152,8 +154,13 @@ def read_text(stream, max_doc_bytes: int) -> Iterator[Record]:
         for chunk in _raw_chunks(stream):
             buf += chunk
             if len(buf) > max_doc_bytes:
-                yield Record("", reason="too_long", detail=f"document larger than {max_doc_bytes} bytes (read no further)",
-                             raw=bytes(buf[:PREFIX_BYTES]), raw_size=len(buf))
+                yield Record(
+                    "",
+                    reason="too_long",
+                    detail=f"document larger than {max_doc_bytes} bytes (read no further)",
+                    raw=bytes(buf[:PREFIX_BYTES]),
+                    raw_size=len(buf),
+                )
                 return
     except CorruptStream as e:
         yield Record("", reason="corrupt_stream", detail=f"after {len(buf)} bytes: {e}", raw=bytes(buf[:PREFIX_BYTES]), raw_size=len(buf))
@@ -228,8 +235,9 @@ def read_jsonl(stream, text_field: str, max_line_bytes: int) -> Iterator[Record]
         for line, size in _lines(stream, max_line_bytes):
             line_no += 1
             if size > len(line):
-                yield Record(f"line={line_no}", reason="too_long", detail=f"line of {size} bytes exceeds {max_line_bytes}",
-                             raw=line, raw_size=size)
+                yield Record(
+                    f"line={line_no}", reason="too_long", detail=f"line of {size} bytes exceeds {max_line_bytes}", raw=line, raw_size=size
+                )
                 continue
             if not line.strip():
                 continue
@@ -250,7 +258,9 @@ def _json_record(line: bytes, line_no: int, text_field: str) -> Record:
         return Record(location, reason="invalid_json", detail=f"a JSON {type(value).__name__}, not an object", raw=raw, raw_size=len(line))
     if text_field not in value:
         fields = ", ".join(sorted(map(str, value))[:10])
-        return Record(location, reason="missing_text_field", detail=f"no field {text_field!r}; fields: {fields}", raw=raw, raw_size=len(line))
+        return Record(
+            location, reason="missing_text_field", detail=f"no field {text_field!r}; fields: {fields}", raw=raw, raw_size=len(line)
+        )
     text = value[text_field]
     if text is None:
         return Record(location, reason="null_text", detail=f"{text_field!r} is null", raw=raw, raw_size=len(line))
@@ -268,20 +278,31 @@ def read_parquet(file, text_field: str, max_doc_bytes: int, batch_rows: int = 10
         return
     schema = pf.schema_arrow
     if text_field not in schema.names:
-        yield Record("", reason="missing_text_field", detail=f"no column {text_field!r}; columns: {', '.join(schema.names[:20])}",
-                     raw_size=pf.metadata.num_rows)
+        yield Record(
+            "",
+            reason="missing_text_field",
+            detail=f"no column {text_field!r}; columns: {', '.join(schema.names[:20])}",
+            raw_size=pf.metadata.num_rows,
+        )
         return
     column_type = schema.field(text_field).type
     if not is_text_type(column_type):
-        yield Record("", reason="non_string_text", detail=f"column {text_field!r} is {column_type}, not a string column",
-                     raw_size=pf.metadata.num_rows)
+        yield Record(
+            "",
+            reason="non_string_text",
+            detail=f"column {text_field!r} is {column_type}, not a string column",
+            raw_size=pf.metadata.num_rows,
+        )
         return
     row = 0
     for group in range(pf.metadata.num_row_groups):
         meta = pf.metadata.row_group(group)
         if meta.total_byte_size > MAX_ROW_GROUP_BYTES:
-            yield Record(f"row={row}", reason="row_group_too_large",
-                         detail=f"row group {group} ({meta.num_rows} rows, {meta.total_byte_size} bytes) exceeds {MAX_ROW_GROUP_BYTES}")
+            yield Record(
+                f"row={row}",
+                reason="row_group_too_large",
+                detail=f"row group {group} ({meta.num_rows} rows, {meta.total_byte_size} bytes) exceeds {MAX_ROW_GROUP_BYTES}",
+            )
             row += meta.num_rows
             continue
         try:
@@ -307,6 +328,11 @@ def _parquet_record(text: str | None, row: int, text_field: str, max_doc_bytes: 
     if text is None:
         return Record(f"row={row}", reason="null_text", detail=f"{text_field!r} is null")
     if len(text) > max_doc_bytes // 4 and len(encoded := text.encode("utf-8")) > max_doc_bytes:
-        return Record(f"row={row}", reason="too_long", detail=f"document of {len(encoded)} bytes exceeds {max_doc_bytes}",
-                      raw=encoded[:PREFIX_BYTES], raw_size=len(encoded))
+        return Record(
+            f"row={row}",
+            reason="too_long",
+            detail=f"document of {len(encoded)} bytes exceeds {max_doc_bytes}",
+            raw=encoded[:PREFIX_BYTES],
+            raw_size=len(encoded),
+        )
     return Record(f"row={row}", text=text)

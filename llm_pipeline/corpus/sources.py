@@ -15,8 +15,8 @@ import fnmatch
 import os
 import posixpath
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Collection
 
 from fsspec.core import url_to_fs
 from fsspec.utils import glob_translate
@@ -145,9 +145,7 @@ def list_sources(
                 # Not read: counted when it names a matched file, or a folder that may hold some.
                 if (only is None or rel in only) and (is_dir or _matches(rel, pattern, exclude)):
                     skipped.append(SkippedEntry(uri, rel, kind))
-            elif rel and not _matches(rel, pattern, exclude):
-                continue
-            elif only is not None and rel not in only:
+            elif rel and not _matches(rel, pattern, exclude) or only is not None and rel not in only:
                 continue
             elif not include_hidden and any(is_hidden_or_in_flight(part) for part in rel.split("/")):
                 skipped.append(SkippedEntry(uri, rel, "hidden_or_in_flight", size))

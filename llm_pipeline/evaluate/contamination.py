@@ -35,12 +35,13 @@ def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     hashes = np.zeros(count, dtype=np.uint64)
     for j in range(n):
         hashes *= _MULTIPLIER  # wraps modulo 2**64, as intended
-        hashes += ids[j:j + count]
+        hashes += ids[j : j + count]
     return hashes
 
 
-def contamination(train: Iterable[np.ndarray], eval_sets: dict[str, list[np.ndarray]], n: int = 13,
-                  min_overlap: float = 0.5) -> dict[str, dict]:
+def contamination(
+    train: Iterable[np.ndarray], eval_sets: dict[str, list[np.ndarray]], n: int = 13, min_overlap: float = 0.5
+) -> dict[str, dict]:
     """For each named set of eval documents (token ids), against `train` (token arrays of one
     stream, in order): how many documents share any n-gram with it, and how many have at least
     `min_overlap` of their n-grams in it. Documents shorter than n cannot be checked and are
@@ -83,10 +84,10 @@ def _seen_in(train: Iterable[np.ndarray], wanted: np.ndarray, n: int) -> np.ndar
     carry = np.empty(0, dtype=np.int64)  # the last n-1 tokens: n-grams across chunk and shard borders
     for tokens in train:
         for start in range(0, len(tokens), _CHUNK):
-            piece = np.concatenate([carry, tokens[start:start + _CHUNK].astype(np.int64)])
+            piece = np.concatenate([carry, tokens[start : start + _CHUNK].astype(np.int64)])
             hashes = ngram_hashes(piece, n)
             hashes = hashes[table[hashes >> shift]]
             where = np.minimum(np.searchsorted(wanted, hashes), len(wanted) - 1)
             seen[where[wanted[where] == hashes]] = True
-            carry = piece[-(n - 1):] if n > 1 else piece[:0]
+            carry = piece[-(n - 1) :] if n > 1 else piece[:0]
     return seen

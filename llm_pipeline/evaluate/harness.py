@@ -28,8 +28,10 @@ def go_offline() -> None:
     """The Hugging Face libraries read these once, at import; a library already imported in this
     process is switched too."""
     os.environ.update(_OFFLINE)
-    for module, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
-                          ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))):
+    for module, names in (
+        ("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+        ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")),
+    ):
         if module in sys.modules:
             for name in names:
                 setattr(sys.modules[module], name, True)
@@ -59,14 +61,17 @@ def check_tasks_available(tasks: tuple[str, ...] | list[str], metrics: dict[str,
     manager = _standard_tasks()
     for task in standard:
         if task not in manager.all_tasks:
-            raise ValueError(f"harness task {task!r} is not a task, group or tag lm-evaluation-harness knows "
-                             f"(local tasks: {', '.join(LOCAL_TASKS)})")
+            raise ValueError(
+                f"harness task {task!r} is not a task, group or tag lm-evaluation-harness knows (local tasks: {', '.join(LOCAL_TASKS)})"
+            )
         try:
             loaded = get_task_dict([task], manager)
         except Exception as e:  # noqa: BLE001 - datasets' offline errors have many types
-            raise ValueError(f"harness task {task!r} cannot be loaded offline: its dataset is not in the Hugging Face "
-                             f"datasets cache ({datasets.config.HF_DATASETS_CACHE}). Cache it on a machine with network: "
-                             f"python -m llm_pipeline.evaluate.harness cache {task}  ({type(e).__name__}: {e})") from None
+            raise ValueError(
+                f"harness task {task!r} cannot be loaded offline: its dataset is not in the Hugging Face "
+                f"datasets cache ({datasets.config.HF_DATASETS_CACHE}). Cache it on a machine with network: "
+                f"python -m llm_pipeline.evaluate.harness cache {task}  ({type(e).__name__}: {e})"
+            ) from None
         if metrics.get(task):
             _check_metrics(task, metrics[task], _reported_metrics(loaded))
 
@@ -85,14 +90,17 @@ def _reported_metrics(task_dict: dict) -> set[str]:
 def _check_metrics(task: str, asked: list[str], reported) -> None:
     for metric in asked:
         if metric.partition("@")[0] not in reported:  # "metric@filter" names a filtered variant of the metric
-            raise ValueError(f"min_scores key {task + '/' + metric!r}: task {task!r} does not report {metric!r} "
-                             f"(it reports {', '.join(sorted(reported)) or 'nothing'})")
+            raise ValueError(
+                f"min_scores key {task + '/' + metric!r}: task {task!r} does not report {metric!r} "
+                f"(it reports {', '.join(sorted(reported)) or 'nothing'})"
+            )
 
 
 def preload() -> threading.Thread:
     """Import the harness and the transformers model code in a background thread (about 7 s of
     Python on 2 cores): started while our own scoring keeps the cores busy in torch, which releases
     the GIL, so the imports cost little by the time run_harness needs them."""
+
     def imports():
         go_offline()
         import lm_eval.models.huggingface  # noqa: F401
@@ -103,8 +111,9 @@ def preload() -> threading.Thread:
     return thread
 
 
-def run_harness(model_dir: str, tasks: list[str], local_tasks_dir: str, window: int, batch_size: int, seed: int = 0,
-                dtype: str = "fp32") -> dict:
+def run_harness(
+    model_dir: str, tasks: list[str], local_tasks_dir: str, window: int, batch_size: int, seed: int = 0, dtype: str = "fp32"
+) -> dict:
     """Every task in `tasks` on the model in `model_dir`. Returns {"results": {task: {metric:
     {"value", "stderr"}}}, "items": {task: [each item's text, as the model read it]}}."""
     go_offline()
@@ -115,11 +124,25 @@ def run_harness(model_dir: str, tasks: list[str], local_tasks_dir: str, window: 
     standard = [t for t in tasks if t not in LOCAL_TASKS]
     # The harness's own ~15k task files are indexed only when a standard task is asked for (seconds).
     manager = TaskManager(include_path=local_tasks_dir, include_defaults=bool(standard))
-    model = HFLM(pretrained=model_dir, backend="causal", max_length=window, batch_size=batch_size, device="cuda" if on_gpu() else "cpu",
-                 dtype="bfloat16" if dtype == "bf16" else "float32")
-    out = lm_eval.simple_evaluate(model=model, tasks=list(tasks), task_manager=manager, bootstrap_iters=_BOOTSTRAP_ITERS,
-                                  log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                  fewshot_random_seed=seed)
+    model = HFLM(
+        pretrained=model_dir,
+        backend="causal",
+        max_length=window,
+        batch_size=batch_size,
+        device="cuda" if on_gpu() else "cpu",
+        dtype="bfloat16" if dtype == "bf16" else "float32",
+    )
+    out = lm_eval.simple_evaluate(
+        model=model,
+        tasks=list(tasks),
+        task_manager=manager,
+        bootstrap_iters=_BOOTSTRAP_ITERS,
+        log_samples=True,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
     results = {}
     for task, values in out["results"].items():
         metrics = {}
@@ -129,20 +152,21 @@ def run_harness(model_dir: str, tasks: list[str], local_tasks_dir: str, window: 
                 continue
             name = metric if filter_name == "none" else f"{metric}@{filter_name}"
             stderr = values.get(f"{metric}_stderr,{filter_name}")
-            metrics[name] = {"value": float(value),
-                             "stderr": float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None}
+            metrics[name] = {
+                "value": float(value),
+                "stderr": float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None,
+            }
         if metrics:
             results[task] = metrics
     items = {task: [_item_text(s) for s in samples] for task, samples in out.get("samples", {}).items()}
-    return {"results": results, "items": items, "n_samples": {t: len(v) for t, v in items.items()},
-            "lm_eval_version": _version()}
+    return {"results": results, "items": items, "n_samples": {t: len(v) for t, v in items.items()}, "lm_eval_version": _version()}
 
 
 def _item_text(sample: dict) -> str:
     """The text of one task item: every distinct string the model was asked about, in order."""
     seen: dict[str, None] = {}
     for argument in sample.get("arguments", []):
-        for part in (argument if isinstance(argument, (tuple, list)) else [argument]):
+        for part in argument if isinstance(argument, (tuple, list)) else [argument]:
             if isinstance(part, str):
                 seen.setdefault(part, None)
     return "".join(seen)

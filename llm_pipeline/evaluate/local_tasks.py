@@ -22,8 +22,7 @@ PERPLEXITY_TASK = "llm_pipeline_heldout_perplexity"
 CONTINUATION_TASK = "llm_pipeline_heldout_continuation"
 LOCAL_TASKS = (PERPLEXITY_TASK, CONTINUATION_TASK)
 # What each local task reports: the harness's metric names, the keys a min_scores gate may name.
-LOCAL_TASK_METRICS = {PERPLEXITY_TASK: ("word_perplexity", "byte_perplexity", "bits_per_byte"),
-                      CONTINUATION_TASK: ("acc", "acc_norm")}
+LOCAL_TASK_METRICS = {PERPLEXITY_TASK: ("word_perplexity", "byte_perplexity", "bits_per_byte"), CONTINUATION_TASK: ("acc", "acc_norm")}
 CHOICES = 4
 
 _PIECE = 80  # a line longer than this is cut at spaces, so prose gives passages as code does
@@ -63,23 +62,30 @@ def _passages(text: str, shape: ContinuationShape) -> list[tuple[int, str, str]]
         end = i
         while end < len(pieces) and starts[end] - starts[i] < shape.min_chars:
             end += 1
-        context, continuation = text[starts[first]:starts[i]], text[starts[i]:starts[end]]
-        if (first < i and context.strip() and shape.min_chars <= len(continuation) <= shape.max_chars
-                and len(continuation.strip()) >= shape.min_chars // 2):
+        context, continuation = text[starts[first] : starts[i]], text[starts[i] : starts[end]]
+        if (
+            first < i
+            and context.strip()
+            and shape.min_chars <= len(continuation) <= shape.max_chars
+            and len(continuation.strip()) >= shape.min_chars // 2
+        ):
             found.append((starts[i], context, continuation))
     return found
 
 
-def continuation_items(texts: list[str], count: int, seed: int, shape: ContinuationShape = ContinuationShape(),
-                       too_long: Callable[[str], bool] | None = None) -> list[dict]:
+def continuation_items(
+    texts: list[str], count: int, seed: int, shape: ContinuationShape = ContinuationShape(), too_long: Callable[[str], bool] | None = None
+) -> list[dict]:
     """Up to `count` multiple-choice items from the documents `texts`, the same for the same input.
     Each document's first passage comes first (its start), then passages from anywhere. `too_long`
     leaves out continuations the model cannot read whole (the harness needs them in its window)."""
     passages = [[(doc, *p) for p in _passages(text, shape) if not (too_long and too_long(p[2]))] for doc, text in enumerate(texts)]
     if sum(1 for p in passages if p) < 2:
-        raise ValueError(f"the {CONTINUATION_TASK} task needs passages from at least 2 held-out documents, "
-                         f"found {sum(1 for p in passages if p)} in {len(texts)}; hold out more documents "
-                         f"(tokenized_shards val_fraction) or leave the task out of harness_tasks")
+        raise ValueError(
+            f"the {CONTINUATION_TASK} task needs passages from at least 2 held-out documents, "
+            f"found {sum(1 for p in passages if p)} in {len(texts)}; hold out more documents "
+            f"(tokenized_shards val_fraction) or leave the task out of harness_tasks"
+        )
     rng = random.Random(seed)
     firsts = [p[0] for p in passages if p]
     rest = [x for p in passages for x in p[1:]]
@@ -137,22 +143,33 @@ def _yaml(values: dict, indent: str = "") -> str:
 
 def task_files(data_dir: str, cache_dir: str | None = None, tasks: tuple[str, ...] = LOCAL_TASKS) -> dict[str, str]:
     """The `tasks`' YAML, reading their data from `data_dir` (a local folder or an fsspec URI)."""
+
     def dataset(name):
         kwargs = {"data_files": {"test": f"{data_dir}/{name}.jsonl"}}
         if cache_dir:
             kwargs["cache_dir"] = cache_dir
         return {"dataset_path": "json", "dataset_kwargs": kwargs, "test_split": "test"}
 
-    perplexity = {"task": PERPLEXITY_TASK, **dataset(PERPLEXITY_TASK), "output_type": "loglikelihood_rolling",
-                  "doc_to_text": "", "doc_to_target": "text",
-                  "metric_list": [{"metric": m} for m in LOCAL_TASK_METRICS[PERPLEXITY_TASK]],
-                  "metadata": {"version": 1}}
-    continuation = {"task": CONTINUATION_TASK, **dataset(CONTINUATION_TASK), "output_type": "multiple_choice",
-                    "doc_to_text": "context", "doc_to_choice": "choices", "doc_to_target": "label",
-                    "target_delimiter": "",  # the passage and its continuation are contiguous text
-                    "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
-                                    for m in LOCAL_TASK_METRICS[CONTINUATION_TASK]],
-                    "metadata": {"version": 1}}
+    perplexity = {
+        "task": PERPLEXITY_TASK,
+        **dataset(PERPLEXITY_TASK),
+        "output_type": "loglikelihood_rolling",
+        "doc_to_text": "",
+        "doc_to_target": "text",
+        "metric_list": [{"metric": m} for m in LOCAL_TASK_METRICS[PERPLEXITY_TASK]],
+        "metadata": {"version": 1},
+    }
+    continuation = {
+        "task": CONTINUATION_TASK,
+        **dataset(CONTINUATION_TASK),
+        "output_type": "multiple_choice",
+        "doc_to_text": "context",
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        "target_delimiter": "",  # the passage and its continuation are contiguous text
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in LOCAL_TASK_METRICS[CONTINUATION_TASK]],
+        "metadata": {"version": 1},
+    }
     return {f"{task['task']}.yaml": _yaml(task) + "\n" for task in (perplexity, continuation) if task["task"] in tasks}
 
 

@@ -13,14 +13,11 @@ with different tokenizers can be compared.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from pydantic import Field
 from tokenizers import Tokenizer
 
@@ -28,9 +25,11 @@ from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, LOCAL_TASKS
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import eos_id, tokenizer_hash
-from llm_pipeline.train.hardware import device_for, on_gpu, resolve_dtype
+from llm_pipeline.train.hardware import on_gpu, resolve_dtype
 from llm_pipeline.train.hf_config import model_config_from_hf
-from llm_pipeline.train.model import CausalLM, ModelConfig
+from llm_pipeline.train.model import CausalLM
+from llm_pipeline.train.weights import load_model, load_trained_model
+
 
 def rolling_windows(doc: np.ndarray, prefix_id: int, window: int):
     """(input ids, target ids, how many of the last targets are scored) covering `doc` once,
@@ -40,13 +39,14 @@ def rolling_windows(doc: np.ndarray, prefix_id: int, window: int):
     for start in range(0, n, window):
         end = min(start + window, n)
         first = max(0, end - window)  # the last window reads back to a full context
-        yield stream[first:end], stream[first + 1:end + 1], end - start
+        yield stream[first:end], stream[first + 1 : end + 1], end - start
 
 
 @dataclass(frozen=True)
 class HeldOut:
     """The held-out documents evaluated: their token ids and their text (the same documents for
     our metrics, the harness's tasks and the contamination check)."""
+
     ids: list[np.ndarray]
     texts: list[str]
 
@@ -54,7 +54,7 @@ class HeldOut:
     def bytes(self) -> int:
         return sum(len(t.encode("utf-8")) for t in self.texts)
 
-    def first(self, max_tokens: int) -> "HeldOut":
+    def first(self, max_tokens: int) -> HeldOut:
         """The first documents up to `max_tokens` tokens (whole documents, at least one); 0: all."""
         if not max_tokens:
             return self
@@ -88,72 +88,75 @@ def document_nats(model: CausalLM, docs: list[np.ndarray], prefix_id: int, windo
     windows.sort(key=lambda w: -len(w[0]))  # similar lengths share a batch: little padding
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
-        batch = windows[i:i + batch_size]
+        batch = windows[i : i + batch_size]
         width = len(batch[0][0])
         x = torch.zeros(len(batch), width, dtype=torch.long)
         scored = torch.zeros(len(batch), width, dtype=torch.bool)
         y = torch.zeros(len(batch), width, dtype=torch.long)
         for row, (inp, tgt, n) in enumerate(batch):
-            x[row, :len(inp)] = torch.from_numpy(inp)  # right padding: causal attention never reads it
-            y[row, :len(tgt)] = torch.from_numpy(tgt)
-            scored[row, len(tgt) - n:len(tgt)] = True
+            x[row, : len(inp)] = torch.from_numpy(inp)  # right padding: causal attention never reads it
+            y[row, : len(tgt)] = torch.from_numpy(tgt)
+            scored[row, len(tgt) - n : len(tgt)] = True
             count += n
         hidden = model.hidden_states(x.to(device))[scored.to(device)]
         targets = y.to(device)[scored.to(device)]
         for start in range(0, len(targets), _ROWS):
-            logits = model.lm_head(hidden[start:start + _ROWS]).float()
-            target_logits = logits.gather(1, targets[start:start + _ROWS, None]).squeeze(1)
+            logits = model.lm_head(hidden[start : start + _ROWS]).float()
+            target_logits = logits.gather(1, targets[start : start + _ROWS, None]).squeeze(1)
             total += (torch.logsumexp(logits, dim=-1) - target_logits).sum().item()
     return total, count
 
 
 class EvalConfig(Settings):
     seq_len: int = Field(default=0, ge=0, le=1 << 20, description="tokens per evaluation window; 0: the model's max_seq_len")
-    max_tokens: int = Field(default=0, ge=0, description="evaluate the first held-out documents up to this many tokens (whole documents, at least one); 0: all")
-    batch_size: int = Field(default=16, gt=0, le=4096, description="evaluation windows per forward pass (16: 1.5x the speed of 4 on 2 CPU cores, benchmarks/eval_bench.py)")
-    dtype: Literal["auto", "fp32", "bf16"] = Field(default="auto", description=(
-        "weights and activations of every evaluation (ours, the harness's, samples); auto: bf16 where the hardware runs "
-        "it fast (a GPU, a CPU with AMX or AVX-512 BF16), else fp32"))
+    max_tokens: int = Field(
+        default=0, ge=0, description="evaluate the first held-out documents up to this many tokens (whole documents, at least one); 0: all"
+    )
+    batch_size: int = Field(
+        default=16,
+        gt=0,
+        le=4096,
+        description="evaluation windows per forward pass (16: 1.5x the speed of 4 on 2 CPU cores, benchmarks/eval_bench.py)",
+    )
+    dtype: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description=(
+            "weights and activations of every evaluation (ours, the harness's, samples); auto: bf16 where the hardware runs "
+            "it fast (a GPU, a CPU with AMX or AVX-512 BF16), else fp32"
+        ),
+    )
     prompts: tuple[str, ...] = Field(default=("import os\n", "def main(", "class "), description="sample completions of these")
     max_new_tokens: int = Field(default=48, ge=0, le=4096, description="tokens generated per sample")
     temperature: float = Field(default=0.8, ge=0, description="sampling temperature; 0: greedy")
     top_k: int = Field(default=50, ge=0, description="sample among the k likeliest tokens; 0: all")
     seed: int = Field(default=0, description="sampling seed; also picks the multiple-choice task's items")
-    harness_tasks: tuple[str, ...] = Field(default=LOCAL_TASKS, description=(
-        "lm-evaluation-harness tasks run on the model: the local held-out tasks, and standard tasks whose datasets are cached"))
-    harness_batch_size: int = Field(default=64, gt=0, le=4096, description="the harness's requests per forward pass (64: its fastest measured on 2 CPU cores)")
+    harness_tasks: tuple[str, ...] = Field(
+        default=LOCAL_TASKS,
+        description=(
+            "lm-evaluation-harness tasks run on the model: the local held-out tasks, and standard tasks whose datasets are cached"
+        ),
+    )
+    harness_batch_size: int = Field(
+        default=64, gt=0, le=4096, description="the harness's requests per forward pass (64: its fastest measured on 2 CPU cores)"
+    )
     continuation_items: int = Field(default=200, gt=0, le=100_000, description=f"items of the {CONTINUATION_TASK} task")
-    contamination_ngram: int = Field(default=13, gt=0, le=64, description=(
-        "n of the n-grams (token ids) the contamination check compares (at most 64: longer n-grams leave most documents unchecked)"))
-    contamination_min_overlap: float = Field(default=0.5, gt=0, le=1, description=(
-        "an eval document is contaminated when at least this share of its n-grams occur in the training split"))
-
+    contamination_ngram: int = Field(
+        default=13,
+        gt=0,
+        le=64,
+        description=(
+            "n of the n-grams (token ids) the contamination check compares (at most 64: longer n-grams leave most documents unchecked)"
+        ),
+    )
+    contamination_min_overlap: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description=("an eval document is contaminated when at least this share of its n-grams occur in the training split"),
+    )
 
     def resolved_dtype(self) -> str:
         return "bf16" if resolve_dtype(self.dtype, on_gpu()) == "bf16" else "fp32"
-
-
-def load_model(folder: Storage, cfg: ModelConfig, dtype: str = "fp32") -> CausalLM:
-    """Weights from `<folder>/model.safetensors` (local or remote) into our model class, for inference: on the GPU
-    if there is one, in `dtype` (fp32 or bf16)."""
-    model = CausalLM(cfg)
-    load_weights(model, folder)
-    return model.to(device_for(0, on_gpu()), torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
-
-
-def load_weights(model: CausalLM, folder: Storage) -> None:
-    """`<folder>/model.safetensors` (a final checkpoint or a published model) into `model`, strictly."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.safetensors")
-        folder.get_file("model.safetensors", path)
-        try:
-            model.load_state_dict(load_file(path), strict=True)
-        except Exception as e:  # noqa: BLE001 - safetensors' and torch's errors say nothing of where
-            raise ValueError(f"{folder.uri}/model.safetensors cannot be loaded into the model: {type(e).__name__}: {e}") from None
-
-
-def load_trained_model(final: Storage, dtype: str = "fp32") -> CausalLM:
-    return load_model(final, ModelConfig.from_dict(final.read_json("model_config.json"), f"{final.uri}/model_config.json"), dtype)
 
 
 def held_out_loss(model: CausalLM, held_out: HeldOut, prefix_id: int, cfg: EvalConfig) -> dict:
@@ -180,8 +183,10 @@ def sample_generations(model: CausalLM, tokenizer: Tokenizer, cfg: EvalConfig, e
         device = next(model.parameters()).device
         generator = torch.Generator(device).manual_seed(cfg.seed + i)
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eos_id]
-        out = model.generate(torch.tensor([ids], device=device), cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, generator, stop_id=eos_id)
-        samples.append({"prompt": prompt, "completion": tokenizer.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)})
+        out = model.generate(
+            torch.tensor([ids], device=device), cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, generator, stop_id=eos_id
+        )
+        samples.append({"prompt": prompt, "completion": tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)})
     return samples
 
 

@@ -16,8 +16,8 @@ from llm_pipeline.evaluate.contamination import contamination
 from llm_pipeline.evaluate.harness import preload, run_harness
 from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK, continuation_items, write_local_tasks
 from llm_pipeline.evaluate.metrics import EvalConfig, HeldOut, evaluate, held_out_documents
-from llm_pipeline.publish.export import export_local
 from llm_pipeline.storage.folders import Storage
+from llm_pipeline.train.hf_folder import export_local
 
 HELD_OUT = "held_out"  # the contamination report's name for the held-out documents
 
@@ -29,8 +29,15 @@ class SuiteResult:
     task_data: dict[str, str]  # the local harness tasks' data files, {name: JSON Lines}
 
 
-def run_suite(final: Storage, val_tokens: np.ndarray, train_tokens: Callable[[], Iterator[np.ndarray]],
-              tokenizer_json: str, eos_id: int, cfg: EvalConfig, work_dir: str) -> SuiteResult:
+def run_suite(
+    final: Storage,
+    val_tokens: np.ndarray,
+    train_tokens: Callable[[], Iterator[np.ndarray]],
+    tokenizer_json: str,
+    eos_id: int,
+    cfg: EvalConfig,
+    work_dir: str,
+) -> SuiteResult:
     """`train_tokens()` streams the training split (for the contamination check); `work_dir` is a
     local scratch folder (the model in Hugging Face format, the local tasks)."""
     seconds = {}
@@ -51,8 +58,12 @@ def run_suite(final: Storage, val_tokens: np.ndarray, train_tokens: Callable[[],
             # From every held-out document: max_tokens bounds the scoring, not where items come from.
             limit = metrics["window"] // 2
             try:
-                items = continuation_items(every.texts, cfg.continuation_items, cfg.seed,
-                                           too_long=lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids) > limit)
+                items = continuation_items(
+                    every.texts,
+                    cfg.continuation_items,
+                    cfg.seed,
+                    too_long=lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids) > limit,
+                )
             except ValueError as e:  # too small a held-out split; a min_scores gate on the task then fails
                 skipped[CONTINUATION_TASK] = str(e)
                 tasks.remove(CONTINUATION_TASK)
@@ -73,13 +84,18 @@ def run_suite(final: Storage, val_tokens: np.ndarray, train_tokens: Callable[[],
     return SuiteResult(metrics, held_out, task_data)
 
 
-def contamination_report(held_out: HeldOut, harness: dict | None, tokenizer: Tokenizer,
-                         train_tokens: Callable[[], Iterator[np.ndarray]], cfg: EvalConfig) -> dict:
+def contamination_report(
+    held_out: HeldOut, harness: dict | None, tokenizer: Tokenizer, train_tokens: Callable[[], Iterator[np.ndarray]], cfg: EvalConfig
+) -> dict:
     """The held-out documents and every harness task's items against the training split."""
     sets = {HELD_OUT: held_out.ids}
     for task, texts in (harness or {}).get("items", {}).items():
         if task != PERPLEXITY_TASK:  # its items are the held-out documents themselves
             sets[task] = [np.array(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     report = contamination(train_tokens(), sets, cfg.contamination_ngram, cfg.contamination_min_overlap)
-    return {"n": cfg.contamination_ngram, "min_overlap": cfg.contamination_min_overlap, "sets": report,
-            "fraction": max(r["fraction"] for r in report.values())}
+    return {
+        "n": cfg.contamination_ngram,
+        "min_overlap": cfg.contamination_min_overlap,
+        "sets": report,
+        "fraction": max(r["fraction"] for r in report.values()),
+    }

@@ -16,44 +16,25 @@ import os
 import tempfile
 
 from fsspec.implementations.local import LocalFileSystem
-from tokenizers import Tokenizer
 
 from llm_pipeline.evaluate.local_tasks import CHOICES, CONTINUATION_TASK
 from llm_pipeline.publish.registry import point_latest
-from llm_pipeline.storage.folders import Storage, json_bytes, sha256_file
+from llm_pipeline.storage.folders import Storage, sha256_file
 from llm_pipeline.storage.manifests import write_manifest
 from llm_pipeline.storage.names import check_name
-from llm_pipeline.train.hf_config import hf_config
+from llm_pipeline.train.hf_folder import hf_files
 from llm_pipeline.train.model import ModelConfig
-
-
-
-def tokenizer_files(eos: str) -> dict[str, dict]:
-    """transformers' tokenizer settings: the end-of-text token `eos` is also BOS, UNK and padding (a
-    byte-level BPE has no unknown input, and training packs documents with it alone)."""
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": eos,
-        "eos_token": eos,
-        "unk_token": eos,
-        "pad_token": eos,
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 1_000_000_000,
-    }
-    special = {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": eos}
-    return {"tokenizer_config.json": config, "special_tokens_map.json": special}
 
 
 def new_version(now: dt.datetime | None = None) -> str:
     """Sortable and unique per publish: UTC time to the microsecond plus a random suffix."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return now.strftime("v%Y%m%d-%H%M%S-%f") + "-" + os.urandom(3).hex()
 
 
-def model_card(name: str, version: str, metrics: dict, lineage: dict, training: dict, evaluation: dict | None = None,
-               mixture: dict | None = None) -> str:
+def model_card(
+    name: str, version: str, metrics: dict, lineage: dict, training: dict, evaluation: dict | None = None, mixture: dict | None = None
+) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     lineage_rows = "\n".join(f"- **{k}**: `{v}`" for k, v in lineage.items())
     training_json = json.dumps(training, indent=2, sort_keys=True)
@@ -93,23 +74,31 @@ def _evaluation_sections(evaluation: dict) -> str:
     parts = []
     harness = evaluation.get("harness")
     if harness:
-        rows = "\n".join(f"| {task} | {metric} | {v['value']:.4f} | {_stderr(v['stderr'])} |"
-                         for task, metrics in harness["results"].items() for metric, v in metrics.items())
-        chance = (f"\n`{CONTINUATION_TASK}`: a held-out passage and {CHOICES} continuations, chance {1 / CHOICES:.2f}.\n"
-                  if CONTINUATION_TASK in harness["results"] else "")
+        rows = "\n".join(
+            f"| {task} | {metric} | {v['value']:.4f} | {_stderr(v['stderr'])} |"
+            for task, metrics in harness["results"].items()
+            for metric, v in metrics.items()
+        )
+        chance = (
+            f"\n`{CONTINUATION_TASK}`: a held-out passage and {CHOICES} continuations, chance {1 / CHOICES:.2f}.\n"
+            if CONTINUATION_TASK in harness["results"]
+            else ""
+        )
         parts.append(f"""
-## lm-evaluation-harness {harness['lm_eval_version']}
+## lm-evaluation-harness {harness["lm_eval_version"]}
 | task | metric | value | stderr |
 |---|---|---|---|
 {rows}
 {chance}""")
     report = evaluation.get("contamination")
     if report:
-        rows = "\n".join(f"| {name} | {r['documents']} | {r['sharing_fraction']:.1%} | {r['fraction']:.1%} | {r['mean_overlap']:.1%} |"
-                         for name, r in report["sets"].items())
+        rows = "\n".join(
+            f"| {name} | {r['documents']} | {r['sharing_fraction']:.1%} | {r['fraction']:.1%} | {r['mean_overlap']:.1%} |"
+            for name, r in report["sets"].items()
+        )
         parts.append(f"""
-## Contamination ({report['n']}-grams of token ids shared with the training split)
-| eval set | documents | share any {report['n']}-gram | contaminated (>= {report['min_overlap']:.0%} of n-grams) | mean overlap |
+## Contamination ({report["n"]}-grams of token ids shared with the training split)
+| eval set | documents | share any {report["n"]}-gram | contaminated (>= {report["min_overlap"]:.0%} of n-grams) | mean overlap |
 |---|---|---|---|---|
 {rows}
 """)
@@ -120,8 +109,10 @@ def _mixture_section(mixture: dict) -> str:
     """The training samples' realized mix per source (the configured weight next to it)."""
     if not mixture:
         return ""
-    rows = "\n".join(f"| {name} | {m['weight']:.1%} | {m['share']:.1%} | {m['samples']:,} | {m['tokens']:,} | {m['epochs']:.2f} |"
-                     for name, m in mixture.items())
+    rows = "\n".join(
+        f"| {name} | {m['weight']:.1%} | {m['share']:.1%} | {m['samples']:,} | {m['tokens']:,} | {m['epochs']:.2f} |"
+        for name, m in mixture.items()
+    )
     return f"""
 ### Training data mixture
 | source | weight | realized share | samples | tokens | epochs |
@@ -132,30 +123,6 @@ def _mixture_section(mixture: dict) -> str:
 
 def _stderr(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
-
-
-def hf_files(model_cfg: ModelConfig, tokenizer_json: str, eos_id: int) -> dict[str, bytes]:
-    """A Hugging Face model folder's files, all but the weights and the model card."""
-    files: dict[str, bytes] = {
-        "config.json": json_bytes(hf_config(model_cfg, eos_id)),
-        "tokenizer.json": tokenizer_json.encode("utf-8"),
-        "generation_config.json": json_bytes({"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id,
-                                         "do_sample": True, "temperature": 0.8, "top_k": 50}),
-    }
-    eos = Tokenizer.from_str(tokenizer_json).id_to_token(eos_id)
-    files.update({k: json_bytes(v) for k, v in tokenizer_files(eos).items()})
-    return files
-
-
-def export_local(final: Storage, path: str, tokenizer_json: str, eos_id: int) -> None:
-    """A final checkpoint as a Hugging Face model folder at the local `path` (what `publish`
-    writes, less the card and the manifest), for clients that read a folder: lm-evaluation-harness."""
-    model_cfg = ModelConfig.from_dict(final.read_json("model_config.json"), f"{final.uri}/model_config.json")
-    os.makedirs(path, exist_ok=True)
-    for file_name, data in hf_files(model_cfg, tokenizer_json, eos_id).items():
-        with open(os.path.join(path, file_name), "wb") as f:
-            f.write(data)
-    final.get_file("model.safetensors", os.path.join(path, "model.safetensors"))
 
 
 def publish(
@@ -188,11 +155,15 @@ def publish(
         final.get_file("model.safetensors", weights)
         target.put_file(weights, "model.safetensors")
         hashes["model.safetensors"] = {"sha256": sha256_file(LocalFileSystem(), weights), "bytes": os.path.getsize(weights)}
-    manifest = {"name": name, "version": version, "uri": target.uri, "files": dict(sorted(hashes.items())),
-                "metrics": metrics, "lineage": lineage,
-                "published_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    manifest = {
+        "name": name,
+        "version": version,
+        "uri": target.uri,
+        "files": dict(sorted(hashes.items())),
+        "metrics": metrics,
+        "lineage": lineage,
+        "published_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
     write_manifest(target, manifest)
     point_latest(registry.child(name), version)  # last
     return manifest
-
-

@@ -1,6 +1,6 @@
 """Try a published model: generate text with Hugging Face transformers.
 
-    python -m llm_pipeline.publish.generate <model URI> --prompt "def main(" [--version v...]
+python -m llm_pipeline.publish.generate <model URI> --prompt "def main(" [--version v...]
 """
 
 from __future__ import annotations
@@ -14,8 +14,15 @@ from llm_pipeline.publish.verify import verify
 from llm_pipeline.storage.folders import bounded
 
 
-def generate(model_uri: str, prompt: str, version: str | None = None, max_new_tokens: int = 64,
-             temperature: float = 0.8, top_k: int = 50, seed: int = 0) -> str:
+def generate(
+    model_uri: str,
+    prompt: str,
+    version: str | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    seed: int = 0,
+) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -32,9 +39,15 @@ def generate(model_uri: str, prompt: str, version: str | None = None, max_new_to
         model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True).eval()
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         torch.manual_seed(seed)
-        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or None,
-                             top_k=top_k, pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature or None,
+            top_k=top_k,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,8 +28,9 @@ def resolve_version(registry: Storage, name: str, version: str | None = None) ->
         try:
             version = check_name(pointed, "version")
         except ValueError:
-            raise ValueError(f"pointer {model.uri}/{LATEST} names {pointed!r}, which is not a version folder of "
-                             f"{model.uri}; refusing to follow it") from None
+            raise ValueError(
+                f"pointer {model.uri}/{LATEST} names {pointed!r}, which is not a version folder of {model.uri}; refusing to follow it"
+            ) from None
     folder = model.child(check_name(version, "version"))
     if not folder.exists(MANIFEST):
         raise FileNotFoundError(f"model version {folder.uri} has no {MANIFEST}")

@@ -1,6 +1,6 @@
 """Check a published model folder against its manifest.
 
-    python -m llm_pipeline.publish.verify <model version URI | model URI (follows latest)>
+python -m llm_pipeline.publish.verify <model version URI | model URI (follows latest)>
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ import os
 import posixpath
 import stat
 import uuid
-from typing import Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -29,7 +30,7 @@ _CHUNK = 8 * 1024 * 1024
 def sha256_file(fs, path: str) -> str:
     """The file's sha256; a local path must be a regular file (see open_regular)."""
     digest = hashlib.sha256()
-    with (open_regular(path) if is_local_fs(fs) else fs.open(path, "rb")) as f:
+    with open_regular(path) if is_local_fs(fs) else fs.open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -63,8 +64,14 @@ def open_regular(path: str) -> BinaryIO:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -112,7 +119,7 @@ class Storage:
     def is_local(self) -> bool:
         return is_local_fs(self.fs)
 
-    def child(self, *parts: str) -> "Storage":
+    def child(self, *parts: str) -> Storage:
         """A folder below this one. Each part must stay inside: no absolute paths, no `..`."""
         for part in parts:
             check_relative_path(part, f"path under {self.uri}")
@@ -127,7 +134,7 @@ class Storage:
         """The last part of the URI."""
         return posixpath.basename(self.path)
 
-    def parent(self) -> "Storage":
+    def parent(self) -> Storage:
         """The folder above this one, with the same options."""
         sub = Storage.__new__(Storage)
         sub.fs, sub.storage_options = self.fs, self.storage_options

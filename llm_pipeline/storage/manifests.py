@@ -6,7 +6,7 @@ it, so a reader never trusts a half-written folder.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from llm_pipeline.storage.folders import Storage
 
@@ -22,8 +22,7 @@ def write_manifest(folder: Storage, manifest: dict) -> None:
     folder.write_json(MANIFEST, manifest)
 
 
-def read_manifest(folder: Storage, required: Iterable[str], what: str = "manifest",
-                  error: type[ManifestError] = ManifestError) -> dict:
+def read_manifest(folder: Storage, required: Iterable[str], what: str = "manifest", error: type[ManifestError] = ManifestError) -> dict:
     """The manifest as a dict holding every `required` field; `error` (naming `what` and where) otherwise."""
     if not folder.exists(MANIFEST):
         raise error(f"no {what} at {folder.uri}/{MANIFEST}")

@@ -17,8 +17,10 @@ _BAD_SEGMENT_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 def check_name(value: object, field: str = "name") -> str:
     """`value` if it is a plain folder name, else ValueError naming `field`."""
     if not isinstance(value, str) or not _NAME.fullmatch(value) or value.strip(".") == "":
-        raise ValueError(f"{field} must be a plain folder name (letters, digits, '.', '_', '-'; starting with a letter "
-                         f"or digit; at most 128 characters), got {value!r}")
+        raise ValueError(
+            f"{field} must be a plain folder name (letters, digits, '.', '_', '-'; starting with a letter "
+            f"or digit; at most 128 characters), got {value!r}"
+        )
     return value
 
 

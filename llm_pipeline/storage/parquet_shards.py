@@ -87,7 +87,7 @@ class ParquetShards:
         self._stop()
         return self.files
 
-    def __enter__(self) -> "ParquetShards":
+    def __enter__(self) -> ParquetShards:
         return self
 
     def abort(self, error: BaseException) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -70,8 +70,10 @@ def eos_token(tok: Tokenizer, source: str = "tokenizer.json") -> str:
         if tok.token_to_id(candidate) is not None:
             return candidate
     specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special][:10]
-    raise ValueError(f"{source}: tokenizer has no end-of-text token (one of {', '.join(EOS_CANDIDATES)}); its special "
-                     f"tokens are {', '.join(specials) or 'none'}")
+    raise ValueError(
+        f"{source}: tokenizer has no end-of-text token (one of {', '.join(EOS_CANDIDATES)}); its special "
+        f"tokens are {', '.join(specials) or 'none'}"
+    )
 
 
 def eos_id(tok: Tokenizer) -> int:

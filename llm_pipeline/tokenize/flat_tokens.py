@@ -45,10 +45,17 @@ class FlatWriter:
             out.write_bytes(f"{self.split}.docs", docs)
         finally:
             self._dir.cleanup()
-        return {"tokens": {"name": f"{self.split}.tokens", "count": self._count, "bytes": self._count * self.dtype.itemsize,
-                           "sha256": self._digest.hexdigest(), "max_id": self._max_id},
-                "docs": {"name": f"{self.split}.docs", "count": len(self._ends), "sha256": hashlib.sha256(docs).hexdigest()},
-                "dtype": self.dtype.name}
+        return {
+            "tokens": {
+                "name": f"{self.split}.tokens",
+                "count": self._count,
+                "bytes": self._count * self.dtype.itemsize,
+                "sha256": self._digest.hexdigest(),
+                "max_id": self._max_id,
+            },
+            "docs": {"name": f"{self.split}.docs", "count": len(self._ends), "sha256": hashlib.sha256(docs).hexdigest()},
+            "dtype": self.dtype.name,
+        }
 
     def abort(self) -> None:
         self._tokens.close()

@@ -77,8 +77,17 @@ class _SplitWriter:
         files, row_max, start = self.writer.close(), np.concatenate(self.row_max or [np.zeros(0, np.int64)]), 0
         shards = []
         for f in files:
-            shards.append({"name": f["name"], "split": self.split, "documents": f["rows"], "tokens": f["size"],
-                           "max_id": int(row_max[start:start + f["rows"]].max()), "bytes": f["bytes"], "sha256": f["sha256"]})
+            shards.append(
+                {
+                    "name": f["name"],
+                    "split": self.split,
+                    "documents": f["rows"],
+                    "tokens": f["size"],
+                    "max_id": int(row_max[start : start + f["rows"]].max()),
+                    "bytes": f["bytes"],
+                    "sha256": f["sha256"],
+                }
+            )
             start += f["rows"]
         return shards
 
@@ -90,9 +99,7 @@ class _SplitWriter:
         self.flat.abort()
 
 
-def write_shards(
-    corpus: Storage, out: Storage, encoder: DocumentEncoder, vocab_size: int, tokenizer_sha256: str, cfg: ShardConfig
-) -> dict:
+def write_shards(corpus: Storage, out: Storage, encoder: DocumentEncoder, vocab_size: int, tokenizer_sha256: str, cfg: ShardConfig) -> dict:
     """Encode the corpus in bounded batches and write shards + manifest. Returns the manifest."""
     pending: deque[tuple[str, int]] = deque()  # (split, UTF-8 bytes) of documents in flight, in order
 
@@ -110,8 +117,9 @@ def write_shards(
     return write_token_documents(out, documents(), vocab_size, encoder.eos_id, tokenizer_sha256, cfg, encoder.engine)
 
 
-def write_token_documents(out: Storage, documents, vocab_size: int, eos_id: int, tokenizer_sha256: str,
-                          cfg: ShardConfig, encoder_engine: str) -> dict:
+def write_token_documents(
+    out: Storage, documents, vocab_size: int, eos_id: int, tokenizer_sha256: str, cfg: ShardConfig, encoder_engine: str
+) -> dict:
     """Shards, flat files and manifest from (split, token ids, UTF-8 bytes of the text) per document,
     in order; EOS is appended to each. Returns the manifest."""
     dtype = smallest_uint_type(vocab_size)
@@ -121,8 +129,10 @@ def write_token_documents(out: Storage, documents, vocab_size: int, eos_id: int,
     try:
         for split, ids, nbytes in documents:
             if ids.size and int(ids.max()) >= vocab_size:  # would wrap around in the shard's dtype
-                raise ValueError(f"token id {int(ids.max())} is >= vocab_size {vocab_size}: the tokenizer's ids do not fit "
-                                 f"the vocabulary the shards are written for")
+                raise ValueError(
+                    f"token id {int(ids.max())} is >= vocab_size {vocab_size}: the tokenizer's ids do not fit "
+                    f"the vocabulary the shards are written for"
+                )
             writers[split].add(np.concatenate([ids.astype(dtype, copy=False), eos]))
             text_bytes[split] += nbytes
     except BaseException as e:

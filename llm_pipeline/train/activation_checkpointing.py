@@ -11,16 +11,21 @@ from __future__ import annotations
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     _CHECKPOINT_PREFIX,
     CheckpointImpl,
-    apply_activation_checkpointing as wrap_modules,
     checkpoint_wrapper,
+)
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    apply_activation_checkpointing as wrap_modules,
 )
 
 from llm_pipeline.train.model import CausalLM, DecoderLayer
 
 
 def apply_activation_checkpointing(model: CausalLM) -> CausalLM:
-    wrap_modules(model, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
-                 check_fn=lambda m: isinstance(m, DecoderLayer))
+    wrap_modules(
+        model,
+        checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+        check_fn=lambda m: isinstance(m, DecoderLayer),
+    )
     return model
 
 

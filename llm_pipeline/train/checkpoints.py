@@ -222,14 +222,27 @@ def to_universal(store: CheckpointStore, tag: str) -> None:
     Once per node, from the verified checkpoint; the conversion runs in its own process."""
     out = universal_dir(store)
     shutil.rmtree(os.path.join(out, tag), ignore_errors=True)
-    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", os.path.join(store.local_dir, tag),
-               "--output_folder", os.path.join(out, tag), "--inject_missing_state", "--num_extract_workers", "2",
-               "--num_merge_workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        os.path.join(store.local_dir, tag),
+        "--output_folder",
+        os.path.join(out, tag),
+        "--inject_missing_state",
+        "--num_extract_workers",
+        "2",
+        "--num_merge_workers",
+        "1",
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"checkpoint {tag} cannot resume on another world size: DeepSpeed's universal checkpoint "
-                           f"conversion failed (exit {done.returncode}); resume with the world size it was saved at. "
-                           f"Its output: {(done.stdout + done.stderr)[-3000:]}")
+        raise RuntimeError(
+            f"checkpoint {tag} cannot resume on another world size: DeepSpeed's universal checkpoint "
+            f"conversion failed (exit {done.returncode}); resume with the world size it was saved at. "
+            f"Its output: {(done.stdout + done.stderr)[-3000:]}"
+        )
 
 
 def export_final(store: CheckpointStore, tag: str, zero_stage: int, model: ModelConfig, final: Storage) -> None:
@@ -241,8 +254,11 @@ def export_final(store: CheckpointStore, tag: str, zero_stage: int, model: Model
         raise RuntimeError(f"final checkpoint {tag} fails verification: {'; '.join(problems)}")
     local_final = os.path.join(store.local_dir, "_final")
     os.makedirs(local_final, exist_ok=True)
-    save_file(consolidated_fp32_state_dict(store.local_dir, tag, zero_stage), os.path.join(local_final, "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        consolidated_fp32_state_dict(store.local_dir, tag, zero_stage),
+        os.path.join(local_final, "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     final.put_file(os.path.join(local_final, "model.safetensors"), "model.safetensors")
     final.write_json("model_config.json", model.to_dict())
 

@@ -50,13 +50,19 @@ class TrainConfig(Settings):
     # The schedule, warmup included, starts afresh either way.
     init_from_uri: str = ""
     # The settings a user chooses (the launchpad shows these).
-    mixture: dict[str, float] = Field(default={}, description=(
-        'each source\'s share of the training samples, e.g. {"web-*": 0.7, "code-*": 0.3}; a source is a pattern over corpus '
-        "batch names (fnmatch); empty: every batch in proportion to its tokens"))
+    mixture: dict[str, float] = Field(
+        default={},
+        description=(
+            'each source\'s share of the training samples, e.g. {"web-*": 0.7, "code-*": 0.3}; a source is a pattern over corpus '
+            "batch names (fnmatch); empty: every batch in proportion to its tokens"
+        ),
+    )
     seq_len: int = Field(default=128, gt=0, description="tokens per training sequence")
     micro_batch: int = Field(default=16, gt=0, description="sequences per rank per micro-step")
     grad_accum: int = Field(default=1, gt=0, description="micro-steps per optimizer step")
-    global_batch_tokens: int = Field(default=0, ge=0, description="tokens per optimizer step across all ranks; > 0 derives grad_accum from it")
+    global_batch_tokens: int = Field(
+        default=0, ge=0, description="tokens per optimizer step across all ranks; > 0 derives grad_accum from it"
+    )
     steps: int = Field(default=180, gt=0, description="optimizer steps")
     lr: float = Field(default=3e-3, gt=0, description="peak learning rate")
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="the schedule's floor, as a share of lr")
@@ -79,7 +85,9 @@ class TrainConfig(Settings):
     log_every: int = Field(default=10, gt=0, description="optimizer steps between progress reports")
     peak_tflops: float = Field(default=0.0, ge=0, description="per-device peak for MFU; 0: looked up from the GPU's name")
     compile: bool = Field(default=False, description="torch.compile the model: faster steps on a GPU after a compile of a minute or so")
-    token_cache: str = Field(default="", description="node-local folder for verified and remote-copied token files; empty: ~/.cache/llm-pipeline/tokens")
+    token_cache: str = Field(
+        default="", description="node-local folder for verified and remote-copied token files; empty: ~/.cache/llm-pipeline/tokens"
+    )
     token_cache_gb: float = Field(default=100.0, gt=0, description="size limit of token_cache; least recently used copies are evicted")
 
     @field_validator("shards_uris", mode="before")
@@ -100,8 +108,10 @@ class TrainConfig(Settings):
         if self.offload_params and self.zero_stage != 3:
             raise ValueError(f"offload_params needs zero_stage 3, got zero_stage {self.zero_stage}")
         if self.global_batch_tokens and self.grad_accum != 1:
-            raise ValueError("set either global_batch_tokens or grad_accum, not both "
-                             f"(got global_batch_tokens {self.global_batch_tokens}, grad_accum {self.grad_accum})")
+            raise ValueError(
+                "set either global_batch_tokens or grad_accum, not both "
+                f"(got global_batch_tokens {self.global_batch_tokens}, grad_accum {self.grad_accum})"
+            )
         for source, weight in self.mixture.items():
             if not (math.isfinite(weight) and weight > 0):
                 raise ValueError(f"mixture weight of {source!r} must be a positive number, got {weight}")
@@ -123,8 +133,10 @@ class TrainConfig(Settings):
             return [("all", 1.0, self.shards_uris)]
         if not self.shard_sources:
             raise ValueError("a mixture needs shard_sources: the mixture source of each shards_uris entry")
-        sources = [(name, weight, tuple(u for u, s in zip(self.shards_uris, self.shard_sources) if s == name))
-                   for name, weight in self.mixture.items()]
+        sources = [
+            (name, weight, tuple(u for u, s in zip(self.shards_uris, self.shard_sources) if s == name))
+            for name, weight in self.mixture.items()
+        ]
         empty = [name for name, _, uris in sources if not uris]
         if empty:
             raise ValueError(f"mixture source(s) {', '.join(empty)} have no shard set")
@@ -153,9 +165,21 @@ class TrainConfig(Settings):
         if ranks > devices:
             raise ValueError(f"nproc {ranks} exceeds this node's {devices} {kind}: one rank per device")
         m = self.model
-        need = training_bytes_per_rank(m.num_params(), m.n_layers, m.d_model, m.n_heads, m.vocab_size, m.max_seq_len, self.seq_len,
-                                       self.micro_batch, world_size, self.zero_stage, self.dtype, on_gpu,
-                                       self.activation_checkpointing)
+        need = training_bytes_per_rank(
+            m.num_params(),
+            m.n_layers,
+            m.d_model,
+            m.n_heads,
+            m.vocab_size,
+            m.max_seq_len,
+            self.seq_len,
+            self.micro_batch,
+            world_size,
+            self.zero_stage,
+            self.dtype,
+            on_gpu,
+            self.activation_checkpointing,
+        )
         have, what = available_bytes(on_gpu)
         per_rank = sum(need.values())
         total = per_rank if on_gpu else per_rank * ranks  # CPU ranks of a node share its memory
@@ -165,7 +189,8 @@ class TrainConfig(Settings):
                 f"need at least {human(per_rank)} per rank ({human(need['model_state'])} of weights, gradients and AdamW state "
                 f"with ZeRO stage {self.zero_stage} over {world_size} ranks; {human(need['activations'])} of activations)"
                 f"{'' if on_gpu else f' x {ranks} ranks'}, and there are {what}. Use a smaller model (preset, d_model, "
-                "n_layers), a smaller micro_batch or seq_len, a higher zero_stage or more ranks")
+                "n_layers), a smaller micro_batch or seq_len, a higher zero_stage or more ranks"
+            )
 
     def run_key(self) -> str:
         """The same data (each batch's shard folder) and settings give the same key, wherever the run
@@ -178,7 +203,7 @@ class TrainConfig(Settings):
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
             raise ValueError(f"unknown training config field(s): {unknown}")
@@ -222,8 +247,10 @@ def mixture_sources(batches: list[str], mixture: dict[str, float]) -> tuple[str,
             unmatched.append(batch)
         sources += matches
     if unmatched:
-        raise ValueError(f"corpus batches {', '.join(unmatched)} match no mixture source ({', '.join(mixture)}); "
-                         "add a source for them or leave them out of `batches`")
+        raise ValueError(
+            f"corpus batches {', '.join(unmatched)} match no mixture source ({', '.join(mixture)}); "
+            "add a source for them or leave them out of `batches`"
+        )
     empty = [pattern for pattern in mixture if pattern not in sources]
     if empty:
         raise ValueError(f"mixture sources {', '.join(empty)} match no corpus batch with training tokens ({', '.join(batches)})")

@@ -16,6 +16,7 @@ checkpoint: the same number resumes the same stream on any world size.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +27,6 @@ from llm_pipeline.prefetch import prefetch
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import MANIFEST, ManifestError, read_manifest
 from llm_pipeline.train.config import MIX_BLOCK, mixture_shares
-
 
 
 class TokenWindows:
@@ -125,9 +125,16 @@ class DataMixture:
     def realized(self, samples: int) -> dict[str, dict]:
         """The mix the first `samples` samples realized, per source: weight, samples, share, tokens, epochs."""
         drawn = self.drawn(samples)
-        return {source.name: {"weight": float(weight), "samples": int(n), "share": float(n / max(samples, 1)),
-                              "tokens": int(n) * source.seq_len, "epochs": float(n / source.num_windows)}
-                for source, weight, n in zip(self.sources, self.weights, drawn)}
+        return {
+            source.name: {
+                "weight": float(weight),
+                "samples": int(n),
+                "share": float(n / max(samples, 1)),
+                "tokens": int(n) * source.seq_len,
+                "epochs": float(n / source.num_windows),
+            }
+            for source, weight, n in zip(self.sources, self.weights, drawn)
+        }
 
 
 class Batches:
@@ -150,6 +157,35 @@ class Batches:
         start = first_sample + self.rank * self.micro_batch
         chunk = torch.from_numpy(self.mixture.windows(np.arange(start, start + self.micro_batch, dtype=np.int64)))
         return chunk[:, :-1], chunk[:, 1:]
+
+
+class Prefetcher:
+    """The loader's next micro-batch, gathered in a background thread while the current step runs.
+
+    A batch is a pure function of its first global sample, so reading ahead changes nothing but
+    when the work happens: the gather (numpy, mostly outside the GIL) overlaps the step's forward
+    and backward (torch, outside the GIL). On a GPU the batch comes back in pinned memory, so its
+    copy to the device does not block."""
+
+    def __init__(self, loader: Batches, first_sample: int, pin: bool = False):
+        self.loader, self.pin = loader, pin
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-prefetch")
+        self._at, self._next = first_sample, self._pool.submit(self._gather, first_sample)
+
+    def _gather(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.loader.batch(first_sample)
+        x, y = x.contiguous(), y.contiguous()
+        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
+
+    def take(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch at `first_sample` (the one read ahead), and the one after it starts."""
+        x, y = self._next.result() if first_sample == self._at else self._gather(first_sample)
+        self._at = first_sample + self.loader.samples_per_micro_step
+        self._next = self._pool.submit(self._gather, self._at)
+        return x, y
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def single_source(tokens, seq_len: int, micro_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> Batches:
@@ -178,6 +214,7 @@ def _count(value) -> bool:
 def _check_shard_manifest(manifest: dict, where: str) -> None:
     """Every field a reader uses has the type and range it must: ShardError naming the first that does not.
     Names are checked where they are joined (Storage.full), by the one rule for relative paths."""
+
     def refuse(field: str, value) -> None:
         shown = repr(value)
         raise ShardError(f"shard manifest {where}: {field} is invalid: {shown[:200]}{'...' if len(shown) > 200 else ''}")
@@ -189,8 +226,14 @@ def _check_shard_manifest(manifest: dict, where: str) -> None:
     if not isinstance(manifest["shards"], list):
         refuse("shards", manifest["shards"])
     for i, entry in enumerate(manifest["shards"]):
-        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry.get("split") in ("train", "val")
-                and _hex(entry.get("sha256")) and _count(entry.get("tokens")) and _count(entry.get("max_id", 0))):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and entry.get("split") in ("train", "val")
+            and _hex(entry.get("sha256"))
+            and _count(entry.get("tokens"))
+            and _count(entry.get("max_id", 0))
+        ):
             refuse(f"shards[{i}]", entry)
     flat = manifest.get("flat", {})
     if not isinstance(flat, dict):
@@ -199,9 +242,14 @@ def _check_shard_manifest(manifest: dict, where: str) -> None:
         tokens, docs = (entry.get("tokens"), entry.get("docs")) if isinstance(entry, dict) else (None, None)
         if not (isinstance(entry, dict) and entry.get("dtype") == manifest["dtype"]):
             refuse(f"flat.{split}.dtype", entry.get("dtype") if isinstance(entry, dict) else entry)
-        if not (isinstance(tokens, dict) and isinstance(tokens.get("name"), str) and _hex(tokens.get("sha256"))
-                and _count(tokens.get("count")) and _count(tokens.get("max_id"))
-                and tokens.get("bytes") == tokens["count"] * np.dtype(entry["dtype"]).itemsize):
+        if not (
+            isinstance(tokens, dict)
+            and isinstance(tokens.get("name"), str)
+            and _hex(tokens.get("sha256"))
+            and _count(tokens.get("count"))
+            and _count(tokens.get("max_id"))
+            and tokens.get("bytes") == tokens["count"] * np.dtype(entry["dtype"]).itemsize
+        ):
             refuse(f"flat.{split}.tokens", tokens)
         if not (isinstance(docs, dict) and isinstance(docs.get("name"), str) and _hex(docs.get("sha256")) and _count(docs.get("count"))):
             refuse(f"flat.{split}.docs", docs)
@@ -238,13 +286,15 @@ def read_shard(shards: Storage, entry: dict, vocab_size: int) -> np.ndarray:
         raise ShardError(f"shard {shards.uri}/{name} has {len(values)} tokens, manifest says {entry['tokens']}")
     largest = int(values.max()) if len(values) else 0
     if largest >= vocab_size or entry.get("max_id", 0) >= vocab_size:
-        raise ShardError(f"shard {shards.uri}/{name} holds token id {max(largest, entry.get('max_id', 0))}, "
-                         f"outside the vocabulary of {vocab_size}")
+        raise ShardError(
+            f"shard {shards.uri}/{name} holds token id {max(largest, entry.get('max_id', 0))}, outside the vocabulary of {vocab_size}"
+        )
     return values
 
 
-def load_split_tokens(shards: Storage, split: str, expected_tokenizer_sha256: str | None = None,
-                      vocab_size: int | None = None) -> tuple[np.ndarray, dict]:
+def load_split_tokens(
+    shards: Storage, split: str, expected_tokenizer_sha256: str | None = None, vocab_size: int | None = None
+) -> tuple[np.ndarray, dict]:
     """One shard set's tokens of `split`; see load_tokens (an empty split is an error here)."""
     return load_tokens([shards], split, expected_tokenizer_sha256, vocab_size)
 
@@ -258,8 +308,10 @@ def check_one_tokenizer(manifests: dict[str, dict], expected_tokenizer_sha256: s
     wrong = {sha: names for sha, names in by_tokenizer.items() if sha != expected}
     if wrong:
         listed = "; ".join(f"{', '.join(names)} made with tokenizer {sha[:12]}" for sha, names in sorted(wrong.items()))
-        raise ShardError(f"shards with mixed tokenizers: {listed}; expected tokenizer {expected[:12]}. "
-                         "Re-tokenize them with the current tokenizer (a backfill of tokenized_shards) first")
+        raise ShardError(
+            f"shards with mixed tokenizers: {listed}; expected tokenizer {expected[:12]}. "
+            "Re-tokenize them with the current tokenizer (a backfill of tokenized_shards) first"
+        )
 
 
 def checked_manifests(shard_sets: list[Storage], expected_tokenizer_sha256: str | None = None) -> dict[str, dict]:
@@ -274,14 +326,19 @@ def id_limit(manifest: dict, vocab_size: int | None) -> int:
     return min(manifest["vocab_size"], vocab_size or manifest["vocab_size"])
 
 
-def load_tokens(shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None,
-                vocab_size: int | None = None) -> tuple[np.ndarray, dict]:
+def load_tokens(
+    shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None, vocab_size: int | None = None
+) -> tuple[np.ndarray, dict]:
     """All tokens of one split of several shard sets (in order) as one flat array, from the Parquet shards,
     and the first set's manifest. Every shard is verified before any is used, so nothing is trained on
     corrupted data; reads run ahead in a thread (remote storage overlaps)."""
     manifests = checked_manifests(shard_sets, expected_tokenizer_sha256)
-    work = [(shards, entry, id_limit(manifests[shards.uri], vocab_size))
-            for shards in shard_sets for entry in manifests[shards.uri]["shards"] if entry["split"] == split]
+    work = [
+        (shards, entry, id_limit(manifests[shards.uri], vocab_size))
+        for shards in shard_sets
+        for entry in manifests[shards.uri]["shards"]
+        if entry["split"] == split
+    ]
     if not work:
         raise ShardError(f"no {split} tokens in {', '.join(f'{s.uri}/{MANIFEST}' for s in shard_sets)}")
     shards = prefetch((read_shard(shards, entry, limit) for shards, entry, limit in work), depth=2)

@@ -35,7 +35,12 @@ def model_config_from_hf(config: dict) -> ModelConfig:
     if config.get("model_type") != "llama":
         raise ValueError(f"expected a llama config.json, got model_type {config.get('model_type')!r}")
     return ModelConfig(
-        vocab_size=config["vocab_size"], d_model=config["hidden_size"], n_layers=config["num_hidden_layers"],
-        n_heads=config["num_attention_heads"], ffn_hidden=config["intermediate_size"],
-        max_seq_len=config["max_position_embeddings"], rope_theta=config["rope_theta"], norm_eps=config["rms_norm_eps"],
+        vocab_size=config["vocab_size"],
+        d_model=config["hidden_size"],
+        n_layers=config["num_hidden_layers"],
+        n_heads=config["num_attention_heads"],
+        ffn_hidden=config["intermediate_size"],
+        max_seq_len=config["max_position_embeddings"],
+        rope_theta=config["rope_theta"],
+        norm_eps=config["rms_norm_eps"],
     )

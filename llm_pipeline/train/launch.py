@@ -46,18 +46,40 @@ def launch_command(launch: LaunchConfig, config_path: str) -> list[str]:
     trainer_args = ["--config", config_path]
     if launch.launcher == "deepspeed":
         if launch.hostfile:
-            nodes = ["--hostfile", launch.hostfile, "--num_nodes", str(launch.nnodes), "--num_gpus", str(launch.nproc),
-                     "--master_addr", launch.master_addr]
+            nodes = [
+                "--hostfile",
+                launch.hostfile,
+                "--num_nodes",
+                str(launch.nnodes),
+                "--num_gpus",
+                str(launch.nproc),
+                "--master_addr",
+                launch.master_addr,
+            ]
             if not launch.ssh:  # each node starts its own ranks
                 nodes += ["--no_ssh", "--node_rank", str(launch.node_rank)]
         else:
             nodes = ["--num_gpus", str(launch.nproc)]
-        return [sys.executable, "-m", "deepspeed.launcher.runner", *nodes, "--master_port", port,
-                "--module", TRAINER_MODULE, *trainer_args]
+        return [sys.executable, "-m", "deepspeed.launcher.runner", *nodes, "--master_port", port, "--module", TRAINER_MODULE, *trainer_args]
     if launch.launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(launch.nnodes), "--node_rank",
-                str(launch.node_rank), "--nproc_per_node", str(launch.nproc), "--master_addr", launch.master_addr,
-                "--master_port", port, "-m", TRAINER_MODULE, *trainer_args]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            str(launch.nnodes),
+            "--node_rank",
+            str(launch.node_rank),
+            "--nproc_per_node",
+            str(launch.nproc),
+            "--master_addr",
+            launch.master_addr,
+            "--master_port",
+            port,
+            "-m",
+            TRAINER_MODULE,
+            *trainer_args,
+        ]
     return [sys.executable, "-m", TRAINER_MODULE, *trainer_args]
 
 
@@ -74,8 +96,16 @@ def launch_env(launch: LaunchConfig) -> dict[str, str]:
 def worker_command(launch: LaunchConfig, config_uri: str) -> list[str]:
     """What nodes 1..N-1 run to join node 0's run (node rank left for each node to fill in)."""
     same = [name for name in LaunchConfig.model_fields if name != "node_rank"]
-    return ["python", "-m", "llm_pipeline.train.launch", "--config", config_uri, "--node-rank", "<this node's rank>",
-            *to_options(launch, same)]
+    return [
+        "python",
+        "-m",
+        "llm_pipeline.train.launch",
+        "--config",
+        config_uri,
+        "--node-rank",
+        "<this node's rank>",
+        *to_options(launch, same),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,21 @@ _STATE_BYTES = {"params": 4, "grads": 4, "optimizer": 8}  # per parameter, fp32
 _ACTIVATION_BYTES_PER_TOKEN_LAYER_DMODEL = 34
 
 
-def training_bytes_per_rank(params: int, n_layers: int, d_model: int, n_heads: int, vocab_size: int, max_seq_len: int,
-                            seq_len: int, micro_batch: int, world_size: int, zero_stage: int, dtype: str, on_gpu: bool,
-                            activation_checkpointing: bool = False) -> dict[str, int]:
+def training_bytes_per_rank(
+    params: int,
+    n_layers: int,
+    d_model: int,
+    n_heads: int,
+    vocab_size: int,
+    max_seq_len: int,
+    seq_len: int,
+    micro_batch: int,
+    world_size: int,
+    zero_stage: int,
+    dtype: str,
+    on_gpu: bool,
+    activation_checkpointing: bool = False,
+) -> dict[str, int]:
     """Bytes one rank needs, by part: model state (after ZeRO sharding, with the rotary tables) and activations."""
     sharded = {"optimizer": zero_stage >= 1, "grads": zero_stage >= 2, "params": zero_stage >= 3}
     state = sum(params * size // (world_size if sharded[part] else 1) for part, size in _STATE_BYTES.items())

@@ -37,8 +37,7 @@ def peak_tflops(device_name: str, dtype: str) -> float | None:
     return None
 
 
-def model_flops_utilization(flops_per_s_per_device: float, dtype: str, given_peak_tflops: float,
-                            device_name: str) -> float | None:
+def model_flops_utilization(flops_per_s_per_device: float, dtype: str, given_peak_tflops: float, device_name: str) -> float | None:
     """Fraction of the peak (0..1) reached by one device, or None when the peak is unknown."""
     peak = given_peak_tflops or peak_tflops(device_name, dtype)
     return flops_per_s_per_device / (peak * 1e12) if peak else None

@@ -42,7 +42,7 @@ class ModelConfig(Settings):
         return self.model_dump()
 
     @classmethod
-    def from_dict(cls, values: object, source: str) -> "ModelConfig":
+    def from_dict(cls, values: object, source: str) -> ModelConfig:
         """From a saved model_config.json's contents; ValueError naming `source` if they are not one."""
         if not isinstance(values, dict):
             raise ValueError(f"{source} is not a valid model config: a JSON object expected, got {type(values).__name__}")
@@ -196,8 +196,15 @@ class CausalLM(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None, stop_id: int | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        stop_id: int | None = None,
+    ) -> torch.Tensor:
         for _ in range(max_new_tokens):
             logits = self(idx[:, -self.cfg.max_seq_len :])[:, -1, :].float()
             if temperature <= 0:

@@ -9,8 +9,9 @@ Schedule = typing.Literal["cosine", "wsd"]
 SCHEDULES = typing.get_args(Schedule)
 
 
-def lr_factor(step: int, steps: int, warmup_steps: int, min_lr_ratio: float, schedule: str = "cosine",
-              decay_fraction: float = 0.2) -> float:
+def lr_factor(
+    step: int, steps: int, warmup_steps: int, min_lr_ratio: float, schedule: str = "cosine", decay_fraction: float = 0.2
+) -> float:
     """Linear warmup, then either cosine decay to min_lr_ratio, or warmup-stable-decay: constant,
     then a linear decay to min_lr_ratio over the last `decay_fraction` of the steps."""
     if step < warmup_steps:

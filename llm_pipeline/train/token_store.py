@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import json
 import os
-import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -59,11 +58,17 @@ class TokenStream:
         """The stream in order, `tokens` at a time (a pass that never holds the split)."""
         for array in self.arrays:
             for start in range(0, len(array), tokens):
-                yield np.asarray(array[start:start + tokens])
+                yield np.asarray(array[start : start + tokens])
 
 
-def open_split(shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None,
-               vocab_size: int | None = None, cache_dir: str = DEFAULT_CACHE, cache_limit_bytes: int = 100 << 30) -> tuple[TokenStream, dict]:
+def open_split(
+    shard_sets: list[Storage],
+    split: str,
+    expected_tokenizer_sha256: str | None = None,
+    vocab_size: int | None = None,
+    cache_dir: str = DEFAULT_CACHE,
+    cache_limit_bytes: int = 100 << 30,
+) -> tuple[TokenStream, dict]:
     """The split of every shard set, memory-mapped and verified, and the first set's manifest."""
     manifests = checked_manifests(shard_sets, expected_tokenizer_sha256)
     os.makedirs(cache_dir, exist_ok=True)
@@ -124,8 +129,10 @@ def _file_key(path: str, stat: os.stat_result, sha: str, docs_sha: str) -> str:
     """What a verification is valid for: this file as it is. Besides path, size and mtime (which a
     writer can put back as they were), the inode (a file replaced by another) and the ctime (which
     every write and every change of mtime moves, and no user can set)."""
-    return hashlib.sha256(f"{os.path.realpath(path)}|{stat.st_dev}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}|"
-                          f"{stat.st_ctime_ns}|{sha}|{docs_sha}".encode()).hexdigest()[:32]
+    return hashlib.sha256(
+        f"{os.path.realpath(path)}|{stat.st_dev}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}|"
+        f"{stat.st_ctime_ns}|{sha}|{docs_sha}".encode()
+    ).hexdigest()[:32]
 
 
 def _verify(path: str, flat: dict, vocab_limit: int, where: str) -> None:
@@ -135,8 +142,10 @@ def _verify(path: str, flat: dict, vocab_limit: int, where: str) -> None:
     with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size != flat["tokens"]["bytes"]:
-            raise ShardError(f"{where} is {size:,} bytes; the manifest says {flat['tokens']['count']:,} {flat['dtype']} ids "
-                             f"({flat['tokens']['bytes']:,} bytes)")
+            raise ShardError(
+                f"{where} is {size:,} bytes; the manifest says {flat['tokens']['count']:,} {flat['dtype']} ids "
+                f"({flat['tokens']['bytes']:,} bytes)"
+            )
         while chunk := f.read(_CHUNK * dtype.itemsize):
             digest.update(chunk)
             ids = np.frombuffer(chunk, dtype=dtype)
@@ -176,8 +185,10 @@ def _cached_copy(shards: Storage, entry: dict, cache_dir: str, cache_limit_bytes
     if os.path.exists(path):
         return path
     if entry["bytes"] > cache_limit_bytes:
-        raise ShardError(f"{shards.uri}/{entry['name']} ({entry['bytes']:,} bytes) does not fit the node token cache "
-                         f"{cache_dir} (limit {cache_limit_bytes:,} bytes); raise the limit or use a larger disk")
+        raise ShardError(
+            f"{shards.uri}/{entry['name']} ({entry['bytes']:,} bytes) does not fit the node token cache "
+            f"{cache_dir} (limit {cache_limit_bytes:,} bytes); raise the limit or use a larger disk"
+        )
     _evict(cache_dir, cache_limit_bytes - entry["bytes"])
     tmp = f"{path}.part-{os.getpid()}"
     shards.get_file(entry["name"], tmp)

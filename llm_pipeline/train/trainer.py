@@ -29,15 +29,13 @@ import torch
 import torch.distributed as dist
 from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-from llm_pipeline.evaluate.metrics import load_weights
 from llm_pipeline.storage.folders import Storage, open_uri
 from llm_pipeline.tokenize.bpe import tokenizer_hash
 from llm_pipeline.train import checkpoints
 from llm_pipeline.train.activation_checkpointing import apply_activation_checkpointing
 from llm_pipeline.train.checkpoints import CheckpointStore
 from llm_pipeline.train.config import TrainConfig
-from llm_pipeline.train.data import Batches, DataMixture, TokenWindows
-from llm_pipeline.train.token_store import DEFAULT_CACHE, open_split
+from llm_pipeline.train.data import Batches, DataMixture, Prefetcher, TokenWindows
 from llm_pipeline.train.hardware import accelerator_name, device_for, flash_attention_problem, on_gpu, peak_rss_bytes, resolve_dtype
 from llm_pipeline.train.hf_config import model_config_from_hf
 from llm_pipeline.train.launch import free_port
@@ -45,6 +43,9 @@ from llm_pipeline.train.mfu import model_flops_utilization
 from llm_pipeline.train.model import CausalLM
 from llm_pipeline.train.progress import open_reporter
 from llm_pipeline.train.schedule import lr_factor
+from llm_pipeline.train.step_clock import StepClock
+from llm_pipeline.train.token_store import DEFAULT_CACHE, open_split
+from llm_pipeline.train.weights import load_weights
 
 
 @dataclass
@@ -67,17 +68,25 @@ class Training:
     step: int = 0
     samples_seen: int = 0  # global samples drawn: the loader's whole state, the same on any world size
     tokens_seen: int = 0
-    losses: list = field(default_factory=list)
+    losses: list = field(default_factory=list)  # [step, loss averaged over ranks], as far as synced
+    pending: list = field(default_factory=list)  # (step, this rank's loss as a device tensor) not yet synced
     resumed_from: str | None = None
     attention_problem: str | None = None  # why flash attention cannot run here; None: it does
+    step_host_ms: dict = field(default_factory=dict)
 
     @property
     def is_rank0(self) -> bool:
         return self.rank == 0
 
     def client_state(self) -> dict:
-        return {"step": self.step, "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen, "losses": self.losses,
-                "rng_state": torch.get_rng_state()}
+        sync_losses(self)
+        return {
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "tokens_seen": self.tokens_seen,
+            "losses": self.losses,
+            "rng_state": torch.get_rng_state(),
+        }
 
 
 def _set_up_world(gpu: bool) -> tuple[int, int, int]:
@@ -126,8 +135,14 @@ def _data(cfg: TrainConfig, rank: int, world: int) -> Batches:
     train/token_store.py), mixed by the config's weights."""
     sources, weights = [], []
     for i, (name, weight, uris) in enumerate(cfg.data_sources()):
-        tokens, _ = open_split([Storage(uri) for uri in uris], "train", cfg.tokenizer_sha256 or None, cfg.model.vocab_size,
-                               cfg.token_cache or DEFAULT_CACHE, int(cfg.token_cache_gb * 2**30))
+        tokens, _ = open_split(
+            [Storage(uri) for uri in uris],
+            "train",
+            cfg.tokenizer_sha256 or None,
+            cfg.model.vocab_size,
+            cfg.token_cache or DEFAULT_CACHE,
+            int(cfg.token_cache_gb * 2**30),
+        )
         sources.append(TokenWindows(tokens, cfg.seq_len, cfg.seed, i, name))
         weights.append(weight)
     return Batches(DataMixture(sources, weights, cfg.seed), cfg.micro_batch, rank, world)
@@ -152,8 +167,10 @@ def _checkpoint_to_resume(store: CheckpointStore, rank: int, local_rank: int, wo
     if saved_world in (0, world):
         dist.barrier()
         return tag, False
-    reporter.info(f"checkpoint {tag} was saved at world size {saved_world}, resuming at {world}: converting it to "
-                  "DeepSpeed's universal checkpoint format")
+    reporter.info(
+        f"checkpoint {tag} was saved at world size {saved_world}, resuming at {world}: converting it to "
+        "DeepSpeed's universal checkpoint format"
+    )
     error = None
     if rank == 0 or (store.mirrored and local_rank == 0):  # once per disk
         try:
@@ -175,8 +192,10 @@ def _load_initial_weights(model: torch.nn.Module, cfg: TrainConfig, reporter) ->
         raise ValueError(f"init_from model {folder.uri} is {published}, not the configured {cfg.model}")
     published_tokenizer = tokenizer_hash(folder.read_bytes("tokenizer.json").decode("utf-8"))
     if cfg.tokenizer_sha256 and published_tokenizer != cfg.tokenizer_sha256:
-        raise ValueError(f"init_from model {folder.uri} uses tokenizer {published_tokenizer[:12]}, the shards "
-                         f"tokenizer {cfg.tokenizer_sha256[:12]}: its embeddings would mean other tokens")
+        raise ValueError(
+            f"init_from model {folder.uri} uses tokenizer {published_tokenizer[:12]}, the shards "
+            f"tokenizer {cfg.tokenizer_sha256[:12]}: its embeddings would mean other tokens"
+        )
     load_weights(model, folder)
     reporter.info(f"initialised from {folder.uri}")
 
@@ -207,8 +226,21 @@ def build(cfg: TrainConfig, reporter) -> Training:
     if cfg.compile:
         # DeepSpeed's own compile keeps the module's parameter names (checkpoints stay loadable without it).
         engine.compile()
-    return Training(cfg, rank, local_rank, world, gpu, dtype, device_for(local_rank, gpu), engine, scheduler, loader, store,
-                    resume_tag, resume_universal)
+    return Training(
+        cfg,
+        rank,
+        local_rank,
+        world,
+        gpu,
+        dtype,
+        device_for(local_rank, gpu),
+        engine,
+        scheduler,
+        loader,
+        store,
+        resume_tag,
+        resume_universal,
+    )
 
 
 def resume(t: Training, reporter) -> None:
@@ -243,25 +275,42 @@ def _repair_universal_optimizer_state(optimizer: torch.optim.Optimizer, cfg: Tra
             state["step"] = state["step"].clone()
 
 
-def train_step(t: Training) -> float:
-    """One optimizer step (grad_accum micro-steps); returns the loss averaged over ranks."""
+def train_step(t: Training, batches: Prefetcher, clock: StepClock) -> None:
+    """One optimizer step (grad_accum micro-steps). Nothing in it waits for the device: the loss stays a
+    device tensor until `sync_losses`, at the logging interval."""
     grad_accum = t.cfg.grad_accum_for(t.world)
     step_loss = torch.zeros((), device=t.device)
     for _ in range(grad_accum):
-        x, y = t.loader.batch(t.samples_seen)
+        x, y = batches.take(t.samples_seen)
         t.samples_seen += t.loader.samples_per_micro_step
-        _, loss = t.engine(x.to(t.device), y.to(t.device))
+        clock.lap("data")
+        _, loss = t.engine(x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True))
+        clock.lap("forward")
         t.engine.backward(loss)
+        clock.lap("backward")
         t.engine.step()
+        clock.lap("optimizer")
         step_loss += loss.detach().float() / grad_accum
-    dist.all_reduce(step_loss)
     t.step += 1
     t.tokens_seen += t.cfg.tokens_per_step(t.world)
-    loss = step_loss.item() / t.world
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss} at step {t.step}")
-    t.losses.append([t.step, loss])
-    return loss
+    t.pending.append((t.step, step_loss))
+
+
+def sync_losses(t: Training) -> float | None:
+    """The pending steps' losses averaged over ranks, in one collective; the last one. Every rank calls it
+    at the same steps (the logging interval, checkpoints, the end)."""
+    if not t.pending:
+        return t.losses[-1][1] if t.losses else None
+    steps = [step for step, _ in t.pending]
+    values = torch.stack([loss for _, loss in t.pending])
+    t.pending.clear()
+    if t.world > 1:
+        dist.all_reduce(values)
+    for step, loss in zip(steps, (values / t.world).tolist()):
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {step}")
+        t.losses.append([step, loss])
+    return t.losses[-1][1]
 
 
 def train(cfg: TrainConfig, reporter) -> dict | None:
@@ -283,20 +332,26 @@ def train(cfg: TrainConfig, reporter) -> dict | None:
         reporter.warning(f"flash attention is not available here, attention runs a slower kernel: {t.attention_problem}")
     loop_start, loop_start_step = time.time(), t.step
     steady_s, steady_steps = 0.0, 0  # step time after this launch's first step (compilation, warm-up) without saves
-    while t.step < cfg.steps:
-        step_start = time.perf_counter()
-        loss = train_step(t)
-        if t.step > loop_start_step + 1:
-            steady_s, steady_steps = steady_s + time.perf_counter() - step_start, steady_steps + 1
-        if t.is_rank0 and (t.step % cfg.log_every == 0 or t.step == cfg.steps):
-            elapsed = time.time() - loop_start
-            tok_s = (t.step - loop_start_step) * tokens_per_step / max(elapsed, 1e-9)
-            eta = (cfg.steps - t.step) * tokens_per_step / max(tok_s, 1e-9)
-            lr = t.scheduler.get_last_lr()[0]
-            reporter.info(f"step {t.step}/{cfg.steps} loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s elapsed {elapsed:.0f}s eta {eta:.0f}s")
-            reporter.progress({"step": t.step, "steps": cfg.steps, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "eta_s": eta})
-        if t.step % cfg.checkpoint_every == 0 or t.step == cfg.steps:
-            checkpoints.save(t.engine, t.store, t.step, t.client_state(), t.rank, t.local_rank, cfg.keep_last)
+    batches, clock = Prefetcher(t.loader, t.samples_seen, pin=t.gpu), StepClock()
+    try:
+        while t.step < cfg.steps:
+            step_start = time.perf_counter()
+            clock.restart()
+            train_step(t, batches, clock)
+            if t.step % cfg.log_every == 0 or t.step == cfg.steps:
+                loss = sync_losses(t)
+                clock.lap("loss_sync")
+                if t.is_rank0:
+                    _report(t, reporter, loss, loop_start, loop_start_step)
+                clock.lap("report")
+            if t.step > loop_start_step + 1:
+                steady_s, steady_steps = steady_s + time.perf_counter() - step_start, steady_steps + 1
+            if t.step % cfg.checkpoint_every == 0 or t.step == cfg.steps:
+                checkpoints.save(t.engine, t.store, t.step, t.client_state(), t.rank, t.local_rank, cfg.keep_last)
+                clock.lap("checkpoint")
+    finally:
+        batches.close()
+    t.step_host_ms = clock.per_step_ms(t.step - loop_start_step)
     loop_s = time.time() - loop_start
     # Each rank's peak memory, for the summary: the token store keeps it flat as the data grows.
     peak_rss = [0] * t.world
@@ -307,14 +362,27 @@ def train(cfg: TrainConfig, reporter) -> dict | None:
         checkpoints.export_final(t.store, checkpoints.tag_for(t.step), cfg.zero_stage, cfg.model, final)
         steady = steady_steps * tokens_per_step / steady_s if steady_steps else None
         summary = finish(t, final, loop_s, t.step - loop_start_step, time.time() - t_start, peak_rss, steady)
-        reporter.info(f"finished: {t.step} steps, final loss {summary['final_loss']:.4f}, {summary['tokens_per_s']:,.0f} tok/s"
-                      + (f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""))
+        reporter.info(
+            f"finished: {t.step} steps, final loss {summary['final_loss']:.4f}, {summary['tokens_per_s']:,.0f} tok/s"
+            + (f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else "")
+        )
     dist.barrier()
     return summary
 
 
-def finish(t: Training, final: Storage, loop_s: float, trained_steps: int, wall_s: float, peak_rss: list[int],
-           steady_tokens_per_s: float | None) -> dict:
+def _report(t: Training, reporter, loss: float, loop_start: float, loop_start_step: int) -> None:
+    cfg, tokens_per_step = t.cfg, t.cfg.tokens_per_step(t.world)
+    elapsed = time.time() - loop_start
+    tok_s = (t.step - loop_start_step) * tokens_per_step / max(elapsed, 1e-9)
+    eta = (cfg.steps - t.step) * tokens_per_step / max(tok_s, 1e-9)
+    lr = t.scheduler.get_last_lr()[0]
+    reporter.info(f"step {t.step}/{cfg.steps} loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s elapsed {elapsed:.0f}s eta {eta:.0f}s")
+    reporter.progress({"step": t.step, "steps": cfg.steps, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "eta_s": eta})
+
+
+def finish(
+    t: Training, final: Storage, loop_s: float, trained_steps: int, wall_s: float, peak_rss: list[int], steady_tokens_per_s: float | None
+) -> dict:
     """`final/summary.json`, written last: its presence means the run finished. `tokens_per_s` covers the
     whole loop (checkpoint saves included); `steady_tokens_per_s` the steps after the first, saves left
     out: the speed of training itself, which MFU is computed from."""
@@ -348,6 +416,8 @@ def finish(t: Training, final: Storage, loop_s: float, trained_steps: int, wall_
         "samples_seen": t.samples_seen,
         "compiled": cfg.compile,
         "attention": "flash" if t.attention_problem is None else f"not flash: {t.attention_problem}",
+        # Host milliseconds per step by phase (train/step_clock.py): where a step's time goes.
+        "step_host_ms": t.step_host_ms,
         # The mix the run's samples realized (one source "all" without a mixture).
         "mixture": t.loader.mixture.realized(t.samples_seen),
     }
