@@ -20,6 +20,7 @@ from llm_pipeline.corpus.batches import batch_key, write_batch
 from llm_pipeline.corpus.sources import CorpusSourceError, NothingMatched, SourceMissing, list_sources
 from llm_pipeline.resources import AutomationSettings, StorageResource, latest_materialization
 from llm_pipeline.storage.folders import bounded
+from llm_pipeline.tokenize.bpe import made_with_another_tokenizer
 
 DATA_ASSETS = ["raw_corpus", "tokenizer", "tokenized_shards"]
 TRAINING_ASSETS = ["trained_checkpoint", "eval_metrics", "published_model"]
@@ -161,7 +162,7 @@ def retraining_sensor(context: dg.SensorEvaluationContext, automation: Automatio
         mat = _latest(context.instance, "tokenized_shards", batch)
         if mat is not None:
             shards[batch] = mat
-    stale = [b for b, mat in shards.items() if _metadata_value(mat, "tokenizer_sha256") != current_tokenizer]
+    stale = made_with_another_tokenizer({b: _metadata_value(mat, "tokenizer_sha256") for b, mat in shards.items()}, current_tokenizer)
     if stale:  # training would refuse the mix; the re-tokenization is under way
         return dg.SkipReason(f"waiting for batches {', '.join(stale)} to be re-tokenized with the current tokenizer")
     used = {}

@@ -7,6 +7,7 @@ from llm_pipeline.assets.plots import loss_curve_markdown
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.resources import StorageResource
+from llm_pipeline.tokenize.bpe import made_with_another_tokenizer
 from llm_pipeline.train.config import mixture_sources
 from llm_pipeline.train.launch import launch_command, launch_env, worker_command
 
@@ -26,7 +27,7 @@ def training_data(context, config: TrainedCheckpointConfig, storage: StorageReso
             f"trained_checkpoint: batches {', '.join(missing)} have no tokenized_shards "
             "materialization; materialize them or leave them out of `batches`"
         )
-    stale = {b: v["tokenizer_sha256"] for b, v in shards.items() if v["tokenizer_sha256"] != tokenizer["sha256"]}
+    stale = made_with_another_tokenizer({b: v["tokenizer_sha256"] for b, v in shards.items()}, tokenizer["sha256"])
     if stale:
         listed = ", ".join(f"{b} (tokenizer {sha[:12]})" for b, sha in stale.items())
         raise _input_error(

@@ -86,6 +86,14 @@ def id_space(tok: Tokenizer) -> int:
     return max(tok.get_vocab(with_added_tokens=True).values()) + 1
 
 
+def made_with_another_tokenizer(made_with: dict[str, str | None], expected: str | None = None) -> dict[str, str | None]:
+    """The entries of `made_with` (a batch or shard set -> the sha256 of the tokenizer that made its shards) not
+    made with `expected` (default: the first entry's): the one rule that the shards trained on together, and
+    the model they train, share one tokenizer."""
+    expected = expected or next(iter(made_with.values()), None)
+    return {name: sha for name, sha in made_with.items() if sha != expected}
+
+
 def tokenizer_hash(json_text: str) -> str:
     return hashlib.sha256(json_text.encode("utf-8")).hexdigest()
 

@@ -26,6 +26,7 @@ import torch
 from llm_pipeline.prefetch import prefetch
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import MANIFEST, ManifestError, read_manifest
+from llm_pipeline.tokenize.bpe import made_with_another_tokenizer
 from llm_pipeline.train.config import MIX_BLOCK, mixture_shares
 
 
@@ -301,11 +302,11 @@ def load_split_tokens(
 
 def check_one_tokenizer(manifests: dict[str, dict], expected_tokenizer_sha256: str | None = None) -> None:
     """Refuse shard sets made with different tokenizers (or not with the expected one), naming them."""
-    by_tokenizer: dict[str, list[str]] = {}
-    for where, manifest in manifests.items():
-        by_tokenizer.setdefault(manifest["tokenizer_sha256"], []).append(where)
-    expected = expected_tokenizer_sha256 or next(iter(by_tokenizer), "")
-    wrong = {sha: names for sha, names in by_tokenizer.items() if sha != expected}
+    made_with = {where: manifest["tokenizer_sha256"] for where, manifest in manifests.items()}
+    expected = expected_tokenizer_sha256 or next(iter(made_with.values()), "")
+    wrong: dict[str, list[str]] = {}
+    for where, sha in made_with_another_tokenizer(made_with, expected).items():
+        wrong.setdefault(sha, []).append(where)
     if wrong:
         listed = "; ".join(f"{', '.join(names)} made with tokenizer {sha[:12]}" for sha, names in sorted(wrong.items()))
         raise ShardError(
