@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The repo root is the Dagster instance home: dagster.yaml lives here, its data under .dagster/.
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup browser lint demo test dev bench clean
+.PHONY: setup browser postgres lint typecheck demo test dev bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,17 +20,27 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/python -m llm_pipeline.demo
 
-test: setup browser lint
-	$(BIN)/python -m pytest -q -ra --durations=25
+# Two workers, one test module each at a time (module fixtures stay shared within a module): the
+# service tests spend most of their time waiting, and the other worker runs beside them.
+test: setup browser postgres lint typecheck
+	$(BIN)/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile
 
 # ruff's lint rules and formatting (pyproject.toml), on the library.
 lint: setup
 	$(BIN)/ruff check llm_pipeline
 	$(BIN)/ruff format --check llm_pipeline
 
+# mypy on the library (pyproject.toml: [tool.mypy]).
+typecheck: setup
+	$(BIN)/mypy
+
 # Headless Chromium for the UI test (a screenshot of the asset page); Debian's package, as root.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# PostgreSQL for the production-instance tests (Debian's package; the tests start their own server).
+postgres:
+	@test -x /usr/lib/postgresql/15/bin/initdb || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 # The peers the benchmarks compare against (datatrove, spaCy, datasketch) are a benchmark-only extra.
 bench: setup

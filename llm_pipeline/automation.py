@@ -14,14 +14,23 @@ import json
 import os
 
 import dagster as dg
+import yaml
 
 from llm_pipeline.assets.partitions import batch_keys, corpus_batches
-from llm_pipeline.corpus.batches import batch_key, write_batch
-from llm_pipeline.corpus.sources import CorpusSourceError, NothingMatched, SourceMissing, list_sources
+from llm_pipeline.corpus.batches import batch_key, find_batch, write_batch
+from llm_pipeline.corpus.landing import LandingScan, Ledger, scan
 from llm_pipeline.resources import AutomationSettings, StorageResource, latest_materialization
-from llm_pipeline.storage.folders import bounded
+from llm_pipeline.storage.folders import bounded, open_uri
 from llm_pipeline.tokenize.bpe import made_with_another_tokenizer
 
+# Queued, starting, running or being cancelled: a run that still holds (or will hold) the trainer.
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 DATA_ASSETS = ["raw_corpus", "tokenizer", "tokenized_shards"]
 TRAINING_ASSETS = ["trained_checkpoint", "eval_metrics", "published_model"]
 
@@ -46,71 +55,45 @@ data_automation = dg.AutomationConditionSensorDefinition(
     description="Cleans and tokenizes each new corpus batch once; trains the tokenizer on the first.",
 )
 
-retraining_schedule = dg.ScheduleDefinition(
-    name="retraining_schedule",
+
+@dg.schedule(
     job=training_job,
     # A cron string from the environment; the default retrains weekly, Sunday 03:00. Stopped until
     # switched on: it spends compute whether or not data arrived.
     cron_schedule=os.environ.get("LLM_PIPELINE_RETRAIN_CRON", "0 3 * * 0"),
+    default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Retrains on every corpus batch on a cron, evaluates, and publishes if the checks pass.",
 )
+def retraining_schedule(context: dg.ScheduleEvaluationContext, automation: AutomationSettings):
+    return dg.RunRequest(run_config=training_run_config(automation), tags={"llm_pipeline/trigger": "schedule"})
+
+
+def training_run_config(settings: AutomationSettings) -> dict:
+    """The run config retraining runs start with: the file `training_run_config` names (the launchpad's
+    YAML for training_job), or the defaults. Dagster checks it against the job's config when it launches."""
+    if not settings.training_run_config:
+        return {}
+    try:
+        with open_uri(settings.training_run_config) as f:
+            config = yaml.safe_load(f.read(1 << 20))
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"training_run_config {settings.training_run_config!r} cannot be read as YAML: {bounded(str(e))}") from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"training_run_config {settings.training_run_config!r} must hold a mapping (ops: ...), got {type(config).__name__}"
+        )
+    return config
 
 
 def landing_uri(storage: StorageResource, settings: AutomationSettings) -> str:
     return settings.landing_uri or storage.root().child("landing").uri
 
 
-class LandingError(RuntimeError):
-    """The landing folder could not be looked at, or the sensor's cursor cannot be read: a tick that
-    fails with this names what failed, instead of reading as 'nothing new'."""
-
-
-def read_cursor(cursor: str | None) -> tuple[dict[str, str], dict[str, str]]:
-    """(taken, seen) from the new-corpus sensor's cursor; LandingError naming the way out otherwise."""
-    if not cursor:
-        return {}, {}
-    try:
-        state = json.loads(cursor)
-        taken, seen = state["taken"], state["seen"]
-        if not all(
-            isinstance(part, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in part.items()) for part in (taken, seen)
-        ):
-            raise TypeError("taken and seen must map file names to identities")
-    except (ValueError, KeyError, TypeError, RecursionError) as e:
-        raise LandingError(
-            f"new_corpus_sensor's cursor is not one this release writes ({type(e).__name__}: {bounded(str(e), 120)}; "
-            f"cursor starts {cursor[:60]!r}). Clear it to go on: `dagster sensor cursor new_corpus_sensor --delete`, "
-            "or the sensor's page in the UI. The files in the landing folder are then taken once more as one new "
-            "batch, whose documents dedup drops as duplicates of the earlier batches."
-        ) from None
-    return taken, seen
-
-
-def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[dict[str, str], int, str, list[str]]:
-    """Files under `uri` that are new or changed and complete (relative path -> identity), how many
-    are still arriving, the cursor to keep, and the entries that cannot be taken (named, with why).
-
-    A file is known by its identity, path + size + version (an object's ETag, a file's mtime), not by
-    a time watermark: a late file with an old mtime, or one renamed into the folder, is still new.
-    A file is taken once its identity is the same on two ticks in a row (an upload still growing
-    is not), and never again unless its content changes. Hidden files and in-flight names (*.part,
-    *.tmp, ...) are judged relative to the landing folder, with the corpus stage's own listing, so
-    a landing folder under `.storage/` works. A folder that cannot be listed raises LandingError.
-    """
-    taken, seen = read_cursor(cursor)
-    try:
-        listing = list_sources(uri, "**/*", storage_options=storage.at(uri).storage_options)
-    except (SourceMissing, NothingMatched):  # no landing folder yet, or nothing in it
-        return {}, 0, json.dumps({"taken": taken, "seen": {}}, sort_keys=True), []
-    except CorpusSourceError as e:
-        raise LandingError(f"new_corpus_sensor cannot list the landing folder: {e}") from None
-    current = {f.rel: f"{f.size}:{f.version}" for f in listing.files}
-    fresh = {rel: ident for rel, ident in current.items() if taken.get(rel) != ident}
-    ready = {rel: ident for rel, ident in sorted(fresh.items()) if seen.get(rel) == ident}
-    taken.update(ready)
-    pending = {rel: ident for rel, ident in fresh.items() if rel not in ready}
-    refused = [f"{s.rel} ({s.reason})" for s in listing.skipped if s.reason != "hidden_or_in_flight"]
-    return ready, len(pending), json.dumps({"taken": taken, "seen": pending}, sort_keys=True), refused
+def new_files(
+    storage: StorageResource, settings: AutomationSettings, uri: str, cursor: str | None, now: float | None = None
+) -> LandingScan:
+    """One look at the landing folder (corpus/landing.py: deliveries, the ledger, the cursor)."""
+    return scan(uri, storage.at(uri).storage_options, cursor, Ledger(storage.root(), uri), settings.landing_quiet_seconds, now)
 
 
 @dg.sensor(
@@ -120,20 +103,23 @@ def new_files(storage: StorageResource, uri: str, cursor: str | None) -> tuple[d
 )
 def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, automation: AutomationSettings):
     uri = landing_uri(storage, automation)
-    ready, arriving, cursor, refused = new_files(storage, uri, context.cursor)
+    look = new_files(storage, automation, uri, context.cursor)
     not_taken = ""
-    if refused:
-        not_taken = f"; {len(refused)} entries cannot be taken: {', '.join(refused[:5])}" + (" ..." if len(refused) > 5 else "")
+    if look.refused:
+        shown = ", ".join(look.refused[:5]) + (" ..." if len(look.refused) > 5 else "")
+        not_taken = f"; {len(look.refused)} entries cannot be taken: {shown}"
         context.log.warning(f"new_corpus_sensor: under {uri}{not_taken}")
-    if not ready:
-        return dg.SensorResult(
-            skip_reason=f"no new complete files under {uri}" + (f" ({arriving} still arriving)" if arriving else "") + not_taken,
-            cursor=cursor,
-        )
-    key = batch_key(ready)
-    write_batch(storage.root(), key, uri, ready)  # before the partition exists: the batch's files are fixed
-    context.log.info(f"new corpus batch {key}: {len(ready)} files under {uri}")
-    return dg.SensorResult(dynamic_partitions_requests=[corpus_batches.build_add_request([key])], cursor=cursor)
+    if look.sealed:
+        context.log.info(f"sealed {len(look.sealed)} quiet deliveries under {uri} (not listed again): {', '.join(look.sealed[:5])}")
+    if not look.ready:
+        arriving = f" ({look.arriving} still arriving)" if look.arriving else ""
+        return dg.SensorResult(skip_reason=f"no new complete files under {uri}{arriving}{not_taken}", cursor=look.cursor)
+    # A tick that recorded this very batch and died before its cursor was kept gets the same key back:
+    # adding a partition that exists is a no-op, so the files become one batch, never two.
+    key = find_batch(storage.root(), look.ready) or batch_key(look.ready)
+    write_batch(storage.root(), key, uri, look.ready)  # before the partition exists: the batch's files are fixed
+    context.log.info(f"corpus batch {key}: {len(look.ready)} files under {uri}")
+    return dg.SensorResult(dynamic_partitions_requests=[corpus_batches.build_add_request([key])], cursor=look.cursor)
 
 
 def _latest(instance: dg.DagsterInstance, asset: str, partition: str | None = None):
@@ -165,7 +151,7 @@ def retraining_sensor(context: dg.SensorEvaluationContext, automation: Automatio
     stale = made_with_another_tokenizer({b: _metadata_value(mat, "tokenizer_sha256") for b, mat in shards.items()}, current_tokenizer)
     if stale:  # training would refuse the mix; the re-tokenization is under way
         return dg.SkipReason(f"waiting for batches {', '.join(stale)} to be re-tokenized with the current tokenizer")
-    used = {}
+    used: dict[str, str] = {}
     trained = _latest(context.instance, "trained_checkpoint")
     if trained is not None:
         used = _metadata_value(trained, "batches") or {}
@@ -176,8 +162,15 @@ def retraining_sensor(context: dg.SensorEvaluationContext, automation: Automatio
         return dg.SkipReason(
             f"{new_tokens:,} new training tokens in {len(fresh)} batches; retraining at {automation.retrain_min_new_tokens:,}"
         )
+    # One training at a time: newer data waits for the next run, which takes all of it.
+    training = context.instance.get_run_records(dg.RunsFilter(job_name=training_job.name, statuses=UNFINISHED), limit=1)
+    if training:
+        return dg.SkipReason(
+            f"{new_tokens:,} new training tokens in {len(fresh)} batches wait for training run {training[0].dagster_run.run_id} to finish"
+        )
     data = {b: _metadata_value(mat, "manifest_sha256") for b, mat in shards.items()}
     return dg.RunRequest(
+        run_config=training_run_config(automation),
         run_key=hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16],
         tags={
             "llm_pipeline/trigger": "new_tokens",

@@ -58,6 +58,8 @@ def make_resources(root_uri: str | None = None) -> dict:
         "automation": AutomationSettings(
             landing_uri=_setting("LANDING_URI", ""),
             retrain_min_new_tokens=_setting("RETRAIN_MIN_NEW_TOKENS", 1, as_int=True),
+            training_run_config=_setting("TRAINING_RUN_CONFIG", ""),
+            landing_quiet_seconds=_setting("LANDING_QUIET_SECONDS", 3600, as_int=True),
         ),
     }
 
@@ -69,4 +71,8 @@ defs = dg.Definitions(
     schedules=[retraining_schedule],
     sensors=[new_corpus_sensor, retraining_sensor, data_automation],
     resources=make_resources(),
+    # Every step in the run's own process: a step process of its own would import torch and Dagster
+    # again (6-8 s on two cores, for each of a training run's eight steps), while the heavy work has
+    # processes of its own already (the trainer's ranks, through Pipes).
+    executor=dg.in_process_executor,
 )

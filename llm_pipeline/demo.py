@@ -19,7 +19,7 @@ import warnings
 
 import dagster as dg
 
-from llm_pipeline.assets.partitions import corpus_batches
+from llm_pipeline.assets.partitions import CORPUS_BATCHES
 from llm_pipeline.automation import pipeline_job
 from llm_pipeline.corpus.batches import BUILTIN_BATCH
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
@@ -73,7 +73,7 @@ def _harness_lines(metrics: dict) -> list[str]:
 
 
 def demo_run_config(source: str | None = None, steps: int | None = None) -> dict:
-    ops = {}
+    ops: dict[str, dict] = {}
     if source:
         ops["raw_corpus"] = {"config": {"source_uri": source}}
     if steps:
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     start = time.time()
     instance = dg.DagsterInstance.get()
-    if not instance.has_dynamic_partition(corpus_batches.name, BUILTIN_BATCH):
-        instance.add_dynamic_partitions(corpus_batches.name, [BUILTIN_BATCH])
+    if not instance.has_dynamic_partition(CORPUS_BATCHES, BUILTIN_BATCH):
+        instance.add_dynamic_partitions(CORPUS_BATCHES, [BUILTIN_BATCH])
     with _process_output_to(log_file) as console:
         defs = dg.Definitions(
             assets=ASSETS, asset_checks=CHECKS, jobs=[pipeline_job], resources=resources, loggers={"demo": demo_logger(log_file, console)}

@@ -69,7 +69,7 @@ class StageLines(logging.Handler):
 def demo_logger(log_path: str, console=None) -> dg.LoggerDefinition:
     """Stage lines on `console` (default stdout); the full event log in `log_path`."""
 
-    @dg.logger(description="make demo: one line per stage, a training progress bar; everything to a file")
+    @dg.logger(config_schema={}, description="make demo: one line per stage, a training progress bar; everything to a file")
     def demo_console(_init_context):
         logger = logging.Logger("llm_pipeline.demo", level=logging.DEBUG)
         logger.addHandler(StageLines(console))

@@ -54,10 +54,21 @@ class StorageResource(dg.ConfigurableResource):
 
 class AutomationSettings(dg.ConfigurableResource):
     """What the sensors watch and when retraining starts (LLM_PIPELINE_LANDING_URI,
-    LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS)."""
+    LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS, LLM_PIPELINE_TRAINING_RUN_CONFIG, LLM_PIPELINE_LANDING_QUIET_SECONDS)."""
 
     landing_uri: str = Field(default="", description="folder watched for new corpus files; empty: <storage root>/landing")
     retrain_min_new_tokens: int = Field(default=1, description="retrain once this many new training tokens have been tokenized (>= 1)")
+    training_run_config: str = Field(
+        default="",
+        description="a YAML file (path or URI) with the run config of the retraining runs the sensor and schedule start, "
+        "as the launchpad shows it for training_job (ops: trained_checkpoint: config: ...); empty: the defaults",
+    )
+    landing_quiet_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="a delivery (a folder or file directly under the landing folder) unchanged this long, its files all taken, "
+        "is sealed: not listed again, so a tick costs the same however many files were taken before",
+    )
 
     @field_validator("retrain_min_new_tokens", mode="before")
     @classmethod
@@ -86,7 +97,7 @@ class JsonIOManager(dg.ConfigurableIOManager):
         value_folder(self.storage, context.asset_key, partition).write_json(f"{context.run_id}.json", obj)
 
     def load_input(self, context: dg.InputContext):
-        asset_key = context.upstream_output.asset_key
+        asset_key = context.asset_key
         if context.has_asset_partitions:
             values = {p: self._load(context, asset_key, p) for p in context.asset_partition_keys}
             return values if len(values) > 1 or not context.has_partition_key else next(iter(values.values()))
@@ -121,7 +132,8 @@ def _producing_run(context: dg.InputContext) -> str | None:
     """The run whose step produced this input, when a step in this run's plan did (this run, or the
     parent of a re-execution); None when the input comes from outside the run."""
     try:
-        return context.upstream_output.run_id
+        upstream = context.upstream_output
+        return upstream.run_id if upstream is not None else None
     except dg.DagsterInvariantViolationError:
         return None
 

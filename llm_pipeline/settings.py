@@ -35,7 +35,7 @@ class Settings(pydantic.BaseModel):
 
 def readable(error: ValidationError, cls: type[pydantic.BaseModel]) -> str:
     """'<field> must be > 0, got 0' for each failed rule, joined."""
-    return "; ".join(_message(e, cls) for e in error.errors(include_url=False))
+    return "; ".join(_message(dict(e), cls) for e in error.errors(include_url=False))
 
 
 def _message(e: dict, cls: type[pydantic.BaseModel]) -> str:

@@ -1,13 +1,35 @@
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import train_bpe
+
+# Under pytest-xdist (`make test` runs two workers), each worker gets a temporary folder of its own, for
+# itself and every process it starts: a path derived from a test's inputs alone (a remote root's
+# checkpoint staging) then never meets the same test shape running in the other worker.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    _TMP = os.path.join(tempfile.gettempdir(), f"llm-pipeline-tests-{_WORKER}")
+    os.makedirs(_TMP, exist_ok=True)
+    os.chmod(_TMP, 0o755)  # the PostgreSQL server (user `postgres`) keeps its folder in here
+    os.environ["TMPDIR"] = _TMP
+    tempfile.tempdir = None
+
+# The modules that mostly wait on real services (deliveries spaced in time, sensor ticks, a daemon)
+# start first, so the other worker runs the rest beside them instead of after them.
+WAITING_MODULES = ("test_load_postgres.py", "test_continuous_daemon.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in WAITING_MODULES)  # stable: the rest keep their order
+
 
 # Small, real Python source documents (from this repo's interpreter) for fast tests.
 _STDLIB = os.path.dirname(os.__file__)
@@ -98,3 +120,55 @@ def gcs_bucket():
         proc.terminate()
         proc.wait(timeout=10)
 
+
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+class Postgres:
+    """A real PostgreSQL server (Debian's `postgresql` package) in a temporary folder, on loopback.
+
+    The server refuses to run as root: as root (CI) it runs as the `postgres` user the package made."""
+
+    def __init__(self):
+        # Not under pytest's tmp_path: its folders are root's alone, and the server runs as `postgres`.
+        self.folder, self.port = tempfile.mkdtemp(prefix="llm-pipeline-pg-"), free_port()
+        self.data, self.log = os.path.join(self.folder, "data"), os.path.join(self.folder, "postgres.log")
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "postgres", self.folder], check=True)
+        self._run(f"{PG_BIN}/initdb", "-D", self.data, "-A", "trust", "-U", "dagster")
+        self.start()
+        self._run(f"{PG_BIN}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "dagster", "dagster")
+
+    def _run(self, *cmd: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        proc = subprocess.run(prefix + list(cmd), capture_output=True, text=True)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed: {proc.stderr or proc.stdout}"
+
+    def start(self) -> None:
+        self._run(f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "start",
+                  "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1")
+
+    def stop(self) -> None:
+        self._run(f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def close(self) -> None:
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def env(self) -> dict[str, str]:
+        """What deploy/postgres/dagster.yaml reads."""
+        return {"DAGSTER_PG_USERNAME": "dagster", "DAGSTER_PG_PASSWORD": "unused-with-trust-auth", "DAGSTER_PG_HOST": "127.0.0.1",
+                "DAGSTER_PG_DB": "dagster", "DAGSTER_PG_PORT": str(self.port)}
+
+
+@pytest.fixture
+def postgres():
+    if not os.path.exists(f"{PG_BIN}/initdb"):
+        pytest.fail("PostgreSQL is not installed: `make test` installs it (Debian package `postgresql`)")
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from llm_pipeline.storage.folders import Storage
-from llm_pipeline.train.checkpoints import CRASH_ENV, MARKER, CheckpointStore
+from llm_pipeline.faults import CRASH_ENV
+from llm_pipeline.train.checkpoints import MARKER, CheckpointStore
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import launch_command, launch_env
 from llm_pipeline.train.model import ModelConfig

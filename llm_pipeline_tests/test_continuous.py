@@ -130,6 +130,10 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
 
     [request] = retraining_tick().run_requests
     assert request.tags["llm_pipeline/new_batches"] == f"{first},{second},{repeat}"
+    # One training at a time: while a training run is queued or running, new data waits for the next.
+    running = instance.add_run(dg.DagsterRun(job_name="training_job", run_id="running-training-run", status=dg.DagsterRunStatus.STARTED))
+    assert retraining_tick().skip_message.endswith(f"wait for training run {running.run_id} to finish")
+    instance.report_run_canceled(running)
     result = landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"])
     assert result.success
     ckpt = result.output_for_node("trained_checkpoint")

@@ -8,6 +8,7 @@ from llm_pipeline.assets.configs import validate_run_config
 from llm_pipeline.automation import new_corpus_sensor, retraining_schedule
 from llm_pipeline.definitions import ASSETS, CHECKS, defs, make_resources
 from llm_pipeline.corpus.batches import read_batch
+from llm_pipeline.resources import AutomationSettings
 from llm_pipeline_tests.helpers import batch_instance
 
 
@@ -38,10 +39,22 @@ def test_every_setting_from_the_environment_loads_and_is_checked_when_resolved(t
         assert "retrain_min_new_tokens must be >= 1, got 0" in str(err.value.__cause__)
 
 
-def test_retraining_schedule_requests_a_training_run_and_starts_stopped():
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc))
-    result = retraining_schedule.evaluate_tick(context)
-    assert len(result.run_requests) == 1
+def test_retraining_schedule_requests_a_training_run_and_starts_stopped(tmp_path):
+    def tick(settings):
+        context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc),
+                                            resources={"automation": settings})
+        return retraining_schedule.evaluate_tick(context)
+
+    result = tick(AutomationSettings())
+    assert len(result.run_requests) == 1 and result.run_requests[0].run_config == {}
+    # A run config file of the user's: the retraining runs start with it.
+    (tmp_path / "training.yaml").write_text("ops:\n  trained_checkpoint:\n    config:\n      preset: tiny\n")
+    [request] = tick(AutomationSettings(training_run_config=str(tmp_path / "training.yaml"))).run_requests
+    assert request.run_config == {"ops": {"trained_checkpoint": {"config": {"preset": "tiny"}}}}
+    (tmp_path / "bad.yaml").write_text("- not a mapping\n")
+    with pytest.raises(dg.DagsterUserCodeExecutionError) as err:
+        tick(AutomationSettings(training_run_config=str(tmp_path / "bad.yaml")))
+    assert "bad.yaml' must hold a mapping (ops: ...), got list" in str(err.value.__cause__)
     assert retraining_schedule.job_name == "training_job"
     assert retraining_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     # What runs by default: new files become batches, batches are processed, new tokens retrain.

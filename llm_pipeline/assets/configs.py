@@ -89,9 +89,12 @@ class _RawCorpus(dg.Config):
         )
 
 
-RawCorpusConfig = create_model(
-    "RawCorpusConfig", __base__=_RawCorpus, __module__=__name__, **launchpad_fields(CorpusConfig), **launchpad_fields(FilterConfig)
-)
+if typing.TYPE_CHECKING:  # the fields below are derived at run time; a type checker sees the base class
+    RawCorpusConfig = _RawCorpus
+else:
+    RawCorpusConfig = create_model(
+        "RawCorpusConfig", __base__=_RawCorpus, __module__=__name__, **launchpad_fields(CorpusConfig), **launchpad_fields(FilterConfig)
+    )
 
 
 class TokenizerConfig(dg.Config):
@@ -112,9 +115,12 @@ class _TokenizedShards(dg.Config):
         return ShardConfig(**_values(self, ShardConfig))
 
 
-TokenizedShardsConfig = create_model(
-    "TokenizedShardsConfig", __base__=_TokenizedShards, __module__=__name__, **launchpad_fields(ShardConfig)
-)
+if typing.TYPE_CHECKING:  # the fields below are derived at run time; a type checker sees the base class
+    TokenizedShardsConfig = _TokenizedShards
+else:
+    TokenizedShardsConfig = create_model(
+        "TokenizedShardsConfig", __base__=_TokenizedShards, __module__=__name__, **launchpad_fields(ShardConfig)
+    )
 
 
 class _TrainedCheckpoint(dg.Config):
@@ -123,9 +129,12 @@ class _TrainedCheckpoint(dg.Config):
     init_from: Literal["scratch", "latest_published"] = Field(
         default="scratch", description="latest_published: continue pretraining from init_from_model's latest version (fresh warmup)"
     )
+    if typing.TYPE_CHECKING:  # one of the fields derived from TrainConfig that this module reads itself
+        mixture: dict[str, float]
     init_from_model: str = Field(default=DEFAULT_MODEL_NAME, description="registry model that init_from latest_published starts from")
     # model: a named size, with any dimension overridden (the ModelConfig fields)
-    preset: Literal[tuple(PRESETS)] = Field(default="demo", description="model size preset")
+    # The presets' names as the launchpad's choices: a Literal built at run time, which no checker can read.
+    preset: Literal[tuple(PRESETS)] = Field(default="demo", description="model size preset")  # type: ignore[valid-type]
 
     def build_model_config(self, vocab_size: int) -> ModelConfig:
         overrides = {name: value for name, value in _values(self, ModelConfig).items() if value is not None}
@@ -162,14 +171,17 @@ class _TrainedCheckpoint(dg.Config):
             check_name(batch, "batches entry")
 
 
-TrainedCheckpointConfig = create_model(
-    "TrainedCheckpointConfig",
-    __base__=_TrainedCheckpoint,
-    __module__=__name__,
-    **launchpad_fields(ModelConfig, overrides=True),
-    **launchpad_fields(TrainConfig),
-    **launchpad_fields(LaunchConfig),
-)
+if typing.TYPE_CHECKING:  # the fields below are derived at run time; a type checker sees the base class
+    TrainedCheckpointConfig = _TrainedCheckpoint
+else:
+    TrainedCheckpointConfig = create_model(
+        "TrainedCheckpointConfig",
+        __base__=_TrainedCheckpoint,
+        __module__=__name__,
+        **launchpad_fields(ModelConfig, overrides=True),
+        **launchpad_fields(TrainConfig),
+        **launchpad_fields(LaunchConfig),
+    )
 
 
 class _EvalMetrics(dg.Config):
@@ -227,7 +239,10 @@ class _EvalMetrics(dg.Config):
         return self.max_loss if self.max_loss is not None else 0.7 * math.log(vocab_size)
 
 
-EvalMetricsConfig = create_model("EvalMetricsConfig", __base__=_EvalMetrics, __module__=__name__, **launchpad_fields(EvalConfig))
+if typing.TYPE_CHECKING:  # the fields below are derived at run time; a type checker sees the base class
+    EvalMetricsConfig = _EvalMetrics
+else:
+    EvalMetricsConfig = create_model("EvalMetricsConfig", __base__=_EvalMetrics, __module__=__name__, **launchpad_fields(EvalConfig))
 
 
 class PublishedModelConfig(dg.Config):

@@ -4,12 +4,13 @@ import dagster as dg
 
 from llm_pipeline.resources import StorageResource, latest_run, value_folder
 
-corpus_batches = dg.DynamicPartitionsDefinition(name="corpus_batches")
+CORPUS_BATCHES = "corpus_batches"
+corpus_batches = dg.DynamicPartitionsDefinition(name=CORPUS_BATCHES)
 
 
 def batch_keys(instance: dg.DagsterInstance) -> list[str]:
     """Every batch, in the order they were added (landing order)."""
-    return list(instance.get_dynamic_partitions(corpus_batches.name))
+    return list(instance.get_dynamic_partitions(CORPUS_BATCHES))
 
 
 def partition_values(

@@ -29,7 +29,7 @@ def training_data(context, config: TrainedCheckpointConfig, storage: StorageReso
         )
     stale = made_with_another_tokenizer({b: v["tokenizer_sha256"] for b, v in shards.items()}, tokenizer["sha256"])
     if stale:
-        listed = ", ".join(f"{b} (tokenizer {sha[:12]})" for b, sha in stale.items())
+        listed = ", ".join(f"{b} (tokenizer {str(sha)[:12]})" for b, sha in stale.items())
         raise _input_error(
             f"trained_checkpoint: shards with mixed tokenizers: {listed}; the current tokenizer is "
             f"{tokenizer['sha256'][:12]}. Re-tokenize them (backfill tokenized_shards) first"

@@ -22,8 +22,24 @@ BUILTIN_BATCH = "builtin"
 def batch_key(files: dict[str, str], now: dt.datetime | None = None) -> str:
     """Short, stable and sortable: landing time plus a hash of the files and their versions."""
     now = now or dt.datetime.now(dt.UTC)
-    digest = hashlib.sha256("\n".join(f"{rel} {ident}" for rel, ident in sorted(files.items())).encode()).hexdigest()
-    return f"{now:%Y%m%d-%H%M%S}-{digest[:8]}"
+    return f"{now:%Y%m%d-%H%M%S}-{_digest(files)}"
+
+
+def _digest(files: dict[str, str]) -> str:
+    return hashlib.sha256("\n".join(f"{rel} {ident}" for rel, ident in sorted(files.items())).encode()).hexdigest()[:8]
+
+
+def find_batch(root: Storage, files: dict[str, str]) -> str | None:
+    """The key of a batch already recorded with exactly these files (and versions), if any."""
+    folder = root.child(BATCHES)
+    folder.fs.invalidate_cache(folder.path)
+    if not folder.exists():
+        return None
+    suffix = f"-{_digest(files)}.json"
+    for name in sorted(n for n in folder.listdir() if n.endswith(suffix)):
+        if folder.read_json(name).get("files") == dict(sorted(files.items())):
+            return name[: -len(".json")]
+    return None
 
 
 def write_batch(root: Storage, key: str, source_uri: str, files: dict[str, str]) -> None:

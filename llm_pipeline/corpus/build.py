@@ -41,6 +41,7 @@ from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE, NearDuplicateIndex, band_keys
 from llm_pipeline.corpus.readers import PREFIX_BYTES, Format
 from llm_pipeline.corpus.sources import CorpusSourceError, SourceListing, check_glob, is_hidden_or_in_flight, list_sources
+from llm_pipeline.faults import crash_point
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import read_manifest, write_manifest
@@ -183,7 +184,8 @@ class _Deduplicator:
         ids = batch.column("id").to_pylist()
         keep = np.ones(len(ids), dtype=bool)
         drops = []
-        sigs = keys = None
+        sigs: np.ndarray | None = None
+        keys: np.ndarray | None = None
         if self.near is not None:
             sigs = np.frombuffer(
                 batch.column("signature").buffers()[1],
@@ -199,7 +201,7 @@ class _Deduplicator:
                 keep[row] = False
                 drops.append((row, "exact_duplicate", f"same text as {self._describe(self.ids[key])}"))
                 continue
-            if self.near is not None:
+            if self.near is not None and sigs is not None and keys is not None:
                 match = self.near.check(sigs[row], keys[row])
                 if match is not None:
                     keep[row] = False
@@ -351,6 +353,7 @@ def build_corpus(
         "quarantine": quarantine_files,
         "files": sorted(file_entries + skipped, key=lambda f: f["uri"]),
     }
+    crash_point("corpus_before_manifest")  # the crash tests: every part written, no manifest yet
     write_manifest(out, manifest)
     return manifest
 

@@ -100,7 +100,7 @@ class _Spool:
         self.path, self.schema = path, schema
         self.columns: dict[str, list] = {name: [] for name in schema.names}
         self.bytes = 0
-        self.writer = None
+        self.writer: pa.ipc.RecordBatchFileWriter | None = None
 
     def add(self, nbytes: int, **row) -> None:
         for name, value in row.items():
@@ -124,6 +124,7 @@ class _Spool:
 
     def close(self) -> None:
         self.flush()
+        assert self.writer is not None  # flush made it
         self.writer.close()
 
 

@@ -103,6 +103,7 @@ def list_sources(
     max_bytes: int | None = None,
     storage_options: dict | None = None,
     only: Collection[str] | None = None,
+    within: Collection[str] | None = None,
 ) -> SourceListing:
     """Files to read under `source_uri`, in sorted order, and every other matched entry with its reason.
 
@@ -111,6 +112,9 @@ def list_sources(
 
     `max_bytes` caps the stored bytes read: files are taken in order while they fit, and a file that
     would overflow the budget is skipped as `over_max_bytes` (a later, smaller file may still fit).
+
+    `within` (names of entries directly under `source_uri`) restricts the walk to those entries, so
+    the landing sensor lists the deliveries that can hold something new and no other.
 
     With `only` as a mapping, each file's identity (`size:version`, as the landing sensor recorded
     it) must still be what it was: a file changed since is skipped as `changed_since_landing`, not read.
@@ -133,7 +137,7 @@ def list_sources(
     skipped: list[SkippedEntry] = []
     root_uri = fs.unstrip_protocol(root).rstrip("/")
     try:
-        walk = _walk_local(root, exclude) if is_local else _walk_remote(fs, root)
+        walk = _walk_local(root, exclude, within) if is_local else _walk_remote(fs, root, within)
         for rel, kind, size, is_dir, path, version in walk:
             uri = f"{root_uri}/{rel}" if rel else root_uri
             shown = display_name(rel)
@@ -186,7 +190,7 @@ def _prunable(rel_dir: str, exclude: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(probe, pat) for pat in exclude)
 
 
-def _walk_local(root: str, exclude: tuple[str, ...] = ()):
+def _walk_local(root: str, exclude: tuple[str, ...] = (), within: Collection[str] | None = None):
     """(relative path, kind, size, is a folder, path to read, version) for every file and every link not followed.
 
     kind: "file", "symlink_outside_source", "symlink_loop" or "broken_symlink". Files are read at their
@@ -209,6 +213,8 @@ def _walk_local(root: str, exclude: tuple[str, ...] = ()):
             # A subfolder we may not read (or one too deep for the OS): named and counted, the rest goes on.
             yield rel_dir, "unreadable_folder", None, True, None, e.strerror or type(e).__name__
             continue
+        if within is not None and not rel_dir:
+            entries = [e for e in entries if e.name in within]
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             try:
@@ -247,14 +253,17 @@ def _local_entry(entry: os.DirEntry, rel: str, real_root: str, seen_dirs: set, s
         yield rel, "not_a_regular_file", None, False, None, ""
 
 
-def _walk_remote(fs, root: str):
+def _walk_remote(fs, root: str, within: Collection[str] | None = None):
     """Object stores have no links; one listing call gives every object with its size."""
     if fs.isfile(root):
         info = fs.info(root)
         yield "", "file", int(info.get("size") or 0), False, root, _object_version(info)
         return
     base = root.rstrip("/")
-    for path, info in sorted(fs.find(base, withdirs=False, detail=True).items()):
+    found: dict = {}
+    for top in [base] if within is None else [f"{base}/{name}" for name in sorted(within)]:
+        found.update(fs.find(top, withdirs=False, detail=True))  # a name that is one object: that object
+    for path, info in sorted(found.items()):
         if info.get("type") == "file":
             yield posixpath.relpath(path, base), "file", int(info.get("size") or 0), False, path, _object_version(info)
 

@@ -18,6 +18,7 @@ from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK
 from llm_pipeline.evaluate.metrics import EvalConfig, HeldOut, evaluate, held_out_documents
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.hf_folder import export_local
+from llm_pipeline.train.token_store import TokenStream
 
 HELD_OUT = "held_out"  # the contamination report's name for the held-out documents
 
@@ -31,7 +32,7 @@ class SuiteResult:
 
 def run_suite(
     final: Storage,
-    val_tokens: np.ndarray,
+    val_tokens: np.ndarray | TokenStream,
     train_tokens: Callable[[], Iterator[np.ndarray]],
     tokenizer_json: str,
     eos_id: int,
@@ -71,7 +72,8 @@ def run_suite(
         task_data = write_local_tasks(tasks_dir, held_out.texts, items)
         if tasks:
             export_local(final, model_dir, tokenizer_json, eos_id)
-            imports.join()
+            if imports is not None:
+                imports.join()
             harness = run_harness(model_dir, tasks, tasks_dir, metrics["window"], cfg.harness_batch_size, cfg.seed, metrics["dtype"])
         seconds["harness"] = time.perf_counter() - started
     metrics["harness"] = harness and {k: harness[k] for k in ("results", "n_samples", "lm_eval_version")}

@@ -47,7 +47,7 @@ def generate(
             top_k=top_k,
             pad_token_id=tokenizer.eos_token_id,
         )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
 
 
 def main(argv: list[str] | None = None) -> int:

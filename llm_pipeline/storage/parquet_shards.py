@@ -130,13 +130,14 @@ class ParquetShards:
             self._bg.check()
 
     def _write_in_background(self) -> None:
-        sink = writer = None
+        sink = pa.BufferOutputStream()
+        writer = None
         while (job := self._bg.queue.get()) is not None:
             if self._bg.error is not None:
                 continue  # drain: the error surfaces in the caller
             try:
                 if writer is None:
-                    sink = pa.BufferOutputStream()
+                    sink = pa.BufferOutputStream()  # a new file's bytes
                     writer = pq.ParquetWriter(sink, self.schema, compression=COMPRESSION)
                 if job[0] == "group":
                     writer.write_table(job[1], row_group_size=job[1].num_rows)
@@ -145,6 +146,6 @@ class ParquetShards:
                 data, entry = sink.getvalue().to_pybytes(), job[1]
                 self.out.write_bytes(entry["name"], data)
                 entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-                sink = writer = None
+                writer = None
             except BaseException as e:  # noqa: BLE001 - raised in the caller by append/close
                 self._bg.error = e

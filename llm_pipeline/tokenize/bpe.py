@@ -77,7 +77,11 @@ def eos_token(tok: Tokenizer, source: str = "tokenizer.json") -> str:
 
 
 def eos_id(tok: Tokenizer) -> int:
-    return tok.token_to_id(eos_token(tok))
+    token = eos_token(tok)
+    found = tok.token_to_id(token)
+    if found is None:
+        raise ValueError(f"the tokenizer has no id for its end-of-text token {token!r}")
+    return found
 
 
 def id_space(tok: Tokenizer) -> int:

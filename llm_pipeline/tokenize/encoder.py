@@ -86,6 +86,7 @@ class DocumentEncoder:
         self._pool = ThreadPoolExecutor(self.threads) if self._tiktoken is not None else None
 
     def _encode_one(self, text: str) -> np.ndarray:
+        assert self._tiktoken is not None  # only the tiktoken engine encodes one text at a time
         # disallowed_special=(): special-token strings in a document are text, and no regex scan for them.
         return self._tiktoken.encode_to_numpy(text, disallowed_special=())
 
@@ -95,7 +96,7 @@ class DocumentEncoder:
     def encode_stream(self, texts: Iterable[str], window: int = 1024) -> Iterator[np.ndarray]:
         """Token ids of each text, in order, with up to `window` texts in flight: no barrier at
         batch boundaries, so one long document never leaves the other cores idle."""
-        if self._tiktoken is None:
+        if self._pool is None:  # the tokenizers engine: its own batches, its own threads
             batch: list[str] = []
             for text in texts:
                 batch.append(text)
@@ -115,7 +116,7 @@ class DocumentEncoder:
     def encode_batch_numpy(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids as uint32 arrays. tiktoken's Rust core releases the GIL, so threads use every
         core, and its numpy buffers skip building a Python int per token (~20% of the time)."""
-        if self._tiktoken is not None:
+        if self._pool is not None:  # the tiktoken engine
             return list(self._pool.map(self._encode_one, texts))
         return [np.asarray(e.ids, dtype=np.uint32) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 

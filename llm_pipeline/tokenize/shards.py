@@ -19,6 +19,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from llm_pipeline.corpus.build import iter_documents
+from llm_pipeline.faults import crash_point
 from llm_pipeline.prefetch import prefetch
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage
@@ -162,5 +163,6 @@ def write_token_documents(
         "shards": shards["train"] + shards["val"],
         "flat": flat,  # each split as one memory-mappable array (train/token_store.py)
     }
+    crash_point("shards_before_manifest")  # the crash tests: every shard written, no manifest yet
     write_manifest(out, manifest)
     return manifest

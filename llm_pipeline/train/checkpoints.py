@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 from fsspec.implementations.local import LocalFileSystem
 from safetensors.torch import save_file
 
+from llm_pipeline.faults import crash_point
 from llm_pipeline.storage.folders import Storage, sha256_file
 from llm_pipeline.train.activation_checkpointing import plain_names
 from llm_pipeline.train.model import ModelConfig
@@ -36,22 +36,6 @@ MARKER = "complete.json"
 FILE_LIST = "files-rank{rank:05d}.json"
 # Where a remote root's checkpoints are written before upload: a fast local disk on each node.
 STAGING_ENV = "LLM_PIPELINE_CHECKPOINT_STAGING"
-
-
-# Fault injection for the crash-while-saving tests: "<point>:<rank>:<step>:<flag file>" SIGKILLs that
-# rank at that point of that step's save, once (the flag file records that it fired).
-CRASH_ENV = "LLM_PIPELINE_TEST_CRASH"
-
-
-def crash_point(point: str, rank: int, step: int) -> None:
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
-    want_point, want_rank, want_step, flag = spec.split(":", 3)
-    if (want_point, int(want_rank), int(want_step)) == (point, rank, step) and not os.path.exists(flag):
-        with open(flag, "w") as f:
-            f.write(f"{point} rank {rank} step {step}\n")
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def tag_for(step: int) -> str:

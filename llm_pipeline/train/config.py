@@ -211,7 +211,7 @@ class TrainConfig(Settings):
 
     def deepspeed_config(self, world_size: int, dtype: str, on_gpu: bool) -> dict:
         grad_accum = self.grad_accum_for(world_size)
-        zero = {"stage": self.zero_stage}
+        zero: dict[str, object] = {"stage": self.zero_stage}
         if self.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
         if self.offload_params:

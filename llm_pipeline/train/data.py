@@ -42,7 +42,7 @@ class TokenWindows:
         if self.num_windows < 1:
             raise ValueError(f"the train split of {name} has {len(tokens)} tokens: not one window of seq_len {seq_len}")
         self._offsets = np.arange(seq_len + 1)
-        self._epoch, self._perm = -1, None
+        self._epoch, self._perm = -1, np.empty(0, dtype=np.int64)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
@@ -79,7 +79,7 @@ class DataMixture:
             names = [s.name for s, c in zip(sources, counts) if c == 0]
             raise ValueError(f"mixture weight of {', '.join(names)} is below 1/{MIX_BLOCK} of the total")
         self.block_counts = counts
-        self._block, self._labels, self._ranks = -1, None, None
+        self._block, self._labels, self._ranks = -1, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
 
     def _layout(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """Each position's source in `block`, and its rank among that source's positions."""
@@ -306,7 +306,7 @@ def check_one_tokenizer(manifests: dict[str, dict], expected_tokenizer_sha256: s
     expected = expected_tokenizer_sha256 or next(iter(made_with.values()), "")
     wrong: dict[str, list[str]] = {}
     for where, sha in made_with_another_tokenizer(made_with, expected).items():
-        wrong.setdefault(sha, []).append(where)
+        wrong.setdefault(str(sha), []).append(where)
     if wrong:
         listed = "; ".join(f"{', '.join(names)} made with tokenizer {sha[:12]}" for sha, names in sorted(wrong.items()))
         raise ShardError(

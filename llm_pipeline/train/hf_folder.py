@@ -43,6 +43,8 @@ def hf_files(model_cfg: ModelConfig, tokenizer_json: str, eos_id: int) -> dict[s
         ),
     }
     eos = Tokenizer.from_str(tokenizer_json).id_to_token(eos_id)
+    if eos is None:
+        raise ValueError(f"eos_id {eos_id} is not an id of the tokenizer")
     files.update({k: json_bytes(v) for k, v in tokenizer_files(eos).items()})
     return files
 

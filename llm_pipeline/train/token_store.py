@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -31,7 +32,7 @@ _CHUNK = 1 << 20  # ids per read of the verification pass: a few MB, whatever th
 class TokenStream:
     """Several token arrays read as one: `len`, and gathers by index array (`stream[idx]`)."""
 
-    def __init__(self, arrays: list[np.ndarray]):
+    def __init__(self, arrays: Sequence[np.ndarray]):
         if not arrays:
             raise ValueError("no token arrays")
         self.arrays = arrays

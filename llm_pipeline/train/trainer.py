@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import deepspeed
 import torch
@@ -59,8 +60,8 @@ class Training:
     gpu: bool
     dtype: str
     device: torch.device
-    engine: object
-    scheduler: object
+    engine: Any  # deepspeed.DeepSpeedEngine (DeepSpeed has no type information)
+    scheduler: Any
     loader: Batches
     store: CheckpointStore
     resume_tag: str | None = None  # the checkpoint to load (chosen before the engine: its format depends on it)
@@ -104,7 +105,7 @@ def _init_distributed(gpu: bool) -> None:
     if not gpu:
         # The CPU accelerator JIT-builds a shared-memory all-reduce op (used only for inference)
         # on every start: ~45 s cold. Patch the function on the module object DeepSpeed calls it from.
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # type: ignore[attr-defined]
     deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
 
 
@@ -121,7 +122,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module, gpu: bool) -> torch.optim.Optimizer:
     groups = _param_groups(model, cfg.weight_decay)
-    hyper = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+    hyper: dict[str, Any] = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
     if cfg.offload_optimizer:
         # The optimizer step runs on the CPU: DeepSpeed's vectorised CPU Adam (JIT-built on first
         # use, then cached under ~/.cache/torch_extensions) is the one ZeRO-Offload is built for.
@@ -151,7 +152,7 @@ def _data(cfg: TrainConfig, rank: int, world: int) -> Batches:
 def _checkpoint_to_resume(store: CheckpointStore, rank: int, local_rank: int, world: int, reporter) -> tuple[str | None, bool]:
     """The newest checkpoint that verifies (rank 0 picks it, every node checks its own copy), and whether
     it was converted to DeepSpeed's universal format (saved at another world size)."""
-    choice = [None, 0]
+    choice: list[Any] = [None, 0]
     if rank == 0:
         tag = store.newest_intact(reporter.warning)
         choice = [tag, checkpoints.saved_partitions(store, tag)] if tag else choice
@@ -184,7 +185,7 @@ def _checkpoint_to_resume(store: CheckpointStore, rank: int, local_rank: int, wo
     return tag, True
 
 
-def _load_initial_weights(model: torch.nn.Module, cfg: TrainConfig, reporter) -> None:
+def _load_initial_weights(model: CausalLM, cfg: TrainConfig, reporter) -> None:
     """Continued pretraining: start from a published model, which must be this model with this tokenizer."""
     folder = Storage(cfg.init_from_uri)
     published = model_config_from_hf(folder.read_json("config.json"))
@@ -341,7 +342,7 @@ def train(cfg: TrainConfig, reporter) -> dict | None:
             if t.step % cfg.log_every == 0 or t.step == cfg.steps:
                 loss = sync_losses(t)
                 clock.lap("loss_sync")
-                if t.is_rank0:
+                if t.is_rank0 and loss is not None:
                     _report(t, reporter, loss, loop_start, loop_start_step)
                 clock.lap("report")
             if t.step > loop_start_step + 1:

@@ -1,0 +1,143 @@
+"""The Dagster services as a newcomer starts them: `dagster-webserver` and `dagster-daemon run` in a
+fresh copy of the repo, and the GraphQL queries the tests ask them."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from llm_pipeline_tests.conftest import free_port, wait_for_port
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def fresh_copy(dest) -> str:
+    """The repo's tracked files, as a clone has them (no .storage/, no .dagster/)."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        if os.path.isfile(os.path.join(REPO, rel)):
+            os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy2(os.path.join(REPO, rel), os.path.join(dest, rel))
+    return str(dest)
+
+
+class Dagster:
+    """`dagster-webserver` + `dagster-daemon run` started in `home` (DAGSTER_HOME, as the Makefile sets it)."""
+
+    def __init__(self, home: str, extra_env: dict[str, str]):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PIPELINE_")}
+        env.update(DAGSTER_HOME=home, **extra_env)
+        self.port, self.killed = free_port(), []
+        self.log = open(os.path.join(home, "dagster-test.log"), "wb")
+        # Each in a process group of its own, with every run, step and trainer process it starts: stop()
+        # ends them all, so no run outlives its test and slows the next one. The webserver first: the
+        # two processes creating a fresh instance's tables at once race ("table ... already exists"),
+        # and the loser exits.
+        start = dict(cwd=home, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs = [subprocess.Popen([os.path.join(BIN, "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
+                                        "-p", str(self.port)], **start)]
+        try:
+            wait_for_port(self.port, self.procs[0], timeout=120)
+        except BaseException:
+            self.stop()
+            raise
+        self._start = start
+        self.start_daemon()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start_daemon(self) -> None:
+        self.procs.append(subprocess.Popen([os.path.join(BIN, "dagster-daemon"), "run", "-w", "workspace.yaml"], **self._start))
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon process alone, as a crash would: the runs it launched go on."""
+        daemon = self.procs.pop()
+        daemon.kill()
+        daemon.wait(timeout=30)
+        self.killed.append(daemon)  # its process group (code server, runs) is ended by stop()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            _signal_group(p, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(p, signal.SIGKILL)  # what outlived its parent: run workers, trainer ranks
+        for p in self.killed:
+            _signal_group(p, signal.SIGKILL)
+        self.log.close()
+
+    def in_progress_runs(self) -> list[str]:
+        data = self.query('{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) '
+                          '{ ... on Runs { results { runId } } } }')
+        return [r["runId"] for r in data["runsOrError"]["results"]]
+
+    def query(self, query: str) -> dict:
+        body = requests.post(f"{self.url}/graphql", json={"query": query}, timeout=60).json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def partitions(self) -> list[str]:
+        node = self.query('{ assetNodeOrError(assetKey: {path: ["raw_corpus"]}) { ... on AssetNode { partitionKeys } } }')
+        return node["assetNodeOrError"]["partitionKeys"]
+
+    def materializations(self, asset: str) -> list[dict]:
+        """Newest first: run id, partition, and metadata by label (paths, JSON, numbers, text)."""
+        data = self.query(f"""{{ assetOrError(assetKey: {{path: ["{asset}"]}}) {{ ... on Asset {{
+            assetMaterializations(limit: 1000) {{ runId partition timestamp metadataEntries {{ label
+              ... on PathMetadataEntry {{ path }} ... on JsonMetadataEntry {{ jsonString }}
+              ... on IntMetadataEntry {{ intValue }} ... on TextMetadataEntry {{ text }} }} }} }} }} }}""")
+        found = (data["assetOrError"] or {}).get("assetMaterializations") or []
+        out = []
+        for m in found:
+            meta = {e["label"]: _entry_value(e) for e in m["metadataEntries"]}
+            out.append({"run_id": m["runId"], "partition": m["partition"], "timestamp": float(m["timestamp"]) / 1000, "metadata": meta})
+        return out
+
+    def runs(self, job: str) -> list[str]:
+        data = self.query(f'{{ runsOrError(filter: {{pipelineName: "{job}"}}) {{ ... on Runs {{ results {{ runId }} }} }} }}')
+        return [r["runId"] for r in data["runsOrError"]["results"]]
+
+    def failed_runs(self) -> list[str]:
+        data = self.query('{ runsOrError(filter: {statuses: [FAILURE]}) { ... on Runs { results { runId jobName } } } }')
+        return [r["runId"] for r in data["runsOrError"]["results"]]
+
+    def run_records(self, job: str) -> list[dict]:
+        data = self.query(f'{{ runsOrError(filter: {{pipelineName: "{job}"}}) {{ ... on Runs {{ results {{ runId status startTime endTime '
+                          f'tags {{ key value }} }} }} }} }}')
+        return data["runsOrError"]["results"]
+
+    def wait_for(self, what: str, condition, timeout: float, failed_runs_allowed: bool = False):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            exited = [p.args[0] for p in self.procs if p.poll() is not None]
+            assert not exited, f"{', '.join(map(os.path.basename, exited))} exited while waiting for {what}; see {self.log.name}"
+            value = condition()
+            if value:
+                return value
+            failed = [] if failed_runs_allowed else self.failed_runs()
+            assert not failed, f"runs failed while waiting for {what}: {failed}; see {self.log.name}"
+            time.sleep(3)
+        raise TimeoutError(f"waited {timeout:.0f}s for {what}; see {self.log.name}")
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _entry_value(entry: dict):
+    if "path" in entry:
+        return entry["path"]
+    if "jsonString" in entry:
+        return json.loads(entry["jsonString"])
+    return entry.get("intValue", entry.get("text"))
