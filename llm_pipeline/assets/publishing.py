@@ -52,7 +52,7 @@ def published_model(
         lineage,
         trained_checkpoint["train_config"],
         {"harness": eval_metrics["harness"], "contamination": eval_metrics["contamination"]},
-        trained_checkpoint.get("mixture"),  # absent from values written before mixtures
+        trained_checkpoint["mixture"],
     )
     value = {"uri": manifest["uri"], "name": config.model_name, "version": manifest["version"], "registry": registry.uri}
     return dg.Output(

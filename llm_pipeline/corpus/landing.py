@@ -140,6 +140,9 @@ def _from_flat(taken, seen, now: float) -> LandingCursor:
     return out
 
 
+_INDEX_CACHE: dict[str, tuple[tuple | None, dict[str, float]]] = {}
+
+
 class Ledger:
     """Sealed deliveries of one landing folder, under the storage root: an index (name -> when sealed)
     and, per delivery, the identities of the files taken from it."""
@@ -148,18 +151,34 @@ class Ledger:
         self.folder = root.child("landing_ledger", hashlib.sha256(landing_uri.encode()).hexdigest()[:16])
 
     def index(self) -> dict[str, float]:
-        if not self.folder.exists("index.json"):
+        """Read again only when the file changed: the sensor's process lives on between ticks."""
+        version = self._index_version()
+        if version is None:
             return {}
+        cached = _INDEX_CACHE.get(self.folder.full("index.json"))
+        if cached is not None and cached[0] == version:
+            return cached[1]
         index = self.folder.read_json("index.json")
         if not (isinstance(index, dict) and all(type(v) in (int, float) for v in index.values())):
             raise LandingError(f"the landing ledger's index {self.folder.uri}/index.json is not a map of delivery names to times")
+        _INDEX_CACHE[self.folder.full("index.json")] = (version, index)
         return index
+
+    def _index_version(self) -> tuple | None:
+        try:
+            info = self.folder.fs.info(self.folder.full("index.json"))
+        except FileNotFoundError:
+            return None
+        return tuple(str(info.get(key)) for key in ("size", "ino", "mtime", "ETag", "etag", "generation", "LastModified"))
 
     def seal(self, deliveries: dict[str, Delivery], now: float) -> None:
         # The deliveries first, the index last: an index entry always has its delivery's record.
         for name, d in deliveries.items():
             self.folder.child("deliveries").write_json(self._record(name), {"name": name, "taken": d.taken})
-        self.folder.write_json("index.json", {**self.index(), **dict.fromkeys(deliveries, now)})
+        index = {**self.index(), **dict.fromkeys(deliveries, now)}
+        self.folder.write_json("index.json", index)
+        self.folder.fs.invalidate_cache(self.folder.path)
+        _INDEX_CACHE[self.folder.full("index.json")] = (self._index_version(), index)
 
     def taken(self, name: str) -> dict[str, str]:
         return self.folder.child("deliveries").read_json(self._record(name))["taken"]
@@ -173,8 +192,7 @@ def _top_level(fs, root: str, local: bool) -> tuple[set[str], str | None]:
     """Names directly under the landing folder, and (locally) the folder's mtime if it can be trusted."""
     if local:
         before = os.stat(root).st_mtime_ns
-        with os.scandir(root) as it:
-            names = {e.name for e in it}
+        names = set(os.listdir(root))
         trusted = before == os.stat(root).st_mtime_ns and time.time() - before / 1e9 > RACY_SECONDS
         return names, str(before) if trusted else None
     base = root.rstrip("/")

@@ -11,10 +11,12 @@ target lies inside the source folder, and a folder reached twice (a loop) is not
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -205,16 +207,18 @@ def _walk_local(root: str, exclude: tuple[str, ...] = (), within: Collection[str
     while stack:
         rel_dir, real_dir = stack.pop()
         try:
-            with os.scandir(real_dir) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            entries: list[os.DirEntry] | list[_NamedEntry]
+            if within is not None and not rel_dir:  # the named entries alone: no read of the whole folder
+                entries = _named_entries(real_dir, within)
+            else:
+                with os.scandir(real_dir) as it:
+                    entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             if not rel_dir:
                 raise
             # A subfolder we may not read (or one too deep for the OS): named and counted, the rest goes on.
             yield rel_dir, "unreadable_folder", None, True, None, e.strerror or type(e).__name__
             continue
-        if within is not None and not rel_dir:
-            entries = [e for e in entries if e.name in within]
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             try:
@@ -223,7 +227,35 @@ def _walk_local(root: str, exclude: tuple[str, ...] = (), within: Collection[str
                 yield rel, "unreadable", None, False, None, ""
 
 
-def _local_entry(entry: os.DirEntry, rel: str, real_root: str, seen_dirs: set, stack: list, exclude: tuple[str, ...]):
+class _NamedEntry:
+    """What `_local_entry` reads of an os.DirEntry, for an entry known by name."""
+
+    def __init__(self, folder: str, name: str):
+        self.name, self.path = name, os.path.join(folder, name)
+        self._stat = os.lstat(self.path)
+
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self._stat.st_mode)
+
+    def is_dir(self, follow_symlinks: bool = False) -> bool:
+        return stat.S_ISDIR(self._stat.st_mode)
+
+    def is_file(self, follow_symlinks: bool = False) -> bool:
+        return stat.S_ISREG(self._stat.st_mode)
+
+    def stat(self, follow_symlinks: bool = False) -> os.stat_result:
+        return self._stat
+
+
+def _named_entries(folder: str, names: Collection[str]) -> list[_NamedEntry]:
+    entries = []
+    for name in sorted(names):
+        with contextlib.suppress(FileNotFoundError):  # not there (any more): nothing to list
+            entries.append(_NamedEntry(folder, name))
+    return entries
+
+
+def _local_entry(entry: os.DirEntry | _NamedEntry, rel: str, real_root: str, seen_dirs: set, stack: list, exclude: tuple[str, ...]):
     if entry.is_symlink():
         target = os.path.realpath(entry.path)
         if not os.path.exists(target):

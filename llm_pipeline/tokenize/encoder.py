@@ -40,7 +40,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 
 
-def _is_convertible(tok_json: dict) -> str | None:
+def _why_not_tiktoken(tok_json: dict) -> str | None:
     """Why this tokenizer cannot be run by tiktoken, or None if it can be tried."""
     model = tok_json.get("model", {})
     if model.get("type") != "BPE":
@@ -58,7 +58,7 @@ def tiktoken_encoding(tokenizer: Tokenizer, name: str = "llm_pipeline_bpe"):
     import tiktoken
 
     tok_json = json.loads(tokenizer.to_str())
-    reason = _is_convertible(tok_json)
+    reason = _why_not_tiktoken(tok_json)
     if reason:
         raise ValueError(reason)
     specials = {t["content"]: t["id"] for t in tok_json.get("added_tokens", []) if t.get("special")}

@@ -244,24 +244,25 @@ def build(cfg: TrainConfig, reporter) -> Training:
     )
 
 
-def resume(t: Training, reporter) -> None:
+def resume(training: Training, reporter) -> None:
     """Load the checkpoint `build` chose, if any."""
-    tag = t.resume_tag
+    tag = training.resume_tag
     if not tag:
         return
-    folder = checkpoints.universal_dir(t.store) if t.resume_universal else t.store.local_dir
-    _, client = t.engine.load_checkpoint(folder, tag=tag)
-    t.step, t.tokens_seen, t.losses = client["step"], client["tokens_seen"], client["losses"]
-    # Checkpoints of earlier versions counted this rank's micro-steps, at the same world size.
-    t.samples_seen = client["samples_seen"] if "samples_seen" in client else client["micro_step"] * t.loader.samples_per_micro_step
+    folder = checkpoints.universal_dir(training.store) if training.resume_universal else training.store.local_dir
+    _, client = training.engine.load_checkpoint(folder, tag=tag)
+    training.step, training.tokens_seen, training.losses = client["step"], client["tokens_seen"], client["losses"]
+    training.samples_seen = client["samples_seen"]
     torch.set_rng_state(client["rng_state"])
-    t.resumed_from = tag
-    if t.resume_universal:
-        _repair_universal_optimizer_state(getattr(t.engine.optimizer, "optimizer", t.engine.optimizer), t.cfg)
+    training.resumed_from = tag
+    if training.resume_universal:
+        _repair_universal_optimizer_state(getattr(training.engine.optimizer, "optimizer", training.engine.optimizer), training.cfg)
         dist.barrier()  # every rank has loaded: the converted copy is no longer needed
-        if t.local_rank == 0:
+        if training.local_rank == 0:
             shutil.rmtree(os.path.join(folder, tag), ignore_errors=True)
-    reporter.info(f"resumed from checkpoint {tag}: step {t.step}, {t.tokens_seen} tokens seen, sample {t.samples_seen}")
+    reporter.info(
+        f"resumed from checkpoint {tag}: step {training.step}, {training.tokens_seen} tokens seen, sample {training.samples_seen}"
+    )
 
 
 def _repair_universal_optimizer_state(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
@@ -276,132 +277,150 @@ def _repair_universal_optimizer_state(optimizer: torch.optim.Optimizer, cfg: Tra
             state["step"] = state["step"].clone()
 
 
-def train_step(t: Training, batches: Prefetcher, clock: StepClock) -> None:
+def train_step(training: Training, batches: Prefetcher, clock: StepClock) -> None:
     """One optimizer step (grad_accum micro-steps). Nothing in it waits for the device: the loss stays a
     device tensor until `sync_losses`, at the logging interval."""
-    grad_accum = t.cfg.grad_accum_for(t.world)
-    step_loss = torch.zeros((), device=t.device)
+    grad_accum = training.cfg.grad_accum_for(training.world)
+    step_loss = torch.zeros((), device=training.device)
     for _ in range(grad_accum):
-        x, y = batches.take(t.samples_seen)
-        t.samples_seen += t.loader.samples_per_micro_step
+        x, y = batches.take(training.samples_seen)
+        training.samples_seen += training.loader.samples_per_micro_step
         clock.lap("data")
-        _, loss = t.engine(x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True))
+        _, loss = training.engine(x.to(training.device, non_blocking=True), y.to(training.device, non_blocking=True))
         clock.lap("forward")
-        t.engine.backward(loss)
+        training.engine.backward(loss)
         clock.lap("backward")
-        t.engine.step()
+        training.engine.step()
         clock.lap("optimizer")
         step_loss += loss.detach().float() / grad_accum
-    t.step += 1
-    t.tokens_seen += t.cfg.tokens_per_step(t.world)
-    t.pending.append((t.step, step_loss))
+    training.step += 1
+    training.tokens_seen += training.cfg.tokens_per_step(training.world)
+    training.pending.append((training.step, step_loss))
 
 
-def sync_losses(t: Training) -> float | None:
+def sync_losses(training: Training) -> float | None:
     """The pending steps' losses averaged over ranks, in one collective; the last one. Every rank calls it
     at the same steps (the logging interval, checkpoints, the end)."""
-    if not t.pending:
-        return t.losses[-1][1] if t.losses else None
-    steps = [step for step, _ in t.pending]
-    values = torch.stack([loss for _, loss in t.pending])
-    t.pending.clear()
-    if t.world > 1:
+    if not training.pending:
+        return training.losses[-1][1] if training.losses else None
+    steps = [step for step, _ in training.pending]
+    values = torch.stack([loss for _, loss in training.pending])
+    training.pending.clear()
+    if training.world > 1:
         dist.all_reduce(values)
-    for step, loss in zip(steps, (values / t.world).tolist()):
+    for step, loss in zip(steps, (values / training.world).tolist()):
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}")
-        t.losses.append([step, loss])
-    return t.losses[-1][1]
+        training.losses.append([step, loss])
+    return training.losses[-1][1]
 
 
 def train(cfg: TrainConfig, reporter) -> dict | None:
     """The whole run; rank 0 returns the summary it wrote last (None on other ranks)."""
     t_start = time.time()
-    t = build(cfg, reporter)
-    resume(t, reporter)
-    tokens_per_step = cfg.tokens_per_step(t.world)
+    training = build(cfg, reporter)
+    resume(training, reporter)
+    tokens_per_step = cfg.tokens_per_step(training.world)
     offload = "".join(f" +{what} offload" for what, on in (("optimizer", cfg.offload_optimizer), ("param", cfg.offload_params)) if on)
     reporter.info(
         f"training {cfg.model.num_params() / 1e6:.2f}M params ({cfg.model.flops_per_token(cfg.seq_len) / 1e6:.1f} MFLOP/token), "
-        f"ZeRO-{cfg.zero_stage}{offload}, {t.dtype}{', compiled' if cfg.compile else ''}, world size {t.world} on {'GPU' if t.gpu else 'CPU'}, {tokens_per_step} "
-        f"tokens/step ({cfg.grad_accum_for(t.world)} micro-steps), steps {t.step}->{cfg.steps}"
+        f"ZeRO-{cfg.zero_stage}{offload}, {training.dtype}{', compiled' if cfg.compile else ''}, world size {training.world} on {'GPU' if training.gpu else 'CPU'}, {tokens_per_step} "
+        f"tokens/step ({cfg.grad_accum_for(training.world)} micro-steps), steps {training.step}->{cfg.steps}"
     )
     # On a GPU in bf16 PyTorch's SDPA runs flash attention; anything else is named (it falls back, slower).
-    attention_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.dtype, torch.float32)
-    t.attention_problem = flash_attention_problem(t.device, attention_dtype, cfg.model.head_dim)
-    if t.attention_problem and t.gpu:
-        reporter.warning(f"flash attention is not available here, attention runs a slower kernel: {t.attention_problem}")
-    loop_start, loop_start_step = time.time(), t.step
+    attention_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(training.dtype, torch.float32)
+    training.attention_problem = flash_attention_problem(training.device, attention_dtype, cfg.model.head_dim)
+    if training.attention_problem and training.gpu:
+        reporter.warning(f"flash attention is not available here, attention runs a slower kernel: {training.attention_problem}")
+    loop_start, loop_start_step = time.time(), training.step
     steady_s, steady_steps = 0.0, 0  # step time after this launch's first step (compilation, warm-up) without saves
-    batches, clock = Prefetcher(t.loader, t.samples_seen, pin=t.gpu), StepClock()
+    batches, clock = Prefetcher(training.loader, training.samples_seen, pin=training.gpu), StepClock()
     try:
-        while t.step < cfg.steps:
+        while training.step < cfg.steps:
             step_start = time.perf_counter()
             clock.restart()
-            train_step(t, batches, clock)
-            if t.step % cfg.log_every == 0 or t.step == cfg.steps:
-                loss = sync_losses(t)
+            train_step(training, batches, clock)
+            if training.step % cfg.log_every == 0 or training.step == cfg.steps:
+                loss = sync_losses(training)
                 clock.lap("loss_sync")
-                if t.is_rank0 and loss is not None:
-                    _report(t, reporter, loss, loop_start, loop_start_step)
+                if training.is_rank0 and loss is not None:
+                    _report(training, reporter, loss, loop_start, loop_start_step)
                 clock.lap("report")
-            if t.step > loop_start_step + 1:
+            if training.step > loop_start_step + 1:
                 steady_s, steady_steps = steady_s + time.perf_counter() - step_start, steady_steps + 1
-            if t.step % cfg.checkpoint_every == 0 or t.step == cfg.steps:
-                checkpoints.save(t.engine, t.store, t.step, t.client_state(), t.rank, t.local_rank, cfg.keep_last)
+            if training.step % cfg.checkpoint_every == 0 or training.step == cfg.steps:
+                checkpoints.save(
+                    training.engine,
+                    training.store,
+                    training.step,
+                    training.client_state(),
+                    training.rank,
+                    training.local_rank,
+                    cfg.keep_last,
+                )
                 clock.lap("checkpoint")
     finally:
         batches.close()
-    t.step_host_ms = clock.per_step_ms(t.step - loop_start_step)
+    training.step_host_ms = clock.per_step_ms(training.step - loop_start_step)
     loop_s = time.time() - loop_start
     # Each rank's peak memory, for the summary: the token store keeps it flat as the data grows.
-    peak_rss = [0] * t.world
+    peak_rss = [0] * training.world
     dist.all_gather_object(peak_rss, peak_rss_bytes())
     summary = None
-    if t.is_rank0:
+    if training.is_rank0:
         final = Storage(cfg.run_uri).child("final")
-        checkpoints.export_final(t.store, checkpoints.tag_for(t.step), cfg.zero_stage, cfg.model, final)
+        checkpoints.export_final(training.store, checkpoints.tag_for(training.step), cfg.zero_stage, cfg.model, final)
         steady = steady_steps * tokens_per_step / steady_s if steady_steps else None
-        summary = finish(t, final, loop_s, t.step - loop_start_step, time.time() - t_start, peak_rss, steady)
+        summary = finish(training, final, loop_s, training.step - loop_start_step, time.time() - t_start, peak_rss, steady)
         reporter.info(
-            f"finished: {t.step} steps, final loss {summary['final_loss']:.4f}, {summary['tokens_per_s']:,.0f} tok/s"
+            f"finished: {training.step} steps, final loss {summary['final_loss']:.4f}, {summary['tokens_per_s']:,.0f} tok/s"
             + (f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else "")
         )
     dist.barrier()
     return summary
 
 
-def _report(t: Training, reporter, loss: float, loop_start: float, loop_start_step: int) -> None:
-    cfg, tokens_per_step = t.cfg, t.cfg.tokens_per_step(t.world)
+def _report(training: Training, reporter, loss: float, loop_start: float, loop_start_step: int) -> None:
+    cfg, tokens_per_step = training.cfg, training.cfg.tokens_per_step(training.world)
     elapsed = time.time() - loop_start
-    tok_s = (t.step - loop_start_step) * tokens_per_step / max(elapsed, 1e-9)
-    eta = (cfg.steps - t.step) * tokens_per_step / max(tok_s, 1e-9)
-    lr = t.scheduler.get_last_lr()[0]
-    reporter.info(f"step {t.step}/{cfg.steps} loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s elapsed {elapsed:.0f}s eta {eta:.0f}s")
-    reporter.progress({"step": t.step, "steps": cfg.steps, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "eta_s": eta})
+    tok_s = (training.step - loop_start_step) * tokens_per_step / max(elapsed, 1e-9)
+    eta = (cfg.steps - training.step) * tokens_per_step / max(tok_s, 1e-9)
+    lr = training.scheduler.get_last_lr()[0]
+    reporter.info(f"step {training.step}/{cfg.steps} loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s elapsed {elapsed:.0f}s eta {eta:.0f}s")
+    reporter.progress({"step": training.step, "steps": cfg.steps, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "eta_s": eta})
 
 
 def finish(
-    t: Training, final: Storage, loop_s: float, trained_steps: int, wall_s: float, peak_rss: list[int], steady_tokens_per_s: float | None
+    training: Training,
+    final: Storage,
+    loop_s: float,
+    trained_steps: int,
+    wall_s: float,
+    peak_rss: list[int],
+    steady_tokens_per_s: float | None,
 ) -> dict:
     """`final/summary.json`, written last: its presence means the run finished. `tokens_per_s` covers the
     whole loop (checkpoint saves included); `steady_tokens_per_s` the steps after the first, saves left
     out: the speed of training itself, which MFU is computed from."""
-    cfg = t.cfg
+    cfg = training.cfg
     flops_per_token = cfg.model.flops_per_token(cfg.seq_len)
-    tokens_per_s = trained_steps * cfg.tokens_per_step(t.world) / loop_s if trained_steps else 0.0
-    accelerator = accelerator_name(t.device)
+    tokens_per_s = trained_steps * cfg.tokens_per_step(training.world) / loop_s if trained_steps else 0.0
+    accelerator = accelerator_name(training.device)
     speed = steady_tokens_per_s or tokens_per_s
-    mfu = model_flops_utilization(flops_per_token * speed / t.world, t.dtype, cfg.peak_tflops, accelerator) if t.gpu else None
+    mfu = (
+        model_flops_utilization(flops_per_token * speed / training.world, training.dtype, cfg.peak_tflops, accelerator)
+        if training.gpu
+        else None
+    )
     summary = {
-        "steps": t.step,
-        "checkpoint": checkpoints.tag_for(t.step),
-        "tokens_seen": t.tokens_seen,
-        "final_loss": t.losses[-1][1],
-        "losses": t.losses,
-        "world_size": t.world,
+        "steps": training.step,
+        "checkpoint": checkpoints.tag_for(training.step),
+        "tokens_seen": training.tokens_seen,
+        "final_loss": training.losses[-1][1],
+        "losses": training.losses,
+        "world_size": training.world,
         "zero_stage": cfg.zero_stage,
-        "dtype": t.dtype,
+        "dtype": training.dtype,
         "num_params": cfg.model.num_params(),
         "flops_per_token": flops_per_token,
         "wall_time_s": wall_s,
@@ -410,17 +429,17 @@ def finish(
         "steady_tokens_per_s": steady_tokens_per_s,
         "mfu": mfu,
         "accelerator": accelerator,
-        "grad_accum": cfg.grad_accum_for(t.world),
-        "resumed_from": t.resumed_from,
-        "device": t.device.type,
+        "grad_accum": cfg.grad_accum_for(training.world),
+        "resumed_from": training.resumed_from,
+        "device": training.device.type,
         "peak_rss_bytes_per_rank": peak_rss,
-        "samples_seen": t.samples_seen,
+        "samples_seen": training.samples_seen,
         "compiled": cfg.compile,
-        "attention": "flash" if t.attention_problem is None else f"not flash: {t.attention_problem}",
+        "attention": "flash" if training.attention_problem is None else f"not flash: {training.attention_problem}",
         # Host milliseconds per step by phase (train/step_clock.py): where a step's time goes.
-        "step_host_ms": t.step_host_ms,
+        "step_host_ms": training.step_host_ms,
         # The mix the run's samples realized (one source "all" without a mixture).
-        "mixture": t.loader.mixture.realized(t.samples_seen),
+        "mixture": training.loader.mixture.realized(training.samples_seen),
     }
     final.write_json("summary.json", summary)
     return summary
