@@ -21,9 +21,10 @@ demo: setup
 	$(BIN)/python -m llm_pipeline.demo
 
 # Two workers, one test module each at a time (module fixtures stay shared within a module): the
-# service tests spend most of their time waiting, and the other worker runs beside them.
+# service tests spend most of their time waiting, and the other worker runs beside them. In the
+# order conftest.py gives (they first), not xdist's default of the modules with most tests first.
 test: setup browser postgres lint typecheck
-	$(BIN)/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile --no-loadscope-reorder
 
 # ruff's lint rules and formatting (pyproject.toml), on the library.
 lint: setup

@@ -31,6 +31,15 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.name not in WAITING_MODULES)  # stable: the rest keep their order
 
 
+def pytest_terminal_summary(terminalreporter):
+    """What tests measured (`record_property("figures", ...)`), after the run: a worker's own output never shows."""
+    lines = [value for report in terminalreporter.stats.get("passed", []) for name, value in report.user_properties if name == "figures"]
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.line(line)
+
+
 # Small, real Python source documents (from this repo's interpreter) for fast tests.
 _STDLIB = os.path.dirname(os.__file__)
 SAMPLE_FILES = ["argparse.py", "json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "fnmatch.py",

@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from llm_pipeline_tests.test_continuous_daemon import _fresh_copy
+from llm_pipeline_tests.services import fresh_copy
 
 pytestmark = pytest.mark.e2e
 
 
 def test_the_demo_prints_a_stage_per_line_and_logs_the_rest(tmp_path):
-    home = _fresh_copy(tmp_path / "llm-pipeline")
+    home = fresh_copy(tmp_path / "llm-pipeline")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PIPELINE_")} | {"DAGSTER_HOME": home}
     proc = subprocess.run([sys.executable, "-m", "llm_pipeline.demo", "--steps", "100"], cwd=home, env=env,
                           capture_output=True, text=True, timeout=900)

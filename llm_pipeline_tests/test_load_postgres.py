@@ -82,7 +82,7 @@ class Deliverer(threading.Thread):
             self.complete[rel] = time.time()
 
 
-def test_fifty_deliveries_on_postgres_with_faults_lose_and_double_nothing(postgres, tmp_path, capsys):
+def test_fifty_deliveries_on_postgres_with_faults_lose_and_double_nothing(postgres, tmp_path, record_property):
     home = fresh_copy(tmp_path / "llm-pipeline")
     shutil.copy(os.path.join(REPO, "deploy", "postgres", "dagster.yaml"), os.path.join(home, "dagster.yaml"))
     with open(os.path.join(home, "training.yaml"), "w") as f:
@@ -147,11 +147,11 @@ def test_fifty_deliveries_on_postgres_with_faults_lose_and_double_nothing(postgr
         assert published["run_id"] == dagster.materializations("trained_checkpoint")[0]["run_id"]
 
         latency = [shards[b][0]["timestamp"] - max(deliverer.complete[f] for f in files) for b, files in batches.items()]
-        with capsys.disabled():  # the figures go to the test log, not to pytest's capture
-            print(f"\nload: {DELIVERIES} deliveries, {len(delivered)} files -> {len(batches)} batches; "
-                  f"data runs {len(dagster.run_records('__ASSET_JOB'))} ({len(killed)} killed and retried), "
-                  f"training runs {len(trainings)}; landing-to-tokenized latency median {statistics.median(latency):.0f}s, "
-                  f"max {max(latency):.0f}s; all settled after {elapsed:.0f}s")
+        record_property("figures", (  # printed at the end of the run (conftest.py), from any xdist worker
+            f"load: {DELIVERIES} deliveries, {len(delivered)} files -> {len(batches)} batches; "
+            f"data runs {len(dagster.run_records('__ASSET_JOB'))} ({len(killed)} killed and retried), "
+            f"training runs {len(trainings)}; landing-to-tokenized latency median {statistics.median(latency):.0f}s, "
+            f"max {max(latency):.0f}s; all settled after {elapsed:.0f}s"))
     finally:
         dagster.stop()
 
