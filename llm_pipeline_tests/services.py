@@ -101,9 +101,15 @@ class Dagster:
             out.append({"run_id": m["runId"], "partition": m["partition"], "timestamp": float(m["timestamp"]) / 1000, "metadata": meta})
         return out
 
+    def by_partition(self, asset: str) -> dict[str, list[dict]]:
+        """The asset's materializations, newest first, per partition."""
+        out: dict[str, list[dict]] = {}
+        for m in self.materializations(asset):
+            out.setdefault(m["partition"], []).append(m)
+        return out
+
     def runs(self, job: str) -> list[str]:
-        data = self.query(f'{{ runsOrError(filter: {{pipelineName: "{job}"}}) {{ ... on Runs {{ results {{ runId }} }} }} }}')
-        return [r["runId"] for r in data["runsOrError"]["results"]]
+        return [r["runId"] for r in self.run_records(job)]
 
     def failed_runs(self) -> list[str]:
         data = self.query('{ runsOrError(filter: {statuses: [FAILURE]}) { ... on Runs { results { runId jobName } } } }')

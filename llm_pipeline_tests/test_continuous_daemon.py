@@ -25,13 +25,6 @@ def _stdlib_files(count: int, skip: int = 0) -> list[str]:
     return [os.path.join(_STDLIB, n) for n in names[skip:skip + count]]
 
 
-def _batches_of(dagster: Dagster, asset: str) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for m in dagster.materializations(asset):
-        out.setdefault(m["partition"], []).append(m)
-    return out
-
-
 @pytest.fixture
 def newcomer(tmp_path):
     home = fresh_copy(tmp_path / "llm-pipeline")
@@ -84,7 +77,7 @@ def test_files_dropped_in_the_default_landing_folder_become_a_model(newcomer, tm
                                               + ["delivery-2/repeated.py", "delivery-2/notes.jsonl"])
 
     # Each batch cleaned and tokenized once; the repeated document dropped as a duplicate of batch 1.
-    corpus, shards = _batches_of(dagster, "raw_corpus"), _batches_of(dagster, "tokenized_shards")
+    corpus, shards = dagster.by_partition("raw_corpus"), dagster.by_partition("tokenized_shards")
     assert {b: len(m) for b, m in corpus.items()} == {batch1: 1, batch2: 1}
     assert {b: len(m) for b, m in shards.items()} == {batch1: 1, batch2: 1}
     assert corpus[batch2][0]["metadata"]["duplicates_of_earlier_batches"] == 1
@@ -122,8 +115,8 @@ def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
             fs.put_file(path, f"{bucket}/landing/d2/{os.path.basename(path)}")
         fs.put_file(_stdlib_files(1)[0], f"{bucket}/landing/d2/repeated.py")
         shards = dagster.wait_for("batch 2 tokenized", lambda: (lambda b: b if len(b) == 2 else None)(
-            _batches_of(dagster, "tokenized_shards")), timeout=300)
-        corpus = _batches_of(dagster, "raw_corpus")
+            dagster.by_partition("tokenized_shards")), timeout=300)
+        corpus = dagster.by_partition("raw_corpus")
         assert sorted(corpus) == sorted(shards) == sorted(dagster.partitions())
         assert all(len(m) == 1 for m in (*corpus.values(), *shards.values()))
         batch2 = dagster.partitions()[1]
@@ -138,7 +131,7 @@ def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
             __typename ... on LaunchBackfillSuccess {{ backfillId }} ... on PythonError {{ message }} }} }}""")
         assert launched["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", launched
         again = dagster.wait_for("the backfill", lambda: (lambda b: b if all(len(m) == 2 for m in b.values()) else None)(
-            _batches_of(dagster, "tokenized_shards")), timeout=300)
+            dagster.by_partition("tokenized_shards")), timeout=300)
         for batch, (new, old) in again.items():  # the same tokenizer and corpus: the same shards
             assert new["metadata"]["manifest_sha256"] == old["metadata"]["manifest_sha256"], batch
 

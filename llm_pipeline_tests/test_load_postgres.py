@@ -129,7 +129,7 @@ def test_fifty_deliveries_on_postgres_with_faults_lose_and_double_nothing(postgr
         taken = [f for files in batches.values() for f in files]
         assert len(taken) == len(set(taken)) == len(delivered) == 3 * DELIVERIES
         # Every batch cleaned and tokenized exactly once (a killed run's retry is the one success).
-        corpus, shards = _by_batch(dagster, "raw_corpus"), _by_batch(dagster, "tokenized_shards")
+        corpus, shards = dagster.by_partition("raw_corpus"), dagster.by_partition("tokenized_shards")
         assert {b: len(m) for b, m in corpus.items()} == dict.fromkeys(batches, 1)
         assert {b: len(m) for b, m in shards.items()} == dict.fromkeys(batches, 1)
         # The runs killed mid-write: their folders have parts and no manifest, and nothing reads them.
@@ -161,13 +161,6 @@ def _batch_files(home: str, dagster: Dagster) -> dict[str, list[str]]:
     out = {}
     for batch in {m["partition"] for m in dagster.materializations("tokenized_shards")}:
         out[batch] = sorted(Storage(os.path.join(home, ".storage", "batches")).read_json(f"{batch}.json")["files"])
-    return out
-
-
-def _by_batch(dagster: Dagster, asset: str) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for m in dagster.materializations(asset):
-        out.setdefault(m["partition"], []).append(m)
     return out
 
 

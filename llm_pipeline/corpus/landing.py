@@ -38,8 +38,6 @@ from llm_pipeline.corpus.sources import (
     CorpusSourceError,
     NothingMatched,
     SourceMissing,
-    display_name,
-    is_hidden_or_in_flight,
     list_sources,
 )
 from llm_pipeline.storage.folders import Storage, bounded, is_local_fs
@@ -273,6 +271,3 @@ def scan(
             del state.open[name]
     refused = [f"{s.rel} ({s.reason})" for s in skipped if s.reason != "hidden_or_in_flight"]
     return LandingScan(ready, arriving, state.dumps(), refused, listed, sorted(to_seal))
-
-
-__all__ = ["LandingCursor", "LandingError", "LandingScan", "Ledger", "display_name", "is_hidden_or_in_flight", "read_cursor", "scan"]
