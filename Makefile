@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The repo root is the Dagster instance home: dagster.yaml lives here, its data under .dagster/.
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup browser postgres lint typecheck demo test dev bench clean
+.PHONY: setup browser postgres netns lint typecheck demo test dev bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,11 @@ demo: setup
 # Two workers, one test module each at a time (module fixtures stay shared within a module): the
 # service tests spend most of their time waiting, and the other worker runs beside them. In the
 # order conftest.py gives (they first), not xdist's default of the modules with most tests first.
-test: setup browser postgres lint typecheck
-	$(BIN)/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile --no-loadscope-reorder
+# The whole run in a private network namespace of loopback alone (as root: CI is): there a local Ray
+# cluster keeps to 127.0.0.1, while on this machine's interface its nodes cannot reach each other
+# (DESIGN.md §9). Nothing the tests run needs the network; the installs above happen outside it.
+test: setup browser postgres netns lint typecheck
+	unshare -n sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile --no-loadscope-reorder'
 
 # ruff's lint rules and formatting (pyproject.toml), on the library.
 lint: setup
@@ -38,6 +41,10 @@ typecheck: setup
 # Headless Chromium for the UI test (a screenshot of the asset page); Debian's package, as root.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# unshare (util-linux) and ip (iproute2) for the tests' private network namespace; Debian's packages, as root.
+netns:
+	@command -v ip >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
 
 # PostgreSQL for the production-instance tests (Debian's package; the tests start their own server).
 postgres:

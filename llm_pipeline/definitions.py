@@ -25,7 +25,7 @@ from llm_pipeline.automation import (
     retraining_sensor,
     training_job,
 )
-from llm_pipeline.resources import AutomationSettings, JsonIOManager, StorageResource, default_storage_root
+from llm_pipeline.resources import AutomationSettings, JsonIOManager, RayClusterResource, StorageResource, default_storage_root
 
 ASSETS = [raw_corpus, tokenizer, tokenized_shards, trained_checkpoint, eval_metrics, published_model]
 CHECKS = [
@@ -55,6 +55,9 @@ def make_resources(root_uri: str | None = None) -> dict:
         "storage": storage,
         "io_manager": JsonIOManager(storage=storage),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "ray_cluster": RayClusterResource(
+            address=_setting("RAY_ADDRESS", ""), driver_address=_setting("RAY_DRIVER_ADDRESS", ""), python=_setting("RAY_PYTHON", "")
+        ),
         "automation": AutomationSettings(
             landing_uri=_setting("LANDING_URI", ""),
             retrain_min_new_tokens=_setting("RETRAIN_MIN_NEW_TOKENS", 1, as_int=True),

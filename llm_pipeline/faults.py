@@ -1,4 +1,4 @@
-"""Fault injection for the crash tests, off unless LLM_PIPELINE_TEST_CRASH is set.
+"""Fault injection for the crash tests, off unless LLM_PIPELINE_TEST_CRASH (or _PAUSE) is set.
 
 "<point>:<rank>:<step>:<flag file>" (several, comma-separated) SIGKILLs the process that reaches that point (of that rank and
 step; 0 and 0 where there are none) once: the flag file records that it fired, so the retry runs
@@ -10,17 +10,30 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 CRASH_ENV = "LLM_PIPELINE_TEST_CRASH"
+# The same specs; the process stops there instead, until something outside kills it (a test taking
+# its node away at a known step).
+PAUSE_ENV = "LLM_PIPELINE_TEST_PAUSE"
 
 
 def crash_point(point: str, rank: int = 0, step: int = 0) -> None:
-    specs = os.environ.get(CRASH_ENV)
+    if _fires(CRASH_ENV, point, rank, step):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if _fires(PAUSE_ENV, point, rank, step):
+        while True:
+            time.sleep(1)
+
+
+def _fires(variable: str, point: str, rank: int, step: int) -> bool:
+    specs = os.environ.get(variable)
     if not specs:
-        return
+        return False
     for spec in specs.split(","):
         want_point, want_rank, want_step, flag = spec.split(":", 3)
         if (want_point, int(want_rank), int(want_step)) == (point, rank, step) and not os.path.exists(flag):
             with open(flag, "w") as f:
                 f.write(f"{point} rank {rank} step {step}\n")
-            os.kill(os.getpid(), signal.SIGKILL)
+            return True
+    return False

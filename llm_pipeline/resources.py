@@ -80,6 +80,43 @@ class AutomationSettings(dg.ConfigurableResource):
         return value
 
 
+class RayClusterResource(dg.ConfigurableResource):
+    """A Ray cluster that training (`launcher: ray`) and the data stages (`executor: ray`) run on
+    (LLM_PIPELINE_RAY_ADDRESS, LLM_PIPELINE_RAY_DRIVER_ADDRESS). Every node needs llm_pipeline and
+    its dependencies installed, and the storage root within reach."""
+
+    address: str = Field(
+        default="", description="the head's dashboard URL, e.g. http://head:8265 (what `ray job submit --address` takes); empty: no cluster"
+    )
+    driver_address: str = Field(
+        default="",
+        description="where the data stages connect as a Ray driver: ray://head:10001 (Ray Client; the default, on the address's host) or head:6379",
+    )
+    python: str = Field(
+        default="", description="the Python interpreter on the cluster's nodes; empty: this process's own path (one image everywhere)"
+    )
+
+    def job_address(self, stage: str) -> str:
+        """The address, checked to answer; a dg.Failure naming it otherwise (a retry would not help)."""
+        from llm_pipeline.ray_cluster import check_reachable
+
+        if not self.address:
+            raise dg.Failure(
+                description=f"{stage}: the Ray launcher/executor needs a cluster: set LLM_PIPELINE_RAY_ADDRESS (e.g. http://head:8265)",
+                allow_retries=False,
+            )
+        try:
+            check_reachable(self.address)
+        except ValueError as e:
+            raise dg.Failure(description=f"{stage}: {e}", allow_retries=False) from None
+        return self.address
+
+    def driver(self, stage: str) -> str:
+        from llm_pipeline.ray_cluster import driver_address
+
+        return driver_address(self.job_address(stage), self.driver_address)
+
+
 class JsonIOManager(dg.ConfigurableIOManager):
     """Small JSON values passed between assets, one per run: `<root>/_values/<asset>/<partition>/<run id>.json`.
 

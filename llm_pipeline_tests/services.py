@@ -15,6 +15,7 @@ from llm_pipeline_tests.conftest import free_port, wait_for_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+REPOSITORY = {"repositoryLocationName": "llm_pipeline.definitions", "repositoryName": "__repository__"}
 
 
 def fresh_copy(dest) -> str:
@@ -83,6 +84,26 @@ class Dagster:
         body = requests.post(f"{self.url}/graphql", json={"query": query}, timeout=60).json()
         assert "errors" not in body, body["errors"]
         return body["data"]
+
+    def launch(self, assets: list[str], run_config: dict, tags: dict[str, str] | None = None) -> str:
+        """A run of these assets, launched as the UI's Materialize does; its run id."""
+        params = {"selector": {**REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
+                  "runConfigData": run_config,
+                  "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}}
+        body = requests.post(f"{self.url}/graphql", timeout=60, json={"variables": {"p": params}, "query": """
+            mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+              __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""}).json()
+        assert body["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", body
+        return body["data"]["launchRun"]["run"]["runId"]
+
+    def terminate(self, run_id: str) -> None:
+        """The UI's Terminate button."""
+        data = self.query(f'mutation {{ terminateRun(runId: "{run_id}") {{ __typename ... on PythonError {{ message }} }} }}')
+        assert data["terminateRun"]["__typename"] == "TerminateRunSuccess", data
+
+    def run_status(self, run_id: str) -> str:
+        data = self.query(f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}')
+        return data["runOrError"]["status"]
 
     def partitions(self) -> list[str]:
         node = self.query('{ assetNodeOrError(assetKey: {path: ["raw_corpus"]}) { ... on AssetNode { partitionKeys } } }')

@@ -9,11 +9,10 @@ import shutil
 import subprocess
 
 import pytest
-import requests
 import s3fs
 
 from llm_pipeline_tests.conftest import _STDLIB
-from llm_pipeline_tests.services import Dagster, fresh_copy
+from llm_pipeline_tests.services import REPOSITORY, Dagster, fresh_copy
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -142,19 +141,6 @@ def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
         dagster.stop()
 
 
-REPOSITORY = {"repositoryLocationName": "llm_pipeline.definitions", "repositoryName": "__repository__"}
-
-
-def _launch(dagster: Dagster, assets: list[str], batch: str, run_config: dict) -> str:
-    params = {"selector": {**REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
-              "runConfigData": run_config, "executionMetadata": {"tags": [{"key": "dagster/partition", "value": batch}]}}
-    body = requests.post(f"{dagster.url}/graphql", timeout=60, json={"variables": {"p": params}, "query": """
-        mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
-          __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""}).json()
-    assert body["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", body
-    return body["data"]["launchRun"]["run"]["runId"]
-
-
 def _overlapping_runs_read_their_own_values(dagster: Dagster, tmp_path) -> None:
     added = dagster.query(f"""mutation {{ addDynamicPartition(repositorySelector: {{repositoryLocationName:
         "{REPOSITORY['repositoryLocationName']}", repositoryName: "{REPOSITORY['repositoryName']}"}},
@@ -166,8 +152,8 @@ def _overlapping_runs_read_their_own_values(dagster: Dagster, tmp_path) -> None:
         for path in files:
             shutil.copy2(path, tmp_path / name / os.path.basename(path))
         sources.append(str(tmp_path / name))
-    runs = [_launch(dagster, ["raw_corpus", "tokenized_shards"], "builtin",
-                    {"ops": {"raw_corpus": {"config": {"source_uri": source}}}}) for source in sources]
+    runs = [dagster.launch(["raw_corpus", "tokenized_shards"], {"ops": {"raw_corpus": {"config": {"source_uri": source}}}},
+                           {"dagster/partition": "builtin"}) for source in sources]
 
     def finished():
         data = dagster.query("{ runsOrError { ... on Runs { results { runId status startTime endTime } } } }")

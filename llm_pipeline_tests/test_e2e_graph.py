@@ -251,6 +251,20 @@ def _kill_rank_after(run_root: Storage, existing: set[str], rank: str, marker: s
         time.sleep(0.05)
 
 
+def test_a_rank_dying_after_the_completion_marker_does_not_fail_the_run(graph, tmp_path, monkeypatch):
+    from llm_pipeline.faults import CRASH_ENV
+
+    root, resources, _, instance = graph
+    monkeypatch.setenv(CRASH_ENV, f"after_summary:0:0:{tmp_path / 'fired'}")  # rank 0 SIGKILLed once it wrote summary.json
+    result = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources, instance=instance,
+                            run_config=_run_config({"trained_checkpoint": {"seed": 11}}, only=["trained_checkpoint"]))
+    assert (tmp_path / "fired").exists() and result.success
+    events = {e.event_type_value for e in result.all_events}
+    assert "STEP_UP_FOR_RETRY" not in events  # the marker, not the launcher's exit code, said it finished
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any(m.startswith("trainer exited with an error after writing its completion marker") for m in messages)
+
+
 def test_killed_rank_is_retried_and_resumes_step_for_step(graph, tmp_path):
     import os
     import subprocess

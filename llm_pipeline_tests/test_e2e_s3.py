@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load
 
 from llm_pipeline.definitions import ASSETS, CHECKS
-from llm_pipeline.resources import JsonIOManager, StorageResource
+from llm_pipeline.resources import JsonIOManager, RayClusterResource, StorageResource
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.checkpoints import STAGING_ENV, CheckpointStore
 from llm_pipeline.train.config import TrainConfig
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 def test_graph_on_s3_root_publishes_and_resumes(s3_endpoint):
     storage = StorageResource(root_uri="s3://llm-pipeline-test/graph", s3_endpoint_url=s3_endpoint)
-    resources = {"storage": storage, "io_manager": JsonIOManager(storage=storage), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    resources = {"storage": storage, "io_manager": JsonIOManager(storage=storage), "pipes_subprocess_client": dg.PipesSubprocessClient(), "ray_cluster": RayClusterResource()}
     instance = batch_instance()
     result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance,
                             partition_key="builtin")

@@ -106,8 +106,11 @@ def test_the_command_lines_parse_into_the_library_configs():
 
 @pytest.mark.parametrize("build, message", [
     (lambda: LaunchConfig(nproc=0), "nproc must be > 0, got 0"),
-    (lambda: LaunchConfig(launcher="mpi"), "launcher must be one of deepspeed, torchrun, none, got 'mpi'"),
+    (lambda: LaunchConfig(launcher="mpi"), "launcher must be one of deepspeed, torchrun, ray, none, got 'mpi'"),
     (lambda: LaunchConfig(master_port=70000), "master_port must be <= 65535, got 70000"),
+    (lambda: LaunchConfig(launcher="ray", nnodes=2, master_port=29500), "launcher 'ray' places its ranks itself: set num_workers"),
+    (lambda: LaunchConfig(launcher="ray", num_workers=0), "num_workers must be > 0, got 0"),
+    (lambda: CorpusConfig(executor="spark"), "executor must be one of local, ray, got 'spark'"),
     (lambda: CorpusConfig(text_field=""), "text_field is empty"),
     (lambda: CorpusConfig(format="xml"), "format must be one of auto, text, jsonl, parquet, got 'xml'"),
     (lambda: CorpusConfig(filters={"min_chars": -1}), "filters: min_chars must be >= 0, got -1"),

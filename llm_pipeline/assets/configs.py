@@ -165,7 +165,8 @@ class _TrainedCheckpoint(dg.Config):
 
     def validate_library(self, vocab_size: int, on_gpu: bool) -> None:
         launch = self.launch_config()
-        self.to_library(("x",), "x", vocab_size, "").validate_for(launch.world_size, on_gpu, launch.nproc)
+        gpu = launch.gpus_per_worker > 0 if launch.launcher == "ray" else on_gpu  # ray: the cluster's workers, not this host
+        self.to_library(("x",), "x", vocab_size, "").validate_for(launch.world_size, gpu, launch.ranks_on_this_node)
         check_name(self.init_from_model, "init_from_model")
         for batch in self.batches:
             check_name(batch, "batches entry")

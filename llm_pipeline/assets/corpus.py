@@ -7,7 +7,7 @@ from llm_pipeline.assets.metadata import table
 from llm_pipeline.assets.partitions import batch_keys, corpus_batches, partition_values
 from llm_pipeline.corpus.batches import BUILTIN_BATCH, read_batch
 from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, Progress, build_corpus
-from llm_pipeline.resources import StorageResource
+from llm_pipeline.resources import RayClusterResource, StorageResource
 from llm_pipeline.storage.manifests import MANIFEST
 
 _LOG_EVERY_S = 15.0
@@ -43,10 +43,13 @@ def _batch_config(config: RawCorpusConfig, storage: StorageResource, batch: str)
     automation_condition=dg.AutomationCondition.eager(),
     description="Cleaned documents of one corpus batch as Parquet, deduplicated within the batch and against every earlier batch.",
 )
-def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, storage: StorageResource) -> dg.Output[dict]:
+def raw_corpus(
+    context: dg.AssetExecutionContext, config: RawCorpusConfig, storage: StorageResource, ray_cluster: RayClusterResource
+) -> dg.Output[dict]:
     validate_run_config(context.run_config)
     batch = context.partition_key
     cfg = _batch_config(config, storage, batch)
+    ray_address = ray_cluster.driver(f"raw_corpus[{batch}]") if cfg.executor == "ray" else ""
     keys = batch_keys(context.instance)
     earlier_keys = keys[: keys.index(batch)] if batch in keys else keys
     earlier = [(key, storage.at(value["uri"])) for key, value in partition_values(context, storage, "raw_corpus", earlier_keys).items()]
@@ -62,7 +65,9 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
             )
 
     try:
-        manifest = build_corpus(cfg, out, storage.at(cfg.source_uri).storage_options, progress=log_progress, earlier=earlier)
+        manifest = build_corpus(
+            cfg, out, storage.at(cfg.source_uri).storage_options, progress=log_progress, earlier=earlier, ray_address=ray_address
+        )
     except (CorpusSourceError, OSError, ValueError) as e:
         raise dg.Failure(description=f"raw_corpus[{batch}]: {e}") from None
     not_as_landed = [f["uri"] for f in manifest["files"] if f.get("reason") in ("missing", "changed_since_landing")]

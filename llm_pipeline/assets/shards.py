@@ -3,7 +3,7 @@ import dagster as dg
 from llm_pipeline.assets.configs import TokenizedShardsConfig, validate_run_config
 from llm_pipeline.assets.partitions import corpus_batches
 from llm_pipeline.assets.tokenizer import tokenizer_json
-from llm_pipeline.resources import StorageResource
+from llm_pipeline.resources import RayClusterResource, StorageResource
 from llm_pipeline.storage.manifests import MANIFEST
 from llm_pipeline.tokenize.bpe import load_tokenizer
 from llm_pipeline.tokenize.encoder import DocumentEncoder
@@ -21,14 +21,23 @@ from llm_pipeline.tokenize.shards import write_shards
     description="One batch's train/val token shards with a sha256 manifest naming the tokenizer.",
 )
 def tokenized_shards(
-    context: dg.AssetExecutionContext, config: TokenizedShardsConfig, storage: StorageResource, raw_corpus: dict, tokenizer: dict
+    context: dg.AssetExecutionContext,
+    config: TokenizedShardsConfig,
+    storage: StorageResource,
+    ray_cluster: RayClusterResource,
+    raw_corpus: dict,
+    tokenizer: dict,
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
     batch = context.partition_key
+    shard_cfg = config.to_library()
+    ray_address = ray_cluster.driver(f"tokenized_shards[{batch}]") if shard_cfg.executor == "ray" else ""
     tok = load_tokenizer(tokenizer_json(storage, tokenizer))
     encoder = DocumentEncoder(tok, tokenizer["engine"])
     out = storage.stage_folder("tokenized_shards", context.run_id, batch)
-    manifest = write_shards(storage.at(raw_corpus["uri"]), out, encoder, tokenizer["vocab_size"], tokenizer["sha256"], config.to_library())
+    manifest = write_shards(
+        storage.at(raw_corpus["uri"]), out, encoder, tokenizer["vocab_size"], tokenizer["sha256"], shard_cfg, ray_address=ray_address
+    )
     value = {
         "uri": out.uri,
         "batch": batch,

@@ -1,4 +1,11 @@
+import shlex
+import sys
+
 import dagster as dg
+from dagster._core.errors import (  # not exported at the top level (dg.* has neither name)
+    DagsterExecutionInterruptedError,
+    DagsterPipesExecutionError,
+)
 
 from llm_pipeline.assets.configs import TrainedCheckpointConfig, check_eval_tasks, validate_run_config
 from llm_pipeline.assets.metadata import significant
@@ -6,10 +13,12 @@ from llm_pipeline.assets.partitions import partition_values
 from llm_pipeline.assets.plots import loss_curve_markdown
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
-from llm_pipeline.resources import StorageResource
+from llm_pipeline.ray_cluster import alive_node_resources, placement_problem
+from llm_pipeline.resources import RayClusterResource, StorageResource
 from llm_pipeline.tokenize.bpe import made_with_another_tokenizer
-from llm_pipeline.train.config import mixture_sources
-from llm_pipeline.train.launch import launch_command, launch_env, worker_command
+from llm_pipeline.train.config import LaunchConfig, mixture_sources
+from llm_pipeline.train.launch import launch_command, launch_env, ray_job_command, worker_command
+from llm_pipeline.train.ray_job import per_worker_resources
 
 
 def _input_error(description: str) -> dg.Failure:
@@ -65,6 +74,32 @@ def _initial_weights(config: TrainedCheckpointConfig, storage: StorageResource) 
     return folder.uri
 
 
+def _ray_address(launch: LaunchConfig, ray_cluster: RayClusterResource) -> str:
+    """The cluster's job address, checked before any work: it answers, and it can place every worker."""
+    address = ray_cluster.job_address("trained_checkpoint")
+    problem = placement_problem(
+        alive_node_resources(address), launch.num_workers, per_worker_resources(launch.cpus_per_worker, launch.gpus_per_worker)
+    )
+    if problem:
+        raise _input_error(f"trained_checkpoint: {problem}. Nothing was trained")
+    return address
+
+
+def _train_on_ray(context, launch: LaunchConfig, ray_cluster: RayClusterResource, address: str, config_uri: str, env: dict) -> None:
+    """The trainer as a Ray job (train/ray_job.py) through dagster-ray's Pipes client: the job's log
+    and rank 0's Pipes messages stream into this run, and terminating the run stops the job."""
+    try:
+        from dagster_ray import PipesRayJobClient
+    except ImportError:
+        raise _input_error("trained_checkpoint: launcher 'ray' needs the ray extra: pip install 'llm-pipeline[ray]'") from None
+    command = ray_job_command(launch, config_uri, ray_cluster.python or sys.executable)
+    context.log.info(f"submitting to the Ray cluster at {address}: {shlex.join(command)}")
+    PipesRayJobClient(address=address, poll_interval=1.0, forward_termination=True).run(
+        context=context,
+        submit_job_params={"entrypoint": shlex.join(command), "runtime_env": {"env_vars": env}, "entrypoint_num_cpus": 0},
+    )
+
+
 @dg.asset(
     group_name="llm_pipeline",
     kinds={"deepspeed", "pytorch"},
@@ -78,10 +113,13 @@ def trained_checkpoint(
     config: TrainedCheckpointConfig,
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
+    ray_cluster: RayClusterResource,
     tokenizer: dict,
 ) -> dg.Output[dict]:
     validate_run_config(context.run_config)
     _check_eval_tasks(context.run_config)
+    launch = config.launch_config()
+    ray_address = _ray_address(launch, ray_cluster) if launch.launcher == "ray" else ""
     data = training_data(context, config, storage, tokenizer)
     init_from = _initial_weights(config, storage)
     try:
@@ -99,16 +137,26 @@ def trained_checkpoint(
         f"{sum(d['train_tokens'] for d in data):,} training tokens" + (f"; starting from {init_from}" if init_from else "")
     )
 
-    launch = config.launch_config()
-    command = launch_command(launch, run.child("train_config.json").uri)
-    context.log.info(f"launching: {' '.join(command)}")
-    if launch.nnodes > 1 and not launch.ssh:
-        context.log.info(
-            f"waiting for nodes 1..{launch.nnodes - 1}; start each with: {' '.join(worker_command(launch, run.child('train_config.json').uri))}"
-        )
+    config_uri = run.child("train_config.json").uri
+    env = {**launch_env(launch), **storage.process_env()}
     try:
-        pipes_subprocess_client.run(command=command, context=context, env={**launch_env(launch), **storage.process_env()})
-    except dg.DagsterPipesExecutionError as e:
+        if launch.launcher == "ray":
+            _train_on_ray(context, launch, ray_cluster, ray_address, config_uri, env)
+        else:
+            command = launch_command(launch, config_uri)
+            context.log.info(f"launching: {' '.join(command)}")
+            if launch.nnodes > 1 and not launch.ssh:
+                context.log.info(
+                    f"waiting for nodes 1..{launch.nnodes - 1}; start each with: {' '.join(worker_command(launch, config_uri))}"
+                )
+            pipes_subprocess_client.run(command=command, context=context, env=env)
+    except (DagsterExecutionInterruptedError, KeyboardInterrupt):
+        # Dagster retries an interrupted step under its retry policy, which after Terminate would start
+        # the trainer again; a terminated run's step fails for good (the run then reads as canceled).
+        if context.instance.get_run_by_id(context.run_id).status == dg.DagsterRunStatus.CANCELING:
+            raise dg.Failure(description="trained_checkpoint: the run was terminated; training stopped", allow_retries=False) from None
+        raise
+    except (DagsterPipesExecutionError, RuntimeError) as e:  # RuntimeError: dagster-ray's failed or stopped job
         # A rank can abort at exit after finishing (seen ~1 run in 80 with gloo): the completion
         # marker, not the launcher's exit code, says whether training finished.
         if not final.exists("summary.json"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from llm_pipeline.corpus.build import CorpusConfig, Progress, build_corpus, summary
@@ -22,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder URI: documents-*.parquet, quarantine-*.parquet, manifest.json")
     add_options(p, CorpusConfig, skip=("source_uri", "files", "filters"))
     add_options(p, FilterConfig)
+    p.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS", ""),
+        help="with --executor ray: the cluster to connect to (ray://head:10001 or head:6379; default $RAY_ADDRESS)",
+    )
     return p
 
 
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             **given_options(args, set(CorpusConfig.model_fields) - {"source_uri"}),
         )
         out = Storage(args.out)
-        manifest = build_corpus(cfg, out, progress=bar)
+        manifest = build_corpus(cfg, out, progress=bar, ray_address=args.ray_address)
     except (ValueError, OSError) as e:  # a bad option, source or output: one line that names it, no traceback
         bar.close()
         print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)

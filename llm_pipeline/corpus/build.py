@@ -34,14 +34,16 @@ from llm_pipeline.corpus.clean import (
     FileResult,
     candidates_path,
     clean_file,
+    clean_files_elsewhere,
     quarantine_path,
     worker_main,
 )
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE, NearDuplicateIndex, band_keys
 from llm_pipeline.corpus.readers import PREFIX_BYTES, Format
-from llm_pipeline.corpus.sources import CorpusSourceError, SourceListing, check_glob, is_hidden_or_in_flight, list_sources
+from llm_pipeline.corpus.sources import CorpusSourceError, SourceFile, SourceListing, check_glob, is_hidden_or_in_flight, list_sources
 from llm_pipeline.faults import crash_point
+from llm_pipeline.ray_cluster import Executor
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import read_manifest, write_manifest
@@ -102,6 +104,10 @@ class CorpusConfig(Settings):
         default=65_536, ge=PREFIX_BYTES, description="bytes of each dropped document kept in the quarantine"
     )
     workers: int = Field(default=0, ge=0, description="worker processes; 0: one per core (in-process for small inputs)")
+    executor: Executor = Field(
+        default="local",
+        description="local: this machine's cores; ray: each file cleaned by a Ray task on the cluster (LLM_PIPELINE_RAY_ADDRESS)",
+    )
     filters: FilterConfig = FilterConfig()
 
     @field_validator("glob")
@@ -241,8 +247,10 @@ def build_corpus(
     storage_options: dict | None = None,
     progress: Callable[[Progress], None] | None = None,
     earlier: Sequence[tuple[str, Storage]] = (),
+    ray_address: str = "",
 ) -> dict:
     """Read, clean and write the corpus under `out`. Returns the manifest (also written last).
+    With `executor: ray`, files are cleaned on the Ray cluster at `ray_address` (a driver address).
 
     `earlier` names the corpora of earlier batches, in order: a document one of them kept is a
     duplicate here (exact or near). A batch whose every record repeats earlier batches is kept as
@@ -276,7 +284,12 @@ def build_corpus(
         started = time.perf_counter()
         spool = tempfile.mkdtemp(prefix="llm-pipeline-corpus-")
         try:
-            for file_index, result in _cleaned(listing, opts, spool, _worker_count(cfg, listing)):
+            cleaned = (
+                _cleaned_on_ray(listing, opts, spool, ray_address)
+                if cfg.executor == "ray"
+                else _cleaned(listing, opts, spool, _worker_count(cfg, listing))
+            )
+            for file_index, result in cleaned:
                 source = listing.files[file_index]
                 kept = _merge_file(spool, result, source.uri, dedup, docs, quarantine, cfg.quarantine_content_bytes)
                 for reason, n in result.dropped.items():
@@ -432,6 +445,44 @@ def _cleaned(listing: SourceListing, opts: CleanOptions, spool: str, workers: in
             p.join(timeout=10)
             if p.is_alive():
                 p.terminate()
+
+
+def _cleaned_on_ray(listing: SourceListing, opts: CleanOptions, spool: str, address: str) -> Iterator[tuple[int, FileResult]]:
+    """As `_cleaned`, each file a Ray task on whichever node has a core free; its spool files come back
+    through the object store into this process's spool, where the merge reads them as a local worker's.
+    Every node must reach the source URI."""
+    from llm_pipeline.ray_cluster import cluster_cpus, connected, ordered_map
+
+    if not address:
+        raise ValueError(
+            "corpus executor 'ray' needs the Ray cluster's address (LLM_PIPELINE_RAY_ADDRESS; on the command line --ray-address)"
+        )
+    with connected(address):
+        cpus = max(1, cluster_cpus())
+        tasks = ((chunk, opts) for chunk in _chunks(listing, cpus))
+        for results in ordered_map(clean_files_elsewhere, tasks, window=2 * cpus):
+            for result, spooled in results:
+                for name, data in spooled.items():
+                    with open(os.path.join(spool, name), "wb") as f:
+                        f.write(data)
+                yield result.index, _checked(result)
+
+
+def _chunks(listing: SourceListing, cpus: int) -> Iterator[list[tuple[int, SourceFile]]]:
+    """Consecutive files in chunks of about a quarter of an even share per CPU (1-64 MB, at most 256
+    files): few enough tasks that scheduling does not dominate small files, enough to keep every
+    core busy and the merge fed in order."""
+    target = min(64 << 20, max(1 << 20, sum(f.size for f in listing.files) // (4 * cpus)))
+    chunk: list[tuple[int, SourceFile]] = []
+    size = 0
+    for index, file in enumerate(listing.files):
+        chunk.append((index, file))
+        size += file.size
+        if size >= target or len(chunk) == 256:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 def _checked(result: FileResult) -> FileResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import traceback
 from dataclasses import dataclass, field
 
@@ -225,6 +226,24 @@ def _decompressed(raw, compression: str | None):
     if compression == "zstd":
         return ZstdReader(raw)
     return fsspec.compression.compr[compression](raw, mode="rb")
+
+
+def clean_files_elsewhere(files: list[tuple[int, SourceFile]], opts: CleanOptions) -> list[tuple[FileResult, dict[str, bytes]]]:
+    """`clean_file` for each (index, file) on another machine (one Ray task for several files: a task
+    costs milliseconds to schedule, a small file less to clean): each file's result with its spool
+    files as bytes, by name."""
+    fs = url_to_fs(opts.root_uri, **opts.storage_options)[0]
+    out = []
+    with tempfile.TemporaryDirectory(prefix="llm-pipeline-clean-") as spool:
+        for index, file in files:
+            result = clean_file(file, index, opts, spool, fs)
+            spooled = {}
+            for path in (candidates_path(spool, index), quarantine_path(spool, index)):
+                with open(path, "rb") as f:
+                    spooled[os.path.basename(path)] = f.read()
+                os.remove(path)
+            out.append((result, spooled))
+    return out
 
 
 def worker_main(tasks, results, opts: CleanOptions, spool: str) -> None:

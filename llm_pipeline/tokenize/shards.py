@@ -16,14 +16,17 @@ from collections import deque
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
+from tokenizers import Tokenizer
 
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.faults import crash_point
 from llm_pipeline.prefetch import prefetch
+from llm_pipeline.ray_cluster import Executor
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage
-from llm_pipeline.storage.manifests import write_manifest
+from llm_pipeline.storage.manifests import read_manifest, write_manifest
 from llm_pipeline.storage.parquet_shards import ParquetShards
 from llm_pipeline.tokenize.bpe import smallest_uint_type
 from llm_pipeline.tokenize.encoder import DocumentEncoder
@@ -37,6 +40,9 @@ class ShardConfig(Settings):
     tokens_per_shard: int = Field(default=50_000_000, gt=0, description="tokens per Parquet shard file")
     row_group_rows: int = Field(default=1024, gt=0, description="documents per Parquet row group")
     encode_batch_docs: int = Field(default=512, gt=0, description="documents per encoder call")
+    executor: Executor = Field(
+        default="local", description="local: this machine's cores; ray: each corpus row group encoded by a Ray task on the cluster"
+    )
 
 
 def split_of(doc_id: str, val_fraction: float) -> str:
@@ -100,8 +106,14 @@ class _SplitWriter:
         self.flat.abort()
 
 
-def write_shards(corpus: Storage, out: Storage, encoder: DocumentEncoder, vocab_size: int, tokenizer_sha256: str, cfg: ShardConfig) -> dict:
-    """Encode the corpus in bounded batches and write shards + manifest. Returns the manifest."""
+def write_shards(
+    corpus: Storage, out: Storage, encoder: DocumentEncoder, vocab_size: int, tokenizer_sha256: str, cfg: ShardConfig, ray_address: str = ""
+) -> dict:
+    """Encode the corpus in bounded batches and write shards + manifest. Returns the manifest.
+    With `executor: ray`, the encoding runs on the Ray cluster at `ray_address` (a driver address)."""
+    if cfg.executor == "ray":
+        on_ray = _documents_on_ray(corpus, encoder, cfg, ray_address)
+        return write_token_documents(out, on_ray, vocab_size, encoder.eos_id, tokenizer_sha256, cfg, encoder.engine)
     pending: deque[tuple[str, int]] = deque()  # (split, UTF-8 bytes) of documents in flight, in order
 
     def texts():
@@ -116,6 +128,49 @@ def write_shards(corpus: Storage, out: Storage, encoder: DocumentEncoder, vocab_
             yield split, ids, nbytes
 
     return write_token_documents(out, documents(), vocab_size, encoder.eos_id, tokenizer_sha256, cfg, encoder.engine)
+
+
+def _documents_on_ray(corpus: Storage, encoder: DocumentEncoder, cfg: ShardConfig, address: str):
+    """(split, ids, UTF-8 bytes) per document in corpus order, each row group of the corpus's Parquet
+    files encoded by a Ray task (the tokenizer shipped once through the object store). Every node
+    must reach the corpus URI. The same encoder, so the same ids: the shards are byte-identical."""
+    import ray
+
+    from llm_pipeline.ray_cluster import cluster_cpus, connected, ordered_map
+
+    if not address:
+        raise ValueError(
+            "tokenized_shards executor 'ray' needs the Ray cluster's address (LLM_PIPELINE_RAY_ADDRESS; on the command line --ray-address)"
+        )
+    manifest = read_manifest(corpus, ("shards",), "corpus manifest")
+    with connected(address):
+        tokenizer = ray.put(encoder.tokenizer.to_str())
+        units = []
+        for shard in manifest["shards"]:
+            with corpus.open_read(shard["name"]) as f:
+                groups = pq.ParquetFile(f).num_row_groups
+            units += [
+                (corpus.uri, corpus.storage_options, shard["name"], g, tokenizer, encoder.engine, cfg.val_fraction) for g in range(groups)
+            ]
+        for documents in ordered_map(encode_row_group, units, 2 * max(1, cluster_cpus())):
+            yield from documents
+
+
+_ENCODERS: dict[str, DocumentEncoder] = {}  # a Ray worker's encoders, by tokenizer: built once per process
+
+
+def encode_row_group(
+    corpus_uri: str, storage_options: dict, shard: str, row_group: int, tokenizer_json: str, engine: str, val_fraction: float
+) -> list[tuple[str, np.ndarray, int]]:
+    """One row group of a corpus Parquet file encoded (a Ray task): (split, ids, UTF-8 bytes) per document."""
+    key = hashlib.sha256(tokenizer_json.encode()).hexdigest() + engine
+    if key not in _ENCODERS:
+        _ENCODERS[key] = DocumentEncoder(Tokenizer.from_str(tokenizer_json), engine)
+    with Storage(corpus_uri, **storage_options).open_read(shard) as f:
+        table = pq.ParquetFile(f).read_row_group(row_group, columns=["id", "text"])
+    doc_ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+    encoded = _ENCODERS[key].encode_stream(texts, window=len(texts) or 1)
+    return [(split_of(d, val_fraction), ids, len(t.encode("utf-8"))) for d, t, ids in zip(doc_ids, texts, encoded)]
 
 
 def write_token_documents(

@@ -183,6 +183,7 @@ def save(engine, store: CheckpointStore, step: int, state: dict, rank: int, loca
     dist.barrier()
     if local_rank == 0 and rank != 0:
         store.prune_local()
+    crash_point("after_checkpoint", rank, step)  # the checkpoint complete, the next step not begun
     return tag
 
 

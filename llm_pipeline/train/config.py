@@ -19,7 +19,7 @@ from llm_pipeline.train.model import ModelConfig
 from llm_pipeline.train.schedule import Schedule
 
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]
-Launcher = Literal["deepspeed", "torchrun", "none"]
+Launcher = Literal["deepspeed", "torchrun", "ray", "none"]
 DTYPES = typing.get_args(Dtype)
 LAUNCHERS = typing.get_args(Launcher)
 
@@ -156,10 +156,12 @@ class TrainConfig(Settings):
 
     def validate_for(self, world_size: int, on_gpu: bool, ranks_on_this_node: int | None = None) -> None:
         """Checks that need the launch: world size and hardware, and that the run fits this node's
-        devices and memory. Run before any process starts."""
+        devices and memory (`ranks_on_this_node` 0: none runs here). Run before any process starts."""
         self.grad_accum_for(world_size)
         if self.dtype == "fp16" and not on_gpu:
             raise ValueError("dtype fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 training); use fp32 or bf16")
+        if ranks_on_this_node == 0:  # every rank on other machines (a Ray cluster): they check their own
+            return
         ranks = ranks_on_this_node or world_size
         devices, kind = local_devices(on_gpu)
         if ranks > devices:
@@ -281,7 +283,9 @@ class LaunchConfig(Settings):
     master's address make its static rendezvous.
     """
 
-    launcher: Launcher = Field(default="deepspeed", description="deepspeed, torchrun, or none: one plain process")
+    launcher: Launcher = Field(
+        default="deepspeed", description="deepspeed, torchrun, ray (a Ray cluster: LLM_PIPELINE_RAY_ADDRESS), or none: one plain process"
+    )
     nproc: int = Field(default=2, gt=0, description="processes (ranks) per node")
     nnodes: int = Field(default=1, gt=0, description="nodes; node 0 hosts rank 0, the others run the logged worker command")
     node_rank: int = Field(default=0, ge=0, description="this node's rank")
@@ -289,6 +293,11 @@ class LaunchConfig(Settings):
     master_port: int = Field(default=0, ge=0, le=65535, description="0: a free port (one node only)")
     hostfile: str = Field(default="", description="deepspeed: MPI-style hostfile ('host slots=N' lines) for multi-node")
     ssh: bool = Field(default=False, description="deepspeed with a hostfile: start every node from node 0 over pdsh/ssh")
+    num_workers: int = Field(
+        default=2, gt=0, description="ray: ranks, each a Ray Train worker that Ray places on a node with its resources"
+    )
+    cpus_per_worker: int = Field(default=1, gt=0, description="ray: CPU cores each worker reserves (its torch threads)")
+    gpus_per_worker: int = Field(default=0, ge=0, description="ray: GPUs each worker reserves; 0 trains on CPU")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -303,6 +312,8 @@ class LaunchConfig(Settings):
                 raise ValueError("master_addr must be set when nnodes > 1: node 0's address, reachable from every node")
             if self.launcher == "deepspeed" and not self.hostfile:
                 raise ValueError("the deepspeed launcher needs a hostfile when nnodes > 1 (lines of 'host slots=N')")
+        if self.launcher == "ray" and (self.nnodes != 1 or self.hostfile):
+            raise ValueError("launcher 'ray' places its ranks itself: set num_workers, not nnodes or a hostfile")
         if self.ssh and not (self.launcher == "deepspeed" and self.hostfile):
             raise ValueError("ssh applies to the deepspeed launcher with a hostfile only")
         if self.master_addr and not is_host_address(self.master_addr):
@@ -312,4 +323,8 @@ class LaunchConfig(Settings):
 
     @property
     def world_size(self) -> int:
-        return self.nproc * self.nnodes
+        return self.num_workers if self.launcher == "ray" else self.nproc * self.nnodes
+
+    @property
+    def ranks_on_this_node(self) -> int:
+        return 0 if self.launcher == "ray" else self.nproc

@@ -1,4 +1,4 @@
-"""The command line that starts the trainer: `deepspeed` launcher, `torchrun`, or one plain process.
+"""The command line that starts the trainer: `deepspeed` launcher, `torchrun`, a Ray job's driver, or one plain process.
 
 The same command works with or without Dagster; the asset only adds Pipes' environment. For a
 multi-node run the asset starts node 0; every other node runs this module with its node rank:
@@ -42,6 +42,8 @@ def free_port() -> int:
 
 
 def launch_command(launch: LaunchConfig, config_path: str) -> list[str]:
+    if launch.launcher == "ray":  # run here it is a driver of the cluster at RAY_ADDRESS; the asset submits it as a Ray job
+        return ray_job_command(launch, config_path)
     port = str(launch.master_port or free_port())
     trainer_args = ["--config", config_path]
     if launch.launcher == "deepspeed":
@@ -84,12 +86,41 @@ def launch_command(launch: LaunchConfig, config_path: str) -> list[str]:
 
 
 def launch_env(launch: LaunchConfig) -> dict[str, str]:
+    if launch.launcher == "ray":
+        return ray_job_env(launch)
     env = {}
     if not on_gpu():
         env["DS_ACCELERATOR"] = "cpu"
         # The deepspeed launcher does not split the cores between ranks (torchrun does).
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // launch.nproc))
         env.update({k: v for k, v in CPU_ALLOCATOR_ENV.items() if k not in os.environ})
+    return env
+
+
+def ray_job_command(launch: LaunchConfig, config_uri: str, python: str = sys.executable) -> list[str]:
+    """The Ray job's driver (train/ray_job.py). `python`: the interpreter on the cluster's nodes."""
+    return [
+        python,
+        "-m",
+        "llm_pipeline.train.ray_job",
+        "--config",
+        config_uri,
+        "--num-workers",
+        str(launch.num_workers),
+        "--cpus-per-worker",
+        str(launch.cpus_per_worker),
+        "--gpus-per-worker",
+        str(launch.gpus_per_worker),
+    ]
+
+
+def ray_job_env(launch: LaunchConfig) -> dict[str, str]:
+    """The job's environment (its driver and every worker): the workers' hardware, not this host's, and
+    rank 0's Pipes messages forwarded to the driver's log as whole lines, where Dagster reads them
+    (Ray prefixes a worker's lines with its name and folds lines that look alike)."""
+    env = {"RAY_DISABLE_WORKER_LOG_PREFIX": "1", "RAY_DEDUP_LOGS": "0"}
+    if not launch.gpus_per_worker:
+        env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(launch.cpus_per_worker), **CPU_ALLOCATOR_ENV)
     return env
 
 
@@ -119,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     try:
         with open_uri(a.config, "rb") as f:
-            TrainConfig.from_dict(json.load(f)).validate_for(launch.world_size, on_gpu(), launch.nproc)
+            TrainConfig.from_dict(json.load(f)).validate_for(launch.world_size, on_gpu(), launch.ranks_on_this_node)
     except (ValueError, OSError) as e:  # before any process starts: one line that names the problem
         print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)
         return 1

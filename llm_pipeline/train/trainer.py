@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from deepspeed.ops.adam import DeepSpeedCPUAdam
 
+from llm_pipeline.faults import crash_point
 from llm_pipeline.storage.folders import Storage, open_uri
 from llm_pipeline.tokenize.bpe import tokenizer_hash
 from llm_pipeline.train import checkpoints
@@ -205,7 +206,9 @@ def build(cfg: TrainConfig, reporter) -> Training:
     """The world, this rank's data, the model and the DeepSpeed engine, from the config alone."""
     gpu = on_gpu()
     rank, local_rank, world = _set_up_world(gpu)
-    cfg.validate_for(world, gpu)  # before any process group: a bad combination fails fast, by name
+    # Before any process group: a bad combination fails fast, by name. The ranks sharing this node's
+    # devices and memory: LOCAL_WORLD_SIZE where the launcher says (torchrun, Ray Train), else all.
+    cfg.validate_for(world, gpu, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     _init_distributed(gpu)
     loader = _data(cfg, rank, world)
     store = CheckpointStore(Storage(cfg.run_uri))
@@ -453,8 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with open_uri(args.config, "rb") as f:
         cfg = TrainConfig.from_dict(json.load(f))
-    with open_reporter(int(os.environ.get("RANK", "0")) == 0) as reporter:
+    rank = int(os.environ.get("RANK", "0"))
+    with open_reporter(rank == 0) as reporter:
         train(cfg, reporter)
+    crash_point("after_summary", rank)  # the crash tests: a rank dying at exit, the run already complete
     return 0
 
 
