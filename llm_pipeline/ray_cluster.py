@@ -6,8 +6,8 @@ Two addresses, because Ray has two front doors:
 - the *job* address, the head's dashboard (`http://head:8265`, what `ray job submit --address`
   takes): training runs there as a Ray job (train/ray_job.py);
 - the *driver* address, which a process that fans out tasks itself connects to: Ray Client
-  (`ray://head:10001`) from outside the cluster's network, or the head's GCS (`head:6379`) from a
-  host on it. By default the job address's host with Ray Client's port.
+  (`ray://head:10001`) from a machine that is not a node of the cluster, or the head's GCS
+  (`head:6379`) from one that is. By default the job address's host with Ray Client's port.
 """
 
 from __future__ import annotations

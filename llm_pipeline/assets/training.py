@@ -77,9 +77,11 @@ def _initial_weights(config: TrainedCheckpointConfig, storage: StorageResource) 
 def _ray_address(launch: LaunchConfig, ray_cluster: RayClusterResource) -> str:
     """The cluster's job address, checked before any work: it answers, and it can place every worker."""
     address = ray_cluster.job_address("trained_checkpoint")
-    problem = placement_problem(
-        alive_node_resources(address), launch.num_workers, per_worker_resources(launch.cpus_per_worker, launch.gpus_per_worker)
-    )
+    try:
+        nodes = alive_node_resources(address)
+    except Exception as e:  # Ray's state API raises its own exception types
+        raise dg.Failure(description=f"trained_checkpoint: cannot list the nodes of the Ray cluster at {address}: {e}") from None
+    problem = placement_problem(nodes, launch.num_workers, per_worker_resources(launch.cpus_per_worker, launch.gpus_per_worker))
     if problem:
         raise _input_error(f"trained_checkpoint: {problem}. Nothing was trained")
     return address
