@@ -27,7 +27,7 @@ demo: setup
 # cluster keeps to 127.0.0.1, while on this machine's interface its nodes cannot reach each other
 # (DESIGN.md §9). Nothing the tests run needs the network; the installs above happen outside it.
 test: setup browser postgres netns lint typecheck
-	unshare -n sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -q -ra --durations=25 -n 3 --dist loadfile --no-loadscope-reorder'
+	unshare -n sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile --no-loadscope-reorder'
 
 # ruff's lint rules and formatting (pyproject.toml), on the library.
 lint: setup

@@ -24,7 +24,7 @@ if _WORKER:
 
 # The modules that mostly wait on real services (deliveries spaced in time, sensor ticks, a daemon)
 # start first, so the other worker runs the rest beside them instead of after them.
-WAITING_MODULES = ("test_load_postgres.py", "test_continuous_daemon.py", "test_ray.py")
+WAITING_MODULES = ("test_load_postgres.py", "test_continuous_daemon.py")
 
 
 def pytest_collection_modifyitems(items):
