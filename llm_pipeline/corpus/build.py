@@ -106,7 +106,7 @@ class CorpusConfig(Settings):
     workers: int = Field(default=0, ge=0, description="worker processes; 0: one per core (in-process for small inputs)")
     executor: Executor = Field(
         default="local",
-        description="local: this machine's cores; ray: each file cleaned by a Ray task on the cluster (LLM_PIPELINE_RAY_ADDRESS)",
+        description="local: this machine's cores; ray: files cleaned by Ray tasks on the cluster, in chunks (LLM_PIPELINE_RAY_ADDRESS)",
     )
     filters: FilterConfig = FilterConfig()
 
@@ -448,9 +448,9 @@ def _cleaned(listing: SourceListing, opts: CleanOptions, spool: str, workers: in
 
 
 def _cleaned_on_ray(listing: SourceListing, opts: CleanOptions, spool: str, address: str) -> Iterator[tuple[int, FileResult]]:
-    """As `_cleaned`, each file a Ray task on whichever node has a core free; its spool files come back
-    through the object store into this process's spool, where the merge reads them as a local worker's.
-    Every node must reach the source URI."""
+    """As `_cleaned`, the files in consecutive chunks, each chunk a Ray task on whichever node has a core
+    free; their spool files come back through the object store into this process's spool, where the merge
+    reads them as a local worker's. Every node must reach the source URI."""
     from llm_pipeline.ray_cluster import cluster_cpus, connected, ordered_map
 
     if not address:
