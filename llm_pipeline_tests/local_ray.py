@@ -29,6 +29,10 @@ class LocalRayCluster:
                 "dashboard_port": free_port(),
                 "ray_client_server_port": self.client_port,
                 "object_store_memory": OBJECT_STORE_BYTES,
+                # Ray starts its workers at niceness 15, below its own daemons; on one small machine
+                # that hosts every node, the training ranks then yield their cores to raylets, agents
+                # and the dashboard. Real nodes have cores to spare; here the ranks compete as equals.
+                "_system_config": {"worker_niceness": 0},
             },
         )
         self.cpus_per_worker = cpus_per_worker
