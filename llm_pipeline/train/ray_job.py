@@ -64,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     ray.init()  # the job's own cluster
     resources = per_worker_resources(a.cpus_per_worker, a.gpus_per_worker)
-    problem = placement_problem(alive_node_resources(), a.num_workers, resources)
+    nodes = alive_node_resources()
+    problem = placement_problem(nodes, a.num_workers, resources)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
-    print(f"ray_job: {a.num_workers} workers of {resources} on {len(alive_node_resources())} nodes", flush=True)
+    print(f"ray_job: {a.num_workers} workers of {resources} on {len(nodes)} nodes", flush=True)
     trainer = TorchTrainer(
         run_trainer,
         train_loop_config={"config": a.config},
