@@ -17,6 +17,7 @@ import dagster as dg
 import yaml
 
 from llm_pipeline.assets.partitions import batch_keys, corpus_batches
+from llm_pipeline.contracts import CheckpointRef, ShardSetRef, TokenizerRef
 from llm_pipeline.corpus.batches import batch_key, find_batch, write_batch
 from llm_pipeline.corpus.landing import LandingScan, Ledger, scan
 from llm_pipeline.resources import AutomationSettings, StorageResource, latest_materialization
@@ -122,14 +123,10 @@ def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResou
     return dg.SensorResult(dynamic_partitions_requests=[corpus_batches.build_add_request([key])], cursor=look.cursor)
 
 
-def _latest(instance: dg.DagsterInstance, asset: str, partition: str | None = None):
+def _metadata(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> dict | None:
+    """The latest materialization's metadata values ({key: value}), or None before the first."""
     record = latest_materialization(instance, dg.AssetKey(asset), partition)
-    return record.asset_materialization if record else None
-
-
-def _metadata_value(materialization, name: str):
-    entry = materialization.metadata.get(name)
-    return entry.value if entry is not None else None
+    return {key: entry.value for key, entry in record.asset_materialization.metadata.items()} if record else None
 
 
 @dg.sensor(
@@ -139,25 +136,24 @@ def _metadata_value(materialization, name: str):
     description="Retrains on every corpus batch once retrain_min_new_tokens new training tokens are tokenized.",
 )
 def retraining_sensor(context: dg.SensorEvaluationContext, automation: AutomationSettings):
-    tokenizer = _latest(context.instance, "tokenizer")
-    if tokenizer is None:
+    # The stage values as the assets declared them in their metadata (contracts.py): no value file is read.
+    tokenizer_metadata = _metadata(context.instance, "tokenizer")
+    if tokenizer_metadata is None:
         return dg.SkipReason("no tokenizer yet")
-    current_tokenizer = _metadata_value(tokenizer, "sha256")
-    shards = {}
+    tokenizer = TokenizerRef.from_metadata(tokenizer_metadata)
+    shards: dict[str, ShardSetRef] = {}
     for batch in batch_keys(context.instance):
-        mat = _latest(context.instance, "tokenized_shards", batch)
-        if mat is not None:
-            shards[batch] = mat
-    stale = made_with_another_tokenizer({b: _metadata_value(mat, "tokenizer_sha256") for b, mat in shards.items()}, current_tokenizer)
+        metadata = _metadata(context.instance, "tokenized_shards", batch)
+        if metadata is not None:
+            shards[batch] = ShardSetRef.from_metadata(metadata)
+    stale = made_with_another_tokenizer({b: s.tokenizer_sha256 for b, s in shards.items()}, tokenizer.sha256)
     if stale:  # training would refuse the mix; the re-tokenization is under way
         return dg.SkipReason(f"waiting for batches {', '.join(stale)} to be re-tokenized with the current tokenizer")
-    used: dict[str, str] = {}
-    trained = _latest(context.instance, "trained_checkpoint")
-    if trained is not None:
-        used = _metadata_value(trained, "batches") or {}
+    trained = _metadata(context.instance, "trained_checkpoint")
+    used = CheckpointRef.batches_from_metadata(trained) if trained is not None else {}
     # Content, not folders: a batch re-tokenized to the same shards is not new data.
-    fresh = {b: mat for b, mat in shards.items() if used.get(b) != _metadata_value(mat, "manifest_sha256")}
-    new_tokens = sum(int(_metadata_value(mat, "train_tokens") or 0) for mat in fresh.values())
+    fresh = {b: s for b, s in shards.items() if used.get(b) != s.manifest_sha256}
+    new_tokens = sum(s.train_tokens for s in fresh.values())
     if not fresh or new_tokens < automation.retrain_min_new_tokens:
         return dg.SkipReason(
             f"{new_tokens:,} new training tokens in {len(fresh)} batches; retraining at {automation.retrain_min_new_tokens:,}"
@@ -168,7 +164,7 @@ def retraining_sensor(context: dg.SensorEvaluationContext, automation: Automatio
         return dg.SkipReason(
             f"{new_tokens:,} new training tokens in {len(fresh)} batches wait for training run {training[0].dagster_run.run_id} to finish"
         )
-    data = {b: _metadata_value(mat, "manifest_sha256") for b, mat in shards.items()}
+    data = {b: s.manifest_sha256 for b, s in shards.items()}
     return dg.RunRequest(
         run_config=training_run_config(automation),
         run_key=hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16],

@@ -21,6 +21,7 @@ import dagster as dg
 
 from llm_pipeline.assets.partitions import CORPUS_BATCHES
 from llm_pipeline.automation import pipeline_job
+from llm_pipeline.contracts import CheckpointRef, EvalReport, PublishedModelRef
 from llm_pipeline.corpus.batches import BUILTIN_BATCH
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
 from llm_pipeline.demo_console import demo_logger
@@ -53,10 +54,10 @@ def _process_output_to(log_file: str):
         console.close()
 
 
-def _harness_lines(metrics: dict) -> list[str]:
+def _harness_lines(metrics: EvalReport) -> list[str]:
     """lm-evaluation-harness's view of the same model, and the contamination figure."""
     lines = []
-    for task, results in ((metrics.get("harness") or {}).get("results") or {}).items():
+    for task, results in ((metrics.harness or {}).get("results") or {}).items():
         shown = ", ".join(
             f"{name} {v['value']:.4f}" + (f" ± {v['stderr']:.4f}" if v["stderr"] is not None else "")
             for name, v in results.items()
@@ -64,7 +65,7 @@ def _harness_lines(metrics: dict) -> list[str]:
         )
         chance = f" (chance {1 / CHOICES:.2f})" if task == CONTINUATION_TASK else ""
         lines.append(f"{'lm-eval':<16}: {task.removeprefix('llm_pipeline_')} {shown}{chance}")
-    report = metrics["contamination"]
+    report = metrics.contamination
     lines.append(
         f"{'contamination':<16}: {report['fraction']:.1%} of eval documents have >= {report['min_overlap']:.0%} "
         f"of their {report['n']}-grams in the training split"
@@ -119,20 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     if not result.success:
         print(f"\nllm-pipeline demo FAILED after {elapsed:.0f}s (run {result.run_id}); see {log_file} or the run in the UI.")
         return 1
-    ckpt = result.output_for_node("trained_checkpoint")
-    metrics = result.output_for_node("eval_metrics")
-    published = result.output_for_node("published_model")
+    ckpt: CheckpointRef = result.output_for_node("trained_checkpoint")
+    metrics: EvalReport = result.output_for_node("eval_metrics")
+    published: PublishedModelRef = result.output_for_node("published_model")
     print(
         f"\nllm-pipeline demo finished in {elapsed:.0f}s (run {result.run_id})\n"
-        f"  published model : {published['uri']}\n"
-        f"  version         : {published['version']} (latest)\n"
-        f"  train loss      : {ckpt['final_loss']:.4f} after {ckpt['steps']} steps, {ckpt['tokens_seen']:,} tokens\n"
-        f"  val loss        : {metrics['loss']:.4f}  (ln(vocab) = {metrics['uniform_loss']:.4f}, "
-        f"{100 * (1 - metrics['loss'] / metrics['uniform_loss']):.1f}% below)\n"
-        f"  perplexity      : {metrics['perplexity']:.2f}\n"
-        f"  bits per byte   : {metrics['bits_per_byte']:.4f}\n"
+        f"  published model : {published.uri}\n"
+        f"  version         : {published.version} (latest)\n"
+        f"  train loss      : {ckpt.final_loss:.4f} after {ckpt.steps} steps, {ckpt.tokens_seen:,} tokens\n"
+        f"  val loss        : {metrics.loss:.4f}  (ln(vocab) = {metrics.uniform_loss:.4f}, "
+        f"{100 * (1 - metrics.loss / metrics.uniform_loss):.1f}% below)\n"
+        f"  perplexity      : {metrics.perplexity:.2f}\n"
+        f"  bits per byte   : {metrics.bits_per_byte:.4f}\n"
         + "".join(f"  {line}\n" for line in _harness_lines(metrics))
-        + f"  try it          : python -m llm_pipeline.publish.generate {published['registry']}/{published['name']} --prompt 'def '"
+        + f"  try it          : python -m llm_pipeline.publish.generate {published.registry}/{published.name} --prompt 'def '"
     )
     return 0
 

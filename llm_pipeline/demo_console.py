@@ -5,13 +5,12 @@ Dagster instance the UI reads)."""
 from __future__ import annotations
 
 import logging
-import re
 import sys
 
 import dagster as dg
 
-# The trainer's progress line (train/trainer.py): "step 40/180 loss 5.8742 lr 2.90e-03 8,563 tok/s elapsed 19s eta 67s"
-TRAINER_PROGRESS = re.compile(r"^step (\d+)/(\d+) loss ([\d.]+) lr \S+ ([\d,]+) tok/s elapsed \d+s eta (\d+)s")
+from llm_pipeline.assets.progress_relay import RECORD_ATTR
+
 _BAR = 30
 
 
@@ -30,9 +29,14 @@ class StageLines(logging.Handler):
         self.out.write(text + "\n")
         self.out.flush()
 
-    def _bar(self, step: int, steps: int, loss: str, tokens_per_s: str, eta: str) -> None:
+    def _bar(self, progress: dict) -> None:
+        """From the trainer's progress record (train/progress.py), as the run's log relayed it."""
+        step, steps = progress["step"], progress["steps"]
         done = _BAR * step // max(steps, 1)
-        line = f"  training  [{'#' * done}{'.' * (_BAR - done)}] step {step}/{steps}  loss {loss}  {tokens_per_s} tok/s  eta {eta}s"
+        line = (
+            f"  training  [{'#' * done}{'.' * (_BAR - done)}] step {step}/{steps}  loss {progress['loss']:.4f}  "
+            f"{progress['tokens_per_s']:,.0f} tok/s  eta {progress['eta_s']:.0f}s"
+        )
         if self.tty:  # one line redrawn in place
             self.out.write("\r" + line)
             self.out.flush()
@@ -47,9 +51,9 @@ class StageLines(logging.Handler):
         event = meta.get("dagster_event")
         step = meta.get("step_key") or ""
         if event is None:
-            match = TRAINER_PROGRESS.match(meta.get("orig_message", ""))
-            if match:
-                self._bar(int(match[1]), int(match[2]), match[3], match[4], match[5])
+            progress = getattr(record, RECORD_ATTR, None)
+            if progress is not None:
+                self._bar(progress)
             elif record.levelno >= logging.WARNING:
                 self._write(f"  {step}: {meta.get('orig_message', record.getMessage())}")
             return

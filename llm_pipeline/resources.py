@@ -1,14 +1,17 @@
-"""Resources: the storage root and the IO manager that passes small values between assets."""
+"""Resources: the storage root, the Ray cluster, the automation settings, and the IO manager that passes
+stage values between assets."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import typing
+from collections.abc import Mapping
 from typing import Optional
 
 import dagster as dg
-from pydantic import Field, field_validator
+from pydantic import Field, TypeAdapter, field_validator
 
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.names import check_name
@@ -118,37 +121,70 @@ class RayClusterResource(dg.ConfigurableResource):
 
 
 class JsonIOManager(dg.ConfigurableIOManager):
-    """Small JSON values passed between assets, one per run: `<root>/_values/<asset>/<partition>/<run id>.json`.
+    """Stage values (llm_pipeline/contracts.py) as JSON, one file per run:
+    `<root>/_values/<asset>/<partition>/<run id>.json`, loaded back as the type the input is annotated with.
 
-    A step reads the value of the run that produced its input: its own run, or, when an old run is
-    re-executed, that run (Dagster names it as the upstream output's run). An input that no run in
-    the plan produced is the asset's latest materialization. Two overlapping runs therefore never
-    read each other's values. Large artifacts never pass through here: assets write them to storage
-    and return where they are.
+    Which run's value an input gets, one rule (`stored_value`): the run that produced it, when a step
+    in this run's plan did (this run, or the run an old run's re-execution names); else the asset
+    partition's latest materialization. Two overlapping runs therefore never read each other's
+    values. An input that takes every partition (`dict[str, ...]`, with AllPartitionMapping) gets
+    the materialized ones in batch order; a partition never materialized is left out. Large
+    artifacts never pass through here: assets write them to storage and return where they are.
     """
 
     storage: StorageResource
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         partition = context.asset_partition_key if context.has_asset_partitions else None
-        value_folder(self.storage, context.asset_key, partition).write_json(f"{context.run_id}.json", obj)
+        plain = TypeAdapter(type(obj)).dump_python(obj)  # json.dumps keeps inf/nan (a diverged loss)
+        value_folder(self.storage, context.asset_key, partition).write_json(f"{context.run_id}.json", plain)
 
     def load_input(self, context: dg.InputContext):
-        asset_key = context.asset_key
-        if context.has_asset_partitions:
-            values = {p: self._load(context, asset_key, p) for p in context.asset_partition_keys}
-            return values if len(values) > 1 or not context.has_partition_key else next(iter(values.values()))
-        return self._load(context, asset_key, None)
+        expected = context.dagster_type.typing_type
+        producer = _producing_run(context)
+        if context.has_asset_partitions and typing.get_origin(expected) in (dict, Mapping):
+            keys = set(context.asset_partition_keys)
+            ordered = [k for k in context.asset_partitions_def.get_partition_keys(dynamic_partitions_store=context.instance) if k in keys]
+            return load_values(context.instance, self.storage, context.asset_key, ordered, expected, producer)
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        value = stored_value(context.instance, self.storage, context.asset_key, partition, producer)
+        if value is None:
+            where = f" partition {partition!r}" if partition else ""
+            raise FileNotFoundError(
+                f"asset {context.asset_key.to_user_string()}{where} has no stored value under "
+                f"{value_folder(self.storage, context.asset_key, partition).uri} from the run that produced it; materialize it first"
+            )
+        return value if expected is typing.Any else TypeAdapter(expected).validate_python(value)
 
-    def _load(self, context: dg.InputContext, asset_key: dg.AssetKey, partition: str | None):
-        folder = value_folder(self.storage, asset_key, partition)
-        for run_id in (_producing_run(context), latest_run(context.instance, asset_key, partition)):
-            if run_id and folder.exists(f"{run_id}.json"):
-                return json.loads(folder.read_bytes(f"{run_id}.json"))
-        where = f" partition {partition!r}" if partition else ""
-        raise FileNotFoundError(
-            f"asset {asset_key.to_user_string()}{where} has no value under {folder.uri} from the run that produced it; materialize it first"
-        )
+
+def stored_value(
+    instance: dg.DagsterInstance, storage: StorageResource, asset_key: dg.AssetKey, partition: str | None, producing_run: str | None = None
+):
+    """The stored value (plain JSON) of an asset partition: the producing run's where it wrote one,
+    else the latest materialization's; None where there is neither."""
+    folder = value_folder(storage, asset_key, partition)
+    for run_id in (producing_run, latest_run(instance, asset_key, partition)):
+        if run_id and folder.exists(f"{run_id}.json"):
+            return json.loads(folder.read_bytes(f"{run_id}.json"))
+    return None
+
+
+def load_values(
+    instance: dg.DagsterInstance,
+    storage: StorageResource,
+    asset_key: dg.AssetKey,
+    partitions: list[str],
+    as_type,
+    producing_run: str | None = None,
+):
+    """The values of the materialized ones among `partitions` (in that order), as `as_type`
+    (`dict[str, SomeRef]`): the IO manager's rule, for the readers that are not an input."""
+    found = {}
+    for key in partitions:
+        value = stored_value(instance, storage, asset_key, key, producing_run)
+        if value is not None:
+            found[key] = value
+    return TypeAdapter(as_type).validate_python(found)
 
 
 def value_folder(storage: StorageResource, asset_key: dg.AssetKey, partition: str | None) -> Storage:

@@ -32,6 +32,20 @@ def make_shards(tmp_path, root, tokenizer, texts, shard_cfg: ShardConfig | None 
     return corpus, shards, manifest
 
 
+def eval_report(metrics: dict, **gates):
+    """The EvalReport the asset checks read, from a suite's metrics (or the parts a test gives) and
+    the gates under test; the gates not given are open."""
+    from llm_pipeline.contracts import EvalReport, Gates
+
+    measured = {"loss": 1.0, "perplexity": 2.7, "bits_per_byte": 1.0, "tokens_evaluated": 1, "bytes_evaluated": 1,
+                "documents_evaluated": 1, "window": 1, "dtype": "fp32", "samples": (), "harness": None, "harness_skipped": {},
+                "contamination": {}, "seconds": {}}
+    open_gates = {"max_loss": float("inf"), "max_perplexity": None, "regression_tolerance": 0.0, "min_scores": {},
+                  "max_contamination": 1.0}
+    return EvalReport(**{**measured, **metrics}, checkpoint_uri="", checkpoint="", uniform_loss=1.0,
+                      gates=Gates(**{**open_gates, **gates}), baseline=None)
+
+
 def batch_instance(*batches: str, home: str | None = None):
     """A Dagster instance that knows the given corpus batches (partitions); `builtin` by default.
     With `home`, a persistent one (runs in subprocesses, re-execution); else in memory."""

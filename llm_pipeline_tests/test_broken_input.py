@@ -33,7 +33,7 @@ from llm_pipeline.train.config import TrainConfig
 from llm_pipeline.train.data import DataMixture, ShardError, TokenWindows, read_shard_manifest
 from llm_pipeline.train.model import ModelConfig
 from llm_pipeline.train.token_store import open_split
-from llm_pipeline_tests.helpers import distinct_text, make_shards, published
+from llm_pipeline_tests.helpers import distinct_text, eval_report, make_shards, published
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = "a perfectly ordinary document about the weather, long enough to pass every filter. " * 3
@@ -255,7 +255,7 @@ def test_the_contamination_gate_does_not_pass_when_nothing_was_measured():
 
     report = {"n": 64, "min_overlap": 0.5, "fraction": 0.0,
               "sets": {"heldout": {"documents": 5, "too_short": 5, "contaminated": 0, "fraction": 0.0}}}
-    result = no_eval_contamination(eval_metrics={"contamination": report, "gates": {"max_contamination": 0.2}})
+    result = no_eval_contamination(eval_metrics=eval_report({"contamination": report}, max_contamination=0.2))
     assert not result.passed and "cannot be measured" in result.description
 
 

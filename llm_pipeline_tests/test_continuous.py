@@ -137,9 +137,9 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
     result = landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"])
     assert result.success
     ckpt = result.output_for_node("trained_checkpoint")
-    assert [d["batch"] for d in ckpt["data"]] == [first, second]
-    assert ckpt["train_config"]["shards_uris"] == [d["uri"] for d in ckpt["data"]]
-    card = Storage(result.output_for_node("published_model")["uri"]).read_bytes("README.md").decode()
+    assert [d.batch for d in ckpt.data] == [first, second]
+    assert ckpt.train_config["shards_uris"] == [d.uri for d in ckpt.data]
+    card = Storage(result.output_for_node("published_model").uri).read_bytes("README.md").decode()
     assert f"batch {first}" in card and f"batch {second}" in card
     assert retraining_tick().skip_message.startswith("0 new training tokens")
     # A batch tokenized again with the same tokenizer gives the same shards: still nothing new.
@@ -150,14 +150,14 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
     warm = landing.materialize(["trained_checkpoint"], trained_checkpoint={"init_from": "latest_published"})
     assert warm.success
     warm_ckpt = warm.output_for_node("trained_checkpoint")
-    assert warm_ckpt["init_from"] == result.output_for_node("published_model")["uri"]
-    assert warm_ckpt["run_uri"] != ckpt["run_uri"]  # another start: another run key
-    first_loss = lambda c: Storage(c["final_uri"]).read_json("summary.json")["losses"][0][1]  # noqa: E731
+    assert warm_ckpt.init_from == result.output_for_node("published_model").uri
+    assert warm_ckpt.run_uri != ckpt.run_uri  # another start: another run key
+    first_loss = lambda c: Storage(c.final_uri).read_json("summary.json")["losses"][0][1]  # noqa: E731
     assert first_loss(warm_ckpt) < first_loss(ckpt) - 0.5
 
     # A selection of batches is honoured; an unknown one is refused by name.
     only = landing.materialize(["trained_checkpoint"], trained_checkpoint={"batches": [second]})
-    assert only.success and [d["batch"] for d in only.output_for_node("trained_checkpoint")["data"]] == [second]
+    assert only.success and [d.batch for d in only.output_for_node("trained_checkpoint").data] == [second]
     unknown = landing.materialize(["trained_checkpoint"], trained_checkpoint={"batches": ["nope"]})
     failure = next(e for e in unknown.all_events if e.event_type_value == "STEP_FAILURE")
     assert "batches nope have no tokenized_shards" in failure.event_specific_data.error.message
@@ -167,14 +167,14 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
                                 trained_checkpoint={"mixture": {first: 1.0, second: 3.0}})
     assert mixed.success
     mixed_ckpt = mixed.output_for_node("trained_checkpoint")
-    assert mixed_ckpt["train_config"]["shard_sources"] == [first, second]
-    realized = Storage(mixed_ckpt["final_uri"]).read_json("summary.json")["mixture"]
+    assert mixed_ckpt.train_config["shard_sources"] == [first, second]
+    realized = Storage(mixed_ckpt.final_uri).read_json("summary.json")["mixture"]
     assert [realized[b]["weight"] for b in (first, second)] == [0.25, 0.75]
     assert sum(m["samples"] for m in realized.values()) == 4 * 4  # steps x micro_batch: every sample from a source
     [mat] = mixed.asset_materializations_for_node("trained_checkpoint")
     assert mat.metadata["mixture"].value == realized
     assert mat.metadata[f"mixture/{second}/share"].value == pytest.approx(realized[second]["share"], rel=1e-3)
-    card = Storage(mixed.output_for_node("published_model")["uri"]).read_bytes("README.md").decode()
+    card = Storage(mixed.output_for_node("published_model").uri).read_bytes("README.md").decode()
     assert "### Training data mixture" in card
     assert f"| {second} | 75.0% | {realized[second]['share']:.1%} | {realized[second]['samples']:,} |" in card
     unmatched = landing.materialize(["trained_checkpoint"], trained_checkpoint={"mixture": {"web-*": 1.0}})
@@ -214,9 +214,9 @@ def test_landing_to_published_model_on_gcs(gcs_bucket, tmp_path):
     result = landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"])
     assert result.success
     published = result.output_for_node("published_model")
-    assert published["uri"].startswith(f"gs://{gcs_bucket}/continuous/registry/")
+    assert published.uri.startswith(f"gs://{gcs_bucket}/continuous/registry/")
     storage = landing.resources["storage"]
-    assert verify(storage.at(published["uri"])) == []
+    assert verify(storage.at(published.uri)) == []
     trained = result.output_for_node("trained_checkpoint")
-    assert trained["run_uri"].startswith(f"gs://{gcs_bucket}/") and [d["batch"] for d in trained["data"]] == [batch]
-    assert isinstance(generate(published["uri"], "def ", max_new_tokens=4), str)
+    assert trained.run_uri.startswith(f"gs://{gcs_bucket}/") and [d.batch for d in trained.data] == [batch]
+    assert isinstance(generate(published.uri, "def ", max_new_tokens=4), str)

@@ -170,7 +170,7 @@ def test_a_given_tokenizer_json_is_used_as_is(tmp_path, small_tokenizer, sample_
                             "tokenizer": {"config": {"tokenizer_json_uri": str(given)}}}},
     )
     out = result.output_for_node("tokenizer")
-    assert out["sha256"] == tokenizer_hash(small_tokenizer.to_str()) and out["vocab_size"] == 512
+    assert out.sha256 == tokenizer_hash(small_tokenizer.to_str()) and out.vocab_size == 512
     bad = dg.materialize(
         ASSETS[:2], resources=make_resources(str(tmp_path / "root")), raise_on_error=False, instance=instance,
         partition_key="builtin", run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(src)}},

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
-from llm_pipeline.demo_console import TRAINER_PROGRESS
 from llm_pipeline_tests.helpers import batch_instance, datasets_cache
 from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK
 from llm_pipeline.train.weights import load_trained_model
@@ -49,9 +48,9 @@ def graph(tmp_path_factory):
 
 def test_shard_manifest_matches_files(graph):
     _, _, result, _ = graph
-    shards = Storage(result.output_for_node("tokenized_shards")["uri"])
+    shards = Storage(result.output_for_node("tokenized_shards").uri)
     manifest = shards.read_json("manifest.json")
-    assert manifest["tokenizer_sha256"] == result.output_for_node("tokenizer")["sha256"]
+    assert manifest["tokenizer_sha256"] == result.output_for_node("tokenizer").sha256
     flat = [f[kind] for f in manifest["flat"].values() for kind in ("tokens", "docs")]
     assert sorted(s["name"] for s in manifest["shards"] + flat) == sorted(n for n in shards.listdir() if n != "manifest.json")
     for entry in manifest["shards"] + flat:
@@ -64,8 +63,8 @@ def test_shard_manifest_matches_files(graph):
 def test_training_learned_and_eval_gate_passed(graph):
     _, _, result, _ = graph
     ckpt, metrics = result.output_for_node("trained_checkpoint"), result.output_for_node("eval_metrics")
-    assert ckpt["steps"] == 20 and ckpt["tokens_seen"] == 20 * 2 * 8 * 64
-    assert metrics["loss"] < metrics["uniform_loss"]
+    assert ckpt.steps == 20 and ckpt.tokens_seen == 20 * 2 * 8 * 64
+    assert metrics.loss < metrics.uniform_loss
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert set(checks) == {"eval_loss_within_threshold", "eval_perplexity_within_threshold", "no_regression_vs_published",
                            "harness_scores_meet_minimums", "no_eval_contamination"}
@@ -76,7 +75,7 @@ def test_training_learned_and_eval_gate_passed(graph):
     assert "data:image/png;base64," in loss_curve.value
     # Numbers to meaningful digits; the published files as a table.
     shown = mats["eval_metrics"].materialization.metadata["loss"].value
-    assert shown == float(f"{metrics['loss']:.5g}") and len(repr(shown)) <= 8
+    assert shown == float(f"{metrics.loss:.5g}") and len(repr(shown)) <= 8
     files = mats["published_model"].materialization.metadata["files"].value
     assert {r.data["file"] for r in files.records} >= {"model.safetensors", "config.json", "tokenizer.json"}
 
@@ -87,7 +86,7 @@ def test_rank0_streams_progress_through_pipes(graph):
     progress = [m for m in messages if m.startswith("step ") and " loss " in m and "tok/s" in m]
     # log_every=5 over 20 steps: four live progress lines from rank 0 only, in order.
     assert [m.split()[1] for m in progress] == ["5/20", "10/20", "15/20", "20/20"]
-    assert all(TRAINER_PROGRESS.match(m) for m in progress)  # what `make demo` draws its progress bar from
+    assert all(" lr " in m and " elapsed " in m and " eta " in m for m in progress)
     assert any(m.startswith("training ") and "ZeRO-2" in m and "world size 2" in m for m in messages)
 
 
@@ -96,25 +95,25 @@ def test_published_model_loads_offline_and_matches_trained_logits(graph):
 
     _, _, result, _ = graph
     published = result.output_for_node("published_model")
-    folder = Storage(published["uri"])
+    folder = Storage(published.uri)
     assert verify(folder) == []
     hf = AutoModelForCausalLM.from_pretrained(folder.path, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(folder.path, local_files_only=True)
-    ours = load_trained_model(Storage(result.output_for_node("trained_checkpoint")["final_uri"]))
-    val, _ = load_split_tokens(Storage(result.output_for_node("tokenized_shards")["uri"]), "val")
+    ours = load_trained_model(Storage(result.output_for_node("trained_checkpoint").final_uri))
+    val, _ = load_split_tokens(Storage(result.output_for_node("tokenized_shards").uri), "val")
     x = torch.from_numpy(val[:64].astype("int64"))[None]
     with torch.no_grad():
         assert (hf(x).logits - ours(x)).abs().max().item() < 1e-4
     assert tok("def f():").input_ids  # the tokenizer files load too
     card = folder.read_bytes("README.md").decode()
-    corpus_manifest = result.output_for_node("raw_corpus")["manifest_sha256"]
-    assert corpus_manifest in card and result.output_for_node("tokenized_shards")["manifest_sha256"] in card
+    corpus_manifest = result.output_for_node("raw_corpus").manifest_sha256
+    assert corpus_manifest in card and result.output_for_node("tokenized_shards").manifest_sha256 in card
 
 
 def test_crashed_run_resumes_from_newest_complete_checkpoint(graph):
     root, resources, result, instance = graph
     ckpt = result.output_for_node("trained_checkpoint")
-    run = Storage(ckpt["run_uri"])
+    run = Storage(ckpt.run_uri)
     original = run.child("final").read_json("summary.json")["losses"]
     # Simulate a crash after step 10: the step-20 checkpoint and the final outputs never happened.
     run.child("checkpoints").remove("step_00000020")
@@ -133,8 +132,8 @@ def test_crashed_run_resumes_from_newest_complete_checkpoint(graph):
 def test_the_harness_results_and_the_contamination_report_reach_the_ui_and_the_model_card(graph):
     root, _, result, _ = graph
     metrics = result.output_for_node("eval_metrics")
-    harness = metrics["harness"]["results"]
-    assert harness[PERPLEXITY_TASK]["bits_per_byte"]["value"] == pytest.approx(metrics["bits_per_byte"], abs=1e-3)
+    harness = metrics.harness["results"]
+    assert harness[PERPLEXITY_TASK]["bits_per_byte"]["value"] == pytest.approx(metrics.bits_per_byte, abs=1e-3)
     assert 0 < harness[CONTINUATION_TASK]["acc"]["stderr"] < 1
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
     shown = mats["eval_metrics"].materialization.metadata
@@ -145,7 +144,7 @@ def test_the_harness_results_and_the_contamination_report_reach_the_ui_and_the_m
     tasks = Storage(shown["harness_tasks_uri"].value)
     assert {f"{t}.{ext}" for t in (PERPLEXITY_TASK, CONTINUATION_TASK) for ext in ("yaml", "jsonl")} <= set(tasks.listdir())
     assert tasks.full(f"{CONTINUATION_TASK}.jsonl") in tasks.read_bytes(f"{CONTINUATION_TASK}.yaml").decode()
-    card = Storage(result.output_for_node("published_model")["uri"]).read_bytes("README.md").decode()
+    card = Storage(result.output_for_node("published_model").uri).read_bytes("README.md").decode()
     assert "## lm-evaluation-harness 0.4." in card and f"| {CONTINUATION_TASK} | acc |" in card
     assert "## Contamination (13-grams" in card and "| held_out |" in card
 
@@ -196,16 +195,16 @@ def test_failing_gate_blocks_publishing(graph):
 def test_second_publish_compares_with_the_first_and_moves_latest(graph):
     root, resources, result, instance = graph
     registry = Storage(root).child("registry", "llm-pipeline-demo")
-    first = result.output_for_node("published_model")["version"]
+    first = result.output_for_node("published_model").version
     again = dg.materialize(ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources, instance=instance,
                            run_config=_run_config(only=["eval_metrics"]))
     metrics = again.output_for_node("eval_metrics")
-    assert metrics["baseline"]["version"] == first and metrics["baseline"]["same_tokenizer"]
+    assert metrics.baseline["version"] == first and metrics.baseline["same_tokenizer"]
     # the same checkpoint against itself: no regression, identical numbers
-    assert metrics["bits_per_byte"] == pytest.approx(metrics["baseline"]["bits_per_byte"], rel=1e-9)
+    assert metrics.bits_per_byte == pytest.approx(metrics.baseline["bits_per_byte"], rel=1e-9)
     mats = {m.asset_key.to_user_string(): m for m in again.get_asset_materialization_events()}
     assert mats["eval_metrics"].materialization.metadata["bits_per_byte_delta"].value == pytest.approx(0, abs=1e-9)
-    second = again.output_for_node("published_model")["version"]
+    second = again.output_for_node("published_model").version
     assert second != first and registry.read_bytes("latest").decode().strip() == second
     assert registry.child(first).exists("manifest.json")  # older versions are kept
 

@@ -35,14 +35,14 @@ def test_graph_on_s3_root_publishes_and_resumes(s3_endpoint):
                             partition_key="builtin")
     assert result.success
     published = result.output_for_node("published_model")
-    assert published["uri"].startswith("s3://llm-pipeline-test/graph/registry/llm-pipeline-demo/")
+    assert published.uri.startswith("s3://llm-pipeline-test/graph/registry/llm-pipeline-demo/")
     registry = storage.root().child("registry", "llm-pipeline-demo")
-    assert registry.read_bytes("latest").decode().strip() == published["version"]
+    assert registry.read_bytes("latest").decode().strip() == published.version
     from llm_pipeline.publish.verify import verify
 
-    assert verify(storage.at(published["uri"])) == []
+    assert verify(storage.at(published.uri)) == []
 
-    run = storage.at(result.output_for_node("trained_checkpoint")["run_uri"])
+    run = storage.at(result.output_for_node("trained_checkpoint").run_uri)
     store = CheckpointStore(run)
     assert store.mirrored and store.complete_tags() == ["step_00000010", "step_00000020"]
     # Lose the step-20 checkpoint, the final outputs and the local mirror: resume must download step 10.

@@ -20,7 +20,7 @@ from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.train.data import load_tokens
 from llm_pipeline.train.model import CausalLM, ModelConfig
 from llm_pipeline.train.token_store import open_split
-from llm_pipeline_tests.helpers import cache_arc_easy, datasets_cache, make_shards
+from llm_pipeline_tests.helpers import cache_arc_easy, datasets_cache, eval_report, make_shards
 
 
 def _stream(tokenizer, texts):
@@ -211,12 +211,11 @@ def test_an_eval_set_with_training_documents_copied_in_fails_the_gate(tmp_path, 
 
     train, eos = _stream(small_tokenizer, sample_texts[:6])
     cfg = EvalConfig(max_new_tokens=0, continuation_items=30)
-    gates = {"gates": {"max_contamination": 0.2}}
 
     def gate(val_texts):
         val, _ = _stream(small_tokenizer, val_texts)
         suite = run_suite(final, val, lambda: iter([train]), small_tokenizer.to_str(), eos, cfg, str(tmp_path / str(len(val_texts))))
-        return no_eval_contamination({**suite.metrics, **gates}), suite.metrics["contamination"]
+        return no_eval_contamination(eval_report(suite.metrics, max_contamination=0.2)), suite.metrics["contamination"]
 
     clean, report = gate(sample_texts[6:])
     assert clean.passed and report["sets"][HELD_OUT]["contaminated"] == 0
@@ -236,7 +235,7 @@ def test_a_held_out_split_too_small_for_the_multiple_choice_task_leaves_it_out_a
     assert set(metrics["harness"]["results"]) == {PERPLEXITY_TASK}
     assert "needs passages from at least 2 held-out documents" in metrics["harness_skipped"][CONTINUATION_TASK]
     assert set(suite.task_data) == {f"{PERPLEXITY_TASK}.jsonl"}  # no empty task is written
-    gate = harness_scores_meet_minimums({**metrics, "gates": {"min_scores": {f"{CONTINUATION_TASK}/acc": 0.3}}})
+    gate = harness_scores_meet_minimums(eval_report(metrics, min_scores={f"{CONTINUATION_TASK}/acc": 0.3}))
     assert not gate.passed and "no result (the llm_pipeline_heldout_continuation task needs passages" in gate.description
 
 

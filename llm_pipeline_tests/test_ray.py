@@ -72,9 +72,9 @@ def on_ray(cluster, home, tmp_path_factory):
 def test_training_on_the_ray_cluster_through_dagster(on_ray):
     root, result, instance = on_ray
     ckpt = result.output_for_node("trained_checkpoint")
-    final = Storage(ckpt["final_uri"])
-    assert final.exists("model.safetensors") and ckpt["steps"] == 20 and ckpt["tokens_seen"] == 20 * 2 * 8 * 64
-    assert CheckpointStore(Storage(ckpt["run_uri"])).complete_tags()[-1] == ckpt["checkpoint"] == "step_00000020"
+    final = Storage(ckpt.final_uri)
+    assert final.exists("model.safetensors") and ckpt.steps == 20 and ckpt.tokens_seen == 20 * 2 * 8 * 64
+    assert CheckpointStore(Storage(ckpt.run_uri)).complete_tags()[-1] == ckpt.checkpoint == "step_00000020"
     summary = final.read_json("summary.json")
     assert summary["world_size"] == 2 and summary["zero_stage"] == 2 and summary["device"] == "cpu"
     mats = {m.asset_key.to_user_string(): m.materialization.metadata for m in result.get_asset_materialization_events()}
@@ -87,7 +87,7 @@ def test_training_on_the_ray_cluster_through_dagster(on_ray):
     assert any(m.startswith("[pipes] Ray job") and m.endswith("started.") for m in messages)
     # The model evaluates: better than a uniform guess over the vocabulary.
     metrics = result.output_for_node("eval_metrics")
-    assert metrics["loss"] < metrics["uniform_loss"]
+    assert metrics.loss < metrics.uniform_loss
 
 
 def _files(folder: Storage) -> dict[str, str]:
@@ -128,9 +128,9 @@ def test_a_worker_node_lost_mid_training_resumes_with_equal_losses(cluster, on_r
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     root, result, _ = on_ray
-    reference = Storage(result.output_for_node("trained_checkpoint")["final_uri"]).read_json("summary.json")
+    reference = Storage(result.output_for_node("trained_checkpoint").final_uri).read_json("summary.json")
     # The same training in a run folder of its own, with every rank stopped once step 10's checkpoint is complete.
-    config = json.loads(Storage(result.output_for_node("trained_checkpoint")["run_uri"]).read_bytes("train_config.json"))
+    config = json.loads(Storage(result.output_for_node("trained_checkpoint").run_uri).read_bytes("train_config.json"))
     run = Storage(str(tmp_path / "lost_node_run"))
     run.write_bytes("train_config.json", json.dumps({**config, "run_uri": run.uri}).encode())
     flags = [str(tmp_path / f"paused-{rank}") for rank in (0, 1)]
@@ -181,8 +181,8 @@ def test_terminating_the_run_in_the_ui_stops_the_ray_job(cluster, on_ray, home):
 
         def training():  # the run's Ray job (dagster-ray tags it with the run id), its trainer stepping
             jobs = [j for j in client.list_jobs() if j.metadata.get("dagster/run-id") == run_id]
-            # Its log holds rank 0's Pipes messages, one JSON object a line.
-            return jobs if jobs and re.search(r'"message": "step \d+/', client.get_job_logs(jobs[0].submission_id)) else None
+            # Its log holds rank 0's Pipes messages, one JSON object a line: the progress records among them.
+            return jobs if jobs and re.search(r'"kind": "progress", "step": \d+', client.get_job_logs(jobs[0].submission_id)) else None
 
         jobs = dagster.wait_for("the Ray job's trainer to report progress", training, timeout=300)
         assert len(jobs) == 1 and client.get_job_status(jobs[0].submission_id) == JobStatus.RUNNING, jobs

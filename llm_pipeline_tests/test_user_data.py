@@ -185,20 +185,20 @@ def test_a_given_tokenizer_with_a_large_vocabulary_and_foreign_specials_goes_end
                             partition_key="builtin", run_config={"ops": {k: {"config": v} for k, v in config.items()}})
     assert result.success
     tokenizer = result.output_for_node("tokenizer")
-    assert tokenizer["vocab_size"] == ids and tokenizer["eos_id"] == 1  # </s>
-    shards = Storage(result.output_for_node("tokenized_shards")["uri"]).read_json("manifest.json")
+    assert tokenizer.vocab_size == ids and tokenizer.eos_id == 1  # </s>
+    shards = Storage(result.output_for_node("tokenized_shards").uri).read_json("manifest.json")
     assert shards["dtype"] == "uint32" and shards["vocab_size"] == ids
     published = result.output_for_node("published_model")
-    assert verify(Storage(published["uri"])) == []
+    assert verify(Storage(published.uri)) == []
 
-    folder = published["uri"]
+    folder = published.uri
     hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
     assert hf_tokenizer.eos_token == "</s>" and model.config.eos_token_id == 1 and model.config.vocab_size == ids
     ours = load_tokenizer((tmp_path / "tokenizer.json").read_text())
     text = sample_texts[0][:2000]
     assert hf_tokenizer(text, add_special_tokens=False).input_ids == ours.encode(text, add_special_tokens=False).ids
-    trained = load_trained_model(Storage(result.output_for_node("trained_checkpoint")["final_uri"]))
+    trained = load_trained_model(Storage(result.output_for_node("trained_checkpoint").final_uri))
     x = torch.tensor([hf_tokenizer(text, add_special_tokens=False).input_ids[:64]])
     with torch.no_grad():
         assert (model.eval()(x).logits - trained(x)).abs().max().item() < 1e-4

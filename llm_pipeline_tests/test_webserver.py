@@ -61,8 +61,9 @@ def test_ui_serves_the_graph_with_lineage(webserver):
     assert deps["tokenizer"] == ["raw_corpus"]
     assert deps["trained_checkpoint"] == ["tokenized_shards", "tokenizer"]
     assert deps["tokenized_shards"] == ["raw_corpus", "tokenizer"]
-    assert deps["eval_metrics"] == ["trained_checkpoint"]  # the graph reads as the chain
-    assert deps["published_model"] == ["eval_metrics"]
+    # Each stage names what it reads: the evaluated checkpoint and its tokenizer are inputs, not nested values.
+    assert deps["eval_metrics"] == ["tokenizer", "trained_checkpoint"]
+    assert deps["published_model"] == ["eval_metrics", "tokenizer", "trained_checkpoint"]
     assert nodes["eval_metrics"]["hasAssetChecks"]
 
 

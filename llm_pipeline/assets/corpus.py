@@ -3,11 +3,12 @@ import time
 import dagster as dg
 
 from llm_pipeline.assets.configs import RawCorpusConfig, validate_run_config
-from llm_pipeline.assets.metadata import table
-from llm_pipeline.assets.partitions import batch_keys, corpus_batches, partition_values
+from llm_pipeline.assets.metadata import stage_metadata, table
+from llm_pipeline.assets.partitions import batch_keys, corpus_batches
+from llm_pipeline.contracts import CorpusRef
 from llm_pipeline.corpus.batches import BUILTIN_BATCH, read_batch
 from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, Progress, build_corpus
-from llm_pipeline.resources import RayClusterResource, StorageResource
+from llm_pipeline.resources import RayClusterResource, StorageResource, load_values
 from llm_pipeline.storage.manifests import MANIFEST
 
 _LOG_EVERY_S = 15.0
@@ -45,14 +46,16 @@ def _batch_config(config: RawCorpusConfig, storage: StorageResource, batch: str)
 )
 def raw_corpus(
     context: dg.AssetExecutionContext, config: RawCorpusConfig, storage: StorageResource, ray_cluster: RayClusterResource
-) -> dg.Output[dict]:
+) -> dg.Output[CorpusRef]:
     validate_run_config(context.run_config)
     batch = context.partition_key
     cfg = _batch_config(config, storage, batch)
     ray_address = ray_cluster.driver(f"raw_corpus[{batch}]") if cfg.executor == "ray" else ""
     keys = batch_keys(context.instance)
     earlier_keys = keys[: keys.index(batch)] if batch in keys else keys
-    earlier = [(key, storage.at(value["uri"])) for key, value in partition_values(context, storage, "raw_corpus", earlier_keys).items()]
+    # Its own earlier partitions: no partition mapping says "every batch before this one".
+    earlier_values = load_values(context.instance, storage, context.asset_key, earlier_keys, dict[str, CorpusRef])
+    earlier = [(key, storage.at(value.uri)) for key, value in earlier_values.items()]
     out = storage.stage_folder("raw_corpus", context.run_id, batch)
     last_log = [time.monotonic()]
 
@@ -76,20 +79,14 @@ def raw_corpus(
             f"raw_corpus[{batch}]: {len(not_as_landed)} files of the batch are missing or changed since they "
             f"landed and were not read: {', '.join(not_as_landed[:10])}" + (" ..." if len(not_as_landed) > 10 else "")
         )
-    value = {
-        "uri": out.uri,
-        "batch": batch,
-        "manifest_sha256": out.sha256(MANIFEST),
-        "documents": manifest["documents"],
-        "text_bytes": manifest["text_bytes"],
-    }
+    value = CorpusRef(
+        uri=out.uri, batch=batch, manifest_sha256=out.sha256(MANIFEST), documents=manifest["documents"], text_bytes=manifest["text_bytes"]
+    )
     return dg.Output(
         value,
         metadata={
-            "uri": dg.MetadataValue.path(out.uri),
+            **stage_metadata(value),
             "source_uri": cfg.source_uri,
-            "documents": manifest["documents"],
-            "text_bytes": manifest["text_bytes"],
             "files_matched": manifest["files_matched"],
             "files_read": manifest["files_read"],
             "files_skipped": manifest["files_skipped"],

@@ -4,8 +4,9 @@ import tempfile
 import dagster as dg
 
 from llm_pipeline.assets.configs import EvalMetricsConfig, validate_run_config
-from llm_pipeline.assets.metadata import significant
+from llm_pipeline.assets.metadata import significant, stage_metadata
 from llm_pipeline.assets.tokenizer import tokenizer_json
+from llm_pipeline.contracts import CheckpointRef, EvalReport, Gates, TokenizerRef
 from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.evaluate.local_tasks import task_files
 from llm_pipeline.evaluate.metrics import HeldOut, evaluate_published
@@ -68,27 +69,32 @@ def eval_metrics(
     context: dg.AssetExecutionContext,
     config: EvalMetricsConfig,
     storage: StorageResource,
-    trained_checkpoint: dict,
-) -> dg.Output[dict]:
+    trained_checkpoint: CheckpointRef,
+    tokenizer: TokenizerRef,
+) -> dg.Output[EvalReport]:
     validate_run_config(context.run_config)
     cfg = config.to_library()
     try:
         check_tasks_available(cfg.harness_tasks, config.gated_metrics())
     except ValueError as e:
         raise dg.Failure(description=f"eval_metrics config: {e}", allow_retries=False) from None
-    tokenizer = trained_checkpoint["tokenizer"]
+    if tokenizer.sha256 != trained_checkpoint.tokenizer_sha256:
+        raise dg.Failure(
+            description=f"eval_metrics: the checkpoint {trained_checkpoint.final_uri} was trained with tokenizer "
+            f"{trained_checkpoint.tokenizer_sha256[:12]}, the tokenizer asset is now {tokenizer.sha256[:12]}: "
+            "train again (materialize trained_checkpoint) before evaluating",
+            allow_retries=False,
+        )
     # The held-out split of exactly the batches the model was trained on; their training split for contamination.
     # Memory-mapped from the node's token store, as training read them (verified once per node).
-    shard_sets = [storage.at(d["uri"]) for d in trained_checkpoint["data"]]
-    train_config = trained_checkpoint["train_config"]
+    shard_sets = [storage.at(d.uri) for d in trained_checkpoint.data]
+    train_config = trained_checkpoint.train_config
     store = (train_config.get("token_cache") or DEFAULT_CACHE, int(train_config.get("token_cache_gb", 100) * 2**30))
-    val_tokens, _ = open_split(shard_sets, "val", tokenizer["sha256"], None, *store)
-    train_tokens, _ = open_split(shard_sets, "train", tokenizer["sha256"], None, *store)
+    val_tokens, _ = open_split(shard_sets, "val", tokenizer.sha256, None, *store)
+    train_tokens, _ = open_split(shard_sets, "train", tokenizer.sha256, None, *store)
     tok_json = tokenizer_json(storage, tokenizer)
     with tempfile.TemporaryDirectory() as work:
-        suite = run_suite(
-            storage.at(trained_checkpoint["final_uri"]), val_tokens, train_tokens.chunks, tok_json, tokenizer["eos_id"], cfg, work
-        )
+        suite = run_suite(storage.at(trained_checkpoint.final_uri), val_tokens, train_tokens.chunks, tok_json, tokenizer.eos_id, cfg, work)
     metrics = suite.metrics
     for task, reason in metrics["harness_skipped"].items():
         context.log.warning(f"harness task {task} left out: {reason}")
@@ -98,46 +104,45 @@ def eval_metrics(
         written = tuple(name.removesuffix(".jsonl") for name in suite.task_data)
         for name, body in {**suite.task_data, **task_files(tasks_folder.uri, tasks=written)}.items():
             tasks_folder.write_bytes(name, body.encode("utf-8"))
-    metrics["uniform_loss"] = math.log(tokenizer["vocab_size"])
-    metrics["checkpoint"] = trained_checkpoint["checkpoint"]
-    metrics["trained_checkpoint"] = trained_checkpoint  # what published_model publishes
-    metrics["gates"] = {
-        "max_loss": config.loss_threshold(tokenizer["vocab_size"]),
-        "max_perplexity": config.max_perplexity,
-        "regression_tolerance": config.regression_tolerance,
-        "min_scores": dict(config.min_scores),
-        "max_contamination": config.max_contamination,
-    }
     baseline = _baseline(context, config, storage, suite.held_out, tok_json)
-    metrics["baseline"] = baseline
-    metadata = {
-        "loss": significant(metrics["loss"]),
-        "perplexity": significant(metrics["perplexity"]),
-        "bits_per_byte": significant(metrics["bits_per_byte"]),
-        "tokens_evaluated": metrics["tokens_evaluated"],
-        "documents_evaluated": metrics["documents_evaluated"],
-        "dtype": metrics["dtype"],  # of the forward passes (eval_metrics.dtype; auto: bf16 where the hardware is fast at it)
-        "loss_vs_uniform": significant(metrics["loss"] / metrics["uniform_loss"], 4),
-        **_harness_metadata(metrics["harness"]),
-        **({"harness_skipped": dg.MetadataValue.json(metrics["harness_skipped"])} if metrics["harness_skipped"] else {}),
-        **_contamination_metadata(metrics["contamination"]),
-        **({"harness_tasks_uri": dg.MetadataValue.path(tasks_folder.uri)} if suite.task_data else {}),
-        "seconds": dg.MetadataValue.json({k: round(v, 2) for k, v in metrics["seconds"].items()}),
-        "samples": dg.MetadataValue.md(
-            "\n\n".join(f"**{s['prompt']!r}** →\n```\n{s['prompt']}{s['completion']}\n```" for s in metrics["samples"])
+    report = EvalReport(
+        **metrics,
+        checkpoint_uri=trained_checkpoint.final_uri,
+        checkpoint=trained_checkpoint.checkpoint,
+        uniform_loss=math.log(tokenizer.vocab_size),
+        gates=Gates(
+            max_loss=config.loss_threshold(tokenizer.vocab_size),
+            max_perplexity=config.max_perplexity,
+            regression_tolerance=config.regression_tolerance,
+            min_scores=dict(config.min_scores),
+            max_contamination=config.max_contamination,
         ),
+        baseline=baseline,
+    )
+    metadata = {
+        **stage_metadata(report),  # dtype: of the forward passes (eval_metrics.dtype; auto: bf16 where the hardware is fast at it)
+        "loss": significant(report.loss),
+        "perplexity": significant(report.perplexity),
+        "bits_per_byte": significant(report.bits_per_byte),
+        "loss_vs_uniform": significant(report.loss / report.uniform_loss, 4),
+        **_harness_metadata(report.harness),
+        **({"harness_skipped": dg.MetadataValue.json(report.harness_skipped)} if report.harness_skipped else {}),
+        **_contamination_metadata(report.contamination),
+        **({"harness_tasks_uri": dg.MetadataValue.path(tasks_folder.uri)} if suite.task_data else {}),
+        "seconds": dg.MetadataValue.json({k: round(v, 2) for k, v in report.seconds.items()}),
+        "samples": dg.MetadataValue.md("\n\n".join(f"**{s.prompt!r}** →\n```\n{s.prompt}{s.completion}\n```" for s in report.samples)),
     }
     if baseline:
         metadata["baseline_version"] = baseline["version"]
-        metadata["bits_per_byte_delta"] = significant(metrics["bits_per_byte"] - baseline["bits_per_byte"], 4)
+        metadata["bits_per_byte_delta"] = significant(report.bits_per_byte - baseline["bits_per_byte"], 4)
         if baseline["same_tokenizer"]:
-            metadata["loss_delta"] = significant(metrics["loss"] - baseline["loss"], 4)
-    return dg.Output(metrics, metadata=metadata)
+            metadata["loss_delta"] = significant(report.loss - baseline["loss"], 4)
+    return dg.Output(report, metadata=metadata)
 
 
 @dg.asset_check(asset=eval_metrics, blocking=True, description="Eval loss is finite and at most max_loss.")
-def eval_loss_within_threshold(eval_metrics: dict) -> dg.AssetCheckResult:
-    loss, limit = eval_metrics["loss"], eval_metrics["gates"]["max_loss"]
+def eval_loss_within_threshold(eval_metrics: EvalReport) -> dg.AssetCheckResult:
+    loss, limit = eval_metrics.loss, eval_metrics.gates.max_loss
     passed = math.isfinite(loss) and loss <= limit
     return dg.AssetCheckResult(
         passed=passed,
@@ -148,8 +153,8 @@ def eval_loss_within_threshold(eval_metrics: dict) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=eval_metrics, blocking=True, description="Perplexity is at most max_perplexity, when one is configured.")
-def eval_perplexity_within_threshold(eval_metrics: dict) -> dg.AssetCheckResult:
-    ppl, limit = eval_metrics["perplexity"], eval_metrics["gates"]["max_perplexity"]
+def eval_perplexity_within_threshold(eval_metrics: EvalReport) -> dg.AssetCheckResult:
+    ppl, limit = eval_metrics.perplexity, eval_metrics.gates.max_perplexity
     if limit is None:
         return dg.AssetCheckResult(
             passed=math.isfinite(ppl), severity=_ERROR, description=f"perplexity {ppl:.2f}; no max_perplexity configured"
@@ -166,12 +171,12 @@ def eval_perplexity_within_threshold(eval_metrics: dict) -> dg.AssetCheckResult:
 @dg.asset_check(
     asset=eval_metrics, blocking=True, description="Bits per byte no worse than the published model's, within regression_tolerance."
 )
-def no_regression_vs_published(eval_metrics: dict) -> dg.AssetCheckResult:
-    baseline = eval_metrics["baseline"]
+def no_regression_vs_published(eval_metrics: EvalReport) -> dg.AssetCheckResult:
+    baseline = eval_metrics.baseline
     if baseline is None:
         return dg.AssetCheckResult(passed=True, severity=_ERROR, description="no published model to compare with")
-    ours, theirs = eval_metrics["bits_per_byte"], baseline["bits_per_byte"]
-    tolerance = eval_metrics["gates"]["regression_tolerance"]
+    ours, theirs = eval_metrics.bits_per_byte, baseline["bits_per_byte"]
+    tolerance = eval_metrics.gates.regression_tolerance
     limit = theirs * (1 + tolerance)
     passed = math.isfinite(ours) and ours <= limit
     return dg.AssetCheckResult(
@@ -186,18 +191,18 @@ def no_regression_vs_published(eval_metrics: dict) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=eval_metrics, blocking=True, description="Each lm-evaluation-harness score named in min_scores reaches its minimum.")
-def harness_scores_meet_minimums(eval_metrics: dict) -> dg.AssetCheckResult:
-    minimums = eval_metrics["gates"]["min_scores"]
+def harness_scores_meet_minimums(eval_metrics: EvalReport) -> dg.AssetCheckResult:
+    minimums = eval_metrics.gates.min_scores
     if not minimums:
         return dg.AssetCheckResult(passed=True, severity=_ERROR, description="no min_scores configured")
-    results = (eval_metrics["harness"] or {}).get("results", {})
+    results = (eval_metrics.harness or {}).get("results", {})
     lines, failed, scores = [], [], {}
     for key, minimum in sorted(minimums.items()):
         task, _, metric = key.partition("/")
         value = results.get(task, {}).get(metric, {}).get("value")
         if value is None or not math.isfinite(value):
             failed.append(key)
-            why = eval_metrics["harness_skipped"].get(task) or f"metrics of {task}: {', '.join(results.get(task, {})) or 'none'}"
+            why = eval_metrics.harness_skipped.get(task) or f"metrics of {task}: {', '.join(results.get(task, {})) or 'none'}"
             lines.append(f"{key}: no result ({why})")
             continue
         scores[key] = value
@@ -214,8 +219,8 @@ def harness_scores_meet_minimums(eval_metrics: dict) -> dg.AssetCheckResult:
     blocking=True,
     description="At most max_contamination of the eval documents (and of each task's items) share their n-grams with training data.",
 )
-def no_eval_contamination(eval_metrics: dict) -> dg.AssetCheckResult:
-    report, limit = eval_metrics["contamination"], eval_metrics["gates"]["max_contamination"]
+def no_eval_contamination(eval_metrics: EvalReport) -> dg.AssetCheckResult:
+    report, limit = eval_metrics.contamination, eval_metrics.gates.max_contamination
     if all(s["documents"] == s["too_short"] for s in report["sets"].values()):
         # Nothing measured is not "nothing contaminated": the gate does not pass vacuously.
         return dg.AssetCheckResult(

@@ -2,12 +2,11 @@ import dagster as dg
 
 from llm_pipeline import __version__
 from llm_pipeline.assets.configs import PublishedModelConfig, validate_run_config
-from llm_pipeline.assets.metadata import significant, table
+from llm_pipeline.assets.metadata import significant, stage_metadata, table
 from llm_pipeline.assets.tokenizer import tokenizer_json
+from llm_pipeline.contracts import CheckpointRef, EvalReport, PublishedModelRef, TokenizerRef
 from llm_pipeline.publish.export import publish
 from llm_pipeline.resources import StorageResource
-
-_METRICS = ("loss", "perplexity", "bits_per_byte", "tokens_evaluated")
 
 
 @dg.asset(
@@ -19,52 +18,62 @@ def published_model(
     context: dg.AssetExecutionContext,
     config: PublishedModelConfig,
     storage: StorageResource,
-    eval_metrics: dict,
-) -> dg.Output[dict]:
+    eval_metrics: EvalReport,
+    trained_checkpoint: CheckpointRef,
+    tokenizer: TokenizerRef,
+) -> dg.Output[PublishedModelRef]:
     validate_run_config(context.run_config)
-    # The checkpoint these numbers are about, and its tokenizer, travel in the value: the model
-    # published is always the one evaluated.
-    trained_checkpoint = eval_metrics["trained_checkpoint"]
-    tokenizer = trained_checkpoint["tokenizer"]
+    # The model published is always the one evaluated, with the tokenizer it was trained with.
+    if eval_metrics.checkpoint_uri != trained_checkpoint.final_uri:
+        raise dg.Failure(
+            description=f"published_model: eval_metrics evaluated {eval_metrics.checkpoint_uri}, not the latest "
+            f"trained_checkpoint {trained_checkpoint.final_uri}: materialize eval_metrics (its checks gate publishing) first",
+            allow_retries=False,
+        )
+    if tokenizer.sha256 != trained_checkpoint.tokenizer_sha256:
+        raise dg.Failure(
+            description=f"published_model: the checkpoint was trained with tokenizer {trained_checkpoint.tokenizer_sha256[:12]}, "
+            f"the tokenizer asset is now {tokenizer.sha256[:12]}: train and evaluate again before publishing",
+            allow_retries=False,
+        )
     registry = storage.root().child("registry")
-    data = trained_checkpoint["data"]
+    data = trained_checkpoint.data
     lineage = {
-        "corpus_batches": ", ".join(d["batch"] for d in data),
+        "corpus_batches": ", ".join(d.batch for d in data),
         **{
-            f"batch {d['batch']}": f"corpus {d['corpus_uri']} (manifest sha256 {d['corpus_manifest_sha256']}), "
-            f"shards {d['uri']} (manifest sha256 {d['manifest_sha256']})"
+            f"batch {d.batch}": f"corpus {d.corpus_uri} (manifest sha256 {d.corpus_manifest_sha256}), "
+            f"shards {d.uri} (manifest sha256 {d.manifest_sha256})"
             for d in data
         },
-        "tokenizer_sha256": tokenizer["sha256"],
-        "initialised_from": trained_checkpoint["init_from"] or "scratch",
-        "checkpoint": f"{trained_checkpoint['run_uri']} @ {trained_checkpoint['checkpoint']}",
-        "checkpoint_step": trained_checkpoint["steps"],
+        "tokenizer_sha256": tokenizer.sha256,
+        "initialised_from": trained_checkpoint.init_from or "scratch",
+        "checkpoint": f"{trained_checkpoint.run_uri} @ {trained_checkpoint.checkpoint}",
+        "checkpoint_step": trained_checkpoint.steps,
         "dagster_run_id": context.run_id,
         "code_version": f"llm-pipeline {__version__}",
     }
     manifest = publish(
         registry,
         config.model_name,
-        storage.at(trained_checkpoint["final_uri"]),
+        storage.at(trained_checkpoint.final_uri),
         tokenizer_json(storage, tokenizer),
-        tokenizer["eos_id"],
-        {k: eval_metrics[k] for k in _METRICS},
+        tokenizer.eos_id,
+        eval_metrics.headline(),
         lineage,
-        trained_checkpoint["train_config"],
-        {"harness": eval_metrics["harness"], "contamination": eval_metrics["contamination"]},
-        trained_checkpoint["mixture"],
+        trained_checkpoint.train_config,
+        {"harness": eval_metrics.harness, "contamination": eval_metrics.contamination},
+        trained_checkpoint.mixture,
     )
-    value = {"uri": manifest["uri"], "name": config.model_name, "version": manifest["version"], "registry": registry.uri}
+    value = PublishedModelRef(uri=manifest["uri"], name=config.model_name, version=manifest["version"], registry=registry.uri)
     return dg.Output(
         value,
         metadata={
-            "uri": dg.MetadataValue.path(manifest["uri"]),
-            "version": manifest["version"],
+            **stage_metadata(value),
             "files": table(
                 [{"file": name, "bytes": f["bytes"], "sha256": f["sha256"]} for name, f in manifest["files"].items()],
                 {"file": "string", "bytes": "int", "sha256": "string"},
             ),
-            **{k: significant(eval_metrics[k]) for k in ("loss", "perplexity", "bits_per_byte")},
-            "tokens_evaluated": eval_metrics["tokens_evaluated"],
+            **{k: significant(v) for k, v in eval_metrics.headline().items() if k != "tokens_evaluated"},
+            "tokens_evaluated": eval_metrics.tokens_evaluated,
         },
     )

@@ -1,8 +1,10 @@
 import dagster as dg
 
 from llm_pipeline.assets.configs import TokenizedShardsConfig, validate_run_config
+from llm_pipeline.assets.metadata import stage_metadata
 from llm_pipeline.assets.partitions import corpus_batches
 from llm_pipeline.assets.tokenizer import tokenizer_json
+from llm_pipeline.contracts import CorpusRef, ShardSetRef, TokenizerRef
 from llm_pipeline.resources import RayClusterResource, StorageResource
 from llm_pipeline.storage.manifests import MANIFEST
 from llm_pipeline.tokenize.bpe import load_tokenizer
@@ -25,42 +27,38 @@ def tokenized_shards(
     config: TokenizedShardsConfig,
     storage: StorageResource,
     ray_cluster: RayClusterResource,
-    raw_corpus: dict,
-    tokenizer: dict,
-) -> dg.Output[dict]:
+    raw_corpus: CorpusRef,
+    tokenizer: TokenizerRef,
+) -> dg.Output[ShardSetRef]:
     validate_run_config(context.run_config)
     batch = context.partition_key
     shard_cfg = config.to_library()
     ray_address = ray_cluster.driver(f"tokenized_shards[{batch}]") if shard_cfg.executor == "ray" else ""
     tok = load_tokenizer(tokenizer_json(storage, tokenizer))
-    encoder = DocumentEncoder(tok, tokenizer["engine"])
+    encoder = DocumentEncoder(tok, tokenizer.engine)
     out = storage.stage_folder("tokenized_shards", context.run_id, batch)
     manifest = write_shards(
-        storage.at(raw_corpus["uri"]), out, encoder, tokenizer["vocab_size"], tokenizer["sha256"], shard_cfg, ray_address=ray_address
+        storage.at(raw_corpus.uri), out, encoder, tokenizer.vocab_size, tokenizer.sha256, shard_cfg, ray_address=ray_address
     )
-    value = {
-        "uri": out.uri,
-        "batch": batch,
-        "manifest_sha256": out.sha256(MANIFEST),
-        "tokenizer_sha256": tokenizer["sha256"],
-        "train_tokens": manifest["splits"]["train"]["tokens"],
-        "val_tokens": manifest["splits"]["val"]["tokens"],
-        "corpus_uri": raw_corpus["uri"],
-        "corpus_manifest_sha256": raw_corpus["manifest_sha256"],
-    }
+    value = ShardSetRef(
+        uri=out.uri,
+        batch=batch,
+        manifest_sha256=out.sha256(MANIFEST),
+        tokenizer_sha256=tokenizer.sha256,
+        train_tokens=manifest["splits"]["train"]["tokens"],
+        val_tokens=manifest["splits"]["val"]["tokens"],
+        corpus_uri=raw_corpus.uri,
+        corpus_manifest_sha256=raw_corpus.manifest_sha256,
+    )
     return dg.Output(
         value,
-        data_version=dg.DataVersion(value["manifest_sha256"]),
+        data_version=dg.DataVersion(value.manifest_sha256),
         metadata={
-            "uri": dg.MetadataValue.path(out.uri),
-            "train_tokens": value["train_tokens"],
-            "val_tokens": value["val_tokens"],
+            **stage_metadata(value),
             "train_documents": manifest["splits"]["train"]["documents"],
             "val_documents": manifest["splits"]["val"]["documents"],
             "shards": len(manifest["shards"]),
             "token_dtype": manifest["dtype"],
             "encoder_engine": manifest["encoder_engine"],
-            "tokenizer_sha256": tokenizer["sha256"],
-            "manifest_sha256": value["manifest_sha256"],
         },
     )

@@ -1,7 +1,8 @@
 import dagster as dg
 
 from llm_pipeline.assets.configs import TokenizerConfig, validate_run_config
-from llm_pipeline.assets.partitions import partition_values
+from llm_pipeline.assets.metadata import stage_metadata
+from llm_pipeline.contracts import CorpusRef, TokenizerRef
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.resources import StorageResource
 from llm_pipeline.storage.folders import Storage, open_uri
@@ -9,9 +10,9 @@ from llm_pipeline.tokenize.bpe import eos_id, id_space, load_tokenizer, tokenize
 from llm_pipeline.tokenize.encoder import choose_encoder
 
 
-def tokenizer_json(storage: StorageResource, tokenizer: dict) -> str:
+def tokenizer_json(storage: StorageResource, tokenizer: TokenizerRef) -> str:
     """The `tokenizer` asset's tokenizer.json text, from the value it materialized."""
-    return storage.at(tokenizer["uri"]).read_bytes("tokenizer.json").decode("utf-8")
+    return storage.at(tokenizer.uri).read_bytes("tokenizer.json").decode("utf-8")
 
 
 def _sample_texts(corpora: dict[str, Storage], budget_bytes: int) -> tuple[list[str], list[str]]:
@@ -40,18 +41,19 @@ _FIRST_BATCH_IN = (
 @dg.asset(
     group_name="llm_pipeline",
     kinds={"huggingface"},
-    deps=[dg.AssetDep("raw_corpus", partition_mapping=dg.AllPartitionMapping())],
+    ins={"raw_corpus": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
     automation_condition=_FIRST_BATCH_IN.with_label("missing, and a corpus batch is in"),
     description="Byte-level BPE tokenizer (tokenizer.json), trained on the first corpus batches, shared by all batches.",
 )
-def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storage: StorageResource) -> dg.Output[dict]:
+def tokenizer(
+    context: dg.AssetExecutionContext, config: TokenizerConfig, storage: StorageResource, raw_corpus: dict[str, CorpusRef]
+) -> dg.Output[TokenizerRef]:
     validate_run_config(context.run_config)
-    corpora = partition_values(context, storage, "raw_corpus")
-    if not corpora:  # a given tokenizer.json needs text too: tiktoken's identity is proven on it
+    if not raw_corpus:  # a given tokenizer.json needs text too: tiktoken's identity is proven on it
         raise dg.Failure(
             description="tokenizer: no corpus batch has been materialized yet; materialize raw_corpus for a batch (e.g. 'builtin') first"
         )
-    sample, sampled_batches = _sample_texts({k: storage.at(v["uri"]) for k, v in corpora.items()}, config.train_bytes)
+    sample, sampled_batches = _sample_texts({k: storage.at(v.uri) for k, v in raw_corpus.items()}, config.train_bytes)
     if config.tokenizer_json_uri:
         try:
             with open_uri(config.tokenizer_json_uri, "rb", **storage.at(config.tokenizer_json_uri).storage_options) as f:
@@ -66,21 +68,14 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, storag
     out = storage.stage_folder("tokenizer", context.run_id)
     out.write_bytes("tokenizer.json", tok_json.encode("utf-8"))
     out.write_json("encoder.json", report)
-    value = {
-        "uri": out.uri,
-        "sha256": tokenizer_hash(tok_json),
-        "vocab_size": id_space(tok),
-        "eos_id": eos_id(tok),
-        "engine": report["engine"],
-    }
+    value = TokenizerRef(
+        uri=out.uri, sha256=tokenizer_hash(tok_json), vocab_size=id_space(tok), eos_id=eos_id(tok), engine=report["engine"]
+    )
     return dg.Output(
         value,
-        data_version=dg.DataVersion(value["sha256"]),  # the same tokenizer again is not a change
+        data_version=dg.DataVersion(value.sha256),  # the same tokenizer again is not a change
         metadata={
-            "uri": dg.MetadataValue.path(out.uri),
-            "vocab_size": value["vocab_size"],
-            "sha256": value["sha256"],
-            "encoder_engine": report["engine"],
+            **stage_metadata(value),
             "identity_check": dg.MetadataValue.json(report),
             "trained_on_documents": len(sample),
             "sampled_batches": ", ".join(sampled_batches),

@@ -1,3 +1,4 @@
+import copy
 import shlex
 import sys
 
@@ -8,9 +9,10 @@ from dagster._core.errors import (  # not exported at the top level (dg.* has ne
 )
 
 from llm_pipeline.assets.configs import TrainedCheckpointConfig, check_eval_tasks, validate_run_config
-from llm_pipeline.assets.metadata import significant
-from llm_pipeline.assets.partitions import partition_values
+from llm_pipeline.assets.metadata import significant, stage_metadata
 from llm_pipeline.assets.plots import loss_curve_markdown
+from llm_pipeline.assets.progress_relay import ProgressRelay
+from llm_pipeline.contracts import CheckpointRef, ShardSetRef, TokenizerRef
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.ray_cluster import alive_node_resources, placement_problem
@@ -26,24 +28,24 @@ def _input_error(description: str) -> dg.Failure:
     return dg.Failure(description=description, allow_retries=False)
 
 
-def training_data(context, config: TrainedCheckpointConfig, storage: StorageResource, tokenizer: dict) -> list[dict]:
-    """The batches to train on (each batch's tokenized_shards value), checked: every one
-    materialized, all made with the current tokenizer; batches with no training tokens left out."""
-    shards = partition_values(context, storage, "tokenized_shards", config.batches or None)
+def training_data(config: TrainedCheckpointConfig, tokenizer: TokenizerRef, shards: dict[str, ShardSetRef]) -> list[ShardSetRef]:
+    """The batches to train on (all materialized ones, or `config.batches`), checked: all made with
+    the current tokenizer; batches with no training tokens left out."""
     missing = [b for b in config.batches if b not in shards]
     if missing:
         raise _input_error(
             f"trained_checkpoint: batches {', '.join(missing)} have no tokenized_shards "
             "materialization; materialize them or leave them out of `batches`"
         )
-    stale = made_with_another_tokenizer({b: v["tokenizer_sha256"] for b, v in shards.items()}, tokenizer["sha256"])
+    chosen = {b: shards[b] for b in config.batches} if config.batches else shards
+    stale = made_with_another_tokenizer({b: v.tokenizer_sha256 for b, v in chosen.items()}, tokenizer.sha256)
     if stale:
         listed = ", ".join(f"{b} (tokenizer {str(sha)[:12]})" for b, sha in stale.items())
         raise _input_error(
             f"trained_checkpoint: shards with mixed tokenizers: {listed}; the current tokenizer is "
-            f"{tokenizer['sha256'][:12]}. Re-tokenize them (backfill tokenized_shards) first"
+            f"{tokenizer.sha256[:12]}. Re-tokenize them (backfill tokenized_shards) first"
         )
-    data = [{"batch": b, **v} for b, v in shards.items() if v["train_tokens"] > 0]
+    data = [v for v in chosen.values() if v.train_tokens > 0]
     if not data:
         raise _input_error(
             "trained_checkpoint: no corpus batch has training tokens yet; materialize "
@@ -91,12 +93,13 @@ def _train_on_ray(context, launch: LaunchConfig, ray_cluster: RayClusterResource
     """The trainer as a Ray job (train/ray_job.py) through dagster-ray's Pipes client: the job's log
     and rank 0's Pipes messages stream into this run, and terminating the run stops the job."""
     try:
-        from dagster_ray import PipesRayJobClient
+        from dagster_ray import PipesRayJobClient, PipesRayJobMessageReader
     except ImportError:
         raise _input_error("trained_checkpoint: launcher 'ray' needs the ray extra: pip install 'llm-pipeline[ray]'") from None
     command = ray_job_command(launch, config_uri, ray_cluster.python or sys.executable)
     context.log.info(f"submitting to the Ray cluster at {address}: {shlex.join(command)}")
-    PipesRayJobClient(address=address, poll_interval=1.0, forward_termination=True).run(
+    reader = ProgressRelay(PipesRayJobMessageReader(), context.log)
+    PipesRayJobClient(address=address, poll_interval=1.0, forward_termination=True, message_reader=reader).run(
         context=context,
         submit_job_params={"entrypoint": shlex.join(command), "runtime_env": {"env_vars": env}, "entrypoint_num_cpus": 0},
     )
@@ -107,7 +110,7 @@ def _train_on_ray(context, launch: LaunchConfig, ray_cluster: RayClusterResource
     kinds={"deepspeed", "pytorch"},
     pool="gpu",
     retry_policy=dg.RetryPolicy(max_retries=1),
-    deps=[dg.AssetDep("tokenized_shards", partition_mapping=dg.AllPartitionMapping())],
+    ins={"tokenized_shards": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
     description="A causal LM trained with DeepSpeed ZeRO on every corpus batch: checkpoints plus consolidated model.safetensors.",
 )
 def trained_checkpoint(
@@ -116,27 +119,28 @@ def trained_checkpoint(
     storage: StorageResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
     ray_cluster: RayClusterResource,
-    tokenizer: dict,
-) -> dg.Output[dict]:
+    tokenizer: TokenizerRef,
+    tokenized_shards: dict[str, ShardSetRef],
+) -> dg.Output[CheckpointRef]:
     validate_run_config(context.run_config)
     _check_eval_tasks(context.run_config)
     launch = config.launch_config()
     ray_address = _ray_address(launch, ray_cluster) if launch.launcher == "ray" else ""
-    data = training_data(context, config, storage, tokenizer)
+    data = training_data(config, tokenizer, tokenized_shards)
     init_from = _initial_weights(config, storage)
     try:
-        sources = mixture_sources([d["batch"] for d in data], config.mixture) if config.mixture else ()
+        sources = mixture_sources([d.batch for d in data], config.mixture) if config.mixture else ()
     except ValueError as e:
         raise _input_error(f"trained_checkpoint: mixture: {e}") from None
-    unplaced = config.to_library(tuple(d["uri"] for d in data), "", tokenizer["vocab_size"], tokenizer["sha256"], init_from, sources)
+    unplaced = config.to_library(tuple(d.uri for d in data), "", tokenizer.vocab_size, tokenizer.sha256, init_from, sources)
     run = storage.root().child("trained_checkpoint", unplaced.run_key())
     train_cfg = unplaced.replaced(run_uri=run.uri)
     run.write_bytes("train_config.json", train_cfg.to_json().encode())
     final = run.child("final")
     final.remove("summary.json")  # only the marker this launch writes counts as success
     context.log.info(
-        f"training on {len(data)} batches ({', '.join(d['batch'] for d in data)}): "
-        f"{sum(d['train_tokens'] for d in data):,} training tokens" + (f"; starting from {init_from}" if init_from else "")
+        f"training on {len(data)} batches ({', '.join(d.batch for d in data)}): "
+        f"{sum(d.train_tokens for d in data):,} training tokens" + (f"; starting from {init_from}" if init_from else "")
     )
 
     config_uri = run.child("train_config.json").uri
@@ -151,7 +155,9 @@ def trained_checkpoint(
                 context.log.info(
                     f"waiting for nodes 1..{launch.nnodes - 1}; start each with: {' '.join(worker_command(launch, config_uri))}"
                 )
-            pipes_subprocess_client.run(command=command, context=context, env=env)
+            client = copy.copy(pipes_subprocess_client)  # the resource as configured, with the progress relayed
+            client.message_reader = ProgressRelay(pipes_subprocess_client.message_reader, context.log)
+            client.run(command=command, context=context, env=env)
     except (DagsterExecutionInterruptedError, KeyboardInterrupt):
         # Dagster retries an interrupted step under its retry policy, which after Terminate would start
         # the trainer again; a terminated run's step fails for good (the run then reads as canceled).
@@ -168,27 +174,26 @@ def trained_checkpoint(
         raise dg.Failure(description=f"trainer finished without writing {final.uri}/summary.json")
     summary = final.read_json("summary.json")
 
-    value = {
-        "run_uri": run.uri,
-        "final_uri": final.uri,
-        "checkpoint": summary["checkpoint"],
-        "steps": summary["steps"],
-        "tokens_seen": summary["tokens_seen"],
-        "final_loss": summary["final_loss"],
-        "train_config": train_cfg.model_dump(mode="json"),
-        "data": data,
-        "init_from": init_from,
-        "mixture": summary["mixture"],  # the realized mix, for the model card
-        "tokenizer": tokenizer,  # evaluation and publishing read it from here: the graph stays a chain
-    }
+    value = CheckpointRef(
+        run_uri=run.uri,
+        final_uri=final.uri,
+        checkpoint=summary["checkpoint"],
+        steps=summary["steps"],
+        tokens_seen=summary["tokens_seen"],
+        final_loss=summary["final_loss"],
+        train_config=train_cfg.model_dump(mode="json"),
+        data=tuple(data),
+        tokenizer_sha256=tokenizer.sha256,
+        init_from=init_from,
+        mixture=summary["mixture"],
+    )
     return dg.Output(
         value,
         metadata={
+            **stage_metadata(value),
             "uri": dg.MetadataValue.path(final.uri),
             "loss_curve": loss_curve_markdown(summary["losses"]),
             "final_loss": significant(summary["final_loss"]),
-            "steps": summary["steps"],
-            "tokens_seen": summary["tokens_seen"],
             "tokens_per_s": significant(summary["tokens_per_s"], 4),
             "wall_time_s": significant(summary["wall_time_s"], 4),
             "num_params": summary["num_params"],
@@ -200,10 +205,6 @@ def trained_checkpoint(
             "accelerator": summary["accelerator"],
             **({"mfu": significant(summary["mfu"], 3)} if summary["mfu"] is not None else {}),
             "resumed_from": summary["resumed_from"] or "",
-            # Each batch's shard manifest: the retraining sensor compares content, not run folders.
-            "batches": dg.MetadataValue.json({d["batch"]: d["manifest_sha256"] for d in data}),
-            "train_tokens_available": sum(d["train_tokens"] for d in data),
-            "init_from": init_from or "scratch",
             "mixture": dg.MetadataValue.json(summary["mixture"]),
             **{f"mixture/{name}/share": significant(source["share"], 4) for name, source in summary["mixture"].items()},
         },

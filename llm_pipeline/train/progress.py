@@ -9,6 +9,16 @@ import contextlib
 import os
 import sys
 
+PROGRESS = "progress"  # the `kind` of the trainer's progress messages
+
+
+def progress_line(record: dict) -> str:
+    """The one line a progress record is shown as, by the trainer on its own and by the Dagster run."""
+    return (
+        f"step {record['step']}/{record['steps']} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+        f"{record['tokens_per_s']:,.0f} tok/s elapsed {record['elapsed_s']:.0f}s eta {record['eta_s']:.0f}s"
+    )
+
 
 class Reporter:
     def __init__(self, pipes=None, quiet: bool = False):
@@ -30,8 +40,12 @@ class Reporter:
             print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
     def progress(self, record: dict) -> None:
+        """A structured record under Dagster (the run logs it as its line, and `make demo` draws its
+        bar from it: assets/progress_relay.py); the line itself on a terminal."""
         if self.pipes is not None:
-            self.pipes.report_custom_message({"kind": "progress", **record})
+            self.pipes.report_custom_message({"kind": PROGRESS, **record})
+        elif not self.quiet:
+            print(progress_line(record), file=sys.stdout, flush=True)
 
 
 @contextlib.contextmanager

@@ -389,8 +389,9 @@ def _report(training: Training, reporter, loss: float, loop_start: float, loop_s
     tok_s = (training.step - loop_start_step) * tokens_per_step / max(elapsed, 1e-9)
     eta = (cfg.steps - training.step) * tokens_per_step / max(tok_s, 1e-9)
     lr = training.scheduler.get_last_lr()[0]
-    reporter.info(f"step {training.step}/{cfg.steps} loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s elapsed {elapsed:.0f}s eta {eta:.0f}s")
-    reporter.progress({"step": training.step, "steps": cfg.steps, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "eta_s": eta})
+    reporter.progress(
+        {"step": training.step, "steps": cfg.steps, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "elapsed_s": elapsed, "eta_s": eta}
+    )
 
 
 def finish(

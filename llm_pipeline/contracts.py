@@ -1,0 +1,170 @@
+"""What each stage hands the next: one frozen value per asset.
+
+    raw_corpus        -> CorpusRef          (one per corpus batch)
+    tokenizer         -> TokenizerRef
+    tokenized_shards  -> ShardSetRef        (one per corpus batch)
+    trained_checkpoint-> CheckpointRef
+    eval_metrics      -> EvalReport
+    published_model   -> PublishedModelRef
+
+A value says where a stage's artifact is and the few facts the next stages decide on; the artifact
+itself (Parquet, tokenizer.json, safetensors) stays in storage. A stage that needs two upstream
+values takes both as inputs: values never embed each other, so the graph shows what each stage uses.
+
+`metadata()` is the part of a value shown in the UI and read back by the sensors (`from_metadata`),
+one schema for both: a sensor never reads a key an asset did not declare here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StageValue(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def metadata(self) -> dict[str, Any]:
+        """Every field, as plain values (flat values only: override where a field is nested)."""
+        return self.model_dump()
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]):
+        """The value back from the materialization's metadata values (`{key: entry.value}`)."""
+        return cls.model_validate({name: metadata[name] for name in cls.model_fields if name in metadata})
+
+
+class CorpusRef(StageValue):
+    """One batch's cleaned documents: Parquet files plus manifest.json under `uri`."""
+
+    uri: str
+    batch: str
+    manifest_sha256: str
+    documents: int
+    text_bytes: int
+
+
+class TokenizerRef(StageValue):
+    """tokenizer.json (and the encoder engine's identity report) under `uri`."""
+
+    uri: str
+    sha256: str  # of the tokenizer.json text: what shards and checkpoints record as "made with"
+    vocab_size: int  # the id space: every id the tokenizer can emit is below it (the model's embedding rows)
+    eos_id: int
+    engine: str  # the fastest encoder proven to give identical ids
+
+
+class ShardSetRef(StageValue):
+    """One batch's train/val token shards and their manifest under `uri`."""
+
+    uri: str
+    batch: str
+    manifest_sha256: str
+    tokenizer_sha256: str
+    train_tokens: int
+    val_tokens: int
+    corpus_uri: str
+    corpus_manifest_sha256: str
+
+
+class CheckpointRef(StageValue):
+    """A training run (`run_uri`: config, checkpoints) and its consolidated model (`final_uri`)."""
+
+    run_uri: str
+    final_uri: str
+    checkpoint: str  # the newest complete checkpoint's name, e.g. step_00000200
+    steps: int
+    tokens_seen: int
+    final_loss: float
+    train_config: dict[str, Any]  # train/config.py TrainConfig, as the trainer read it
+    data: tuple[ShardSetRef, ...]  # the batches trained on, in batch order
+    tokenizer_sha256: str
+    init_from: str  # the published version it started from; "" from scratch
+    mixture: dict[str, Any]  # the realized mix per source, for the model card
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "tokens_seen": self.tokens_seen,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            # Each batch's shard manifest: the retraining sensor compares content, not run folders.
+            "batches": self.batches(),
+            "train_tokens_available": sum(d.train_tokens for d in self.data),
+            "init_from": self.init_from or "scratch",
+        }
+
+    def batches(self) -> dict[str, str]:
+        return {d.batch: d.manifest_sha256 for d in self.data}
+
+    @staticmethod
+    def batches_from_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
+        """The `batches` a materialization's metadata declares ({} before any training)."""
+        return dict(metadata.get("batches") or {})
+
+
+class Gates(BaseModel):
+    """The thresholds the blocking asset checks apply, as configured for this evaluation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_loss: float
+    max_perplexity: Optional[float]
+    regression_tolerance: float
+    min_scores: dict[str, float]
+    max_contamination: float
+
+
+class Sample(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str
+    completion: str
+
+
+class EvalReport(StageValue):
+    """The evaluation of one checkpoint (`checkpoint_uri`), with the gates the checks apply.
+
+    `harness`, `contamination` and `baseline` keep the shapes their producers give them
+    (lm-evaluation-harness results, evaluate/contamination.py, evaluate/metrics.py held_out_loss)."""
+
+    checkpoint_uri: str  # the evaluated CheckpointRef.final_uri: published_model publishes only this one
+    checkpoint: str
+    loss: float
+    perplexity: float
+    bits_per_byte: float
+    uniform_loss: float  # ln(vocab size): the loss of a uniform guess
+    tokens_evaluated: int
+    bytes_evaluated: int
+    documents_evaluated: int
+    window: int
+    dtype: str
+    samples: tuple[Sample, ...]
+    harness: Optional[dict[str, Any]]
+    harness_skipped: dict[str, str]
+    contamination: dict[str, Any]
+    seconds: dict[str, float]
+    gates: Gates
+    baseline: Optional[dict[str, Any]]
+
+    def metadata(self) -> dict[str, Any]:
+        return {"tokens_evaluated": self.tokens_evaluated, "documents_evaluated": self.documents_evaluated, "dtype": self.dtype}
+
+    def headline(self) -> dict[str, float | int]:
+        """The numbers the model card and the registry carry."""
+        return {
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+            "tokens_evaluated": self.tokens_evaluated,
+        }
+
+
+class PublishedModelRef(StageValue):
+    """A version folder in the registry that `transformers` loads."""
+
+    uri: str
+    name: str
+    version: str
+    registry: str
