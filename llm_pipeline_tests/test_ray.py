@@ -218,10 +218,9 @@ def _training_config(**overrides) -> dict:
 
 
 def _materialize_training(resources, run_config, instance):
-    """trained_checkpoint alone, its tokenizer input the graph's (the shards come from the instance)."""
-    tokenizer = dg.SourceAsset("tokenizer", io_manager_key="io_manager")
-    assets = [a for a in ASSETS if a.key.path[0] == "trained_checkpoint"]
-    return dg.materialize([*assets, tokenizer], resources=resources, run_config=run_config, instance=instance, raise_on_error=False)
+    """trained_checkpoint alone, its inputs (tokenizer, shards) the graph's latest materializations."""
+    return dg.materialize(ASSETS, selection=["trained_checkpoint"], resources=resources, run_config=run_config, instance=instance,
+                          raise_on_error=False)
 
 
 def test_the_driver_address_defaults_to_ray_client_on_the_head():
