@@ -9,7 +9,9 @@
 
 A value says where a stage's artifact is and the few facts the next stages decide on; the artifact
 itself (Parquet, tokenizer.json, safetensors) stays in storage. A stage that needs two upstream
-values takes both as inputs: values never embed each other, so the graph shows what each stage uses.
+values takes both as inputs, so the graph shows what each stage uses: a value records what it was
+made from (a checkpoint its shard sets and tokenizer hash), never another stage's value for a later
+stage to dig out.
 
 `metadata()` is the part of a value shown in the UI and read back by the sensors (`from_metadata`),
 one schema for both: a sensor never reads a key an asset did not declare here.
