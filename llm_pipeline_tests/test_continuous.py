@@ -194,6 +194,11 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
     failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
     assert "mixed tokenizers" in failure.event_specific_data.error.message
     assert first in failure.event_specific_data.error.message and second in failure.event_specific_data.error.message
+    # Nor is the last model evaluated or published with a tokenizer it was not trained with.
+    for stage in ("eval_metrics", "published_model"):
+        stale = landing.materialize([stage])
+        failure = next(e for e in stale.all_events if e.event_type_value == "STEP_FAILURE")
+        assert "was trained with tokenizer" in failure.event_specific_data.error.message, stage
 
 
 def test_landing_to_published_model_on_gcs(gcs_bucket, tmp_path):

@@ -264,6 +264,24 @@ def test_a_rank_dying_after_the_completion_marker_does_not_fail_the_run(graph, t
     assert any(m.startswith("trainer exited with an error after writing its completion marker") for m in messages)
 
 
+def test_a_checkpoint_that_was_not_evaluated_is_not_published(graph):
+    """published_model takes the checkpoint and its evaluation as two inputs: it publishes only when the
+    evaluation is of that checkpoint (a newer, unevaluated checkpoint is refused by name)."""
+    root, resources, _, instance = graph
+    trained = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources, instance=instance,
+                             run_config=_run_config({"trained_checkpoint": {"seed": 13}}, only=["trained_checkpoint"]))
+    assert trained.success
+    registry = Storage(root).child("registry", "llm-pipeline-demo")
+    versions = registry.listdir()
+    refused = dg.materialize(ASSETS + CHECKS, selection=["published_model"], resources=resources, instance=instance,
+                             run_config=_run_config(only=["published_model"]), raise_on_error=False)
+    assert not refused.success
+    failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
+    assert (f"not the latest trained_checkpoint {trained.output_for_node('trained_checkpoint').final_uri}"
+            in failure.event_specific_data.error.message)
+    assert registry.listdir() == versions  # nothing published
+
+
 def test_killed_rank_is_retried_and_resumes_step_for_step(graph, tmp_path):
     import os
     import subprocess
