@@ -97,6 +97,15 @@ class CheckpointRef(StageValue):
             "init_from": self.init_from or "scratch",
         }
 
+    def tokenizer_mismatch(self, tokenizer: TokenizerRef) -> str:
+        """Why `tokenizer` cannot be used with this model ("" when it is the one it was trained with)."""
+        if tokenizer.sha256 == self.tokenizer_sha256:
+            return ""
+        return (
+            f"the checkpoint {self.final_uri} was trained with tokenizer {self.tokenizer_sha256[:12]}, "
+            f"the tokenizer asset is now {tokenizer.sha256[:12]}"
+        )
+
     def batches(self) -> dict[str, str]:
         return {d.batch: d.manifest_sha256 for d in self.data}
 

@@ -78,12 +78,10 @@ def eval_metrics(
         check_tasks_available(cfg.harness_tasks, config.gated_metrics())
     except ValueError as e:
         raise dg.Failure(description=f"eval_metrics config: {e}", allow_retries=False) from None
-    if tokenizer.sha256 != trained_checkpoint.tokenizer_sha256:
+    mismatch = trained_checkpoint.tokenizer_mismatch(tokenizer)
+    if mismatch:
         raise dg.Failure(
-            description=f"eval_metrics: the checkpoint {trained_checkpoint.final_uri} was trained with tokenizer "
-            f"{trained_checkpoint.tokenizer_sha256[:12]}, the tokenizer asset is now {tokenizer.sha256[:12]}: "
-            "train again (materialize trained_checkpoint) before evaluating",
-            allow_retries=False,
+            description=f"eval_metrics: {mismatch}: train again (materialize trained_checkpoint) before evaluating", allow_retries=False
         )
     # The held-out split of exactly the batches the model was trained on; their training split for contamination.
     # Memory-mapped from the node's token store, as training read them (verified once per node).

@@ -30,12 +30,9 @@ def published_model(
             f"trained_checkpoint {trained_checkpoint.final_uri}: materialize eval_metrics (its checks gate publishing) first",
             allow_retries=False,
         )
-    if tokenizer.sha256 != trained_checkpoint.tokenizer_sha256:
-        raise dg.Failure(
-            description=f"published_model: the checkpoint was trained with tokenizer {trained_checkpoint.tokenizer_sha256[:12]}, "
-            f"the tokenizer asset is now {tokenizer.sha256[:12]}: train and evaluate again before publishing",
-            allow_retries=False,
-        )
+    mismatch = trained_checkpoint.tokenizer_mismatch(tokenizer)
+    if mismatch:
+        raise dg.Failure(description=f"published_model: {mismatch}: train and evaluate again before publishing", allow_retries=False)
     registry = storage.root().child("registry")
     data = trained_checkpoint.data
     lineage = {
