@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from llm_pipeline.train.model import preset_config
+from llm_pipeline.train.model_config import preset_config
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from llm_pipeline.corpus.build import CorpusConfig, build_corpus
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import launch_command, launch_env, ray_job_command, ray_job_env
-from llm_pipeline.train.model import preset_config
+from llm_pipeline.train.model_config import preset_config
 from llm_pipeline_tests.local_ray import LocalRayCluster, only_loopback
 
 VOCAB = 4096

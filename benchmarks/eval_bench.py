@@ -25,14 +25,15 @@ import time
 from tokenizers import Tokenizer
 
 from benchmarks.builtin_shards import builtin_shards
-from llm_pipeline.evaluate.metrics import EvalConfig, held_out_documents, held_out_loss
-from llm_pipeline.train.weights import load_trained_model
+from llm_pipeline.evaluate.config import EvalConfig
+from llm_pipeline.evaluate.metrics import held_out_documents, held_out_loss
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import EOS_TOKEN
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import launch_command, launch_env
-from llm_pipeline.train.model import preset_config
+from llm_pipeline.train.model_config import preset_config
 from llm_pipeline.train.token_store import open_split
+from llm_pipeline.train.weights import load_trained_model
 
 VOCAB = 4096
 

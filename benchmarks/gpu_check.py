@@ -26,7 +26,7 @@ from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.hardware import on_gpu
 from llm_pipeline.train.launch import launch_command, launch_env
-from llm_pipeline.train.model import preset_config
+from llm_pipeline.train.model_config import preset_config
 
 VOCAB = 8192
 

@@ -25,7 +25,7 @@ from llm_pipeline.tokenize.shards import ShardConfig, write_token_documents
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.data import single_source
 from llm_pipeline.train.launch import launch_command, launch_env
-from llm_pipeline.train.model import preset_config
+from llm_pipeline.train.model_config import preset_config
 from llm_pipeline.train.token_store import open_split
 
 VOCAB, DOC = 4096, 1000

@@ -93,7 +93,8 @@ def loader_vs_trainer(tokens: np.ndarray) -> tuple[float, float]:
     import torch
 
     from llm_pipeline.train.data import single_source
-    from llm_pipeline.train.model import CausalLM, ModelConfig
+    from llm_pipeline.train.model import CausalLM
+    from llm_pipeline.train.model_config import ModelConfig
 
     loader = single_source(tokens, 128, 16, seed=0)
     start, n = time.perf_counter(), 0

@@ -31,7 +31,7 @@ from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import CPU_ALLOCATOR_ENV, free_port, launch_command, launch_env
-from llm_pipeline.train.model import preset_config
+from llm_pipeline.train.model_config import preset_config
 
 CORES = os.cpu_count() or 1
 

@@ -8,7 +8,6 @@ from llm_pipeline.tokenize.bpe import id_space, tokenizer_hash
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
 
-
 _WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "so", "ti") for b in ("ban", "dor", "fel", "gim", "hox", "jul")]
 
 
@@ -105,7 +104,8 @@ def published(tmp_path, tokenizer):
 
     from llm_pipeline.publish.export import publish
     from llm_pipeline.storage.folders import Storage
-    from llm_pipeline.train.model import CausalLM, ModelConfig
+    from llm_pipeline.train.model import CausalLM
+    from llm_pipeline.train.model_config import ModelConfig
 
     final = Storage(str(tmp_path / "final"))
     model_cfg = ModelConfig(vocab_size=300, d_model=16, n_layers=1, n_heads=2, ffn_hidden=32, max_seq_len=32)

@@ -43,14 +43,24 @@ class Dagster:
         start = dict(cwd=home, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs = [subprocess.Popen([os.path.join(BIN, "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
                                         "-p", str(self.port)], **start)]
+        self.url = f"http://127.0.0.1:{self.port}"
         try:
             wait_for_port(self.port, self.procs[0], timeout=120)
+            self._check_code_location()
         except BaseException:
             self.stop()
             raise
         self._start = start
         self.start_daemon()
-        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _check_code_location(self) -> None:
+        """The webserver serves even when the code failed to load (the UI shows the error, and every
+        query then answers with no assets): fail here, with Dagster's message, instead."""
+        data = self.query("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                          "locationOrLoadError { __typename ... on PythonError { message } } } } } }")
+        entries = data["workspaceOrError"]["locationEntries"]
+        errors = [e["locationOrLoadError"].get("message", "") for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"]
+        assert entries and not errors, f"the code location did not load: {errors or entries}; see {self.log.name}"
 
     def start_daemon(self) -> None:
         self.procs.append(subprocess.Popen([os.path.join(BIN, "dagster-daemon"), "run", "-w", "workspace.yaml"], **self._start))
@@ -61,6 +71,17 @@ class Dagster:
         daemon.kill()
         daemon.wait(timeout=30)
         self.killed.append(daemon)  # its process group (code server, runs) is ended by stop()
+
+    def stop_daemon(self) -> None:
+        """The daemon and every run it launched (its process group) end; the webserver goes on."""
+        daemon = self.procs.pop()
+        _signal_group(daemon, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(daemon, signal.SIGKILL)
+        daemon.wait()
 
     def stop(self) -> None:
         for p in self.procs:

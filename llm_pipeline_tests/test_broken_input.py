@@ -21,17 +21,17 @@ from hypothesis import strategies as st
 
 from llm_pipeline.assets.configs import validate_run_config
 from llm_pipeline.automation import new_corpus_sensor, new_files
-from llm_pipeline.corpus.landing import LandingError, read_cursor
 from llm_pipeline.corpus.batches import batch_key
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus
 from llm_pipeline.corpus.clean import record_source
+from llm_pipeline.corpus.landing import LandingError, read_cursor
 from llm_pipeline.corpus.sources import CorpusSourceError, list_sources
 from llm_pipeline.definitions import make_resources
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.storage.folders import NotARegularFile, Storage
 from llm_pipeline.train.config import TrainConfig
 from llm_pipeline.train.data import DataMixture, ShardError, TokenWindows, read_shard_manifest
-from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline.train.token_store import open_split
 from llm_pipeline_tests.helpers import distinct_text, eval_report, make_shards, published
 

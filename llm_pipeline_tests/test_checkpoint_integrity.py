@@ -6,12 +6,12 @@ import subprocess
 
 import pytest
 
-from llm_pipeline.storage.folders import Storage
 from llm_pipeline.faults import CRASH_ENV
+from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.checkpoints import MARKER, CheckpointStore
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import launch_command, launch_env
-from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline_tests.helpers import make_shards
 
 MODEL = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, ffn_hidden=64, max_seq_len=32)

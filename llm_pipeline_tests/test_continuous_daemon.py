@@ -71,6 +71,7 @@ def test_files_dropped_in_the_default_landing_folder_become_a_model(newcomer, tm
     second = dagster.wait_for("a second training run on the new batch", lambda: [
         r for r in dagster.run_records("training_job") if r["runId"] != training1["run_id"]], timeout=300)
     assert [t["value"] for t in second[0]["tags"] if t["key"] == "llm_pipeline/new_batches"] == [batch2]
+    dagster.stop_daemon()  # and the second training with it: what follows reads the instance and the UI alone
     record2 = json.load(open(os.path.join(home, ".storage", "batches", f"{batch2}.json")))
     assert sorted(record2["files"]) == sorted([f"delivery-2/{os.path.basename(p)}" for p in _stdlib_files(25, skip=40)]
                                               + ["delivery-2/repeated.py", "delivery-2/notes.jsonl"])

@@ -1,5 +1,7 @@
 import datetime as dt
 import os
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
@@ -17,6 +19,16 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"raw_corpus", "tokenizer", "tokenized_shards", "trained_checkpoint", "eval_metrics", "published_model"}
     assert defs.resolve_job_def("llm_pipeline_job") is not None
+
+
+def test_loading_the_definitions_imports_no_torch():
+    """Every Dagster process loads them (the webserver's and daemon's code servers, each run): torch
+    (1.7 s on two cores) loads in the runs that train or evaluate, and only there. A fresh
+    interpreter: this one has torch already."""
+    code = "import sys, llm_pipeline.definitions; print(sorted(m for m in ('torch', 'deepspeed', 'transformers') if m in sys.modules))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PIPELINE_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_every_setting_from_the_environment_loads_and_is_checked_when_resolved(tmp_path, monkeypatch):

@@ -13,20 +13,19 @@ from hypothesis import strategies as st
 
 from llm_pipeline.assets.configs import STAGE_CONFIGS, validate_run_config
 from llm_pipeline.corpus.filters import FilterConfig
-from llm_pipeline.evaluate.metrics import EvalConfig
-from llm_pipeline.train.weights import load_trained_model
+from llm_pipeline.evaluate.config import EvalConfig
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.storage.folders import Storage, StorageError
 from llm_pipeline.storage.names import check_name
-from llm_pipeline_tests.helpers import batch_instance
 from llm_pipeline.tokenize.bpe import id_space, load_tokenizer, tokenizer_hash
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
-from llm_pipeline.train.data import ShardError, load_split_tokens, read_shard_manifest
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
-from llm_pipeline.train.model import ModelConfig
-from llm_pipeline_tests.helpers import make_shards, published
+from llm_pipeline.train.data import ShardError, load_split_tokens, read_shard_manifest
+from llm_pipeline.train.model_config import ModelConfig
+from llm_pipeline.train.weights import load_trained_model
+from llm_pipeline_tests.helpers import batch_instance, make_shards, published
 
 ESCAPES = ["../../escaped", "a/../../../b", "/etc/passwd", "..", ".", "x\n", "", "a/b", "s3://bucket/x", "a\\b", ".hidden", "-x"]
 

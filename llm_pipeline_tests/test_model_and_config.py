@@ -6,7 +6,8 @@ import torch
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.hardware import resolve_dtype
 from llm_pipeline.train.launch import launch_command
-from llm_pipeline.train.model import CausalLM, ModelConfig
+from llm_pipeline.train.model import CausalLM
+from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline.train.trainer import lr_lambda
 
 TINY = ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=4, ffn_hidden=64, max_seq_len=32)
@@ -183,7 +184,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_presets_and_their_sizes():
-    from llm_pipeline.train.model import PRESETS, preset_config
+    from llm_pipeline.train.model_config import PRESETS, preset_config
 
     demo = preset_config("demo", 4096)
     assert demo == ModelConfig(vocab_size=4096)  # the library default is the demo preset

@@ -5,11 +5,12 @@ import torch
 from safetensors.torch import save_file
 
 from llm_pipeline.publish.export import publish
-from llm_pipeline.publish.registry import LATEST, resolve_version
 from llm_pipeline.publish.generate import generate
+from llm_pipeline.publish.registry import LATEST, resolve_version
 from llm_pipeline.publish.verify import main as verify_main
 from llm_pipeline.publish.verify import verify
-from llm_pipeline.train.model import CausalLM, ModelConfig
+from llm_pipeline.train.model import CausalLM
+from llm_pipeline.train.model_config import ModelConfig
 
 CFG = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, ffn_hidden=64, max_seq_len=64)
 

@@ -18,7 +18,7 @@ from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.checkpoints import CheckpointStore
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import launch_command, launch_env
-from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline_tests.helpers import make_shards
 
 pytestmark = pytest.mark.e2e

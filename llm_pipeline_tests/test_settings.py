@@ -16,11 +16,11 @@ from llm_pipeline.assets.configs import (
 from llm_pipeline.corpus.__main__ import _parser as corpus_parser
 from llm_pipeline.corpus.build import CorpusConfig
 from llm_pipeline.corpus.filters import FilterConfig
-from llm_pipeline.evaluate.metrics import EvalConfig
+from llm_pipeline.evaluate.config import EvalConfig
 from llm_pipeline.settings import add_options, default_of, given_options, to_options
 from llm_pipeline.tokenize.shards import ShardConfig
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
-from llm_pipeline.train.model import ModelConfig, preset_config
+from llm_pipeline.train.model_config import ModelConfig, preset_config
 
 LAUNCHPAD = [
     (CorpusConfig, RawCorpusConfig), (FilterConfig, RawCorpusConfig), (ShardConfig, TokenizedShardsConfig),

@@ -96,7 +96,7 @@ def test_a_ranks_memory_stays_flat_when_the_training_tokens_grow_tenfold(tmp_pat
     from benchmarks.loader_bench import synthetic_shards
     from llm_pipeline.train.config import LaunchConfig, TrainConfig
     from llm_pipeline.train.launch import launch_command, launch_env
-    from llm_pipeline.train.model import preset_config
+    from llm_pipeline.train.model_config import preset_config
 
     root, peaks = Storage(str(tmp_path)), {}
     for tokens in (2_000_000, 20_000_000):

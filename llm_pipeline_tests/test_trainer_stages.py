@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import free_port, launch_command, launch_env
-from llm_pipeline.train.model import CausalLM, ModelConfig
+from llm_pipeline.train.model import CausalLM
+from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline_tests.helpers import make_shards
 
 pytestmark = pytest.mark.e2e

@@ -18,9 +18,9 @@ from pydantic import Field, ValidationError, create_model
 
 from llm_pipeline.corpus.build import CorpusConfig, default_corpus_uri
 from llm_pipeline.corpus.filters import FilterConfig
+from llm_pipeline.evaluate.config import EvalConfig
 from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.evaluate.local_tasks import LOCAL_TASKS
-from llm_pipeline.evaluate.metrics import EvalConfig
 from llm_pipeline.finite import check_finite
 from llm_pipeline.settings import Settings, choices, default_of, is_optional
 from llm_pipeline.storage.names import check_name
@@ -28,7 +28,7 @@ from llm_pipeline.tokenize.bpe import special_token_list, validate_vocab_size
 from llm_pipeline.tokenize.shards import ShardConfig
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.hardware import on_gpu
-from llm_pipeline.train.model import PRESETS, ModelConfig, preset_config
+from llm_pipeline.train.model_config import PRESETS, ModelConfig, preset_config
 
 DEFAULT_MODEL_NAME = "llm-pipeline-demo"
 

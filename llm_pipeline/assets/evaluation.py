@@ -1,5 +1,6 @@
 import math
 import tempfile
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -9,17 +10,19 @@ from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.contracts import CheckpointRef, EvalReport, Gates, TokenizerRef
 from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.evaluate.local_tasks import task_files
-from llm_pipeline.evaluate.metrics import HeldOut, evaluate_published
-from llm_pipeline.evaluate.suite import run_suite
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.resources import StorageResource
-from llm_pipeline.train.token_store import DEFAULT_CACHE, open_split
+
+# The evaluation library (torch, the harness) is imported in the run that evaluates, not by every
+# process that loads these definitions: the webserver's and daemon's code servers, each data run.
+if TYPE_CHECKING:
+    from llm_pipeline.evaluate.metrics import HeldOut
 
 _ERROR = dg.AssetCheckSeverity.ERROR
 
 
-def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, held_out: HeldOut, tok_json: str) -> dict | None:
+def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, held_out: "HeldOut", tok_json: str) -> dict | None:
     """The currently published model's numbers on this run's held-out documents, or None if there is none."""
     if not config.compare_with:
         return None
@@ -32,6 +35,8 @@ def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, held
     problems = verify(folder)  # nothing is loaded from a baseline that does not match its manifest
     if problems:
         raise dg.Failure(description=f"eval_metrics: the published baseline {folder.uri} fails verification: {'; '.join(problems)}")
+    from llm_pipeline.evaluate.metrics import evaluate_published
+
     result = evaluate_published(folder, held_out, tok_json, config.to_library())
     result["version"] = folder.name
     context.log.info(f"published baseline {config.compare_with}/{result['version']}: bits per byte {result['bits_per_byte']:.4f}")
@@ -83,6 +88,9 @@ def eval_metrics(
         raise dg.Failure(
             description=f"eval_metrics: {mismatch}: train again (materialize trained_checkpoint) before evaluating", allow_retries=False
         )
+    from llm_pipeline.evaluate.suite import run_suite
+    from llm_pipeline.train.token_store import DEFAULT_CACHE, open_split
+
     # The held-out split of exactly the batches the model was trained on; their training split for contamination.
     # Memory-mapped from the node's token store, as training read them (verified once per node).
     shard_sets = [storage.at(d.uri) for d in trained_checkpoint.data]

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
+from llm_pipeline.evaluate.config import EvalConfig
 from llm_pipeline.evaluate.contamination import contamination
 from llm_pipeline.evaluate.harness import preload, run_harness
 from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK, continuation_items, write_local_tasks
-from llm_pipeline.evaluate.metrics import EvalConfig, HeldOut, evaluate, held_out_documents
+from llm_pipeline.evaluate.metrics import HeldOut, evaluate, held_out_documents
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.hf_folder import export_local
 from llm_pipeline.train.token_store import TokenStream

@@ -23,7 +23,7 @@ from llm_pipeline.storage.folders import Storage, sha256_file
 from llm_pipeline.storage.manifests import write_manifest
 from llm_pipeline.storage.names import check_name
 from llm_pipeline.train.hf_folder import hf_files
-from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.model_config import ModelConfig
 
 
 def new_version(now: dt.datetime | None = None) -> str:

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from llm_pipeline.faults import crash_point
 from llm_pipeline.storage.folders import Storage, sha256_file
 from llm_pipeline.train.activation_checkpointing import plain_names
-from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.model_config import ModelConfig
 
 MARKER = "complete.json"
 # Each node's list of the files it wrote (name -> sha256), merged into the marker by rank 0.

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from llm_pipeline.settings import Settings
 from llm_pipeline.train.memory import available_bytes, human, local_devices, training_bytes_per_rank
-from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline.train.schedule import Schedule
 
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]

@@ -3,7 +3,7 @@ already match `LlamaForCausalLM` (model.py), so this mapping is all a published 
 
 from __future__ import annotations
 
-from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.model_config import ModelConfig
 
 
 def hf_config(cfg: ModelConfig, eos_id: int) -> dict:

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from llm_pipeline.storage.folders import Storage, json_bytes
 from llm_pipeline.train.hf_config import hf_config
-from llm_pipeline.train.model import ModelConfig
+from llm_pipeline.train.model_config import ModelConfig
 
 
 def tokenizer_files(eos: str) -> dict[str, dict]:

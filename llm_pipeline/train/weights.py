@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.hardware import device_for, on_gpu
-from llm_pipeline.train.model import CausalLM, ModelConfig
+from llm_pipeline.train.model import CausalLM
+from llm_pipeline.train.model_config import ModelConfig
 
 
 def load_model(folder: Storage, cfg: ModelConfig, dtype: str = "fp32") -> CausalLM:
