@@ -71,7 +71,7 @@ def main() -> None:
         loader = single_source(stream, 128, 8, rank=0, world_size=2, seed=0)
         started = time.perf_counter()
         for step in range(500):
-            loader.batch(step * loader.samples_per_micro_step)
+            loader.at(step * loader.samples_per_micro_step)
         gather_s = (time.perf_counter() - started) / 500
         step_s = summaries["10N"]["train_loop_s"] / summaries["10N"]["steps"]
         print(f"loader: {gather_s * 1e6:,.0f} us per micro-batch from the 10N map; a training step {step_s * 1e3:,.0f} ms: "

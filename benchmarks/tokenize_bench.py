@@ -99,7 +99,7 @@ def loader_vs_trainer(tokens: np.ndarray) -> tuple[float, float]:
     loader = single_source(tokens, 128, 16, seed=0)
     start, n = time.perf_counter(), 0
     for k in range(2000):
-        x, _ = loader.batch(k * 16)
+        x, _ = loader.at(k * 16)
         n += x.numel()
     loader_rate = n / (time.perf_counter() - start)
     torch.set_num_threads(THREADS)
@@ -108,7 +108,7 @@ def loader_vs_trainer(tokens: np.ndarray) -> tuple[float, float]:
     for k in range(7):
         if k == 2:
             start = time.perf_counter()
-        x, y = loader.batch(k * 16)
+        x, y = loader.at(k * 16)
         _, loss = model(x, y)
         loss.backward()
         opt.step()

@@ -23,8 +23,9 @@ if _WORKER:
     tempfile.tempdir = None
 
 # The modules that mostly wait on real services (deliveries spaced in time, sensor ticks, a daemon)
-# start first, so the other worker runs the rest beside them instead of after them.
-WAITING_MODULES = ("test_load_postgres.py", "test_continuous_daemon.py")
+# start first, one on each of three workers, so the fourth runs the rest beside them (and the others
+# join it as they finish) instead of after them.
+WAITING_MODULES = ("test_load_postgres.py", "test_continuous_daemon.py", "test_continuous_daemon_on_s3.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -17,6 +17,13 @@ def distinct_text(i: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(60)) + f" {i}."
 
 
+def stdlib_files(count: int, skip: int = 0) -> list[str]:
+    """Real Python source files from the standard library (4-60 kB), in a fixed order."""
+    stdlib = os.path.dirname(os.__file__)
+    names = sorted(n for n in os.listdir(stdlib) if n.endswith(".py") and 4_000 < os.path.getsize(os.path.join(stdlib, n)) < 60_000)
+    return [os.path.join(stdlib, n) for n in names[skip:skip + count]]
+
+
 def make_shards(tmp_path, root, tokenizer, texts, shard_cfg: ShardConfig | None = None, engine: str = "tiktoken",
                 vocab_size: int | None = None):
     src = tmp_path / "src"

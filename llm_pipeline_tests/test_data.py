@@ -3,18 +3,18 @@ import pytest
 import torch
 
 from llm_pipeline.evaluate.metrics import rolling_windows
-from llm_pipeline.train.data import MIX_BLOCK, Batches, DataMixture, TokenWindows, single_source
+from llm_pipeline.train.data import MIX_BLOCK, MicroBatches, DataMixture, TokenWindows, single_source
 
 TOKENS = np.arange(10_000, dtype=np.uint16) % 997
 
 
 def _stream(loader, steps, start=0):
     per_step = loader.samples_per_micro_step
-    return [loader.batch(k * per_step) for k in range(start, start + steps)]
+    return [loader.at(k * per_step) for k in range(start, start + steps)]
 
 
 def test_windows_are_shifted_targets():
-    x, y = single_source(TOKENS, 16, 4, seed=1).batch(0)
+    x, y = single_source(TOKENS, 16, 4, seed=1).at(0)
     assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
 
 
@@ -46,7 +46,7 @@ def test_another_world_size_continues_the_same_global_samples():
     two = [single_source(TOKENS, 16, 4, rank, 2, seed=2) for rank in range(2)]
     one = single_source(TOKENS, 16, 8, 0, 1, seed=2)
     for first in (0, 8, 4000):  # 4000: past the first epoch
-        assert torch.equal(torch.cat([r.batch(first)[0] for r in two]), one.batch(first)[0])
+        assert torch.equal(torch.cat([r.at(first)[0] for r in two]), one.at(first)[0])
 
 
 def _sources():
@@ -57,16 +57,16 @@ def _sources():
 
 def test_mixture_proportions_hold_over_many_steps_and_resume():
     mixture = DataMixture(_sources(), [0.6, 0.3, 0.1], seed=4)
-    loader = Batches(mixture, 8, 0, 1)
-    drawn = np.concatenate([loader.batch(k * 8)[0][:, 0].numpy() // 1000 for k in range(3000)])  # 24,000 samples
+    loader = MicroBatches(mixture, 8, 0, 1)
+    drawn = np.concatenate([loader.at(k * 8)[0][:, 0].numpy() // 1000 for k in range(3000)])  # 24,000 samples
     assert np.bincount(drawn).tolist() == mixture.drawn(24_000).tolist()
     assert mixture.drawn(2 * MIX_BLOCK).tolist() == [12_000, 6_000, 2_000]  # exact over whole blocks
     assert np.allclose(np.bincount(drawn) / len(drawn), [0.6, 0.3, 0.1], atol=0.01)  # 4,000 of a block: close
     realized = mixture.realized(24_000)
     assert realized["code"]["epochs"] > realized["web"]["epochs"]  # a small source is repeated to keep its share
     assert realized["code"]["tokens"] == realized["code"]["samples"] * 16
-    resumed = Batches(DataMixture(_sources(), [0.6, 0.3, 0.1], seed=4), 8, 0, 1)
-    assert torch.equal(resumed.batch(17_000)[0], loader.batch(17_000)[0])  # stateless: resume is exact
+    resumed = MicroBatches(DataMixture(_sources(), [0.6, 0.3, 0.1], seed=4), 8, 0, 1)
+    assert torch.equal(resumed.at(17_000)[0], loader.at(17_000)[0])  # stateless: resume is exact
 
 
 def test_every_window_of_a_source_is_used_before_any_repeats():

@@ -35,7 +35,7 @@ def test_windows_from_the_map_equal_windows_from_memory(tmp_path, shards):
     memory = np.concatenate([load_tokens([folder], "train")[0]] * 2)
     a, b = single_source(mapped, 32, 4, seed=3), single_source(memory, 32, 4, seed=3)
     for step in range(0, 40, 7):
-        assert all(np.array_equal(x, y) for x, y in zip(a.batch(step * 4), b.batch(step * 4)))
+        assert all(np.array_equal(x, y) for x, y in zip(a.at(step * 4), b.at(step * 4)))
 
 
 def test_a_tampered_flat_file_is_refused_and_verified_again_after_a_change(tmp_path, shards):

@@ -9,7 +9,7 @@ sets, documents separated by EOS) is cut into non-overlapping windows of `seq_le
 sample g comes from and which of that source's samples it is; sample j of a source is window
 perm_e[j mod n] of its epoch e = j // n, a permutation seeded by (seed, source, e). Micro-step
 k takes the global samples from k x micro_batch x world on, rank r the r-th slice of them
-(`Batches`). The whole loader state is the number of global samples drawn, saved in every
+(`MicroBatches`). The whole loader state is the number of global samples drawn, saved in every
 checkpoint: the same number resumes the same stream on any world size.
 """
 
@@ -138,7 +138,7 @@ class DataMixture:
         }
 
 
-class Batches:
+class MicroBatches:
     """One rank's micro-batches: its slice of the global samples from `first_sample` on."""
 
     def __init__(self, mixture: DataMixture, micro_batch: int, rank: int = 0, world_size: int = 1):
@@ -154,7 +154,8 @@ class Batches:
     def samples_per_micro_step(self) -> int:
         return self.micro_batch * self.world_size
 
-    def batch(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def at(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The micro-batch (inputs, targets) whose first global sample is `first_sample`."""
         start = first_sample + self.rank * self.micro_batch
         chunk = torch.from_numpy(self.mixture.windows(np.arange(start, start + self.micro_batch, dtype=np.int64)))
         return chunk[:, :-1], chunk[:, 1:]
@@ -163,23 +164,23 @@ class Batches:
 class Prefetcher:
     """The loader's next micro-batch, gathered in a background thread while the current step runs.
 
-    A batch is a pure function of its first global sample, so reading ahead changes nothing but
+    A micro-batch is a pure function of its first global sample, so reading ahead changes nothing but
     when the work happens: the gather (numpy, mostly outside the GIL) overlaps the step's forward
-    and backward (torch, outside the GIL). On a GPU the batch comes back in pinned memory, so its
+    and backward (torch, outside the GIL). On a GPU the micro-batch comes back in pinned memory, so its
     copy to the device does not block."""
 
-    def __init__(self, loader: Batches, first_sample: int, pin: bool = False):
+    def __init__(self, loader: MicroBatches, first_sample: int, pin: bool = False):
         self.loader, self.pin = loader, pin
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-prefetch")
         self._at, self._next = first_sample, self._pool.submit(self._gather, first_sample)
 
     def _gather(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.loader.batch(first_sample)
+        x, y = self.loader.at(first_sample)
         x, y = x.contiguous(), y.contiguous()
         return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
 
     def take(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch at `first_sample` (the one read ahead), and the one after it starts."""
+        """The micro-batch at `first_sample` (the one read ahead), and the one after it starts."""
         x, y = self._next.result() if first_sample == self._at else self._gather(first_sample)
         self._at = first_sample + self.loader.samples_per_micro_step
         self._next = self._pool.submit(self._gather, self._at)
@@ -189,9 +190,9 @@ class Prefetcher:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def single_source(tokens, seq_len: int, micro_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> Batches:
+def single_source(tokens, seq_len: int, micro_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> MicroBatches:
     """The loader of one token stream (no mixture)."""
-    return Batches(DataMixture([TokenWindows(tokens, seq_len, seed)], [1.0], seed), micro_batch, rank, world_size)
+    return MicroBatches(DataMixture([TokenWindows(tokens, seq_len, seed)], [1.0], seed), micro_batch, rank, world_size)
 
 
 class ShardError(ManifestError):

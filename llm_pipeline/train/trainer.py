@@ -37,7 +37,7 @@ from llm_pipeline.train import checkpoints
 from llm_pipeline.train.activation_checkpointing import apply_activation_checkpointing
 from llm_pipeline.train.checkpoints import CheckpointStore
 from llm_pipeline.train.config import TrainConfig
-from llm_pipeline.train.data import Batches, DataMixture, Prefetcher, TokenWindows
+from llm_pipeline.train.data import DataMixture, MicroBatches, Prefetcher, TokenWindows
 from llm_pipeline.train.hardware import accelerator_name, device_for, flash_attention_problem, on_gpu, peak_rss_bytes, resolve_dtype
 from llm_pipeline.train.hf_config import model_config_from_hf
 from llm_pipeline.train.launch import free_port
@@ -63,7 +63,7 @@ class Training:
     device: torch.device
     engine: Any  # deepspeed.DeepSpeedEngine (DeepSpeed has no type information)
     scheduler: Any
-    loader: Batches
+    loader: MicroBatches
     store: CheckpointStore
     resume_tag: str | None = None  # the checkpoint to load (chosen before the engine: its format depends on it)
     resume_universal: bool = False  # saved at another world size: load its universal conversion
@@ -132,7 +132,7 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module, gpu: bool) -> torch.opt
     return torch.optim.AdamW(groups, fused=gpu, **hyper)
 
 
-def _data(cfg: TrainConfig, rank: int, world: int) -> Batches:
+def _data(cfg: TrainConfig, rank: int, world: int) -> MicroBatches:
     """Every source's train split, memory-mapped (a rank holds the pages it reads, not the split;
     train/token_store.py), mixed by the config's weights."""
     sources, weights = [], []
@@ -147,7 +147,7 @@ def _data(cfg: TrainConfig, rank: int, world: int) -> Batches:
         )
         sources.append(TokenWindows(tokens, cfg.seq_len, cfg.seed, i, name))
         weights.append(weight)
-    return Batches(DataMixture(sources, weights, cfg.seed), cfg.micro_batch, rank, world)
+    return MicroBatches(DataMixture(sources, weights, cfg.seed), cfg.micro_batch, rank, world)
 
 
 def _checkpoint_to_resume(store: CheckpointStore, rank: int, local_rank: int, world: int, reporter) -> tuple[str | None, bool]:
