@@ -5,6 +5,7 @@ The daemon-driven version of the same flow (files dropped into the default landi
 test_continuous_daemon.py."""
 
 import os
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -78,93 +79,131 @@ def _runs(instance, asset: str, batch: str) -> list[str]:
     return [r.run_id for r in records]
 
 
-def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(tmp_path):
+def _failure(result) -> str:
+    return next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error.message
+
+
+@pytest.fixture(scope="module")
+def landed(tmp_path_factory):
+    """Four deliveries, each landed as a batch and cleaned (and tokenized) as the daemon would: new
+    documents; new ones plus an exact and a near copy of batch-1 documents; a repeat of batch 1;
+    junk. What each step gave is kept for the tests below."""
+    tmp_path = tmp_path_factory.mktemp("continuous")
     instance = batch_instance(home=str(tmp_path / "home"))
     landing = Landing(tmp_path, instance)
     texts = _texts()
     names = sorted(texts)
     first = landing.deliver({f"delivery-1/{n}": texts[n] for n in names[:8]})
-    result = landing.materialize(DATA, first)
-    assert result.success
-    assert _manifest(result, "raw_corpus")["documents"] == 8
-
-    # Batch 2: four new documents, an exact copy and a near copy of batch-1 documents.
+    first_result = landing.materialize(DATA, first)
     near = texts[names[0]].replace("def ", "def  ", 3)
     second = landing.deliver({**{f"delivery-2/{n}": texts[n] for n in names[8:]},
                               "delivery-2/copy.py": texts[names[1]], "delivery-2/near.py": near})
-    result = landing.materialize(["raw_corpus", "tokenized_shards"], second)
-    assert result.success
-    manifest = _manifest(result, "raw_corpus")
+    second_result = landing.materialize(["raw_corpus", "tokenized_shards"], second)
+    repeat = landing.deliver({f"delivery-3/{n}": texts[n] for n in names[2:5]})
+    repeat_result = landing.materialize(["raw_corpus", "tokenized_shards"], repeat)
+    runs_before_junk = {b: _runs(instance, "raw_corpus", b) for b in (first, second)}
+    junk = landing.deliver({"delivery-4/a.txt": "x", "delivery-4/b.txt": "\x00\x01" * 100})
+    junk_result = landing.materialize(["raw_corpus"], junk)
+    runs = {asset: [len(_runs(instance, asset, b)) for b in (first, second, repeat, junk)] for asset in ("raw_corpus", "tokenized_shards")}
+    return SimpleNamespace(instance=instance, landing=landing, first=first, second=second, repeat=repeat, junk=junk,
+                           first_result=first_result, second_result=second_result, repeat_result=repeat_result,
+                           junk_result=junk_result, runs_before_junk=runs_before_junk, runs=runs)
+
+
+def _retraining_tick(landed):
+    return retraining_sensor.evaluate_tick(dg.build_sensor_context(
+        instance=landed.instance, resources={"automation": landed.landing.resources["automation"]}))
+
+
+@pytest.fixture(scope="module")
+def trained(landed):
+    """The retraining sensor's answers before and after the first training (trained, evaluated and
+    published on every batch), and after a batch is tokenized again with the same tokenizer."""
+    request = _retraining_tick(landed).run_requests
+    # One training at a time: while a training run is queued or running, new data waits for the next.
+    running = landed.instance.add_run(dg.DagsterRun(job_name="training_job", run_id="running-training-run",
+                                                    status=dg.DagsterRunStatus.STARTED))
+    while_running = _retraining_tick(landed).skip_message
+    landed.instance.report_run_canceled(running)
+    result = landed.landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"])
+    after = _retraining_tick(landed).skip_message
+    tokenized_again = landed.landing.materialize(["tokenized_shards"], landed.second)
+    after_tokenized_again = _retraining_tick(landed).skip_message
+    return SimpleNamespace(request=request, while_running=while_running, result=result, after=after,
+                           tokenized_again=tokenized_again, after_tokenized_again=after_tokenized_again)
+
+
+def test_each_batch_is_cleaned_and_tokenized_exactly_once(landed):
+    assert landed.first_result.success and landed.second_result.success and landed.repeat_result.success
+    assert _manifest(landed.first_result, "raw_corpus")["documents"] == 8
+    assert landed.runs == {"raw_corpus": [1, 1, 1, 0], "tokenized_shards": [1, 1, 1, 0]}
+
+
+def test_copies_of_an_earlier_batchs_documents_are_dropped(landed):
+    manifest = _manifest(landed.second_result, "raw_corpus")
     assert manifest["documents"] == 4 and manifest["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1}
     assert manifest["duplicates_of_earlier_batches"] == 2
-    assert f"of earlier batch {first}" in manifest["dropped_examples"]["exact_duplicate"]
+    assert f"of earlier batch {landed.first}" in manifest["dropped_examples"]["exact_duplicate"]
 
-    # Batch 3 repeats batch 1: nothing new, kept as an empty batch, not a failure.
-    repeat = landing.deliver({f"delivery-3/{n}": texts[n] for n in names[2:5]})
-    result = landing.materialize(["raw_corpus", "tokenized_shards"], repeat)
-    assert result.success
-    assert _manifest(result, "raw_corpus")["documents"] == 0
-    assert _manifest(result, "tokenized_shards")["splits"]["train"]["tokens"] == 0
 
-    # Batch 4 is all junk: it fails, naming its quarantine, and leaves the other batches alone.
-    before = {b: _runs(instance, "raw_corpus", b) for b in (first, second)}
-    junk = landing.deliver({"delivery-4/a.txt": "x", "delivery-4/b.txt": "\x00\x01" * 100})
-    result = landing.materialize(["raw_corpus"], junk)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    message = failure.event_specific_data.error.message
-    assert f"raw_corpus[{junk}]" in message and "no document kept" in message and "see the quarantine files under" in message
+def test_a_batch_repeating_an_earlier_one_is_kept_empty_not_failed(landed):
+    assert _manifest(landed.repeat_result, "raw_corpus")["documents"] == 0
+    assert _manifest(landed.repeat_result, "tokenized_shards")["splits"]["train"]["tokens"] == 0
+
+
+def test_a_batch_of_junk_fails_alone_naming_its_quarantine(landed):
+    assert not landed.junk_result.success
+    message = _failure(landed.junk_result)
+    assert f"raw_corpus[{landed.junk}]" in message and "no document kept" in message and "see the quarantine files under" in message
     quarantine = message.rsplit("see the quarantine files under ", 1)[1].strip()
     assert any(n.startswith("quarantine-") for n in Storage(quarantine).listdir())
-    assert {b: _runs(instance, "raw_corpus", b) for b in (first, second)} == before
+    assert {b: _runs(landed.instance, "raw_corpus", b) for b in (landed.first, landed.second)} == landed.runs_before_junk
 
-    # Each batch was cleaned and tokenized exactly once.
-    for asset in ("raw_corpus", "tokenized_shards"):
-        assert [len(_runs(instance, asset, b)) for b in (first, second, repeat, junk)] == [1, 1, 1, 0]
 
-    # New tokens ask for a retraining; training reads every batch with training tokens (the empty
-    # repeat adds none), and says which.
-    def retraining_tick():
-        return retraining_sensor.evaluate_tick(dg.build_sensor_context(
-            instance=instance, resources={"automation": landing.resources["automation"]}))
+def test_new_tokens_ask_for_one_retraining_at_a_time(landed, trained):
+    [request] = trained.request
+    assert request.tags["llm_pipeline/new_batches"] == f"{landed.first},{landed.second},{landed.repeat}"
+    assert trained.while_running.endswith("wait for training run running-training-run to finish")
 
-    [request] = retraining_tick().run_requests
-    assert request.tags["llm_pipeline/new_batches"] == f"{first},{second},{repeat}"
-    # One training at a time: while a training run is queued or running, new data waits for the next.
-    running = instance.add_run(dg.DagsterRun(job_name="training_job", run_id="running-training-run", status=dg.DagsterRunStatus.STARTED))
-    assert retraining_tick().skip_message.endswith(f"wait for training run {running.run_id} to finish")
-    instance.report_run_canceled(running)
-    result = landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"])
-    assert result.success
-    ckpt = result.output_for_node("trained_checkpoint")
-    assert [d.batch for d in ckpt.data] == [first, second]
+
+def test_training_reads_every_batch_with_training_tokens_and_the_card_names_them(landed, trained):
+    # The empty repeat adds no training tokens: it is not read.
+    assert trained.result.success
+    ckpt = trained.result.output_for_node("trained_checkpoint")
+    assert [d.batch for d in ckpt.data] == [landed.first, landed.second]
     assert ckpt.train_config["shards_uris"] == [d.uri for d in ckpt.data]
-    card = Storage(result.output_for_node("published_model").uri).read_bytes("README.md").decode()
-    assert f"batch {first}" in card and f"batch {second}" in card
-    assert retraining_tick().skip_message.startswith("0 new training tokens")
-    # A batch tokenized again with the same tokenizer gives the same shards: still nothing new.
-    assert landing.materialize(["tokenized_shards"], second).success
-    assert retraining_tick().skip_message.startswith("0 new training tokens")
+    card = Storage(trained.result.output_for_node("published_model").uri).read_bytes("README.md").decode()
+    assert f"batch {landed.first}" in card and f"batch {landed.second}" in card
 
-    # Continued pretraining from the published model starts where it left off (a lower first loss).
-    warm = landing.materialize(["trained_checkpoint"], trained_checkpoint={"init_from": "latest_published"})
+
+def test_tokens_already_trained_on_ask_for_no_retraining(trained):
+    assert trained.after.startswith("0 new training tokens")
+    # A batch tokenized again with the same tokenizer gives the same shards: still nothing new.
+    assert trained.tokenized_again.success
+    assert trained.after_tokenized_again.startswith("0 new training tokens")
+
+
+def test_continued_pretraining_starts_where_the_published_model_left_off(landed, trained):
+    warm = landed.landing.materialize(["trained_checkpoint"], trained_checkpoint={"init_from": "latest_published"})
     assert warm.success
-    warm_ckpt = warm.output_for_node("trained_checkpoint")
-    assert warm_ckpt.init_from == result.output_for_node("published_model").uri
+    warm_ckpt, ckpt = warm.output_for_node("trained_checkpoint"), trained.result.output_for_node("trained_checkpoint")
+    assert warm_ckpt.init_from == trained.result.output_for_node("published_model").uri
     assert warm_ckpt.run_uri != ckpt.run_uri  # another start: another run key
     first_loss = lambda c: Storage(c.final_uri).read_json("summary.json")["losses"][0][1]  # noqa: E731
     assert first_loss(warm_ckpt) < first_loss(ckpt) - 0.5
 
-    # A selection of batches is honoured; an unknown one is refused by name.
-    only = landing.materialize(["trained_checkpoint"], trained_checkpoint={"batches": [second]})
-    assert only.success and [d.batch for d in only.output_for_node("trained_checkpoint").data] == [second]
-    unknown = landing.materialize(["trained_checkpoint"], trained_checkpoint={"batches": ["nope"]})
-    failure = next(e for e in unknown.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "batches nope have no tokenized_shards" in failure.event_specific_data.error.message
 
-    # A mixture: each batch's share of the samples by weight; the realized mix in the metadata and the card.
-    mixed = landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"],
-                                trained_checkpoint={"mixture": {first: 1.0, second: 3.0}})
+def test_a_selection_of_batches_is_honoured_and_an_unknown_one_refused_by_name(landed, trained):
+    only = landed.landing.materialize(["trained_checkpoint"], trained_checkpoint={"batches": [landed.second]})
+    assert only.success and [d.batch for d in only.output_for_node("trained_checkpoint").data] == [landed.second]
+    unknown = landed.landing.materialize(["trained_checkpoint"], trained_checkpoint={"batches": ["nope"]})
+    assert "batches nope have no tokenized_shards" in _failure(unknown)
+
+
+def test_a_mixture_draws_each_batch_by_weight_and_reports_the_realized_mix(landed, trained):
+    first, second = landed.first, landed.second
+    mixed = landed.landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"],
+                                       trained_checkpoint={"mixture": {first: 1.0, second: 3.0}})
     assert mixed.success
     mixed_ckpt = mixed.output_for_node("trained_checkpoint")
     assert mixed_ckpt.train_config["shard_sources"] == [first, second]
@@ -177,28 +216,26 @@ def test_batches_are_processed_once_deduplicated_across_and_trained_on_together(
     card = Storage(mixed.output_for_node("published_model").uri).read_bytes("README.md").decode()
     assert "### Training data mixture" in card
     assert f"| {second} | 75.0% | {realized[second]['share']:.1%} | {realized[second]['samples']:,} |" in card
-    unmatched = landing.materialize(["trained_checkpoint"], trained_checkpoint={"mixture": {"web-*": 1.0}})
-    failure = next(e for e in unmatched.all_events if e.event_type_value == "STEP_FAILURE")
-    assert f"corpus batches {first}, {second} match no mixture source (web-*)" in failure.event_specific_data.error.message
+    unmatched = landed.landing.materialize(["trained_checkpoint"], trained_checkpoint={"mixture": {"web-*": 1.0}})
+    assert f"corpus batches {first}, {second} match no mixture source (web-*)" in _failure(unmatched)
 
-    # A new tokenizer re-tokenizes every batch that has a corpus (the automation's own evaluation,
-    # as the daemon runs it).
+
+# Last in this module: it replaces the tokenizer every test above trains with.
+def test_a_new_tokenizer_retokenizes_every_batch_and_the_stale_stages_refuse(landed, trained):
+    first, second, landing = landed.first, landed.second, landed.landing
+    # The automation's own evaluation, as the daemon runs it.
     defs = dg.Definitions(assets=ASSETS, resources=landing.resources)
-    cursor = dg.evaluate_automation_conditions(defs, instance).cursor
+    cursor = dg.evaluate_automation_conditions(defs, landed.instance).cursor
     assert landing.materialize(["tokenizer"], tokenizer={"vocab_size": 320}).success
-    changed = dg.evaluate_automation_conditions(defs, instance, cursor=cursor)
-    assert changed.get_requested_partitions(dg.AssetKey("tokenized_shards")) == {first, second, repeat}
+    changed = dg.evaluate_automation_conditions(defs, landed.instance, cursor=cursor)
+    assert changed.get_requested_partitions(dg.AssetKey("tokenized_shards")) == {first, second, landed.repeat}
 
     # Until the batches are re-tokenized, training refuses the mix, naming them.
-    refused = landing.materialize(["trained_checkpoint"])
-    failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "mixed tokenizers" in failure.event_specific_data.error.message
-    assert first in failure.event_specific_data.error.message and second in failure.event_specific_data.error.message
+    message = _failure(landing.materialize(["trained_checkpoint"]))
+    assert "mixed tokenizers" in message and first in message and second in message
     # Nor is the last model evaluated or published with a tokenizer it was not trained with.
     for stage in ("eval_metrics", "published_model"):
-        stale = landing.materialize([stage])
-        failure = next(e for e in stale.all_events if e.event_type_value == "STEP_FAILURE")
-        assert "was trained with tokenizer" in failure.event_specific_data.error.message, stage
+        assert "was trained with tokenizer" in _failure(landing.materialize([stage])), stage
 
 
 def test_landing_to_published_model_on_gcs(gcs_bucket, tmp_path):
