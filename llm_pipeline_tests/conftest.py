@@ -23,13 +23,16 @@ if _WORKER:
     tempfile.tempdir = None
 
 # The modules that mostly wait on real services (deliveries spaced in time, sensor ticks, a daemon)
-# start first, one on each of three workers, so the fourth runs the rest beside them (and the others
-# join it as they finish) instead of after them.
+# start first, longest first, so the other worker runs the rest beside them instead of after them.
 WAITING_MODULES = ("test_load_postgres.py", "test_continuous_daemon.py", "test_continuous_daemon_on_s3.py")
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in WAITING_MODULES)  # stable: the rest keep their order
+    def rank(item) -> int:
+        name = item.path.name
+        return WAITING_MODULES.index(name) if name in WAITING_MODULES else len(WAITING_MODULES)
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 def pytest_terminal_summary(terminalreporter):
