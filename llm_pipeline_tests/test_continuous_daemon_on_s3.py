@@ -25,7 +25,7 @@ def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
     try:
         for path in stdlib_files(20):
             fs.put_file(path, f"{bucket}/landing/d1/{os.path.basename(path)}")
-        # Startup, two sensor ticks and three runs (each a fresh process importing torch and dagster).
+        # Startup, two sensor ticks and three runs (each a fresh process loading the definitions).
         dagster.wait_for("batch 1 tokenized", lambda: dagster.materializations("tokenized_shards"), timeout=600)
         for path in stdlib_files(10, skip=20):
             fs.put_file(path, f"{bucket}/landing/d2/{os.path.basename(path)}")
