@@ -74,8 +74,8 @@ defs = dg.Definitions(
     schedules=[retraining_schedule],
     sensors=[new_corpus_sensor, retraining_sensor, data_automation],
     resources=make_resources(),
-    # Every step in the run's own process: a step process of its own would import torch and Dagster
-    # again (6-8 s on two cores, for each of a training run's eight steps), while the heavy work has
-    # processes of its own already (the trainer's ranks, through Pipes).
+    # Every step in the run's own process: a step process of its own would load Dagster and these
+    # definitions again (and the evaluation steps torch), for each of a training run's eight steps,
+    # while the heavy work has processes of its own already (the trainer's ranks, through Pipes).
     executor=dg.in_process_executor,
 )
