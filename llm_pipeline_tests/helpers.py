@@ -38,6 +38,12 @@ def make_shards(tmp_path, root, tokenizer, texts, shard_cfg: ShardConfig | None 
     return corpus, shards, manifest
 
 
+def step_failure(result) -> tuple[str, str]:
+    """The first failed step of a `materialize(..., raise_on_error=False)` result: its key and its error message."""
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return failure.step_key, failure.event_specific_data.error.message
+
+
 def eval_report(metrics: dict, **gates):
     """The EvalReport the asset checks read, from a suite's metrics (or the parts a test gives) and
     the gates under test; the gates not given are open."""

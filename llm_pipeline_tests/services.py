@@ -74,24 +74,10 @@ class Dagster:
 
     def stop_daemon(self) -> None:
         """The daemon and every run it launched (its process group) end; the webserver goes on."""
-        daemon = self.procs.pop()
-        _signal_group(daemon, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(daemon, signal.SIGKILL)
-        daemon.wait()
+        _end_groups([self.procs.pop()])
 
     def stop(self) -> None:
-        for p in self.procs:
-            _signal_group(p, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(p, signal.SIGKILL)  # what outlived its parent: run workers, trainer ranks
+        _end_groups(self.procs)
         for p in self.killed:
             _signal_group(p, signal.SIGKILL)
         self.log.close()
@@ -174,6 +160,19 @@ class Dagster:
             assert not failed, f"runs failed while waiting for {what}: {failed}; see {self.log.name}"
             time.sleep(3)
         raise TimeoutError(f"waited {timeout:.0f}s for {what}; see {self.log.name}")
+
+
+def _end_groups(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process's group, wait for the processes, then SIGKILL what outlived its parent in
+    the group (run workers, trainer ranks)."""
+    for p in procs:
+        _signal_group(p, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(p, signal.SIGKILL)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

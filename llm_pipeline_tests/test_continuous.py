@@ -15,7 +15,7 @@ from llm_pipeline.automation import new_corpus_sensor, retraining_sensor
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline_tests.conftest import SAMPLE_FILES, _STDLIB
-from llm_pipeline_tests.helpers import batch_instance
+from llm_pipeline_tests.helpers import batch_instance, step_failure
 
 pytestmark = pytest.mark.e2e
 DATA = ["raw_corpus", "tokenizer", "tokenized_shards"]
@@ -77,10 +77,6 @@ def _runs(instance, asset: str, batch: str) -> list[str]:
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[batch]), limit=100).records
     return [r.run_id for r in records]
-
-
-def _failure(result) -> str:
-    return next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error.message
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +149,7 @@ def test_a_batch_repeating_an_earlier_one_is_kept_empty_not_failed(landed):
 
 def test_a_batch_of_junk_fails_alone_naming_its_quarantine(landed):
     assert not landed.junk_result.success
-    message = _failure(landed.junk_result)
+    message = step_failure(landed.junk_result)[1]
     assert f"raw_corpus[{landed.junk}]" in message and "no document kept" in message and "see the quarantine files under" in message
     quarantine = message.rsplit("see the quarantine files under ", 1)[1].strip()
     assert any(n.startswith("quarantine-") for n in Storage(quarantine).listdir())
@@ -197,7 +193,7 @@ def test_a_selection_of_batches_is_honoured_and_an_unknown_one_refused_by_name(l
     only = landed.landing.materialize(["trained_checkpoint"], trained_checkpoint={"batches": [landed.second]})
     assert only.success and [d.batch for d in only.output_for_node("trained_checkpoint").data] == [landed.second]
     unknown = landed.landing.materialize(["trained_checkpoint"], trained_checkpoint={"batches": ["nope"]})
-    assert "batches nope have no tokenized_shards" in _failure(unknown)
+    assert "batches nope have no tokenized_shards" in step_failure(unknown)[1]
 
 
 def test_a_mixture_draws_each_batch_by_weight_and_reports_the_realized_mix(landed, trained):
@@ -217,7 +213,7 @@ def test_a_mixture_draws_each_batch_by_weight_and_reports_the_realized_mix(lande
     assert "### Training data mixture" in card
     assert f"| {second} | 75.0% | {realized[second]['share']:.1%} | {realized[second]['samples']:,} |" in card
     unmatched = landed.landing.materialize(["trained_checkpoint"], trained_checkpoint={"mixture": {"web-*": 1.0}})
-    assert f"corpus batches {first}, {second} match no mixture source (web-*)" in _failure(unmatched)
+    assert f"corpus batches {first}, {second} match no mixture source (web-*)" in step_failure(unmatched)[1]
 
 
 # Last in this module: it replaces the tokenizer every test above trains with.
@@ -231,11 +227,11 @@ def test_a_new_tokenizer_retokenizes_every_batch_and_the_stale_stages_refuse(lan
     assert changed.get_requested_partitions(dg.AssetKey("tokenized_shards")) == {first, second, landed.repeat}
 
     # Until the batches are re-tokenized, training refuses the mix, naming them.
-    message = _failure(landing.materialize(["trained_checkpoint"]))
+    message = step_failure(landing.materialize(["trained_checkpoint"]))[1]
     assert "mixed tokenizers" in message and first in message and second in message
     # Nor is the last model evaluated or published with a tokenizer it was not trained with.
     for stage in ("eval_metrics", "published_model"):
-        assert "was trained with tokenizer" in _failure(landing.materialize([stage])), stage
+        assert "was trained with tokenizer" in step_failure(landing.materialize([stage]))[1], stage
 
 
 def test_landing_to_published_model_on_gcs(gcs_bucket, tmp_path):

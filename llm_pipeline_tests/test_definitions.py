@@ -11,7 +11,7 @@ from llm_pipeline.automation import new_corpus_sensor, retraining_schedule
 from llm_pipeline.definitions import ASSETS, CHECKS, defs, make_resources
 from llm_pipeline.corpus.batches import read_batch
 from llm_pipeline.resources import AutomationSettings
-from llm_pipeline_tests.helpers import batch_instance
+from llm_pipeline_tests.helpers import batch_instance, step_failure
 
 
 def test_definitions_load():
@@ -162,8 +162,7 @@ def test_missing_corpus_source_is_a_clear_failure(tmp_path):
         run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "missing")}}}}, raise_on_error=False,
         instance=batch_instance(), partition_key="builtin",
     )
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "does not exist" in failure.event_specific_data.error.message
+    assert "does not exist" in step_failure(result)[1]
 
 
 def test_a_given_tokenizer_json_is_used_as_is(tmp_path, small_tokenizer, sample_texts):
@@ -188,5 +187,4 @@ def test_a_given_tokenizer_json_is_used_as_is(tmp_path, small_tokenizer, sample_
         partition_key="builtin", run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(src)}},
                             "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "missing.json")}}}},
     )
-    failure = next(e for e in bad.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "cannot use tokenizer_json_uri" in failure.event_specific_data.error.message
+    assert "cannot use tokenizer_json_uri" in step_failure(bad)[1]

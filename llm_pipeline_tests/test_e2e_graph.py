@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
-from llm_pipeline_tests.helpers import batch_instance, datasets_cache
+from llm_pipeline_tests.helpers import batch_instance, datasets_cache, step_failure
 from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK
 from llm_pipeline.train.weights import load_trained_model
 from llm_pipeline.publish.verify import verify
@@ -160,9 +160,8 @@ def test_a_harness_task_that_cannot_load_offline_fails_before_training(graph, tm
         raise_on_error=False,
     )
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert failure.step_key == "trained_checkpoint"
-    message = failure.event_specific_data.error.message
+    step, message = step_failure(result)
+    assert step == "trained_checkpoint"
     assert "harness task 'arc_easy' cannot be loaded offline" in message and "Nothing was trained" in message
     assert set(Storage(root).child("trained_checkpoint").listdir()) == runs_before
 
@@ -276,9 +275,8 @@ def test_a_checkpoint_that_was_not_evaluated_is_not_published(graph):
     refused = dg.materialize(ASSETS + CHECKS, selection=["published_model"], resources=resources, instance=instance,
                              run_config=_run_config(only=["published_model"]), raise_on_error=False)
     assert not refused.success
-    failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
     assert (f"not the latest trained_checkpoint {trained.output_for_node('trained_checkpoint').final_uri}"
-            in failure.event_specific_data.error.message)
+            in step_failure(refused)[1])
     assert registry.listdir() == versions  # nothing published
 
 
@@ -332,8 +330,7 @@ def test_a_tampered_published_baseline_is_refused_before_it_is_loaded(graph):
         result = dg.materialize(ASSETS + CHECKS, selection=["eval_metrics"], resources=resources, instance=instance,
                                 run_config=_run_config(only=["eval_metrics"]), raise_on_error=False)
         assert not result.success
-        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-        message = failure.event_specific_data.error.message
+        _, message = step_failure(result)
         assert f"the published baseline {model.child(version).uri} fails verification" in message
         assert "tampered: model.safetensors" in message
     finally:

@@ -25,7 +25,7 @@ from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.data import ShardError, load_split_tokens, read_shard_manifest
 from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline.train.weights import load_trained_model
-from llm_pipeline_tests.helpers import batch_instance, make_shards, published
+from llm_pipeline_tests.helpers import batch_instance, make_shards, published, step_failure
 
 ESCAPES = ["../../escaped", "a/../../../b", "/etc/passwd", "..", ".", "x\n", "", "a/b", "s3://bucket/x", "a\\b", ".hidden", "-x"]
 
@@ -138,8 +138,7 @@ def test_a_given_garbage_tokenizer_fails_the_asset_by_name(tmp_path):
                             run_config={"ops": {"raw_corpus": {"config": {"max_bytes": 300_000}},
                                                 "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "tok.json")}}}})
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert f"cannot use tokenizer_json_uri '{tmp_path / 'tok.json'}'" in failure.event_specific_data.error.message
+    assert f"cannot use tokenizer_json_uri '{tmp_path / 'tok.json'}'" in step_failure(result)[1]
 
 
 def test_broken_shard_manifests_name_the_file(tmp_path, small_tokenizer, sample_texts):

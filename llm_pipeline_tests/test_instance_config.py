@@ -17,7 +17,7 @@ from dagster._core.events.log import EventLogEntry
 from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
 from dagster._daemon.monitoring.run_monitoring import monitor_starting_run
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from llm_pipeline_tests.services import REPO
 
 
 def _instance(tmp_path, config_file: str) -> dg.DagsterInstance:

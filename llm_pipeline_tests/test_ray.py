@@ -24,6 +24,7 @@ from llm_pipeline.tokenize.shards import ShardConfig, write_shards
 from llm_pipeline.train.checkpoints import CheckpointStore
 from llm_pipeline.train.config import LaunchConfig
 from llm_pipeline.train.launch import ray_job_command, ray_job_env
+from llm_pipeline_tests.helpers import step_failure
 from llm_pipeline_tests.local_ray import LocalRayCluster, only_loopback
 from llm_pipeline_tests.services import Dagster
 from llm_pipeline_tests.test_e2e_graph import SMALL, _run_config
@@ -207,8 +208,7 @@ def test_an_unreachable_address_and_impossible_resources_fail_by_name_within_sec
         started = time.monotonic()
         result = _materialize_training(resources, cfg, on_ray[2])
         seconds = time.monotonic() - started
-        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-        message = failure.event_specific_data.error.message
+        _, message = step_failure(result)
         assert all(part in message for part in expected), message
         assert seconds < 30, seconds
 
