@@ -28,6 +28,10 @@ def fresh_copy(dest) -> str:
     return str(dest)
 
 
+def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"key": k, "value": v} for k, v in tags.items()]
+
+
 class Dagster:
     """`dagster-webserver` + `dagster-daemon run` started in `home` (DAGSTER_HOME, as the Makefile sets it)."""
 
@@ -94,27 +98,22 @@ class Dagster:
 
     def launch(self, assets: list[str], run_config: dict, tags: dict[str, str] | None = None) -> str:
         """A run of these assets, launched as the UI's Materialize does; its run id."""
-        params = {"selector": {**REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
-                  "runConfigData": run_config,
-                  "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}}
-        body = requests.post(f"{self.url}/graphql", timeout=60, json={"variables": {"p": params}, "query": """
-            mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
-              __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""}).json()
-        assert body["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", body
-        return body["data"]["launchRun"]["run"]["runId"]
+        return self._launch("launchRun", assets, run_config, {"tags": _tag_list(tags or {})})
 
     def reexecute(self, parent_run_id: str, assets: list[str], steps: list[str], run_config: dict,
                   tags: dict[str, str]) -> str:
         """A re-execution of some of a run's steps, launched as the UI's Re-execute -> Selected steps does; its run id."""
-        params = {"selector": {**REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
-                  "runConfigData": run_config, "stepKeys": steps,
-                  "executionMetadata": {"parentRunId": parent_run_id, "rootRunId": parent_run_id,
-                                        "tags": [{"key": k, "value": v} for k, v in tags.items()]}}
-        body = requests.post(f"{self.url}/graphql", timeout=60, json={"variables": {"p": params}, "query": """
-            mutation($p: ExecutionParams!) { launchPipelineReexecution(executionParams: $p) {
-              __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""}).json()
-        assert body["data"]["launchPipelineReexecution"]["__typename"] == "LaunchRunSuccess", body
-        return body["data"]["launchPipelineReexecution"]["run"]["runId"]
+        metadata = {"parentRunId": parent_run_id, "rootRunId": parent_run_id, "tags": _tag_list(tags)}
+        return self._launch("launchPipelineReexecution", assets, run_config, metadata, stepKeys=steps)
+
+    def _launch(self, mutation: str, assets: list[str], run_config: dict, metadata: dict, **params) -> str:
+        params |= {"selector": {**REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
+                   "runConfigData": run_config, "executionMetadata": metadata}
+        body = requests.post(f"{self.url}/graphql", timeout=60, json={"variables": {"p": params}, "query": f"""
+            mutation($p: ExecutionParams!) {{ {mutation}(executionParams: $p) {{
+              __typename ... on LaunchRunSuccess {{ run {{ runId }} }} ... on PythonError {{ message }} }} }}"""}).json()
+        assert body["data"][mutation]["__typename"] == "LaunchRunSuccess", body
+        return body["data"][mutation]["run"]["runId"]
 
     def terminate(self, run_id: str) -> None:
         """The UI's Terminate button."""

@@ -54,12 +54,12 @@ def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
 
         # Two runs of one batch's stages launched together, as the UI's Materialize does, from two
         # different sources: each run's shards hold its own run's corpus.
-        _overlapping_runs_read_their_own_values(dagster, tmp_path)
+        _runs_of_one_batch_read_their_own_values(dagster, tmp_path)
     finally:
         dagster.stop()
 
 
-def _overlapping_runs_read_their_own_values(dagster: Dagster, tmp_path) -> None:
+def _runs_of_one_batch_read_their_own_values(dagster: Dagster, tmp_path) -> None:
     added = dagster.query(f"""mutation {{ addDynamicPartition(repositorySelector: {{repositoryLocationName:
         "{REPOSITORY['repositoryLocationName']}", repositoryName: "{REPOSITORY['repositoryName']}"}},
         partitionsDefName: "corpus_batches", partitionKey: "builtin") {{ __typename }} }}""")
