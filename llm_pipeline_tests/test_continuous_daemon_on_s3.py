@@ -89,12 +89,7 @@ def _runs_of_one_batch_read_their_own_values(dagster: Dagster, tmp_path) -> None
 
 
 def _wait_for_success(dagster: Dagster, runs: list[str]) -> None:
-    def finished():
-        data = dagster.query("{ runsOrError { ... on Runs { results { runId status } } } }")
-        done = [r for r in data["runsOrError"]["results"] if r["runId"] in runs and r["status"] == "SUCCESS"]
-        return len(done) == len(runs) or None
-
-    dagster.wait_for(f"runs {', '.join(runs)}", finished, timeout=300)
+    dagster.wait_for(f"runs {', '.join(runs)}", lambda: all(dagster.run_status(run) == "SUCCESS" for run in runs), timeout=300)
 
 
 def _shard_documents(dagster: Dagster, runs: list[str]) -> dict[str, int]:
