@@ -18,7 +18,12 @@ Also measured: the tokenization stage on our output (MB/s, the issue's "no slowe
 MinHash engines on the same documents (ours with rensa, rensa on Python shingles, datasketch), and the
 dedup index's memory per kept document (tracemalloc).
 
-Last line: `ratio ours/datatrove = X.XXx` (against datatrove with the whitespace tokenizer, like for like).
+The web leg: --web-mb MB of docstring prose (with duplicates, spam and junk) through our `web` preset,
+and through datatrove's own modules for the same filters (language ID on the same lid.176 model, Gopher
+repetition and quality, C4, FineWeb, PII) followed by the same dedup, as FineWeb ran them.
+
+Last lines: `web preset: ours/datatrove = X.XXx`, then `ratio ours/datatrove = X.XXx` (against
+datatrove with the whitespace tokenizer, like for like).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from llm_pipeline.corpus.build import iter_documents
-from llm_pipeline.corpus.filters import FilterConfig, printable_fraction
+from llm_pipeline.corpus.cleaning.text import printable_fraction
+from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.corpus.near_dedup import NearDuplicateIndex, band_keys, document_signatures
 from llm_pipeline.storage.folders import Storage
 
@@ -109,11 +115,11 @@ def make_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> dict:
 
 # --- ours ----------------------------------------------------------------------------------------
 
-def run_ours(src: Path, out: Path) -> tuple[float, int, float]:
+def run_ours(src: Path, out: Path, preset: str = "auto") -> tuple[float, int, float]:
     """Our stage through its command line, in a child process: (seconds, kept, peak RSS MB of any one process)."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(src), "--out", str(out), "--glob", "*.jsonl.gz",
-                           "--workers", str(CORES)], capture_output=True, text=True, check=True)
+                           "--workers", str(CORES), "--preset", preset], capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - start
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     # the CLI and its workers are the only children so far: the largest of them
@@ -127,11 +133,75 @@ def _quality(doc) -> bool:  # the same filter as ours, as a datatrove LambdaFilt
     return FILTERS.min_chars <= len(text) <= FILTERS.max_chars and printable_fraction(text) >= FILTERS.min_printable_fraction
 
 
-def run_datatrove(src: Path, work: Path, shards: int, whitespace: bool) -> tuple[float, int]:
+def make_web_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> dict:
+    """Prose for the web leg: documents of 8-16 sentences from the standard library's docstrings in 2-4
+    paragraphs, with 4% exact and 4% near duplicates, 3% spam (one line repeated), 3% too short."""
+    from benchmarks.filter_conformance import stdlib_docstrings
+    from llm_pipeline.corpus.cleaning.text import sentence_spans
+
+    sentences = [
+        " ".join(doc[a:b].split())
+        for doc in stdlib_docstrings()
+        for a, b in sentence_spans(doc.replace("\n\n", " \n\n"))
+        if 8 <= len(doc[a:b].split()) <= 40 and "{" not in doc[a:b]
+    ]
+    rng = np.random.default_rng(seed)
+    target, written, n, docs = total_mb * 1_000_000, 0, 0, []
+    kinds = {"unique": 0, "exact_dup": 0, "near_dup": 0, "spam": 0, "junk": 0}
+    files = [gzip.open(folder / f"web-{i:05d}.jsonl.gz", "wb", compresslevel=1) for i in range(shards)]
+    while written < target:
+        roll = rng.random()
+        if roll < 0.04 and docs:
+            text, kind = docs[rng.integers(len(docs))], "exact_dup"
+        elif roll < 0.08 and docs:
+            words = docs[rng.integers(len(docs))].split(" ")
+            words[rng.integers(len(words))] = "indeed"
+            text, kind = " ".join(words), "near_dup"
+        elif roll < 0.11:
+            text, kind = "\n".join([sentences[rng.integers(len(sentences))]] * 12), "spam"
+        elif roll < 0.14:
+            text, kind = "too short", "junk"
+        else:
+            picked = [sentences[i] for i in rng.integers(0, len(sentences), size=rng.integers(8, 17))]
+            cuts = sorted(rng.choice(np.arange(1, len(picked)), size=rng.integers(1, 4), replace=False))
+            text = "\n\n".join(" ".join(part) for part in np.split(np.array(picked, dtype=object), cuts))
+            kind = "unique"
+            if len(docs) < 5000:
+                docs.append(text)
+        kinds[kind] += 1
+        line = json.dumps({"text": text, "id": f"doc-{n}"}).encode() + b"\n"
+        files[n % shards].write(line)
+        written += len(line)
+        n += 1
+    for f in files:
+        f.close()
+    return {"records": n, "bytes": written, **kinds}
+
+
+def _web_filters(words) -> list:
+    """FineWeb's filters, as datatrove's own modules, with our settings' defaults."""
+    from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.filters.language_filter import LanguageFilter
+    from datatrove.pipeline.formatters import PIIFormatter
+
+    from benchmarks.datatrove_words import LocalLid176
+
+    language = LanguageFilter(languages=["en"], language_threshold=0.65)
+    language.model = LocalLid176(["en"])
+    return [language, GopherRepetitionFilter(language=words), GopherQualityFilter(language=words),
+            C4QualityFilter(filter_no_terminal_punct=False, language=words), FineWebQualityFilter(language=words), PIIFormatter()]
+
+
+def run_datatrove(src: Path, work: Path, shards: int, whitespace: bool, web: bool = False, glob: str = "*.jsonl.gz") -> tuple[float, int]:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.filters import LambdaFilter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import ParquetWriter
@@ -147,14 +217,22 @@ def run_datatrove(src: Path, work: Path, shards: int, whitespace: bool) -> tuple
     exact = ExactDedupConfig(content_getter=text_of)
     words = WhitespaceTokenizer() if whitespace else "en"
 
-    def read():
-        return [JsonlReader(str(src), glob_pattern="*.jsonl.gz", text_key="text"), LambdaFilter(_quality)]
-
     def executor(pipeline, tasks, name):
         return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(CORES, tasks),
                                      logging_dir=str(work / "logs" / name), skip_completed=False)
 
     start = time.perf_counter()
+    dedup_src = src
+    if web:  # as FineWeb ran it: filter once, write, then deduplicate what the filters kept
+        from datatrove.pipeline.writers import JsonlWriter
+
+        executor([JsonlReader(str(src), glob_pattern=glob, text_key="text"), LambdaFilter(_quality), *_web_filters(words),
+                  JsonlWriter(str(work / "filtered"))], shards, "web-0").run()
+        dedup_src = work / "filtered"
+
+    def read():
+        return [JsonlReader(str(dedup_src), glob_pattern="*.jsonl.gz", text_key="text"), LambdaFilter(_quality)]
+
     executor(read() + [ExactDedupSignature(str(work / "exact_sigs"), config=exact)], shards, "exact-1").run()
     executor([ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), config=exact)], 1, "exact-2").run()
     executor(read() + [ExactDedupFilter(str(work / "exact_dups"), config=exact),
@@ -252,6 +330,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=220, help="MB of uncompressed JSON Lines (>= 200 for the issue's target)")
     parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--web-mb", type=int, default=60, help="MB of uncompressed JSON Lines prose for the web preset's leg")
     parser.add_argument("--skip-spacy", action="store_true", help="skip datatrove with its default spaCy word tokenizer")
     parser.add_argument("--keep", help="keep the generated input and outputs in this folder")
     args = parser.parse_args()
@@ -276,6 +355,18 @@ def main() -> None:
         print(f"datatrove (default, spaCy):   {mb / sp_s:6.1f} MB/s  {sp_s:6.1f} s  kept {sp_kept}  "
               f"(ours is {sp_s / ours_s:.2f}x this)", flush=True)
 
+    web_src = work / "web-input"
+    web_src.mkdir(parents=True, exist_ok=True)
+    web_made = make_web_input(web_src, args.web_mb, args.shards)
+    web_mb = web_made["bytes"] / 1e6
+    print(f"web input: {web_mb:.1f} MB of JSON Lines of docstring prose, {web_made['records']} records "
+          f"({web_made['exact_dup']} exact dups, {web_made['near_dup']} near dups, {web_made['spam']} spam, "
+          f"{web_made['junk']} too short)", flush=True)
+    web_ours_s, web_ours_kept, _ = run_ours(web_src, work / "ours-web", preset="web")
+    print(f"ours, web preset:             {web_mb / web_ours_s:6.1f} MB/s  {web_ours_s:6.1f} s  kept {web_ours_kept}", flush=True)
+    web_dt_s, web_dt_kept = run_datatrove(web_src, work / "dt-web", args.shards, whitespace=True, web=True)
+    print(f"datatrove, the same filters:  {web_mb / web_dt_s:6.1f} MB/s  {web_dt_s:6.1f} s  kept {web_dt_kept}", flush=True)
+
     corpus = Storage(str(work / "ours"))
     tok_rate = tokenization_rate(corpus, work)
     text_mb = corpus.read_json("manifest.json")["text_bytes"] / 1e6
@@ -288,6 +379,7 @@ def main() -> None:
           f"(near-dedup buckets + signature + exact id)")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+    print(f"web preset: ours/datatrove = {web_dt_s / web_ours_s:.2f}x")
     print(f"ratio ours/datatrove = {dt_s / ours_s:.2f}x")
 
 

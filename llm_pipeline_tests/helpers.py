@@ -4,17 +4,55 @@ import os
 import random
 
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus
+from llm_pipeline.corpus.cleaning import PRESETS, Rules, clean
 from llm_pipeline.tokenize.bpe import id_space, tokenizer_hash
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
 
-_WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "so", "ti") for b in ("ban", "dor", "fel", "gim", "hox", "jul")]
+_NOUNS = ("river", "teacher", "garden", "village", "engine", "library", "market", "window", "mountain", "letter", "kitchen",
+          "painter", "harbor", "forest", "student", "bridge", "doctor", "island", "farmer", "station", "museum", "soldier",
+          "orchard", "captain", "basket", "theater", "meadow", "printer", "castle", "lantern")
+_VERBS = ("watched", "carried", "painted", "visited", "repaired", "described", "followed", "noticed", "cleaned", "opened",
+          "borrowed", "measured", "guarded", "planted", "finished", "explained", "ordered", "remembered", "crossed", "counted")
+_ADJECTIVES = ("quiet", "old", "narrow", "bright", "heavy", "gentle", "distant", "famous", "small", "careful", "early",
+               "patient", "wooden", "modern", "simple", "crowded", "silent", "golden", "busy", "friendly")
+_TEMPLATES = (
+    "The {a} {n} {v} the {n2} near the {a2} {n3}.",
+    "Every morning a {a} {n} {v} the {n2} with great care.",
+    "After the rain, the {n} and the {n2} were {a} again.",
+    "Nobody knew why the {a} {n} {v} one {a2} {n2} that day.",
+    "In the evening, she {v} the {n} that stood beside the {n2}.",
+    "It was said that the {n} had {v} the {a} {n2} for years.",
+    "They {v} a {a} {n} and then walked back to the {n2}.",
+    "When the {n} returned, the {a} {n2} {v} the whole {n3}.",
+)
 
 
 def distinct_text(i: int) -> str:
-    """Document i of a corpus whose documents are neither duplicates nor near duplicates of each other."""
-    rng = random.Random(i)
-    return " ".join(rng.choice(_WORDS) for _ in range(60)) + f" {i}."
+    """Document i of a corpus of English prose whose documents are neither duplicates nor near duplicates
+    of each other, and which passes the `web` cleaning steps (language, Gopher, C4, FineWeb): a draw that
+    does not (one in a few hundred repeats a phrase too often) is drawn again."""
+    for attempt in range(100):
+        text = _prose(random.Random(i if attempt == 0 else f"{i}/{attempt}"), i)
+        if clean(text, PRESETS["web"], _WEB_RULES).reason is None:
+            return text
+    raise AssertionError(f"no draw of document {i} passes the web steps")
+
+
+_WEB_RULES = Rules(min_chars=64, max_chars=1_000_000, min_printable_fraction=0.95, languages=("en",), min_language_score=0.65)
+
+
+def _prose(rng: random.Random, i: int) -> str:
+
+    def sentence() -> str:
+        nouns = rng.sample(_NOUNS, 3)
+        adjectives = rng.sample(_ADJECTIVES, 2)
+        return rng.choice(_TEMPLATES).format(
+            a=adjectives[0], a2=adjectives[1], n=nouns[0], n2=nouns[1], n3=nouns[2], v=rng.choice(_VERBS)
+        )
+
+    paragraphs = [" ".join(sentence() for _ in range(rng.randint(3, 5))) for _ in range(3)]
+    return "\n\n".join(paragraphs) + f" This is note {i}."
 
 
 def stdlib_files(count: int, skip: int = 0) -> list[str]:

@@ -81,6 +81,13 @@ class _RawCorpus(dg.Config):
     source_uri: str = Field(
         default="", description="fsspec URI of a folder or file, taken literally (no patterns); empty: the Python standard library"
     )
+    drop_share_alert_points: float = Field(
+        default=10.0,
+        gt=0,
+        le=100,
+        description="the drop_shares_steady check warns when a drop reason's share of the records moves more than this many "
+        "percentage points from the previous batch's",
+    )
 
     def to_library(self) -> CorpusConfig:
         values = {k: v for k, v in _values(self, CorpusConfig).items() if k != "source_uri"}

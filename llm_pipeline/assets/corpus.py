@@ -8,8 +8,9 @@ from llm_pipeline.assets.partitions import batch_keys, corpus_batches
 from llm_pipeline.contracts import CorpusRef
 from llm_pipeline.corpus.batches import BUILTIN_BATCH, read_batch
 from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, Progress, build_corpus
+from llm_pipeline.corpus.drop_shares import drop_shares, moved_shares
 from llm_pipeline.resources import RayClusterResource, StorageResource, load_values
-from llm_pipeline.storage.manifests import MANIFEST
+from llm_pipeline.storage.manifests import MANIFEST, ManifestError, read_manifest
 
 _LOG_EVERY_S = 15.0
 
@@ -17,6 +18,40 @@ _LOG_EVERY_S = 15.0
 def _counts_table(counts: dict[str, int], what: str) -> dg.MetadataValue:
     rows = [{"reason": reason, what: n} for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])]
     return table(rows, {"reason": "string", what: "int"})
+
+
+DROP_SHARES_CHECK = "drop_shares_steady"
+
+
+def _drop_shares_check(
+    manifest: dict, earlier: list[tuple[str, CorpusRef]], storage: StorageResource, points: float
+) -> dg.AssetCheckResult:
+    """This batch's drop shares against the newest earlier batch's (warn when one moved more than `points`)."""
+    if not earlier:
+        return dg.AssetCheckResult(check_name=DROP_SHARES_CHECK, passed=True, description="no earlier batch to compare with")
+    batch, ref = earlier[-1]
+    try:
+        previous = read_manifest(storage.at(ref.uri), ("records", "dropped"), "corpus manifest")
+    except (ManifestError, OSError, ValueError) as e:
+        return dg.AssetCheckResult(
+            check_name=DROP_SHARES_CHECK, passed=False, severity=dg.AssetCheckSeverity.WARN, description=f"batch {batch}: {e}"
+        )
+    moved = moved_shares(previous, manifest, points)
+    shares = {reason: round(100 * share, 2) for reason, share in drop_shares(manifest).items()}
+    metadata: dict[str, dg.MetadataValue] = {
+        "compared_with_batch": dg.MetadataValue.text(batch),
+        "drop_share_points": dg.MetadataValue.json(shares),
+    }
+    if not moved:
+        return dg.AssetCheckResult(check_name=DROP_SHARES_CHECK, passed=True, metadata=metadata)
+    described = "; ".join(f"{reason}: {100 * a:.1f}% -> {100 * b:.1f}% of records" for reason, a, b in moved)
+    return dg.AssetCheckResult(
+        check_name=DROP_SHARES_CHECK,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"drop shares moved more than {points:g} points since batch {batch}: {described}",
+        metadata=metadata,
+    )
 
 
 def _batch_config(config: RawCorpusConfig, storage: StorageResource, batch: str) -> CorpusConfig:
@@ -43,10 +78,15 @@ def _batch_config(config: RawCorpusConfig, storage: StorageResource, batch: str)
     partitions_def=corpus_batches,
     automation_condition=dg.AutomationCondition.eager(),
     description="Cleaned documents of one corpus batch as Parquet, deduplicated within the batch and against every earlier batch.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            DROP_SHARES_CHECK,
+            asset="raw_corpus",
+            description="No drop reason's share of the records moved more than drop_share_alert_points from the previous batch's (warns)",
+        )
+    ],
 )
-def raw_corpus(
-    context: dg.AssetExecutionContext, config: RawCorpusConfig, storage: StorageResource, ray_cluster: RayClusterResource
-) -> dg.Output[CorpusRef]:
+def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, storage: StorageResource, ray_cluster: RayClusterResource):
     validate_run_config(context.run_config)
     batch = context.partition_key
     cfg = _batch_config(config, storage, batch)
@@ -82,7 +122,8 @@ def raw_corpus(
     value = CorpusRef(
         uri=out.uri, batch=batch, manifest_sha256=out.sha256(MANIFEST), documents=manifest["documents"], text_bytes=manifest["text_bytes"]
     )
-    return dg.Output(
+    cleaning = manifest["cleaning"]
+    yield dg.Output(
         value,
         metadata={
             **stage_metadata(value),
@@ -95,7 +136,12 @@ def raw_corpus(
             "duplicates_of_earlier_batches": manifest["duplicates_of_earlier_batches"],
             "deduplicated_against_batches": len(earlier),
             "dropped_by_reason": _counts_table(manifest["dropped"], "documents"),
+            "modified_by_step": _counts_table(manifest["modified"], "documents"),
+            "cleaning_preset": cleaning["preset"],
+            "cleaning_steps": dg.MetadataValue.json(cleaning["steps"]),
+            "files_by_preset": dg.MetadataValue.json(cleaning["files_by_preset"]),
             "skipped_by_reason": _counts_table(manifest["skipped"], "files"),
             "shards": len(manifest["shards"]),
         },
     )
+    yield _drop_shares_check(manifest, list(earlier_values.items()), storage, config.drop_share_alert_points)

@@ -38,6 +38,9 @@ from llm_pipeline.corpus.clean import (
     quarantine_path,
     worker_main,
 )
+from llm_pipeline.corpus.cleaning import Rules
+from llm_pipeline.corpus.cleaning.decontamination import EvalNgrams, harness_item_texts
+from llm_pipeline.corpus.cleaning.language import check_languages
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE, NearDuplicateIndex, band_keys
 from llm_pipeline.corpus.readers import PREFIX_BYTES, Format
@@ -51,7 +54,10 @@ from llm_pipeline.storage.parquet_shards import ParquetShards, parquet_bytes, pa
 
 __all__ = ["CorpusConfig", "CorpusSourceError", "build_corpus", "iter_documents", "DOCUMENT_SCHEMA", "QUARANTINE_SCHEMA"]
 
-DOCUMENT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
+# language and language_score: the language step's verdict (null where the file's steps have none)
+DOCUMENT_SCHEMA = pa.schema(
+    [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("language", pa.string()), ("language_score", pa.float64())]
+)
 DEDUP_INDEX = "dedup_index.parquet"
 DUPLICATE_REASONS = frozenset({"exact_duplicate", "near_duplicate"})
 # The built-in corpus is capped so that the demo stays a demo; a given source is read whole by default.
@@ -267,14 +273,17 @@ def build_corpus(
             f"corpus source_uri {cfg.source_uri!r}: no file to read; {len(listing.skipped)} matched "
             f"entries were all skipped ({skip_reasons})"
         )
+    rules = cleaning_rules(cfg.filters)  # the language model and evaluation items loaded: bad names fail before any file is read
     opts = CleanOptions(
-        listing.root_uri, dict(storage_options or {}), cfg.format, cfg.text_field, cfg.filters, cfg.quarantine_content_bytes
+        listing.root_uri, dict(storage_options or {}), cfg.format, cfg.text_field, cfg.filters, cfg.quarantine_content_bytes, rules
     )
     dedup = _Deduplicator(cfg.filters)
     for name, corpus in earlier:
         dedup.remember(name, *read_dedup_index(corpus))
     totals = {"records": 0, "documents": 0, "text_bytes": 0, "bytes_read": 0, "decoded_bytes": 0}
     dropped: dict[str, int] = {}
+    modified: dict[str, int] = {}
+    files_by_preset: dict[str, int] = {}
     examples: dict[str, str] = {}
     file_entries: list[dict] = []
     with (
@@ -294,6 +303,9 @@ def build_corpus(
                 kept = _merge_file(spool, result, source.uri, dedup, docs, quarantine, cfg.quarantine_content_bytes)
                 for reason, n in result.dropped.items():
                     dropped[reason] = dropped.get(reason, 0) + n
+                for step, n in result.modified.items():
+                    modified[step] = modified.get(step, 0) + n
+                files_by_preset[result.preset] = files_by_preset.get(result.preset, 0) + 1
                 for reason, example in result.examples.items():
                     examples.setdefault(reason, example)
                 totals["records"] += result.records
@@ -307,6 +319,7 @@ def build_corpus(
                         "size": source.size,
                         "outcome": "read",
                         "format": result.format,
+                        "preset": result.preset,
                         "records": result.records,
                         "documents": kept["documents"],
                         "dropped": dict(sorted(result.dropped.items())),
@@ -351,6 +364,17 @@ def build_corpus(
         "skipped": skip_reasons,
         **totals,
         "dropped": dict(sorted(dropped.items())),
+        "modified": dict(sorted(modified.items())),
+        "cleaning": {
+            "preset": cfg.filters.preset,
+            "files_by_preset": dict(sorted(files_by_preset.items())),
+            "steps": {preset: list(cfg.filters.steps_for(preset)) for preset in sorted(files_by_preset) if preset != "steps"}
+            | ({"steps": list(cfg.filters.steps)} if cfg.filters.steps is not None else {}),
+            "languages": list(cfg.filters.languages),
+            "min_language_score": cfg.filters.min_language_score,
+            "decontaminated_against": {"tasks": list(cfg.filters.decontaminate_tasks), "n": cfg.filters.decontamination_ngram}
+            | ({"items": rules.eval_ngrams.items, "items_too_short": rules.eval_ngrams.too_short} if rules.eval_ngrams else {}),
+        },
         "dropped_examples": dict(sorted(examples.items())),
         "duplicates_of_earlier_batches": dedup.earlier_duplicates,
         "deduplicated_against": [{"batch": name, "uri": corpus.uri} for name, corpus in earlier],
@@ -369,6 +393,25 @@ def build_corpus(
     crash_point("corpus_before_manifest")  # the crash tests: every part written, no manifest yet
     write_manifest(out, manifest)
     return manifest
+
+
+def cleaning_rules(filters: FilterConfig) -> Rules:
+    """What the cleaning steps need, checked: the language codes against the model's, the
+    decontamination tasks loaded from the datasets cache (a task that is not there fails by name)."""
+    uses = {step for preset in ("web", "code", "minimal") for step in filters.steps_for(preset)}
+    if "language" in uses:
+        check_languages(filters.languages)
+    eval_ngrams = None
+    if filters.decontaminate_tasks and "decontamination" in uses:
+        eval_ngrams = EvalNgrams.of(harness_item_texts(filters.decontaminate_tasks), filters.decontamination_ngram)
+    return Rules(
+        min_chars=filters.min_chars,
+        max_chars=filters.max_chars,
+        min_printable_fraction=filters.min_printable_fraction,
+        languages=filters.languages,
+        min_language_score=filters.min_language_score,
+        eval_ngrams=eval_ngrams,
+    )
 
 
 def check_output_folder(out: Storage, cfg: CorpusConfig, storage_options: dict | None = None) -> None:
@@ -501,7 +544,7 @@ def _merge_file(
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             keep, drops = dedup.decide(batch)
-            chosen = batch.filter(pa.array(keep)).select(["id", "text", "source"])
+            chosen = batch.filter(pa.array(keep)).select(DOCUMENT_SCHEMA.names)
             if chosen.num_rows:
                 table = pa.Table.from_batches([chosen]).cast(DOCUMENT_SCHEMA)
                 docs.append(table)

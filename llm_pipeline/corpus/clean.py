@@ -18,7 +18,8 @@ import fsspec.compression
 import pyarrow as pa
 from fsspec.core import url_to_fs
 
-from llm_pipeline.corpus.filters import FilterConfig, document_id, quality_reason
+from llm_pipeline.corpus.cleaning import Rules, clean, preset_for
+from llm_pipeline.corpus.filters import FilterConfig, document_id
 from llm_pipeline.corpus.near_dedup import NUM_PERM, document_signatures
 from llm_pipeline.corpus.readers import PREFIX_BYTES, Record, ZstdReader, detect, read_jsonl, read_parquet, read_text
 from llm_pipeline.corpus.sources import SourceFile
@@ -30,6 +31,8 @@ CANDIDATE_SCHEMA = pa.schema(
         ("text", pa.large_string()),
         ("source", pa.string()),
         ("location", pa.string()),
+        ("language", pa.string()),
+        ("language_score", pa.float64()),
         ("signature", pa.binary(NUM_PERM * 4)),
     ]
 )
@@ -56,6 +59,7 @@ class CleanOptions:
     text_field: str
     filters: FilterConfig
     quarantine_content_bytes: int
+    rules: Rules
 
     @property
     def max_doc_bytes(self) -> int:
@@ -70,10 +74,12 @@ class CleanOptions:
 class FileResult:
     index: int
     format: str
+    preset: str = ""
     records: int = 0
     candidates: int = 0
     decoded_bytes: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    modified: dict[str, int] = field(default_factory=dict)  # documents kept with their text changed, by step
     examples: dict[str, str] = field(default_factory=dict)  # first detail per reason
     error: str | None = None  # a bug, not bad data: the build stops and names the file
 
@@ -136,8 +142,17 @@ class _Candidates(_Spool):
         super().__init__(path, CANDIDATE_SCHEMA)
         self.near_dedup = near_dedup
 
-    def add_document(self, doc_id: str, text: str, source: str, location: str) -> None:
-        self.add(len(text), id=doc_id, text=text, source=source, location=location, signature=None)
+    def add_document(self, doc_id: str, text: str, source: str, location: str, language: str | None, language_score: float | None) -> None:
+        self.add(
+            len(text),
+            id=doc_id,
+            text=text,
+            source=source,
+            location=location,
+            language=language,
+            language_score=language_score,
+            signature=None,
+        )
 
     def flush(self) -> None:
         if self.near_dedup and len(self):
@@ -150,7 +165,9 @@ def clean_file(file: SourceFile, index: int, opts: CleanOptions, spool: str, fs=
     """Read, filter and sign one file into the spool. Bad data becomes quarantine rows, never an exception."""
     fs = fs if fs is not None else url_to_fs(opts.root_uri, **opts.storage_options)[0]
     fmt, compression = detect(file.rel or file.path, opts.format)
-    result = FileResult(index, fmt)
+    preset = preset_for(file.rel or file.path, opts.filters.preset)
+    steps = opts.filters.steps_for(preset)
+    result = FileResult(index, fmt, preset if opts.filters.steps is None else "steps")
     candidates = _Candidates(candidates_path(spool, index), opts.filters.near_dedup)
     quarantine = _Spool(quarantine_path(spool, index), QUARANTINE_SCHEMA)
 
@@ -182,13 +199,23 @@ def clean_file(file: SourceFile, index: int, opts: CleanOptions, spool: str, fs=
                 text = text[1:]
             if "\r" in text:  # every line-ending convention (\r\n, old Mac \r) stored as \n
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
-            reason = quality_reason(text, opts.filters)
-            if reason is not None:
-                encoded = text.encode("utf-8", "surrogatepass")
-                drop(record, reason, "", encoded[:PREFIX_BYTES] if reason == "too_long" else encoded, len(encoded))
+            outcome = clean(text, steps, opts.rules)
+            if outcome.reason is not None:
+                encoded = text.encode("utf-8", "surrogatepass")  # the text as it came, before any step changed it
+                drop(
+                    record,
+                    outcome.reason,
+                    outcome.detail,
+                    encoded[:PREFIX_BYTES] if outcome.reason == "too_long" else encoded,
+                    len(encoded),
+                )
                 continue
+            for step in outcome.modified:
+                result.modified[step] = result.modified.get(step, 0) + 1
             source = record_source(file.uri, record.location)
-            candidates.add_document(document_id(text), text, source, record.location)
+            candidates.add_document(
+                document_id(outcome.text), outcome.text, source, record.location, outcome.language, outcome.language_score
+            )
             result.candidates += 1
         candidates.close()
         quarantine.close()

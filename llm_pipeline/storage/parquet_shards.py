@@ -43,7 +43,7 @@ def row_sizes(table: pa.Table) -> np.ndarray:
             lengths = pc.list_value_length(column)
         else:
             continue
-        sizes += lengths.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        sizes += pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)  # a null is no bytes
     return sizes
 
 

@@ -1,0 +1,193 @@
+"""The cleaning steps: presets, drops by reason, modified text, language columns, decontamination,
+settings refused before any file is read, determinism, and the drop-share check."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from llm_pipeline.assets.configs import RawCorpusConfig
+from llm_pipeline.corpus.build import CorpusConfig, build_corpus, default_corpus_uri, iter_documents
+from llm_pipeline.corpus.cleaning import PRESETS, Rules, clean, preset_for
+from llm_pipeline.corpus.cleaning.c4 import C4Quality
+from llm_pipeline.corpus.cleaning.code import CodeQuality
+from llm_pipeline.corpus.cleaning.decontamination import EvalNgrams
+from llm_pipeline.corpus.cleaning.pii import format_pii
+from llm_pipeline.corpus.drop_shares import moved_shares
+from llm_pipeline.corpus.filters import FilterConfig
+from llm_pipeline.storage.folders import Storage
+from llm_pipeline_tests.helpers import cache_arc_easy, datasets_cache, distinct_text
+
+GERMAN = ("Der alte Bauer ging jeden Morgen mit seinem Hund über die Felder und sah nach den Kühen. " * 2
+          + "Im Winter war es kalt, und die Kinder spielten im Schnee, bis es dunkel wurde. Danach aßen alle zusammen.")
+SPAM_LINES = "\n".join(["Buy cheap watches now at our store today."] * 12 + ["Call us for the best deals in town, friends."])
+LOREM = distinct_text(7) + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod."
+WITH_CONTACT = distinct_text(8).replace("This is note 8.", "Write to jane.doe@mail.example or reach the server at 8.8.8.8 today.")
+RULES = Rules(min_chars=64, max_chars=1_000_000, min_printable_fraction=0.95, languages=("en",), min_language_score=0.65)
+
+
+def _web_source(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    records = [distinct_text(i) for i in range(6)] + [GERMAN, SPAM_LINES, LOREM, WITH_CONTACT, "too short"]
+    (src / "crawl.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in records))
+    return src
+
+
+def test_the_web_preset_drops_by_reason_formats_pii_and_records_the_language(tmp_path):
+    src = _web_source(tmp_path)
+    out = Storage(str(tmp_path / "out"))
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), filters=FilterConfig(preset="web")), out)
+    assert manifest["dropped"] == {"c4_quality": 1, "gopher_repetition": 1, "language": 1, "too_short": 1}
+    assert manifest["modified"] == {"pii": 1}
+    assert manifest["cleaning"]["preset"] == "web" and manifest["cleaning"]["files_by_preset"] == {"web": 1}
+    assert manifest["cleaning"]["steps"]["web"] == list(PRESETS["web"])
+    assert manifest["dropped_examples"]["language"].endswith("de 1.00") or " de " in manifest["dropped_examples"]["language"]
+    assert manifest["dropped_examples"]["c4_quality"].endswith("lorem_ipsum")
+    docs = [r for b in iter_documents(out, columns=("text", "language", "language_score")) for r in b.to_pylist()]
+    assert len(docs) == 7 and all(d["language"] == "en" and d["language_score"] > 0.65 for d in docs)
+    contact = next(d["text"] for d in docs if "Write to" in d["text"])
+    assert "jane.doe@mail.example" not in contact and "8.8.8.8" not in contact
+    assert "email@example.com" in contact and "22.214.171.124" in contact
+    # quarantined with the text as it came in, the reason and the rule broken
+    quarantine = pq.read_table(str(tmp_path / "out" / manifest["quarantine"][0]["name"])).to_pylist()
+    by_reason = {q["reason"]: q for q in quarantine}
+    assert by_reason["language"]["content"].decode() == GERMAN and by_reason["language"]["detail"].startswith("de ")
+    assert by_reason["gopher_repetition"]["detail"] == "dup_para_frac" or by_reason["gopher_repetition"]["detail"].startswith("dup_")
+
+
+def test_the_command_line_names_the_preset_and_the_drops_on_its_last_line(tmp_path):
+    src = _web_source(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(src), "--out", str(tmp_path / "out"),
+                           "--preset", "web", "--languages", "en", "--min-language-score", "0.5"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    last = json.loads(done.stdout.strip().splitlines()[-1])
+    assert last["cleaning"]["preset"] == "web"
+    assert last["dropped"]["language"] == 1 and last["modified"] == {"pii": 1}
+
+
+def test_the_defaults_pick_code_for_source_files_and_minimal_for_the_rest(tmp_path):
+    assert preset_for("pkg/mod.py", "auto") == "code" and preset_for("lib/x.rs.gz", "auto") == "code"
+    assert preset_for("crawl/part-0.jsonl.zst", "auto") == "minimal" and preset_for("notes.txt", "auto") == "minimal"
+    assert preset_for("mod.py", "web") == "web"
+    src = tmp_path / "src"
+    src.mkdir()
+    body = "\n".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(20))
+    (src / "kept.py").write_text(body)
+    (src / "parser_tables.py").write_text("# This file is automatically generated. Do not edit.\n" + body)
+    (src / "notes.txt").write_text(distinct_text(1))
+    manifest = build_corpus(CorpusConfig(source_uri=str(src)), Storage(str(tmp_path / "out")))
+    assert manifest["cleaning"]["files_by_preset"] == {"code": 2, "minimal": 1}
+    assert manifest["dropped"] == {"code_quality": 1}
+    assert manifest["dropped_examples"]["code_quality"].endswith("parser_tables.py: generated")
+
+
+def test_the_built_in_corpus_is_cleaned_as_code():
+    cfg = CorpusConfig()
+    assert cfg.is_builtin and cfg.source_uri == default_corpus_uri()
+    assert {preset_for(name, cfg.filters.preset) for name in ("os.py", "json/decoder.py")} == {"code"}
+
+
+def test_web_output_is_byte_identical_at_any_worker_count(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for part in range(4):
+        texts = [distinct_text(100 * part + i) for i in range(5)] + [WITH_CONTACT, GERMAN]
+        (src / f"part-{part}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    outputs = []
+    for n, workers in enumerate((1, 2, 2)):
+        out = Storage(str(tmp_path / f"out{n}"))
+        manifest = build_corpus(CorpusConfig(source_uri=str(src), workers=workers, filters=FilterConfig(preset="web")), out)
+        outputs.append([out.read_bytes(s["name"]) for s in manifest["shards"] + manifest["quarantine"]])
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"steps": ("length", "spelling")}, "unknown step 'spelling'"),
+        ({"steps": ("pii", "pii")}, "names a step twice"),
+        ({"languages": ("English",)}, "'English' is not a language code"),
+        ({"preset": "books"}, "preset must be one of auto, web, code, minimal"),
+        ({"min_language_score": 1.5}, "min_language_score must be < 1"),
+    ],
+)
+def test_bad_cleaning_settings_are_refused_by_name(settings, message):
+    with pytest.raises(ValueError, match=message):
+        FilterConfig(**settings)
+
+
+def test_settings_the_model_or_the_cache_cannot_meet_fail_before_any_file_is_read(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl").write_text(json.dumps({"text": distinct_text(1)}) + "\n")
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    with pytest.raises(ValueError, match="lid.176 has no language 'xx'"):
+        build_corpus(CorpusConfig(source_uri=str(src), filters=FilterConfig(preset="web", languages=("xx",))), Storage(str(tmp_path / "o1")))
+    datasets_cache(monkeypatch, tmp_path / "empty-cache")
+    with pytest.raises(ValueError, match="harness task 'arc_easy' cannot be loaded offline"):
+        build_corpus(CorpusConfig(source_uri=str(src), filters=FilterConfig(decontaminate_tasks=("arc_easy",))), Storage(str(tmp_path / "o2")))
+    assert not any(p.endswith("a.jsonl") for p in opened)
+    assert not (tmp_path / "o1").exists() or not any((tmp_path / "o1").iterdir())
+
+
+def test_a_training_document_holding_an_evaluation_item_is_dropped_as_eval_overlap(tmp_path, monkeypatch):
+    cache_arc_easy(datasets_cache(monkeypatch, tmp_path / "cache"), questions=10)
+    src = tmp_path / "src"
+    src.mkdir()
+    leaked = distinct_text(3) + "\nQuiz time. What is 7 plus 7? The answer is 14."
+    (src / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in [distinct_text(1), leaked, distinct_text(2)]))
+    filters = FilterConfig(decontaminate_tasks=("arc_easy",), decontamination_ngram=4)
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), filters=filters), Storage(str(tmp_path / "out")))
+    assert manifest["dropped"] == {"eval_overlap": 1}
+    assert "what is 7 plus" in manifest["dropped_examples"]["eval_overlap"]
+    assert manifest["cleaning"]["decontaminated_against"]["items"] == 10
+
+
+def test_eval_ngrams_match_whole_windows_of_known_words_only():
+    grams = EvalNgrams.of(["The quick brown fox jumps over the lazy dog", "short item"], n=4)
+    assert grams.items == 2 and grams.too_short == 1
+    assert grams.first_match("Yesterday THE QUICK, brown fox ran.") == "the quick brown fox"
+    assert grams.first_match("the quick red fox leaps across the lazy cat") is None
+    assert grams.first_match("short item short item") is None
+
+
+def test_c4_removes_lines_and_keeps_the_page_and_pii_replacements_do_not_depend_on_other_documents():
+    page = "\n".join([distinct_text(5), "Accept our cookie policy to continue reading.", "Home", "This page uses javascript heavily."])
+    broken, text, removed = C4Quality(filter_no_terminal_punct=False)(page)
+    assert broken is None and removed == 3 and text == distinct_text(5).replace("\n\n", "\n")
+    outcome = clean(page, PRESETS["web"], RULES)
+    assert outcome.reason is None and outcome.modified == ["c4_quality"]
+    first, _ = format_pii("a@b.example and c@d.example")
+    assert first == "email@example.com and firstname.lastname@example.org" == format_pii("a@b.example and c@d.example")[0]
+    assert format_pii("the router at 192.168.1.1 is private")[1] == 0
+
+
+def test_code_quality_rules():
+    assert CodeQuality()("x = 1\n" * 10) is None
+    assert CodeQuality()("x = '" + "a" * 1200 + "'\n") == "max_line_length"
+    assert CodeQuality()("\n".join(["y = " + "b" * 150] * 5)) == "mean_line_length"
+    assert CodeQuality()("{}[](),;:\n" * 20) == "alphanumeric_fraction"
+
+
+def test_drop_shares_that_move_are_named_largest_first():
+    before = {"records": 100, "dropped": {"language": 10, "too_short": 5}}
+    after = {"records": 200, "dropped": {"language": 80, "too_short": 12, "pii": 0}}
+    assert moved_shares(before, after, points=10) == [("language", 0.1, 0.4)]
+    assert moved_shares(before, after, points=50) == []
+    assert moved_shares({"records": 0, "dropped": {}}, after, points=10)[0][0] == "language"
+
+
+def test_the_launchpad_carries_every_cleaning_setting():
+    fields = RawCorpusConfig.model_fields
+    for name in ("preset", "steps", "languages", "min_language_score", "decontaminate_tasks", "drop_share_alert_points"):
+        assert name in fields, name
+    cfg = RawCorpusConfig(preset="web", steps=["length", "language"], languages=["en", "de"]).to_library()
+    assert cfg.filters.steps_for("web") == ("length", "language") and cfg.filters.languages == ("en", "de")
+    with pytest.raises(ValueError, match="unknown step 'nope'"):
+        RawCorpusConfig(steps=["nope"]).to_library()
