@@ -124,16 +124,20 @@ def test_settings_the_model_or_the_cache_cannot_meet_fail_before_any_file_is_rea
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.jsonl").write_text(json.dumps({"text": distinct_text(1)}) + "\n")
-    opened = []
-    real_open = open
-    monkeypatch.setattr("builtins.open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    cleaned = []  # every file is read through build._cleaned: record whether it was reached
+    import llm_pipeline.corpus.build as build
+
+    real_cleaned = build._cleaned
+    monkeypatch.setattr(build, "_cleaned", lambda *a, **k: cleaned.append(a) or real_cleaned(*a, **k))
     with pytest.raises(ValueError, match="lid.176 has no language 'xx'"):
         build_corpus(CorpusConfig(source_uri=str(src), filters=FilterConfig(preset="web", languages=("xx",))), Storage(str(tmp_path / "o1")))
     datasets_cache(monkeypatch, tmp_path / "empty-cache")
     with pytest.raises(ValueError, match="harness task 'arc_easy' cannot be loaded offline"):
         build_corpus(CorpusConfig(source_uri=str(src), filters=FilterConfig(decontaminate_tasks=("arc_easy",))), Storage(str(tmp_path / "o2")))
-    assert not any(p.endswith("a.jsonl") for p in opened)
+    assert cleaned == []
     assert not (tmp_path / "o1").exists() or not any((tmp_path / "o1").iterdir())
+    build_corpus(CorpusConfig(source_uri=str(src), filters=FilterConfig(preset="web")), Storage(str(tmp_path / "o3")))
+    assert len(cleaned) == 1  # the spy sees a build that does read
 
 
 def test_a_training_document_holding_an_evaluation_item_is_dropped_as_eval_overlap(tmp_path, monkeypatch):
