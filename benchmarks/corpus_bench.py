@@ -142,8 +142,8 @@ def make_web_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> d
     sentences = [
         " ".join(doc[a:b].split())
         for doc in stdlib_docstrings()
-        for a, b in sentence_spans(doc.replace("\n\n", " \n\n"))
-        if 8 <= len(doc[a:b].split()) <= 40 and "{" not in doc[a:b]
+        for a, b in sentence_spans(doc)
+        if 8 <= len(doc[a:b].split()) <= 40 and "{" not in doc[a:b] and doc[a:b].rstrip()[-1:] in ".!?"
     ]
     rng = np.random.default_rng(seed)
     target, written, n, docs = total_mb * 1_000_000, 0, 0, []

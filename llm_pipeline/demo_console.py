@@ -21,6 +21,7 @@ class StageLines(logging.Handler):
         self.tty = self.out.isatty()
         self.bar_open = False
         self.checks: set[str] = set()  # a check's own step says what its evaluation line said
+        self.assets: set[str] = set()  # an asset's step that also checks it (raw_corpus) still gets its line
 
     def _write(self, text: str) -> None:
         if self.bar_open:
@@ -58,11 +59,13 @@ class StageLines(logging.Handler):
                 self._write(f"  {step}: {meta.get('orig_message', record.getMessage())}")
             return
         kind = event.event_type_value
+        if kind == "ASSET_MATERIALIZATION":
+            self.assets.add(step)
         if kind == "ASSET_CHECK_EVALUATION":
             data = event.event_specific_data
             self.checks.add(step)
             self._write(f"  check {data.check_name:<34} {'passed' if data.passed else 'FAILED'}: {data.description}")
-        elif step in self.checks:
+        elif step in self.checks and step not in self.assets:
             return
         elif kind == "STEP_SUCCESS":
             self._write(f"  {step:<20} done in {event.event_specific_data.duration_ms / 1000:6.1f}s")

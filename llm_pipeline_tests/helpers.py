@@ -55,6 +55,12 @@ def _prose(rng: random.Random, i: int) -> str:
     return "\n\n".join(paragraphs) + f" This is note {i}."
 
 
+# Prose in another language, and prose with an e-mail and a public IP address: what the web preset drops and formats.
+GERMAN = ("Der alte Bauer ging jeden Morgen mit seinem Hund über die Felder und sah nach den Kühen. " * 2
+          + "Im Winter war es kalt, und die Kinder spielten im Schnee, bis es dunkel wurde. Danach aßen alle zusammen.")
+WITH_CONTACT = distinct_text(8).replace("This is note 8.", "Write to jane.doe@mail.example or reach the server at 8.8.8.8 today.")
+
+
 def stdlib_files(count: int, skip: int = 0) -> list[str]:
     """Real Python source files from the standard library (4-60 kB), in a fixed order."""
     stdlib = os.path.dirname(os.__file__)

@@ -18,13 +18,10 @@ from llm_pipeline.corpus.cleaning.pii import format_pii
 from llm_pipeline.corpus.drop_shares import moved_shares
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.storage.folders import Storage
-from llm_pipeline_tests.helpers import cache_arc_easy, datasets_cache, distinct_text
+from llm_pipeline_tests.helpers import GERMAN, WITH_CONTACT, cache_arc_easy, datasets_cache, distinct_text
 
-GERMAN = ("Der alte Bauer ging jeden Morgen mit seinem Hund über die Felder und sah nach den Kühen. " * 2
-          + "Im Winter war es kalt, und die Kinder spielten im Schnee, bis es dunkel wurde. Danach aßen alle zusammen.")
 SPAM_LINES = "\n".join(["Buy cheap watches now at our store today."] * 12 + ["Call us for the best deals in town, friends."])
 LOREM = distinct_text(7) + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod."
-WITH_CONTACT = distinct_text(8).replace("This is note 8.", "Write to jane.doe@mail.example or reach the server at 8.8.8.8 today.")
 RULES = Rules(min_chars=64, max_chars=1_000_000, min_printable_fraction=0.95, languages=("en",), min_language_score=0.65)
 
 

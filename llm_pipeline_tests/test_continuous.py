@@ -137,9 +137,20 @@ def test_each_batch_is_cleaned_and_tokenized_exactly_once(landed):
 
 def test_copies_of_an_earlier_batchs_documents_are_dropped(landed):
     manifest = _manifest(landed.second_result, "raw_corpus")
-    assert manifest["documents"] == 4 and manifest["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1}
+    # keyword.py says in its first lines that it is generated: the code preset drops it
+    assert manifest["documents"] == 3 and manifest["dropped"] == {"code_quality": 1, "exact_duplicate": 1, "near_duplicate": 1}
+    assert manifest["dropped_examples"]["code_quality"].endswith("keyword.py: generated")
     assert manifest["duplicates_of_earlier_batches"] == 2
     assert f"of earlier batch {landed.first}" in manifest["dropped_examples"]["exact_duplicate"]
+
+
+def test_a_batch_whose_drop_shares_moved_is_warned_about(landed):
+    first = {c.check_name: c for c in landed.first_result.get_asset_check_evaluations()}["drop_shares_steady"]
+    second = {c.check_name: c for c in landed.second_result.get_asset_check_evaluations()}["drop_shares_steady"]
+    assert first.passed and first.description == "no earlier batch to compare with"
+    assert not second.passed and second.severity == dg.AssetCheckSeverity.WARN
+    assert f"since batch {landed.first}" in second.description
+    assert "exact_duplicate: 0.0% -> 16.7% of records" in second.description and "near_duplicate" in second.description
 
 
 def test_a_batch_repeating_an_earlier_one_is_kept_empty_not_failed(landed):
@@ -247,7 +258,7 @@ def test_landing_to_published_model_on_gcs(gcs_bucket, tmp_path):
     batch = landing.deliver({f"delivery-1/{n}": texts[n] for n in sorted(texts)})
     data = landing.materialize(DATA, batch)
     assert data.success
-    assert _manifest(data, "raw_corpus")["documents"] == len(texts)
+    assert _manifest(data, "raw_corpus")["documents"] == len(texts) - 1  # keyword.py: generated, dropped as such
     assert _manifest(data, "tokenized_shards")["splits"]["train"]["tokens"] > 0
     result = landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"])
     assert result.success

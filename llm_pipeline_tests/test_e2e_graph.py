@@ -67,7 +67,7 @@ def test_training_learned_and_eval_gate_passed(graph):
     assert metrics.loss < metrics.uniform_loss
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert set(checks) == {"eval_loss_within_threshold", "eval_perplexity_within_threshold", "no_regression_vs_published",
-                           "harness_scores_meet_minimums", "no_eval_contamination"}
+                           "harness_scores_meet_minimums", "no_eval_contamination", "drop_shares_steady"}
     assert all(c.passed for c in checks.values())
     assert checks["no_regression_vs_published"].description == "no published model to compare with"
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}

@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus
+from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.definitions import ASSETS, make_resources
 from llm_pipeline.ray_cluster import driver_address, placement_problem
 from llm_pipeline.resources import RayClusterResource
@@ -24,7 +25,7 @@ from llm_pipeline.tokenize.shards import ShardConfig, write_shards
 from llm_pipeline.train.checkpoints import CheckpointStore
 from llm_pipeline.train.config import LaunchConfig
 from llm_pipeline.train.launch import ray_job_command, ray_job_env
-from llm_pipeline_tests.helpers import step_failure
+from llm_pipeline_tests.helpers import GERMAN, WITH_CONTACT, distinct_text, step_failure
 from llm_pipeline_tests.local_ray import LocalRayCluster, only_loopback
 from llm_pipeline_tests.services import Dagster
 from llm_pipeline_tests.test_e2e_graph import SMALL, _run_config
@@ -123,6 +124,20 @@ def test_data_stages_on_ray_are_byte_identical_to_local(cluster, tmp_path, small
     assert local[0]["files_read"] > 40 and sum(local[0]["dropped"].values()) > 0  # dedup and filters had work to do
     assert ray[1] == local[1]  # every corpus file, the manifest and quarantine included
     assert ray[2] == local[2]  # every shard and flat file, and the manifest
+    # The web preset's steps (the language model, C4's line removal, PII placeholders) in Ray tasks too.
+    prose = tmp_path / "prose"
+    prose.mkdir()
+    for part in range(3):
+        texts = [distinct_text(10 * part + i) for i in range(6)] + [GERMAN, WITH_CONTACT]
+        (prose / f"part-{part}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    web = {}
+    for executor in ("local", "ray"):
+        out = Storage(str(tmp_path / f"web-{executor}"))
+        manifest = build_corpus(CorpusConfig(source_uri=str(prose), executor=executor, filters=FilterConfig(preset="web")), out,
+                                ray_address=cluster.driver_address)
+        web[executor] = (manifest, _files(out))
+    assert web["local"][0]["dropped"]["language"] == 3 and web["local"][0]["modified"]["pii"] == 3
+    assert web["ray"][1] == web["local"][1]
 
 
 def test_a_worker_node_lost_mid_training_resumes_with_equal_losses(cluster, on_ray, tmp_path):

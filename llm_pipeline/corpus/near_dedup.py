@@ -38,7 +38,7 @@ _MIX = np.array(
 _BAND_MIX = _MIX[:ROWS]
 
 
-class _Powers:
+class Powers:
     """P**i and P**-i mod 2**64 for i up to the longest document seen, grown on demand."""
 
     up = np.ones(1, dtype=np.uint64)
@@ -98,7 +98,7 @@ def _signatures(encoded: list[bytes], k: int) -> np.ndarray:
     doc_of_word = np.searchsorted(doc_starts, starts, side="right") - 1
     words_per_doc = np.bincount(doc_of_word, minlength=len(encoded))
     n = data.size
-    powers, inverse = _Powers.upto(n)
+    powers, inverse = Powers.upto(n)
     with np.errstate(over="ignore"):
         prefix = np.zeros(n + 1, dtype=np.uint64)
         np.cumsum((data.astype(np.uint64) + np.uint64(1)) * powers[:n], out=prefix[1:])

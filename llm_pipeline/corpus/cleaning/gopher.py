@@ -11,11 +11,17 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from llm_pipeline.corpus.cleaning.text import PUNCTUATION_SET
+from llm_pipeline.corpus.near_dedup import _MIX, Powers
 
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _LINES = re.compile("\n+")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+# Deleting these leaves nothing of a word made only of punctuation (the whitespace among them never
+# occurs inside a word that str.split() made).
+_DELETE_PUNCTUATION = {ord(c): None for c in PUNCTUATION_SET if not c.isspace()}
 
 
 def duplicates(items: list[str]) -> tuple[int, int]:
@@ -31,26 +37,70 @@ def duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def _top_ngram_chars(words: list[str], n: int) -> int:
-    """Characters covered by the most frequent word n-gram (joined by spaces) times its count."""
-    counts = Counter(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
-    gram, count = counts.most_common(1)[0]
-    return len(gram) * count
+class _Words:
+    """A document's words as 64-bit hashes of any run of consecutive words, joined with nothing: the
+    hash of words[i:j] is a polynomial hash of that substring of "".join(words), so two runs hash
+    alike exactly when their joined text is alike (up to 64-bit collisions), as the reference's joined
+    strings compare; its length in characters is kept beside it. Numpy does every n at once instead
+    of one Python string per n-gram."""
+
+    def __init__(self, words: list[str]):
+        self.count = len(words)
+        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        self.starts = np.zeros(len(words) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.starts[1:])
+        codes = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        up, down = Powers.upto(codes.size)
+        self.prefix = np.zeros(codes.size + 1, dtype=np.uint64)
+        self.down = down
+        with np.errstate(over="ignore"):
+            np.cumsum((codes.astype(np.uint64) + np.uint64(1)) * up[: codes.size], out=self.prefix[1:])
+        self.singles = self.runs(1)[0]
+
+    def runs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(hash, characters) of words[i:i+n] joined with nothing, for each i."""
+        count = self.count - n + 1
+        first, last = self.starts[:count], self.starts[n : n + count]
+        chars = last - first
+        with np.errstate(over="ignore"):
+            hashes = (self.prefix[last] - self.prefix[first]) * self.down[first]
+            hashes += chars.astype(np.uint64) * _MIX[1]  # a different length is a different run
+        return hashes, chars
 
 
-def _repeated_ngram_chars(words: list[str], n: int) -> int:
+def _top_ngram_chars(words: _Words, n: int) -> int:
+    """Characters of the most frequent word n-gram joined by spaces, times its count; among n-grams
+    as frequent, the first to occur (as Counter.most_common(1) picks)."""
+    singles = words.singles
+    count = words.count - n + 1
+    with np.errstate(over="ignore"):
+        keys = singles[:count] * _MIX[0]
+        for j in range(1, n):
+            keys = keys * _MIX[2] + singles[j : j + count] * _MIX[j + 2]
+    listed = keys.tolist()  # a Python Counter beats numpy's unique on a document's few hundred words
+    key, top = Counter(listed).most_common(1)[0]
+    at = listed.index(key)
+    return (int(words.starts[at + n] - words.starts[at]) + n - 1) * top
+
+
+def _repeated_ngram_chars(words: _Words, n: int) -> int:
     """Characters in n-grams (words joined with nothing, as Gopher's reference does) that repeat an
     earlier one; a repeat skips its n words, so overlapping repeats are not counted twice."""
-    seen: set[str] = set()
+    if words.count < n:
+        return 0
+    hashes, chars = words.runs(n)
+    keys = hashes.tolist()
+    if len(set(keys)) == len(keys):  # no n-gram occurs twice: nothing to count
+        return 0
+    seen: set[int] = set()
     repeated = idx = 0
-    last = len(words) - n + 1
-    while idx < last:
-        gram = "".join(words[idx : idx + n])
-        if gram in seen:
-            repeated += len(gram)
+    sizes = chars.tolist()
+    while idx < len(keys):
+        if keys[idx] in seen:
+            repeated += sizes[idx]
             idx += n
         else:
-            seen.add(gram)
+            seen.add(keys[idx])
             idx += 1
     return repeated
 
@@ -79,9 +129,9 @@ class GopherRepetition:
             return "dup_line_frac"
         if chars / len(text) > self.dup_line_char_frac:
             return "dup_line_char_frac"
-        words = text.split()
+        words = _Words(text.split())
         for n, limit in self.top_n_grams:
-            if len(words) >= n and _top_ngram_chars(words, n) / len(text) > limit:
+            if words.count >= n and _top_ngram_chars(words, n) / len(text) > limit:
                 return f"top_{n}_gram"
         for n, limit in self.dup_n_grams:
             if _repeated_ngram_chars(words, n) / len(text) > limit:
@@ -104,7 +154,7 @@ class GopherQuality:
     def __call__(self, text: str) -> str | None:
         words = text.split()
         n_words = len(words)
-        real_words = [w for w in words if any(ch not in PUNCTUATION_SET for ch in w)]
+        real_words = [w for w in words if w.translate(_DELETE_PUNCTUATION)]
         if len(real_words) < self.min_doc_words:
             return "gopher_short_doc"
         if len(real_words) > self.max_doc_words:
@@ -123,7 +173,7 @@ class GopherQuality:
             return "gopher_too_many_bullets"
         if sum(s.rstrip().endswith(("...", "\u2026")) for s in lines) / len(lines) > self.max_ellipsis_lines_ratio:
             return "gopher_too_many_end_ellipsis"
-        if sum(any(c.isalpha() for c in w) for w in words) / n_words < self.min_alpha_words_ratio:
+        if sum(w.isalpha() or any(map(str.isalpha, w)) for w in words) / n_words < self.min_alpha_words_ratio:
             return "gopher_below_alpha_threshold"
         if len(STOP_WORDS.intersection(words)) < self.min_stop_words:
             return "gopher_enough_stop_words"

@@ -16,6 +16,7 @@ _EMAIL = re.compile(
     r"A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?|\[(?:(?:25[0-5]|2[0-4][0-9]|["
     r"01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?|[A-Za-z0-9-]*[A-Za-z0-9]:)])"
 )
+_DIGIT_DOT_DIGIT = re.compile(r"\d\.\d")  # no IP address without one: most documents skip the IP pattern
 _IP = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)")
 # example.com/org are reserved for examples; the addresses are datatrove's (unassigned when it chose them)
 EMAIL_REPLACEMENTS = ("email@example.com", "firstname.lastname@example.org")
@@ -50,5 +51,6 @@ def format_pii(text: str) -> tuple[str, int]:
         ips += 1
         return IP_REPLACEMENTS[(ips - 1) % len(IP_REPLACEMENTS)]
 
-    text = _IP.sub(ip, text)
+    if _DIGIT_DOT_DIGIT.search(text):
+        text = _IP.sub(ip, text)
     return text, count + ips
