@@ -64,55 +64,11 @@ PRESETS: dict[str, tuple[str, ...]] = {
     ),
 }
 # Source code by file name (the compression suffix off): these files get `code` under preset `auto`.
-CODE_EXTENSIONS = frozenset(
-    [
-        ".py",
-        ".pyi",
-        ".js",
-        ".mjs",
-        ".ts",
-        ".tsx",
-        ".jsx",
-        ".java",
-        ".kt",
-        ".scala",
-        ".c",
-        ".h",
-        ".cc",
-        ".cpp",
-        ".cxx",
-        ".hpp",
-        ".cs",
-        ".go",
-        ".rs",
-        ".rb",
-        ".php",
-        ".swift",
-        ".m",
-        ".mm",
-        ".lua",
-        ".pl",
-        ".pm",
-        ".r",
-        ".jl",
-        ".hs",
-        ".ml",
-        ".sh",
-        ".bash",
-        ".sql",
-        ".dart",
-        ".ex",
-        ".exs",
-        ".erl",
-        ".clj",
-        ".f90",
-        ".zig",
-        ".nim",
-        ".vue",
-        ".css",
-        ".scss",
-    ]
+_CODE_EXTENSIONS = (
+    ".py .pyi .js .mjs .ts .tsx .jsx .java .kt .scala .c .h .cc .cpp .cxx .hpp .cs .go .rs .rb .php .swift .m .mm .lua .pl "
+    ".pm .r .jl .hs .ml .sh .bash .sql .dart .ex .exs .erl .clj .f90 .zig .nim .vue .css .scss"
 )
+CODE_EXTENSIONS = frozenset(_CODE_EXTENSIONS.split())
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
 
 
@@ -155,6 +111,18 @@ class Rules:
     code_quality: CodeQuality = CodeQuality()
 
 
+# A step takes the documents still in the running (in order) and marks those it drops or changes.
+Step = Callable[[list[Outcome], Rules], None]
+
+
+def _each(check: Callable[[Outcome, Rules], None]) -> Step:
+    def step(docs: list[Outcome], rules: Rules) -> None:
+        for doc in docs:
+            check(doc, rules)
+
+    return step
+
+
 def _length(doc: Outcome, rules: Rules) -> None:
     if len(doc.text) < rules.min_chars:
         doc.reason = "too_short"
@@ -173,13 +141,24 @@ def _language(doc: Outcome, rules: Rules) -> None:
         doc.reason, doc.detail = "language", f"{doc.language} {doc.language_score:.2f}"
 
 
-def _rule(name: str) -> Callable[[Outcome, Rules], None]:
-    def step(doc: Outcome, rules: Rules) -> None:
+def _rule(name: str) -> Step:
+    """A rule set with `many(texts)`: every document at once."""
+
+    def step(docs: list[Outcome], rules: Rules) -> None:
+        for doc, broken in zip(docs, getattr(rules, name).many([d.text for d in docs])):
+            if broken is not None:
+                doc.reason, doc.detail = name, broken
+
+    return step
+
+
+def _rule_each(name: str) -> Callable[[Outcome, Rules], None]:
+    def check(doc: Outcome, rules: Rules) -> None:
         broken = getattr(rules, name)(doc.text)
         if broken is not None:
             doc.reason, doc.detail = name, broken
 
-    return step
+    return check
 
 
 def _c4(doc: Outcome, rules: Rules) -> None:
@@ -206,26 +185,35 @@ def _pii(doc: Outcome, rules: Rules) -> None:
         doc.modified.append("pii")
 
 
-_STEP_FUNCTIONS: dict[str, Callable[[Outcome, Rules], None]] = {
-    "length": _length,
-    "printable": _printable,
-    "language": _language,
+_STEP_FUNCTIONS: dict[str, Step] = {
+    "length": _each(_length),
+    "printable": _each(_printable),
+    "language": _each(_language),
     "gopher_repetition": _rule("gopher_repetition"),
     "gopher_quality": _rule("gopher_quality"),
-    "c4_quality": _c4,
-    "fineweb_quality": _rule("fineweb_quality"),
-    "code_quality": _rule("code_quality"),
-    "decontamination": _decontamination,
-    "pii": _pii,
+    "c4_quality": _each(_c4),
+    "fineweb_quality": _each(_rule_each("fineweb_quality")),
+    "code_quality": _each(_rule_each("code_quality")),
+    "decontamination": _each(_decontamination),
+    "pii": _each(_pii),
 }
 assert set(_STEP_FUNCTIONS) == set(STEPS)
 
 
-def clean(text: str, steps: tuple[str, ...], rules: Rules) -> Outcome:
-    """`text` through `steps` in order; stops at the first that drops it."""
-    doc = Outcome(text)
+def clean_many(texts: list[str], steps: tuple[str, ...], rules: Rules) -> list[Outcome]:
+    """Each of `texts` through `steps` in order; a document leaves at the first step that drops it.
+    The same outcomes as one document at a time: a step sees each document alone, whatever else is
+    in the batch (batches let the Gopher rules count n-grams in numpy for many documents at once)."""
+    docs = [Outcome(text) for text in texts]
+    alive = docs
     for name in steps:
-        _STEP_FUNCTIONS[name](doc, rules)
-        if doc.reason is not None:
+        if not alive:
             break
-    return doc
+        _STEP_FUNCTIONS[name](alive, rules)
+        alive = [doc for doc in alive if doc.reason is None]
+    return docs
+
+
+def clean(text: str, steps: tuple[str, ...], rules: Rules) -> Outcome:
+    """One document through `steps`."""
+    return clean_many([text], steps, rules)[0]

@@ -1,14 +1,19 @@
 """Gopher's document rules (Rae et al. 2021, table A1), with the published thresholds as defaults.
 
-Each returns the name of the first rule a document breaks, or None. The rules and their order are
-datatrove 0.10.1's `GopherRepetitionFilter` and `GopherQualityFilter` with a whitespace word split
+Each names the first rule a document breaks, or None. The rules and their order are datatrove 0.10.1's
+`GopherRepetitionFilter` and `GopherQualityFilter` with a whitespace word split
 (`benchmarks.filter_conformance` checks that both make the same decisions).
+
+Both work on many documents at once (`many`): the word n-gram counts that cost datatrove one Python
+string per n-gram are numpy over a batch's words here. A run of words is a 64-bit polynomial hash of
+its characters, so two runs compare as their text does (up to 64-bit collisions); only a document
+that repeats an n-gram goes through the reference's greedy count in Python.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +24,6 @@ from llm_pipeline.corpus.near_dedup import _MIX, Powers
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _LINES = re.compile("\n+")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
-# Deleting these leaves nothing of a word made only of punctuation (the whitespace among them never
-# occurs inside a word that str.split() made).
-_DELETE_PUNCTUATION = {ord(c): None for c in PUNCTUATION_SET if not c.isspace()}
 
 
 def duplicates(items: list[str]) -> tuple[int, int]:
@@ -37,72 +39,138 @@ def duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-class _Words:
-    """A document's words as 64-bit hashes of any run of consecutive words, joined with nothing: the
-    hash of words[i:j] is a polynomial hash of that substring of "".join(words), so two runs hash
-    alike exactly when their joined text is alike (up to 64-bit collisions), as the reference's joined
-    strings compare; its length in characters is kept beside it. Numpy does every n at once instead
-    of one Python string per n-gram."""
+def _char_table(predicate) -> np.ndarray:
+    """predicate(chr(c)) for every code point below 0x10000 (the rest are looked up one by one)."""
+    return np.fromiter((predicate(chr(c)) for c in range(0x10000)), dtype=bool, count=0x10000)
 
-    def __init__(self, words: list[str]):
-        self.count = len(words)
-        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        self.starts = np.zeros(len(words) + 1, dtype=np.int64)
+
+class _Tables:
+    punctuation: np.ndarray | None = None
+    alpha: np.ndarray | None = None
+
+    @classmethod
+    def get(cls) -> tuple[np.ndarray, np.ndarray]:
+        if cls.punctuation is None or cls.alpha is None:  # once per process, ~30 ms
+            cls.punctuation = _char_table(PUNCTUATION_SET.__contains__)
+            cls.alpha = _char_table(str.isalpha)
+        return cls.punctuation, cls.alpha
+
+
+class Words:
+    """The words (`str.split()`) of a batch of documents, end to end: per word its document and the
+    span of its characters in the concatenation of all words; a prefix hash over those characters."""
+
+    def __init__(self, texts: Sequence[str]):
+        split = [t.split() for t in texts]
+        self.per_doc = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+        self.words: list[str] = [w for ws in split for w in ws]
+        self.doc = np.repeat(np.arange(len(split)), self.per_doc)
+        self.first_word = np.zeros(len(split) + 1, dtype=np.int64)
+        np.cumsum(self.per_doc, out=self.first_word[1:])
+        lengths = np.fromiter(map(len, self.words), dtype=np.int64, count=len(self.words))
+        self.starts = np.zeros(len(self.words) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.starts[1:])
-        codes = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        up, down = Powers.upto(codes.size)
-        self.prefix = np.zeros(codes.size + 1, dtype=np.uint64)
+        self.codes = np.frombuffer("".join(self.words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        up, down = Powers.upto(self.codes.size)
         self.down = down
+        self.prefix = np.zeros(self.codes.size + 1, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            np.cumsum((codes.astype(np.uint64) + np.uint64(1)) * up[: codes.size], out=self.prefix[1:])
-        self.singles = self.runs(1)[0]
+            np.cumsum((self.codes.astype(np.uint64) + np.uint64(1)) * up[: self.codes.size], out=self.prefix[1:])
+        self.singles = self.runs(np.arange(len(self.words)), 1)[0]
 
-    def runs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(hash, characters) of words[i:i+n] joined with nothing, for each i."""
-        count = self.count - n + 1
-        first, last = self.starts[:count], self.starts[n : n + count]
-        chars = last - first
+    def windows(self, n: int) -> np.ndarray:
+        """The first word of every run of n words that stays inside one document."""
+        first = np.arange(max(len(self.words) - n + 1, 0))
+        return first[self.doc[first] == self.doc[first + n - 1]] if n > 1 else first
+
+    def runs(self, first: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(hash, characters) of words[i:i+n] joined with nothing, for each i in `first`."""
+        begin, end = self.starts[first], self.starts[first + n]
+        chars = end - begin
         with np.errstate(over="ignore"):
-            hashes = (self.prefix[last] - self.prefix[first]) * self.down[first]
+            hashes = (self.prefix[end] - self.prefix[begin]) * self.down[begin]
             hashes += chars.astype(np.uint64) * _MIX[1]  # a different length is a different run
         return hashes, chars
 
 
-def _top_ngram_chars(words: _Words, n: int) -> int:
-    """Characters of the most frequent word n-gram joined by spaces, times its count; among n-grams
-    as frequent, the first to occur (as Counter.most_common(1) picks)."""
-    singles = words.singles
-    count = words.count - n + 1
+def _per_doc_sum(values: np.ndarray, first_word: np.ndarray) -> list[int]:
+    """Sum of per-word `values` for each document (0 for a document without words)."""
+    counts = np.diff(first_word)
+    out = np.zeros(counts.size, dtype=np.int64)
+    filled = counts > 0
+    if filled.any():
+        out[filled] = np.add.reduceat(values, first_word[:-1][filled])
+    return out.tolist()
+
+
+def _grouped(doc: np.ndarray, keys: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Equal (document, key) pairs grouped: each group's document, size and first word."""
+    mixed = _per_document(doc, keys)
+    order = np.argsort(mixed)
+    ordered = mixed[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]])) if ordered.size else np.zeros(0, dtype=np.int64)
+    sizes = np.diff(np.append(starts, ordered.size))
+    earliest = np.minimum.reduceat(first[order], starts) if starts.size else starts
+    return doc[order][starts], sizes, earliest
+
+
+def _per_document(doc: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """One key per (document, n-gram)."""
     with np.errstate(over="ignore"):
-        keys = singles[:count] * _MIX[0]
+        return keys ^ (doc.astype(np.uint64) * _MIX[7])
+
+
+def _top_ngram_chars(words: Words, n: int) -> np.ndarray:
+    """Per document: characters of its most frequent word n-gram joined by spaces, times its count;
+    among n-grams as frequent, the first to occur (as Counter.most_common(1) picks). -1: fewer than n words."""
+    first = words.windows(n)
+    with np.errstate(over="ignore"):
+        keys = words.singles[first] * _MIX[0]
         for j in range(1, n):
-            keys = keys * _MIX[2] + singles[j : j + count] * _MIX[j + 2]
-    listed = keys.tolist()  # a Python Counter beats numpy's unique on a document's few hundred words
-    key, top = Counter(listed).most_common(1)[0]
-    at = listed.index(key)
-    return (int(words.starts[at + n] - words.starts[at]) + n - 1) * top
+            keys = keys * _MIX[2] + words.singles[first + j] * _MIX[j + 2]
+    doc, count, at = _grouped(words.doc[first], keys, first)
+    out = np.full(words.per_doc.size, -1, dtype=np.int64)
+    if not doc.size:
+        return out
+    # per document, the largest count and then the earliest first word: one sort key
+    rank = (doc << 48) | ((_LIMIT - count) << 24) | at if at.max() < _LIMIT and count.max() < _LIMIT else None
+    best = np.argsort(rank) if rank is not None else np.lexsort((at, -count, doc))
+    doc, count, at = doc[best], count[best], at[best]
+    lead = np.concatenate([[True], doc[1:] != doc[:-1]])
+    chars = words.starts[at[lead] + n] - words.starts[at[lead]] + n - 1
+    out[doc[lead]] = chars * count[lead]
+    return out
 
 
-def _repeated_ngram_chars(words: _Words, n: int) -> int:
-    """Characters in n-grams (words joined with nothing, as Gopher's reference does) that repeat an
-    earlier one; a repeat skips its n words, so overlapping repeats are not counted twice."""
-    if words.count < n:
-        return 0
-    hashes, chars = words.runs(n)
-    keys = hashes.tolist()
-    if len(set(keys)) == len(keys):  # no n-gram occurs twice: nothing to count
-        return 0
-    seen: set[int] = set()
-    repeated = idx = 0
-    sizes = chars.tolist()
-    while idx < len(keys):
-        if keys[idx] in seen:
-            repeated += sizes[idx]
-            idx += n
-        else:
-            seen.add(keys[idx])
-            idx += 1
-    return repeated
+_LIMIT = 1 << 24
+
+
+def _repeated_ngram_chars(words: Words, n: int) -> np.ndarray:
+    """Per document: characters in n-grams (words joined with nothing, as Gopher's reference does)
+    that repeat an earlier one; a repeat skips its n words, so overlapping repeats count once."""
+    first = words.windows(n)
+    keys, chars = words.runs(first, n)
+    doc = words.doc[first]
+    out = np.zeros(words.per_doc.size, dtype=np.int64)
+    mixed = _per_document(doc, keys)
+    ordered = np.sort(mixed)
+    repeats = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not repeats.size:  # no document repeats an n-gram: the usual case, one sort
+        return out
+    for d in np.unique(doc[np.isin(mixed, repeats)]).tolist():  # the reference's greedy walk, where a document repeats
+        lo, hi = np.searchsorted(doc, [d, d + 1])
+        seen: set[int] = set()
+        repeated = idx = 0
+        doc_keys, doc_chars = keys[lo:hi].tolist(), chars[lo:hi].tolist()
+        while idx < len(doc_keys):
+            if doc_keys[idx] in seen:
+                repeated += doc_chars[idx]
+                idx += n
+            else:
+                seen.add(doc_keys[idx])
+                idx += 1
+        out[d] = repeated
+    return out
 
 
 @dataclass(frozen=True)
@@ -115,6 +183,22 @@ class GopherRepetition:
     dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
 
     def __call__(self, text: str) -> str | None:
+        return self.many([text])[0]
+
+    def many(self, texts: Sequence[str]) -> list[str | None]:
+        verdicts: list[str | None] = [self._lines(t) for t in texts]
+        words = Words(texts)
+        top = [(n, limit, _top_ngram_chars(words, n).tolist()) for n, limit in self.top_n_grams]
+        repeated = [(n, limit, _repeated_ngram_chars(words, n).tolist()) for n, limit in self.dup_n_grams]
+        for d, text in enumerate(texts):
+            if verdicts[d] is not None:
+                continue
+            verdicts[d] = next((f"top_{n}_gram" for n, limit, chars in top if chars[d] >= 0 and chars[d] / len(text) > limit), None)
+            if verdicts[d] is None:
+                verdicts[d] = next((f"duplicated_{n}_n_grams" for n, limit, chars in repeated if chars[d] / len(text) > limit), None)
+        return verdicts
+
+    def _lines(self, text: str) -> str | None:
         if not text:
             return "empty"
         paragraphs = _PARAGRAPHS.split(text.strip())
@@ -129,13 +213,6 @@ class GopherRepetition:
             return "dup_line_frac"
         if chars / len(text) > self.dup_line_char_frac:
             return "dup_line_char_frac"
-        words = _Words(text.split())
-        for n, limit in self.top_n_grams:
-            if words.count >= n and _top_ngram_chars(words, n) / len(text) > limit:
-                return f"top_{n}_gram"
-        for n, limit in self.dup_n_grams:
-            if _repeated_ngram_chars(words, n) / len(text) > limit:
-                return f"duplicated_{n}_n_grams"
         return None
 
 
@@ -152,14 +229,41 @@ class GopherQuality:
     min_stop_words: int = 2
 
     def __call__(self, text: str) -> str | None:
-        words = text.split()
-        n_words = len(words)
-        real_words = [w for w in words if w.translate(_DELETE_PUNCTUATION)]
-        if len(real_words) < self.min_doc_words:
+        return self.many([text])[0]
+
+    def many(self, texts: Sequence[str], words: Words | None = None) -> list[str | None]:
+        words = words or Words(texts)
+        punctuation, alpha = _Tables.get()
+        codes = words.codes
+        small = codes < 0x10000
+        # per character: not punctuation / a letter (the few code points past 0xFFFF asked one by one)
+        not_punct = np.ones(codes.size, dtype=bool)
+        letter = np.zeros(codes.size, dtype=bool)
+        not_punct[small] = ~punctuation[codes[small]]
+        letter[small] = alpha[codes[small]]
+        for i in np.flatnonzero(~small).tolist():
+            char = chr(int(codes[i])) if codes[i] < 0x110000 else ""
+            not_punct[i], letter[i] = char not in PUNCTUATION_SET, char.isalpha()
+        starts = words.starts[:-1]  # every word has a character, so every range below is non-empty
+        has = np.add.reduceat(not_punct, starts) > 0 if starts.size else np.zeros(0, dtype=bool)
+        has_letter = np.add.reduceat(letter, starts) > 0 if starts.size else np.zeros(0, dtype=bool)
+        bounds = words.first_word
+        real = _per_doc_sum(has.astype(np.int64), bounds)
+        real_chars = _per_doc_sum(np.where(has, np.diff(words.starts), 0), bounds)
+        alpha_words = _per_doc_sum(has_letter.astype(np.int64), bounds)
+        per_doc = words.per_doc.tolist()
+        out: list[str | None] = []
+        for d, text in enumerate(texts):
+            doc_words = words.words[bounds[d] : bounds[d + 1]]
+            out.append(self._rules(text, doc_words, per_doc[d], real[d], real_chars[d], alpha_words[d]))
+        return out
+
+    def _rules(self, text: str, words: list[str], n_words: int, real: int, real_chars: int, alpha_words: int) -> str | None:
+        if real < self.min_doc_words:
             return "gopher_short_doc"
-        if len(real_words) > self.max_doc_words:
+        if real > self.max_doc_words:
             return "gopher_long_doc"
-        mean_length = sum(len(w) for w in real_words) / len(real_words)
+        mean_length = real_chars / real
         if mean_length < self.min_avg_word_length:
             return "gopher_below_avg_threshold"
         if mean_length > self.max_avg_word_length:
@@ -173,7 +277,7 @@ class GopherQuality:
             return "gopher_too_many_bullets"
         if sum(s.rstrip().endswith(("...", "\u2026")) for s in lines) / len(lines) > self.max_ellipsis_lines_ratio:
             return "gopher_too_many_end_ellipsis"
-        if sum(w.isalpha() or any(map(str.isalpha, w)) for w in words) / n_words < self.min_alpha_words_ratio:
+        if alpha_words / n_words < self.min_alpha_words_ratio:
             return "gopher_below_alpha_threshold"
         if len(STOP_WORDS.intersection(words)) < self.min_stop_words:
             return "gopher_enough_stop_words"
