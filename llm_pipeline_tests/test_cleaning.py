@@ -7,10 +7,12 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llm_pipeline.assets.configs import RawCorpusConfig
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus, default_corpus_uri, iter_documents
-from llm_pipeline.corpus.cleaning import PRESETS, Rules, clean, preset_for
+from llm_pipeline.corpus.cleaning import PRESETS, Rules, clean, clean_many, preset_for
 from llm_pipeline.corpus.cleaning.c4 import C4Quality
 from llm_pipeline.corpus.cleaning.code import CodeQuality
 from llm_pipeline.corpus.cleaning.decontamination import EvalNgrams
@@ -192,3 +194,15 @@ def test_the_launchpad_carries_every_cleaning_setting():
     assert cfg.filters.steps_for("web") == ("length", "language") and cfg.filters.languages == ("en", "de")
     with pytest.raises(ValueError, match="unknown step 'nope'"):
         RawCorpusConfig(steps=["nope"]).to_library()
+
+
+_WORDS = st.sampled_from(["the", "of", "cat", "sat", "on", "mat", "a", "b", "ab", "ba", "...", "#", "-", "é", "𝔘", "Ünïcode", "2024", "!!"])
+_DOCS = st.lists(st.lists(_WORDS, min_size=0, max_size=80).map(" ".join), min_size=1, max_size=6).map("\n".join)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_DOCS, min_size=1, max_size=12))
+def test_a_documents_verdict_does_not_depend_on_its_batch(texts):
+    """The Gopher rules count n-grams for a batch at once: each document's verdict is the one it gets alone."""
+    steps = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality", "pii")
+    assert clean_many(texts, steps, RULES) == [clean(t, steps, RULES) for t in texts]

@@ -43,7 +43,11 @@ def check_languages(languages: tuple[str, ...]) -> None:
 def language_scores(text: str, k: int = -1) -> dict[str, float]:
     """The `k` best languages' scores for `text` (every language's for -1; ISO 639 codes, as lid.176
     names them), highest first."""
-    labels, scores = _model().predict(text.replace("\n", " "), k=k)
+    line = text.replace("\n", " ")
+    try:
+        labels, scores = _model().predict(line, k=k)
+    except (TypeError, UnicodeEncodeError):  # a lone surrogate fastText cannot take as UTF-8: scored without it
+        labels, scores = _model().predict(line.encode("utf-8", "replace").decode("utf-8"), k=k)
     return {label.removeprefix("__label__"): float(score) for label, score in zip(labels, scores)}
 
 
