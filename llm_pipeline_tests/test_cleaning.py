@@ -206,3 +206,32 @@ def test_a_documents_verdict_does_not_depend_on_its_batch(texts):
     """The Gopher rules count n-grams for a batch at once: each document's verdict is the one it gets alone."""
     steps = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality", "pii")
     assert clean_many(texts, steps, RULES) == [clean(t, steps, RULES) for t in texts]
+
+
+def test_rule_settings_change_a_threshold_and_are_recorded(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "docs.jsonl").write_text("".join(json.dumps({"text": distinct_text(i)}) + "\n" for i in range(4)))
+    strict = FilterConfig(preset="web", rule_settings={"gopher_quality.min_doc_words": 10_000})
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), filters=FilterConfig(preset="web")), Storage(str(tmp_path / "a")))
+    assert manifest["documents"] == 4
+    with pytest.raises(ValueError, match="no document kept"):  # every document is now too short for Gopher
+        build_corpus(CorpusConfig(source_uri=str(src), filters=strict), Storage(str(tmp_path / "b")))
+    loose = FilterConfig(preset="web", rule_settings={"c4_quality.min_num_sentences": 1, "gopher_quality.min_avg_word_length": 2.5})
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), filters=loose), Storage(str(tmp_path / "c")))
+    assert manifest["cleaning"]["rule_settings"] == {"c4_quality.min_num_sentences": 1.0, "gopher_quality.min_avg_word_length": 2.5}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"gopher.min_doc_words": 1}, "'gopher.min_doc_words' names no rule set"),
+        ({"gopher_quality.min_words": 1}, "gopher_quality has no setting 'min_words'; it has max_avg_word_length"),
+        ({"gopher_quality.min_doc_words": 1.5}, "min_doc_words is a whole number, got 1.5"),
+        ({"c4_quality.filter_no_terminal_punct": 2}, "is on or off: 1 or 0, got 2"),
+        ({"fineweb_quality.line_punct_thr": float("nan")}, "must be a finite number"),
+    ],
+)
+def test_rule_settings_a_rule_cannot_take_are_refused_by_name(settings, message):
+    with pytest.raises(ValueError, match=message):
+        FilterConfig(rule_settings=settings)

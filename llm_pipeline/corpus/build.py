@@ -38,7 +38,7 @@ from llm_pipeline.corpus.clean import (
     quarantine_path,
     worker_main,
 )
-from llm_pipeline.corpus.cleaning import Rules
+from llm_pipeline.corpus.cleaning import Rules, tuned_rules
 from llm_pipeline.corpus.cleaning.decontamination import EvalNgrams, harness_item_texts
 from llm_pipeline.corpus.cleaning.language import check_languages
 from llm_pipeline.corpus.filters import FilterConfig
@@ -372,6 +372,7 @@ def build_corpus(
             | ({"steps": list(cfg.filters.steps)} if cfg.filters.steps is not None else {}),
             "languages": list(cfg.filters.languages),
             "min_language_score": cfg.filters.min_language_score,
+            "rule_settings": dict(sorted(cfg.filters.rule_settings.items())),
             "decontaminated_against": {"tasks": list(cfg.filters.decontaminate_tasks), "n": cfg.filters.decontamination_ngram}
             | ({"items": rules.eval_ngrams.items, "items_too_short": rules.eval_ngrams.too_short} if rules.eval_ngrams else {}),
         },
@@ -404,7 +405,7 @@ def cleaning_rules(filters: FilterConfig) -> Rules:
     eval_ngrams = None
     if filters.decontaminate_tasks and "decontamination" in uses:
         eval_ngrams = EvalNgrams.of(harness_item_texts(filters.decontaminate_tasks), filters.decontamination_ngram)
-    return Rules(
+    rules = Rules(
         min_chars=filters.min_chars,
         max_chars=filters.max_chars,
         min_printable_fraction=filters.min_printable_fraction,
@@ -412,6 +413,7 @@ def cleaning_rules(filters: FilterConfig) -> Rules:
         min_language_score=filters.min_language_score,
         eval_ngrams=eval_ngrams,
     )
+    return tuned_rules(rules, filters.rule_settings)
 
 
 def check_output_folder(out: Storage, cfg: CorpusConfig, storage_options: dict | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llm_pipeline.corpus.cleaning import PRESETS, STEPS
+from llm_pipeline.corpus.cleaning import PRESETS, STEPS, check_rule_setting
 from llm_pipeline.settings import Settings
 
 Preset = Literal["auto", "web", "code", "minimal"]
@@ -34,6 +34,11 @@ class FilterConfig(Settings):
         "tasks' items (cached datasets, offline)",
     )
     decontamination_ngram: int = Field(default=13, ge=4, le=64, description="decontamination step: words per n-gram")
+    rule_settings: dict[str, float] = Field(
+        default={},
+        description="the heuristic steps' thresholds, changed from the published ones: 'step.name' -> value, e.g. "
+        "gopher_quality.min_doc_words=100, c4_quality.filter_no_terminal_punct=1 (docs/corpus.md lists them)",
+    )
     min_chars: int = Field(default=64, ge=0, description="drop documents shorter than this")
     max_chars: int = Field(default=1_000_000, description="drop documents longer than this")
     # Printable or ordinary whitespace characters; binary junk and mis-decoded text score low.
@@ -66,6 +71,13 @@ class FilterConfig(Settings):
         bad = [code for code in value if not re.fullmatch(r"[a-z]{2,3}", code)]
         if bad:
             raise ValueError(f"languages: {bad[0]!r} is not a language code (lid.176 uses ISO 639 codes such as en, de, zh)")
+        return value
+
+    @field_validator("rule_settings")
+    @classmethod
+    def _known_rule_settings(cls, value):
+        for key, number in value.items():
+            check_rule_setting(key, number)
         return value
 
     def steps_for(self, preset: str) -> tuple[str, ...]:

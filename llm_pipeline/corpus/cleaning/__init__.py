@@ -22,8 +22,10 @@ source may be curated already, books or another language: the web recipe is aske
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from llm_pipeline.corpus.cleaning.c4 import C4Quality
@@ -109,6 +111,41 @@ class Rules:
     c4_quality: C4Quality = C4Quality(filter_no_terminal_punct=False)
     fineweb_quality: FineWebQuality = FineWebQuality()
     code_quality: CodeQuality = CodeQuality()
+
+
+# The heuristic rule sets whose thresholds `rule_settings` may change ('step.name' -> value).
+TUNABLE_RULES = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality", "code_quality")
+
+
+def _tunable_fields(rule: str) -> dict[str, type]:
+    """A rule set's scalar settings and their types (the n-gram tables stay the paper's)."""
+    types = {"int": int, "float": float, "bool": bool}
+    return {f.name: types[str(f.type)] for f in dataclasses.fields(getattr(Rules, rule)) if str(f.type) in types}
+
+
+def check_rule_setting(key: str, value: float) -> None:
+    """Refuse, by name, a `rule_settings` entry no rule has or a value its setting cannot take."""
+    rule, _, name = key.partition(".")
+    if rule not in TUNABLE_RULES:
+        raise ValueError(f"rule_settings: {key!r} names no rule set; use 'step.setting' with a step of {', '.join(TUNABLE_RULES)}")
+    fields = _tunable_fields(rule)
+    if name not in fields:
+        raise ValueError(f"rule_settings: {rule} has no setting {name!r}; it has {', '.join(sorted(fields))}")
+    if not math.isfinite(value):
+        raise ValueError(f"rule_settings: {key} must be a finite number, got {value}")
+    if fields[name] is bool and value not in (0, 1):
+        raise ValueError(f"rule_settings: {key} is on or off: 1 or 0, got {value:g}")
+    if fields[name] is int and value != int(value):
+        raise ValueError(f"rule_settings: {key} is a whole number, got {value:g}")
+
+
+def tuned_rules(rules: Rules, settings: Mapping[str, float]) -> Rules:
+    """`rules` with the `rule_settings` entries applied (each already checked)."""
+    changes: dict[str, dict[str, object]] = {}
+    for key, value in settings.items():
+        rule, _, name = key.partition(".")
+        changes.setdefault(rule, {})[name] = _tunable_fields(rule)[name](value)
+    return dataclasses.replace(rules, **{rule: dataclasses.replace(getattr(rules, rule), **c) for rule, c in changes.items()})
 
 
 # A step takes the documents still in the running (in order) and marks those it drops or changes.
