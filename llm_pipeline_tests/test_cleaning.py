@@ -2,6 +2,7 @@
 settings refused before any file is read, determinism, and the drop-share check."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -43,7 +44,7 @@ def test_the_web_preset_drops_by_reason_formats_pii_and_records_the_language(tmp
     assert manifest["modified"] == {"pii": 1}
     assert manifest["cleaning"]["preset"] == "web" and manifest["cleaning"]["files_by_preset"] == {"web": 1}
     assert manifest["cleaning"]["steps"]["web"] == list(PRESETS["web"])
-    assert manifest["dropped_examples"]["language"].endswith("de 1.00") or " de " in manifest["dropped_examples"]["language"]
+    assert re.search(r"crawl\.jsonl#line=7: de \d\.\d\d$", manifest["dropped_examples"]["language"])
     assert manifest["dropped_examples"]["c4_quality"].endswith("lorem_ipsum")
     docs = [r for b in iter_documents(out, columns=("text", "language", "language_score")) for r in b.to_pylist()]
     assert len(docs) == 7 and all(d["language"] == "en" and d["language_score"] > 0.65 for d in docs)
@@ -54,7 +55,7 @@ def test_the_web_preset_drops_by_reason_formats_pii_and_records_the_language(tmp
     quarantine = pq.read_table(str(tmp_path / "out" / manifest["quarantine"][0]["name"])).to_pylist()
     by_reason = {q["reason"]: q for q in quarantine}
     assert by_reason["language"]["content"].decode() == GERMAN and by_reason["language"]["detail"].startswith("de ")
-    assert by_reason["gopher_repetition"]["detail"] == "dup_para_frac" or by_reason["gopher_repetition"]["detail"].startswith("dup_")
+    assert by_reason["gopher_repetition"]["detail"] == "dup_line_frac"  # 12 of 13 lines the same
 
 
 def test_the_command_line_names_the_preset_and_the_drops_on_its_last_line(tmp_path):
