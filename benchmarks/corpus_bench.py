@@ -66,16 +66,33 @@ def _vocabulary() -> list[str]:
     return [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))][:20000]
 
 
+class _GzipShards:
+    """JSON Lines records dealt round-robin into `shards` gzip files; counts records and bytes."""
+
+    def __init__(self, folder: Path, prefix: str, shards: int):
+        self.files = [gzip.open(folder / f"{prefix}-{i:05d}.jsonl.gz", "wb", compresslevel=1) for i in range(shards)]
+        self.records = self.bytes = 0
+
+    def write(self, line: bytes) -> None:
+        self.files[self.records % len(self.files)].write(line + b"\n")
+        self.bytes += len(line) + 1
+        self.records += 1
+
+    def close(self) -> dict:
+        for f in self.files:
+            f.close()
+        return {"records": self.records, "bytes": self.bytes}
+
+
 def make_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     vocab = np.array(_vocabulary() + ["\n"] * 400, dtype=object)  # ~2% newlines: paragraphs
     ranks = np.arange(1, len(vocab) + 1)
     probs = (1.0 / ranks ** 1.05) / np.sum(1.0 / ranks ** 1.05)
     target = total_mb * 1_000_000
-    written, docs, kinds = 0, [], {"unique": 0, "exact_dup": 0, "near_dup": 0, "junk": 0}
-    files = [gzip.open(folder / f"part-{i:05d}.jsonl.gz", "wb", compresslevel=1) for i in range(shards)]
-    n = 0
-    while written < target:
+    docs, kinds = [], {"unique": 0, "exact_dup": 0, "near_dup": 0, "junk": 0}
+    out = _GzipShards(folder, "part", shards)
+    while out.bytes < target:
         roll = rng.random()
         if roll < 0.04 and docs:
             text = docs[rng.integers(len(docs))]
@@ -92,9 +109,7 @@ def make_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> dict:
             line = (json.dumps({"text": "too short"}) if junk == 0 else
                     json.dumps({"text": bytes(rng.integers(0, 32, 2000, dtype=np.uint8)).decode("latin-1")}) if junk == 1 else
                     '{"text": "broken json')
-            files[n % shards].write(line.encode() + b"\n")
-            written += len(line) + 1
-            n += 1
+            out.write(line.encode())
             continue
         else:
             length = int(min(max(rng.lognormal(6.3, 0.8), 30), 20000))
@@ -104,13 +119,8 @@ def make_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> dict:
                 docs.append(text)
             elif rng.random() < 0.05:
                 docs[rng.integers(len(docs))] = text
-        line = json.dumps({"text": text, "id": f"doc-{n}"}).encode() + b"\n"
-        files[n % shards].write(line)
-        written += len(line)
-        n += 1
-    for f in files:
-        f.close()
-    return {"records": n, "bytes": written, **kinds}
+        out.write(json.dumps({"text": text, "id": f"doc-{out.records}"}).encode())
+    return {**out.close(), **kinds}
 
 
 # --- ours ----------------------------------------------------------------------------------------
@@ -146,10 +156,10 @@ def make_web_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> d
         if 8 <= len(doc[a:b].split()) <= 40 and "{" not in doc[a:b] and doc[a:b].rstrip()[-1:] in ".!?"
     ]
     rng = np.random.default_rng(seed)
-    target, written, n, docs = total_mb * 1_000_000, 0, 0, []
+    target, docs = total_mb * 1_000_000, []
     kinds = {"unique": 0, "exact_dup": 0, "near_dup": 0, "spam": 0, "junk": 0}
-    files = [gzip.open(folder / f"web-{i:05d}.jsonl.gz", "wb", compresslevel=1) for i in range(shards)]
-    while written < target:
+    out = _GzipShards(folder, "web", shards)
+    while out.bytes < target:
         roll = rng.random()
         if roll < 0.04 and docs:
             text, kind = docs[rng.integers(len(docs))], "exact_dup"
@@ -169,13 +179,8 @@ def make_web_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> d
             if len(docs) < 5000:
                 docs.append(text)
         kinds[kind] += 1
-        line = json.dumps({"text": text, "id": f"doc-{n}"}).encode() + b"\n"
-        files[n % shards].write(line)
-        written += len(line)
-        n += 1
-    for f in files:
-        f.close()
-    return {"records": n, "bytes": written, **kinds}
+        out.write(json.dumps({"text": text, "id": f"doc-{out.records}"}).encode())
+    return {**out.close(), **kinds}
 
 
 def _web_filters(words) -> list:

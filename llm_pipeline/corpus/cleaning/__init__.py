@@ -179,23 +179,16 @@ def _language(doc: Outcome, rules: Rules) -> None:
 
 
 def _rule(name: str) -> Step:
-    """A rule set with `many(texts)`: every document at once."""
+    """A rule set's verdicts: every document at once where it has `many` (the Gopher rules), else one by one."""
 
     def step(docs: list[Outcome], rules: Rules) -> None:
-        for doc, broken in zip(docs, getattr(rules, name).many([d.text for d in docs])):
+        rule = getattr(rules, name)
+        texts = [d.text for d in docs]
+        for doc, broken in zip(docs, rule.many(texts) if hasattr(rule, "many") else map(rule, texts)):
             if broken is not None:
                 doc.reason, doc.detail = name, broken
 
     return step
-
-
-def _rule_each(name: str) -> Callable[[Outcome, Rules], None]:
-    def check(doc: Outcome, rules: Rules) -> None:
-        broken = getattr(rules, name)(doc.text)
-        if broken is not None:
-            doc.reason, doc.detail = name, broken
-
-    return check
 
 
 def _c4(doc: Outcome, rules: Rules) -> None:
@@ -229,8 +222,8 @@ _STEP_FUNCTIONS: dict[str, Step] = {
     "gopher_repetition": _rule("gopher_repetition"),
     "gopher_quality": _rule("gopher_quality"),
     "c4_quality": _each(_c4),
-    "fineweb_quality": _each(_rule_each("fineweb_quality")),
-    "code_quality": _each(_rule_each("code_quality")),
+    "fineweb_quality": _rule("fineweb_quality"),
+    "code_quality": _rule("code_quality"),
     "decontamination": _each(_decontamination),
     "pii": _each(_pii),
 }

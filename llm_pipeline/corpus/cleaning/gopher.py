@@ -231,8 +231,8 @@ class GopherQuality:
     def __call__(self, text: str) -> str | None:
         return self.many([text])[0]
 
-    def many(self, texts: Sequence[str], words: Words | None = None) -> list[str | None]:
-        words = words or Words(texts)
+    def many(self, texts: Sequence[str]) -> list[str | None]:
+        words = Words(texts)
         punctuation, alpha = _Tables.get()
         codes = words.codes
         small = codes < 0x10000
