@@ -16,7 +16,7 @@ workers = cores. Its word split is reported twice: a whitespace tokenizer with t
 
 Also measured: the tokenization stage on our output (MB/s, the issue's "no slower per MB" target), the
 MinHash engines on the same documents (ours with rensa, rensa on Python shingles, datasketch), and the
-dedup index's memory per kept document (tracemalloc).
+dedup index's bytes on storage per kept document.
 
 The web leg: --web-mb MB of docstring prose (with duplicates, spam and junk) through our `web` preset,
 and through datatrove's own modules for the same filters (language ID on the same lid.176 model, Gopher
@@ -39,7 +39,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ import numpy as np
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.corpus.cleaning.text import printable_fraction
 from llm_pipeline.corpus.filters import FilterConfig
-from llm_pipeline.corpus.near_dedup import NearDuplicateIndex, band_keys, document_signatures
+from llm_pipeline.corpus.near_dedup import document_signatures
 from llm_pipeline.storage.folders import Storage
 
 CORES = os.cpu_count() or 1
@@ -314,21 +313,8 @@ def minhash_engines(corpus: Storage) -> dict[str, float]:
 
 
 def index_bytes_per_document(corpus: Storage) -> float:
-    sigs = []
-    for batch in iter_documents(corpus, columns=("text",)):
-        sigs.append(document_signatures(batch.column("text").to_pylist()))
-        if sum(map(len, sigs)) >= 20000:
-            break
-    sigs = np.concatenate(sigs)
-    keys = band_keys(sigs)
-    tracemalloc.start()
-    index, ids = NearDuplicateIndex(FILTERS.near_dedup_threshold), {}
-    for i in range(len(sigs)):
-        ids[os.urandom(16)] = i  # the exact-dedup entry: 16-byte id -> position
-        index.check(sigs[i], keys[i])
-    current, _ = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return current / len(sigs)
+    segment = corpus.read_json("manifest.json")["dedup_index"]["segment"]
+    return segment["bytes"] / max(segment["documents"], 1)
 
 
 def main() -> None:
@@ -380,8 +366,8 @@ def main() -> None:
     engines = minhash_engines(corpus)
     print(f"MinHash on one core ({engines.pop('_mb'):.1f} MB of documents): " +
           ", ".join(f"{name} {rate:.1f} MB/s" for name, rate in engines.items()))
-    print(f"dedup index memory: {index_bytes_per_document(corpus):.0f} bytes per kept document "
-          f"(near-dedup buckets + signature + exact id)")
+    print(f"dedup index: {index_bytes_per_document(corpus):.0f} bytes per kept document on storage "
+          f"(id and signature, exact and band keys); in memory, at most dedup_memory_mb")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     print(f"web preset: ours/datatrove = {web_dt_s / web_ours_s:.2f}x")

@@ -16,7 +16,6 @@ The last line: `incremental batch cost = X.XX% of a full rebuild (new data = Y.Y
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import tempfile
 import time
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"(b) incremental  : corpus {new_corpus_s:.2f}s (dedup against {inc['deduplicated_against'][0]['batch']}'s index) "
               f"+ tokenize {new_tok_s:.2f}s = {new_corpus_s + new_tok_s:.2f}s ({inc['documents']} new documents, "
               f"{inc['duplicates_of_earlier_batches']} duplicates of the existing batch)")
-        index_bytes = os.path.getsize(os.path.join(tmp, "existing", "corpus", "dedup_index.parquet"))
+        index_bytes = inc["dedup_index"]["earlier_bytes"]
         print(f"persisted dedup index of the existing batch: {index_bytes / 1e6:.2f} MB")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     ratio = (new_corpus_s + new_tok_s) / (full_corpus_s + full_tok_s)

@@ -142,6 +142,14 @@ def test_copies_of_an_earlier_batchs_documents_are_dropped(landed):
     assert manifest["dropped_examples"]["code_quality"].endswith("keyword.py: generated")
     assert manifest["duplicates_of_earlier_batches"] == 2
     assert f"of earlier batch {landed.first}" in manifest["dropped_examples"]["exact_duplicate"]
+    # the dedup index, as the UI shows it: every batch's kept documents so far, and its bytes on storage
+    [mat] = landed.second_result.asset_materializations_for_node("raw_corpus")
+    first_index = _manifest(landed.first_result, "raw_corpus")["dedup_index"]["segment"]
+    assert mat.metadata["dedup_index_documents"].value == 8 + 3
+    assert mat.metadata["dedup_index_bytes"].value == first_index["bytes"] + manifest["dedup_index"]["segment"]["bytes"]
+    segment = Storage(mat.metadata["uri"].value).child("dedup")
+    assert sum(segment.size(name) for name in segment.listdir() if name.endswith(".npy")) == manifest["dedup_index"]["segment"]["bytes"]
+    assert mat.metadata["dedup_lookup_seconds"].value >= 0
 
 
 def test_a_batch_whose_drop_shares_moved_is_warned_about(landed):

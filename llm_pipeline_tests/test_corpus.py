@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, build_corpus, iter_documents
+from llm_pipeline.corpus.dedup import DedupIndex, memory_budget
 from llm_pipeline.corpus.filters import FilterConfig, document_id
-from llm_pipeline.corpus.near_dedup import NearDuplicateIndex, band_keys, document_signatures
+from llm_pipeline.corpus.near_dedup import document_signatures
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline_tests.conftest import SAMPLE_FILES
 
@@ -236,6 +237,16 @@ def test_source_uri_is_literal_not_a_pattern(tmp_path, storage, sample_texts):
     assert [d["text"] for d in _docs(storage)] == [texts[0]]
 
 
+def _all_files(folder: str) -> dict[str, bytes]:
+    """Every file under `folder` by relative path, with its bytes."""
+    found = {}
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            found[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return found
+
+
 def test_output_is_byte_identical_with_one_or_two_workers(tmp_path, sample_texts):
     texts = _texts(sample_texts, 12)
     src = tmp_path / "src"
@@ -247,8 +258,8 @@ def test_output_is_byte_identical_with_one_or_two_workers(tmp_path, sample_texts
     for workers in (1, 2):
         out = Storage(str(tmp_path / f"out{workers}"))
         build_corpus(CorpusConfig(source_uri=str(src), glob="*", workers=workers, row_group_rows=4, shard_bytes=20_000), out)
-        outputs.append({name: out.read_bytes(name) for name in out.listdir()})
-    assert len(outputs[0]) > 3 and outputs[0] == outputs[1]
+        outputs.append(_all_files(out.path))
+    assert len(outputs[0]) > 3 and "dedup/bands.npy" in outputs[0] and outputs[0] == outputs[1]
     manifest = json.loads(outputs[0]["manifest.json"])
     assert manifest["dropped"] == {"exact_duplicate": 4, "near_duplicate": 1, "null_text": 4}
 
@@ -360,12 +371,12 @@ def test_filter_config_validation():
         FilterConfig(min_printable_fraction=1.5)
 
 
-def test_near_duplicate_index_separates_different_texts(sample_texts):
-    index = NearDuplicateIndex(0.85)
+def test_near_duplicate_detection_separates_different_texts(tmp_path, sample_texts):
+    index = DedupIndex(0.85, (), str(tmp_path), memory_budget(64))
 
     def is_near_duplicate(text):
-        sig = document_signatures([text])
-        return index.check(sig[0], band_keys(sig)[0]) is not None
+        keep, drops = index.decide([document_id(text)], document_signatures([text]))
+        return not keep[0] and drops[0][1] == "near_duplicate"
 
     assert not any(is_near_duplicate(t) for t in sample_texts)
     assert is_near_duplicate(sample_texts[3] + "\n# trailing comment\n")

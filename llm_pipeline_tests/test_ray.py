@@ -93,7 +93,8 @@ def test_training_on_the_ray_cluster_through_dagster(on_ray):
 
 
 def _files(folder: Storage) -> dict[str, str]:
-    return {name: hashlib.sha256(folder.read_bytes(name)).hexdigest() for name in sorted(folder.listdir())}
+    """Every file under the folder (the dedup index's included), by relative name, with its hash."""
+    return {path[len(folder.path) + 1 :]: hashlib.sha256(folder.fs.cat_file(path)).hexdigest() for path in sorted(folder.fs.find(folder.path))}
 
 
 def test_data_stages_on_ray_are_byte_identical_to_local(cluster, tmp_path, small_tokenizer):
@@ -122,8 +123,29 @@ def test_data_stages_on_ray_are_byte_identical_to_local(cluster, tmp_path, small
         outputs[executor] = (manifest, _files(root.child("corpus")), _files(root.child("shards")))
     local, ray = outputs["local"], outputs["ray"]
     assert local[0]["files_read"] > 40 and sum(local[0]["dropped"].values()) > 0  # dedup and filters had work to do
-    assert ray[1] == local[1]  # every corpus file, the manifest and quarantine included
+    assert ray[1] == local[1]  # every corpus file, the manifest, quarantine and dedup index included
     assert ray[2] == local[2]  # every shard and flat file, and the manifest
+    # A later batch deduplicated against it: on Ray the keys are looked up and added by one worker per
+    # key range (the driver holds none); the same decisions and the same index segment, byte for byte.
+    later = tmp_path / "later"
+    later.mkdir()
+    for i, path in enumerate(sorted(src.iterdir())[::3]):
+        (later / f"copy-{i:03d}.py").write_text(path.read_text(errors="replace"))
+        (later / f"near-{i:03d}.py").write_text(path.read_text(errors="replace").replace("import ", "import  ", 1))
+    for i, name in enumerate(sorted(os.listdir(os.path.dirname(os.__file__)))[60:90]):
+        path = os.path.join(os.path.dirname(os.__file__), name)
+        if os.path.isfile(path) and name.endswith(".py"):
+            (later / f"new-{i:03d}.py").write_text(open(path, encoding="utf-8", errors="replace").read())
+    for executor in ("local", "ray"):
+        root = Storage(str(tmp_path / executor))
+        manifest = build_corpus(CorpusConfig(source_uri=str(later), executor=executor, dedup_memory_mb=1), root.child("later"),
+                                earlier=[("first", root.child("corpus"))], ray_address=cluster.driver_address)
+        outputs[executor] = (manifest, _files(root.child("later")))
+    assert outputs["local"][0]["duplicates_of_earlier_batches"] > 20 and outputs["local"][0]["documents"] > 10
+    # the manifests differ only in where the earlier batch lies (each executor's own folder)
+    assert {**outputs["ray"][0], "deduplicated_against": []} == {**outputs["local"][0], "deduplicated_against": []}
+    assert {k: v for k, v in outputs["ray"][1].items() if k != "manifest.json"} == {
+        k: v for k, v in outputs["local"][1].items() if k != "manifest.json"}
     # The web preset's steps (the language model, C4's line removal, PII placeholders) in Ray tasks too.
     prose = tmp_path / "prose"
     prose.mkdir()

@@ -107,9 +107,17 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
                 f"{p.decoded_bytes / 1e6 / max(p.seconds, 1e-9):.1f} MB/s"
             )
 
+    stats: dict = {}
     try:
         manifest = build_corpus(
-            cfg, out, storage.at(cfg.source_uri).storage_options, progress=log_progress, earlier=earlier, ray_address=ray_address
+            cfg,
+            out,
+            storage.at(cfg.source_uri).storage_options,
+            progress=log_progress,
+            earlier=earlier,
+            ray_address=ray_address,
+            stats=stats,
+            dedup_compactions=storage.root().child("dedup_index"),
         )
     except (CorpusSourceError, OSError, ValueError) as e:
         raise dg.Failure(description=f"raw_corpus[{batch}]: {e}") from None
@@ -123,6 +131,7 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
         uri=out.uri, batch=batch, manifest_sha256=out.sha256(MANIFEST), documents=manifest["documents"], text_bytes=manifest["text_bytes"]
     )
     cleaning = manifest["cleaning"]
+    index = manifest["dedup_index"]
     yield dg.Output(
         value,
         metadata={
@@ -135,6 +144,10 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
             "documents_dropped": sum(manifest["dropped"].values()),
             "duplicates_of_earlier_batches": manifest["duplicates_of_earlier_batches"],
             "deduplicated_against_batches": len(earlier),
+            "dedup_index_documents": index["earlier_documents"] + index["segment"]["documents"],
+            "dedup_index_bytes": index["earlier_bytes"] + index["segment"]["bytes"],
+            "dedup_lookup_seconds": round(stats["dedup_lookup_seconds"], 3),
+            "dedup_earlier_runs": stats["dedup_earlier_runs"],
             "dropped_by_reason": _counts_table(manifest["dropped"], "documents"),
             "modified_by_step": _counts_table(manifest["modified"], "documents"),
             "cleaning_preset": cleaning["preset"],

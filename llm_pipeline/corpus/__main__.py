@@ -24,6 +24,18 @@ def _parser() -> argparse.ArgumentParser:
     add_options(p, CorpusConfig, skip=("source_uri", "files", "filters"))
     add_options(p, FilterConfig)
     p.add_argument(
+        "--dedup-against",
+        action="append",
+        default=[],
+        metavar="CORPUS_URI",
+        help="an earlier corpus (a folder this command wrote) whose documents are duplicates here; repeat, earliest first",
+    )
+    p.add_argument(
+        "--dedup-compactions",
+        metavar="FOLDER_URI",
+        help="where the earlier corpora's index runs are merged as they pile up (the asset uses <storage root>/dedup_index)",
+    )
+    p.add_argument(
         "--ray-address",
         default=os.environ.get("RAY_ADDRESS", ""),
         help="with --executor ray: the cluster to connect to (ray://head:10001 or head:6379; default $RAY_ADDRESS)",
@@ -63,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             **given_options(args, set(CorpusConfig.model_fields) - {"source_uri"}),
         )
         out = Storage(args.out)
-        manifest = build_corpus(cfg, out, progress=bar, ray_address=args.ray_address)
+        earlier = [(uri, Storage(uri)) for uri in args.dedup_against]
+        compactions = Storage(args.dedup_compactions) if args.dedup_compactions else None
+        manifest = build_corpus(cfg, out, progress=bar, earlier=earlier, ray_address=args.ray_address, dedup_compactions=compactions)
     except (ValueError, OSError) as e:  # a bad option, source or output: one line that names it, no traceback
         bar.close()
         print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)

@@ -11,11 +11,11 @@ Output is byte-identical whatever the number of workers: workers only spool, the
 
 from __future__ import annotations
 
-import bisect
+import contextlib
+import functools
 import multiprocessing
 import os
 import queue
-import shutil
 import sysconfig
 import tempfile
 import time
@@ -41,8 +41,10 @@ from llm_pipeline.corpus.clean import (
 from llm_pipeline.corpus.cleaning import Rules, tuned_rules
 from llm_pipeline.corpus.cleaning.decontamination import EvalNgrams, harness_item_texts
 from llm_pipeline.corpus.cleaning.language import check_languages
+from llm_pipeline.corpus.dedup import DedupIndex, memory_budget
+from llm_pipeline.corpus.dedup.keys import KeyIndex, Keys
 from llm_pipeline.corpus.filters import FilterConfig
-from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE, NearDuplicateIndex, band_keys
+from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE
 from llm_pipeline.corpus.readers import PREFIX_BYTES, Format
 from llm_pipeline.corpus.sources import CorpusSourceError, SourceFile, SourceListing, check_glob, is_hidden_or_in_flight, list_sources
 from llm_pipeline.faults import crash_point
@@ -50,7 +52,7 @@ from llm_pipeline.ray_cluster import Executor
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import read_manifest, write_manifest
-from llm_pipeline.storage.parquet_shards import ParquetShards, parquet_bytes, payload_bytes
+from llm_pipeline.storage.parquet_shards import ParquetShards, payload_bytes
 
 __all__ = ["CorpusConfig", "CorpusSourceError", "build_corpus", "iter_documents", "DOCUMENT_SCHEMA", "QUARANTINE_SCHEMA"]
 
@@ -58,7 +60,6 @@ __all__ = ["CorpusConfig", "CorpusSourceError", "build_corpus", "iter_documents"
 DOCUMENT_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("language", pa.string()), ("language_score", pa.float64())]
 )
-DEDUP_INDEX = "dedup_index.parquet"
 DUPLICATE_REASONS = frozenset({"exact_duplicate", "near_duplicate"})
 # The built-in corpus is capped so that the demo stays a demo; a given source is read whole by default.
 BUILTIN_CORPUS_MAX_BYTES = 8_000_000
@@ -114,6 +115,12 @@ class CorpusConfig(Settings):
         default="local",
         description="local: this machine's cores; ray: files cleaned by Ray tasks on the cluster, in chunks (LLM_PIPELINE_RAY_ADDRESS)",
     )
+    dedup_memory_mb: int = Field(
+        default=128,
+        ge=1,
+        description="memory for the dedup keys of this build's kept documents; beyond it they are spilled to local disk "
+        "as sorted runs (the result is the same at any setting)",
+    )
     filters: FilterConfig = FilterConfig()
 
     @field_validator("glob")
@@ -154,99 +161,6 @@ class Progress:
     seconds: float
 
 
-class _Deduplicator:
-    """Exact (content id) and near (MinHash LSH) dedup over everything kept so far, in order,
-    including what earlier batches kept (`remember`)."""
-
-    def __init__(self, filters: FilterConfig):
-        self.ids: dict[bytes, int] = {}  # 16-byte content id -> position among kept documents
-        self.kept_ids: list[str] = []
-        self.near = NearDuplicateIndex(filters.near_dedup_threshold) if filters.near_dedup else None
-        # Earlier batches' documents come first: batch i's start at earlier_starts[i].
-        self.earlier_starts: list[int] = []
-        self.earlier_names: list[str] = []
-        self.first_own = 0
-        self.earlier_duplicates = 0
-
-    def remember(self, batch: str, ids: list[str], sigs: np.ndarray | None) -> None:
-        """An earlier batch's kept documents: a later document that repeats one is a duplicate."""
-        self.earlier_starts.append(len(self.kept_ids))
-        self.earlier_names.append(batch)
-        for doc_id in ids:
-            self.ids.setdefault(bytes.fromhex(doc_id), len(self.kept_ids))
-            self.kept_ids.append(doc_id)
-        if self.near is not None:
-            if sigs is None:
-                raise ValueError(
-                    f"batch {batch}'s dedup index has no MinHash signatures (near dedup was off); "
-                    "rebuild it with near_dedup on, or turn near_dedup off"
-                )
-            self.near.add_many(sigs, band_keys(sigs))
-        self.first_own = len(self.kept_ids)
-
-    def _describe(self, position: int) -> str:
-        doc = f"document {self.kept_ids[position]}"
-        if position >= self.first_own:
-            return doc
-        self.earlier_duplicates += 1
-        return f"{doc} of earlier batch {self.earlier_names[bisect.bisect_right(self.earlier_starts, position) - 1]}"
-
-    def decide(self, batch: pa.RecordBatch) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
-        """(keep mask, [(row, reason, detail)] for the dropped rows)."""
-        ids = batch.column("id").to_pylist()
-        keep = np.ones(len(ids), dtype=bool)
-        drops = []
-        sigs: np.ndarray | None = None
-        keys: np.ndarray | None = None
-        if self.near is not None:
-            sigs = np.frombuffer(
-                batch.column("signature").buffers()[1],
-                dtype=np.uint32,
-                count=len(ids) * NUM_PERM,
-                offset=batch.column("signature").offset * NUM_PERM * 4,
-            )
-            sigs = sigs.reshape(len(ids), NUM_PERM)
-            keys = band_keys(sigs)
-        for row, doc_id in enumerate(ids):
-            key = bytes.fromhex(doc_id)
-            if key in self.ids:
-                keep[row] = False
-                drops.append((row, "exact_duplicate", f"same text as {self._describe(self.ids[key])}"))
-                continue
-            if self.near is not None and sigs is not None and keys is not None:
-                match = self.near.check(sigs[row], keys[row])
-                if match is not None:
-                    keep[row] = False
-                    other, similarity = match
-                    drops.append((row, "near_duplicate", f"near duplicate of {self._describe(other)} (estimated Jaccard {similarity:.2f})"))
-                    continue
-            self.ids[key] = len(self.kept_ids)
-            self.kept_ids.append(doc_id)
-        return keep, drops
-
-    def index_table(self) -> pa.Table:
-        """This build's kept documents (ids, signatures): what a later batch dedups against."""
-        start = self.first_own
-        ids = pa.array(self.kept_ids[start:], pa.string())
-        if self.near is None:
-            return pa.table({"id": ids})
-        sigs = self.near.sigs[start : self.near.count]
-        flat = pa.array(np.ascontiguousarray(sigs).reshape(-1), pa.uint32())
-        return pa.table({"id": ids, "signature": pa.FixedSizeListArray.from_arrays(flat, NUM_PERM)})
-
-
-def read_dedup_index(corpus: Storage) -> tuple[list[str], np.ndarray | None]:
-    """A built corpus's kept document ids and MinHash signatures (None when near dedup was off)."""
-    if not corpus.exists(DEDUP_INDEX):
-        raise FileNotFoundError(f"corpus {corpus.uri} has no {DEDUP_INDEX}; rebuild it to dedup later batches against it")
-    table = pq.read_table(pa.BufferReader(corpus.read_bytes(DEDUP_INDEX)))
-    ids = table.column("id").to_pylist()
-    if "signature" not in table.column_names:
-        return ids, None
-    flat = table.column("signature").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return ids, np.asarray(flat, dtype=np.uint32).reshape(len(ids), NUM_PERM)
-
-
 def build_corpus(
     cfg: CorpusConfig,
     out: Storage,
@@ -254,14 +168,19 @@ def build_corpus(
     progress: Callable[[Progress], None] | None = None,
     earlier: Sequence[tuple[str, Storage]] = (),
     ray_address: str = "",
+    stats: dict | None = None,
+    dedup_compactions: Storage | None = None,
 ) -> dict:
     """Read, clean and write the corpus under `out`. Returns the manifest (also written last).
     With `executor: ray`, files are cleaned on the Ray cluster at `ray_address` (a driver address).
 
     `earlier` names the corpora of earlier batches, in order: a document one of them kept is a
     duplicate here (exact or near). A batch whose every record repeats earlier batches is kept as
-    an empty corpus (nothing new), not an error; `dedup_index.parquet` holds this build's kept ids
-    and signatures for the batches after it.
+    an empty corpus (nothing new), not an error. The build writes its own segment of the dedup index
+    (`dedup/`) for the batches after it, and looks up only its own documents' keys in theirs.
+    `dedup_compactions` is the folder where the earlier batches' index runs are merged as they pile up
+    (the asset's: `<storage root>/dedup_index`). `stats`, when given, receives the figures that may
+    differ from run to run (dedup lookup seconds, runs looked up per key kind).
     """
     listing = list_sources(
         cfg.source_uri, cfg.file_glob, cfg.excluded, cfg.include_hidden, cfg.byte_budget, storage_options, only=cfg.files
@@ -277,24 +196,36 @@ def build_corpus(
     opts = CleanOptions(
         listing.root_uri, dict(storage_options or {}), cfg.format, cfg.text_field, cfg.filters, cfg.quarantine_content_bytes, rules
     )
-    dedup = _Deduplicator(cfg.filters)
-    for name, corpus in earlier:
-        dedup.remember(name, *read_dedup_index(corpus))
-    totals = {"records": 0, "documents": 0, "text_bytes": 0, "bytes_read": 0, "decoded_bytes": 0}
-    dropped: dict[str, int] = {}
-    modified: dict[str, int] = {}
-    files_by_preset: dict[str, int] = {}
-    examples: dict[str, str] = {}
-    file_entries: list[dict] = []
-    with (
-        ParquetShards(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as docs,
-        ParquetShards(out, "quarantine", QUARANTINE_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as quarantine,
-    ):
-        started = time.perf_counter()
-        spool = tempfile.mkdtemp(prefix="llm-pipeline-corpus-")
-        try:
+    if cfg.executor == "ray" and not ray_address:
+        raise ValueError(
+            "corpus executor 'ray' needs the Ray cluster's address (LLM_PIPELINE_RAY_ADDRESS; on the command line --ray-address)"
+        )
+    with tempfile.TemporaryDirectory(prefix="llm-pipeline-corpus-") as local, _on_cluster(cfg.executor, ray_address):
+        os.makedirs(spool := os.path.join(local, "spool"))
+        os.makedirs(dedup_spool := os.path.join(local, "dedup"))
+        # every earlier batch's index opened (sizes and headers checked) before any file is read
+        near_threshold = cfg.filters.near_dedup_threshold if cfg.filters.near_dedup else None
+        dedup = DedupIndex(
+            near_threshold,
+            earlier,
+            dedup_spool,
+            memory_budget(cfg.dedup_memory_mb),
+            keys_on=_keys_on(cfg.executor),
+            compactions=dedup_compactions,
+        )
+        totals = {"records": 0, "documents": 0, "text_bytes": 0, "bytes_read": 0, "decoded_bytes": 0}
+        dropped: dict[str, int] = {}
+        modified: dict[str, int] = {}
+        files_by_preset: dict[str, int] = {}
+        examples: dict[str, str] = {}
+        file_entries: list[dict] = []
+        with (
+            ParquetShards(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as docs,
+            ParquetShards(out, "quarantine", QUARANTINE_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as quarantine,
+        ):
+            started = time.perf_counter()
             cleaned = (
-                _cleaned_on_ray(listing, opts, spool, ray_address)
+                _cleaned_on_ray(listing, opts, spool)
                 if cfg.executor == "ray"
                 else _cleaned(listing, opts, spool, _worker_count(cfg, listing))
             )
@@ -336,70 +267,77 @@ def build_corpus(
                             time.perf_counter() - started,
                         )
                     )
-        finally:
-            shutil.rmtree(spool, ignore_errors=True)
-    shards, quarantine_files = docs.files, quarantine.files
-    nothing_new = totals["records"] > 0 and dedup.earlier_duplicates > 0 and set(dropped) <= DUPLICATE_REASONS
-    if totals["documents"] == 0 and not nothing_new:
-        hints = "; ".join(f"{reason}: {example}" for reason, example in sorted(examples.items()))
-        raise CorpusSourceError(
-            f"corpus source_uri {cfg.source_uri!r}: no document kept: all {totals['records']} records from "
-            f"{len(file_entries)} files were dropped ({dict(sorted(dropped.items()))}); e.g. {hints}; "
-            f"see the quarantine files under {out.uri}"
-        )
-    out.write_bytes(DEDUP_INDEX, parquet_bytes(dedup.index_table()))
-    skipped = [{"uri": s.uri, "size": s.size, "outcome": "skipped", "reason": s.reason} for s in listing.skipped]
-    manifest = {
-        "kind": "raw_corpus",
-        "source_uri": cfg.source_uri,
-        "glob": cfg.file_glob,
-        "exclude": list(cfg.excluded),
-        "format": cfg.format,
-        "text_field": cfg.text_field,
-        "files_listed": sorted(cfg.files) if cfg.files is not None else None,
-        "max_bytes": cfg.byte_budget,
-        "files_matched": len(listing.files) + len(listing.skipped),
-        "files_read": len(listing.files),
-        "files_skipped": len(listing.skipped),
-        "skipped": skip_reasons,
-        **totals,
-        "dropped": dict(sorted(dropped.items())),
-        "modified": dict(sorted(modified.items())),
-        "cleaning": {
-            "preset": cfg.filters.preset,
-            "files_by_preset": dict(sorted(files_by_preset.items())),
-            "steps": {preset: list(cfg.filters.steps_for(preset)) for preset in sorted(files_by_preset) if preset != "steps"}
-            | ({"steps": list(cfg.filters.steps)} if cfg.filters.steps is not None else {}),
-            "languages": list(cfg.filters.languages),
-            "min_language_score": cfg.filters.min_language_score,
-            "rule_settings": dict(sorted(cfg.filters.rule_settings.items())),
-            "decontaminated_against": {"tasks": list(cfg.filters.decontaminate_tasks), "n": cfg.filters.decontamination_ngram}
-            | ({"items": rules.eval_ngrams.items, "items_too_short": rules.eval_ngrams.too_short} if rules.eval_ngrams else {}),
-        },
-        "dropped_examples": dict(sorted(examples.items())),
-        "duplicates_of_earlier_batches": dedup.earlier_duplicates,
-        "deduplicated_against": [{"batch": name, "uri": corpus.uri} for name, corpus in earlier],
-        "near_dedup": {
-            "enabled": cfg.filters.near_dedup,
-            "threshold": cfg.filters.near_dedup_threshold,
-            "num_perm": NUM_PERM,
-            "bands": BANDS,
-            "shingle_words": SHINGLE,
-            "library": "rensa",
-        },
-        "shards": shards,
-        "quarantine": quarantine_files,
-        "files": sorted(file_entries + skipped, key=lambda f: f["uri"]),
-    }
-    crash_point("corpus_before_manifest")  # the crash tests: every part written, no manifest yet
-    write_manifest(out, manifest)
-    return manifest
+        shards, quarantine_files = docs.files, quarantine.files
+        nothing_new = totals["records"] > 0 and dedup.earlier_duplicates > 0 and set(dropped) <= DUPLICATE_REASONS
+        if totals["documents"] == 0 and not nothing_new:
+            hints = "; ".join(f"{reason}: {example}" for reason, example in sorted(examples.items()))
+            raise CorpusSourceError(
+                f"corpus source_uri {cfg.source_uri!r}: no document kept: all {totals['records']} records from "
+                f"{len(file_entries)} files were dropped ({dict(sorted(dropped.items()))}); e.g. {hints}; "
+                f"see the quarantine files under {out.uri}"
+            )
+        segment = dedup.write_segment(out, dedup_spool)
+        if stats is not None:
+            stats["dedup_lookup_seconds"] = dedup.lookup_seconds
+            stats["dedup_earlier_runs"] = dedup.runs_per_kind
+        skipped = [{"uri": s.uri, "size": s.size, "outcome": "skipped", "reason": s.reason} for s in listing.skipped]
+        manifest = {
+            "kind": "raw_corpus",
+            "source_uri": cfg.source_uri,
+            "glob": cfg.file_glob,
+            "exclude": list(cfg.excluded),
+            "format": cfg.format,
+            "text_field": cfg.text_field,
+            "files_listed": sorted(cfg.files) if cfg.files is not None else None,
+            "max_bytes": cfg.byte_budget,
+            "files_matched": len(listing.files) + len(listing.skipped),
+            "files_read": len(listing.files),
+            "files_skipped": len(listing.skipped),
+            "skipped": skip_reasons,
+            **totals,
+            "dropped": dict(sorted(dropped.items())),
+            "modified": dict(sorted(modified.items())),
+            "cleaning": {
+                "preset": cfg.filters.preset,
+                "files_by_preset": dict(sorted(files_by_preset.items())),
+                "steps": {preset: list(cfg.filters.steps_for(preset)) for preset in sorted(files_by_preset) if preset != "steps"}
+                | ({"steps": list(cfg.filters.steps)} if cfg.filters.steps is not None else {}),
+                "languages": list(cfg.filters.languages),
+                "min_language_score": cfg.filters.min_language_score,
+                "rule_settings": dict(sorted(cfg.filters.rule_settings.items())),
+                "decontaminated_against": {"tasks": list(cfg.filters.decontaminate_tasks), "n": cfg.filters.decontamination_ngram}
+                | ({"items": rules.eval_ngrams.items, "items_too_short": rules.eval_ngrams.too_short} if rules.eval_ngrams else {}),
+            },
+            "dropped_examples": dict(sorted(examples.items())),
+            "duplicates_of_earlier_batches": dedup.earlier_duplicates,
+            "dedup_index": {
+                "segment": segment.to_json(),
+                "earlier_documents": dedup.history_documents,
+                "earlier_bytes": dedup.history_bytes,
+            },
+            "deduplicated_against": [{"batch": name, "uri": corpus.uri} for name, corpus in earlier],
+            "near_dedup": {
+                "enabled": cfg.filters.near_dedup,
+                "threshold": cfg.filters.near_dedup_threshold,
+                "num_perm": NUM_PERM,
+                "bands": BANDS,
+                "shingle_words": SHINGLE,
+                "library": "rensa",
+            },
+            "shards": shards,
+            "quarantine": quarantine_files,
+            "files": sorted(file_entries + skipped, key=lambda f: f["uri"]),
+        }
+        crash_point("corpus_before_manifest")  # the crash tests: every part written, no manifest yet
+        write_manifest(out, manifest)
+        return manifest
 
 
 def cleaning_rules(filters: FilterConfig) -> Rules:
     """What the cleaning steps need, checked: the language codes against the model's, the
     decontamination tasks loaded from the datasets cache (a task that is not there fails by name)."""
-    uses = {step for preset in ("web", "code", "minimal") for step in filters.steps_for(preset)}
+    presets = ("code", "minimal") if filters.preset == "auto" else (filters.preset,)  # what preset_for can give
+    uses = {step for preset in presets for step in filters.steps_for(preset)}
     if "language" in uses:
         check_languages(filters.languages)
     eval_ngrams = None
@@ -492,25 +430,39 @@ def _cleaned(listing: SourceListing, opts: CleanOptions, spool: str, workers: in
                 p.terminate()
 
 
-def _cleaned_on_ray(listing: SourceListing, opts: CleanOptions, spool: str, address: str) -> Iterator[tuple[int, FileResult]]:
-    """As `_cleaned`, the files in consecutive chunks, each chunk a Ray task on whichever node has a core
-    free; their spool files come back through the object store into this process's spool, where the merge
-    reads them as a local worker's. Every node must reach the source URI."""
-    from llm_pipeline.ray_cluster import cluster_cpus, connected, ordered_map
+def _on_cluster(executor: str, address: str) -> contextlib.AbstractContextManager:
+    """This process as the Ray cluster's driver for the build (executor 'ray'), else nothing."""
+    if executor != "ray":
+        return contextlib.nullcontext()
+    from llm_pipeline.ray_cluster import connected
 
-    if not address:
-        raise ValueError(
-            "corpus executor 'ray' needs the Ray cluster's address (LLM_PIPELINE_RAY_ADDRESS; on the command line --ray-address)"
-        )
-    with connected(address):
-        cpus = max(1, cluster_cpus())
-        tasks = ((chunk, opts) for chunk in _chunks(listing, cpus))
-        for results in ordered_map(clean_files_elsewhere, tasks, window=2 * cpus):
-            for result, spooled in results:
-                for name, data in spooled.items():
-                    with open(os.path.join(spool, name), "wb") as f:
-                        f.write(data)
-                yield result.index, _checked(result)
+    return connected(address)
+
+
+def _keys_on(executor: str) -> Callable[..., Keys]:
+    """Where the dedup index's keys live: this process, or one Ray worker per key range of the cluster."""
+    if executor != "ray":
+        return KeyIndex
+    from llm_pipeline.corpus.dedup.on_ray import RayKeyIndex, key_ranges
+    from llm_pipeline.ray_cluster import cluster_cpus
+
+    return functools.partial(RayKeyIndex, ranges=key_ranges(cluster_cpus()))
+
+
+def _cleaned_on_ray(listing: SourceListing, opts: CleanOptions, spool: str) -> Iterator[tuple[int, FileResult]]:
+    """As `_cleaned`, the files in consecutive chunks, each chunk a Ray task on whichever node has a core
+    free (this process is the cluster's driver); their spool files come back through the object store into
+    this process's spool, where the merge reads them as a local worker's. Every node must reach the source URI."""
+    from llm_pipeline.ray_cluster import cluster_cpus, ordered_map
+
+    cpus = max(1, cluster_cpus())
+    tasks = ((chunk, opts) for chunk in _chunks(listing, cpus))
+    for results in ordered_map(clean_files_elsewhere, tasks, window=2 * cpus):
+        for result, spooled in results:
+            for name, data in spooled.items():
+                with open(os.path.join(spool, name), "wb") as f:
+                    f.write(data)
+            yield result.index, _checked(result)
 
 
 def _chunks(listing: SourceListing, cpus: int) -> Iterator[list[tuple[int, SourceFile]]]:
@@ -537,15 +489,17 @@ def _checked(result: FileResult) -> FileResult:
 
 
 def _merge_file(
-    spool: str, result: FileResult, file_uri: str, dedup: _Deduplicator, docs: ParquetShards, quarantine: ParquetShards, content_cap: int
+    spool: str, result: FileResult, file_uri: str, dedup: DedupIndex, docs: ParquetShards, quarantine: ParquetShards, content_cap: int
 ) -> dict:
     """Dedup one file's candidates against everything before them; move its rows to the output."""
     kept = {"documents": 0, "text_bytes": 0}
-    with pa.memory_map(candidates_path(spool, result.index)) as f:
+    # read, not memory-mapped: a mapped spool's pages count as this process's memory until it is closed,
+    # and one file's spool can be far larger than the memory the build should use
+    with pa.OSFile(candidates_path(spool, result.index)) as f:
         reader = pa.ipc.open_file(f)
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
-            keep, drops = dedup.decide(batch)
+            keep, drops = dedup.decide(batch.column("id").to_pylist(), _signatures(batch) if dedup.threshold is not None else None)
             chosen = batch.filter(pa.array(keep)).select(DOCUMENT_SCHEMA.names)
             if chosen.num_rows:
                 table = pa.Table.from_batches([chosen]).cast(DOCUMENT_SCHEMA)
@@ -570,13 +524,19 @@ def _merge_file(
                     result.dropped[reason] = result.dropped.get(reason, 0) + 1
                     result.examples.setdefault(reason, f"{sources[row].as_py()}: {detail}")
                 quarantine.append(pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA))
-    with pa.memory_map(quarantine_path(spool, result.index)) as f:
+    with pa.OSFile(quarantine_path(spool, result.index)) as f:
         reader = pa.ipc.open_file(f)
         for i in range(reader.num_record_batches):
             quarantine.append(pa.Table.from_batches([reader.get_batch(i)]))
     os.remove(candidates_path(spool, result.index))
     os.remove(quarantine_path(spool, result.index))
     return kept
+
+
+def _signatures(batch: pa.RecordBatch) -> np.ndarray:
+    column = batch.column("signature")
+    flat = np.frombuffer(column.buffers()[1], dtype=np.uint32, count=len(batch) * NUM_PERM, offset=column.offset * NUM_PERM * 4)
+    return flat.reshape(len(batch), NUM_PERM)
 
 
 def iter_documents(corpus: Storage, batch_size: int = 1024, columns=("id", "text")) -> Iterator[pa.RecordBatch]:
