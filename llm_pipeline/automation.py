@@ -21,7 +21,7 @@ from llm_pipeline.contracts import CheckpointRef, ShardSetRef, TokenizerRef
 from llm_pipeline.corpus.batches import batch_key, find_batch, write_batch
 from llm_pipeline.corpus.landing import LandingScan, Ledger, scan
 from llm_pipeline.resources import AutomationSettings, StorageResource, latest_materialization
-from llm_pipeline.storage.folders import bounded, open_uri
+from llm_pipeline.storage.folders import bounded, read_named_file
 from llm_pipeline.tokenize.bpe import made_with_another_tokenizer
 
 # Queued, starting, running or being cancelled: a run that still holds (or will hold) the trainer.
@@ -75,9 +75,8 @@ def training_run_config(settings: AutomationSettings) -> dict:
     if not settings.training_run_config:
         return {}
     try:
-        with open_uri(settings.training_run_config) as f:
-            config = yaml.safe_load(f.read(1 << 20))
-    except (OSError, yaml.YAMLError) as e:
+        config = yaml.safe_load(read_named_file(settings.training_run_config, "training_run_config", 1 << 20))
+    except (OSError, ValueError, yaml.YAMLError) as e:
         raise ValueError(f"training_run_config {settings.training_run_config!r} cannot be read as YAML: {bounded(str(e))}") from None
     if not isinstance(config, dict):
         raise ValueError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +22,9 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
+
+from llm_pipeline.redact import redacted
+from llm_pipeline.storage.folders import bounded
 
 RAY_CLIENT_PORT = 10001
 CONNECT_ATTEMPTS = 3
@@ -38,19 +42,49 @@ def driver_address(job_address: str, given: str = "") -> str:
     return f"ray://{host}:{RAY_CLIENT_PORT}"
 
 
+_VERSION_LIMIT = 64 << 10  # /api/version answers a few hundred bytes
+
+
 def check_reachable(job_address: str, timeout_s: float = 10.0) -> str:
-    """The cluster's Ray version, or ValueError naming the address when nothing answers there."""
+    """The cluster's Ray version, or ValueError naming the address when nothing answers there. The
+    whole check ends within `timeout_s` (a server that answers a byte at a time cannot hold it) and
+    reads at most 64 KB of answer."""
+    shown = bounded(redacted(job_address))
     parsed = urllib.parse.urlparse(job_address)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(f"Ray address {job_address!r}: give the head's dashboard URL, like http://head:8265")
-    try:
-        with urllib.request.urlopen(job_address.rstrip("/") + "/api/version", timeout=timeout_s) as response:
-            return json.load(response).get("ray_version", "unknown")
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise ValueError(
-            f"the Ray cluster at {job_address} cannot be reached ({reason}); is its head running, with its dashboard?"
-        ) from None
+        raise ValueError(f"Ray address {shown!r}: give the head's dashboard URL, like http://head:8265")
+    answer: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            with urllib.request.urlopen(job_address.rstrip("/") + "/api/version", timeout=timeout_s) as response:
+                answer["response"] = response
+                answer["body"] = response.read(_VERSION_LIMIT + 1)
+        except Exception as e:  # noqa: BLE001 - reported by the caller's thread
+            answer["error"] = e
+
+    asking = threading.Thread(target=ask, name="ray-version-check", daemon=True)
+    asking.start()
+    asking.join(timeout_s)
+    if asking.is_alive():  # still reading: close its socket so the thread ends too
+        with contextlib.suppress(Exception):
+            answer["response"].close()
+        reason: object = f"no whole answer within {timeout_s:g} s"
+    elif "error" in answer:
+        reason = getattr(answer["error"], "reason", answer["error"])
+    elif len(answer["body"]) > _VERSION_LIMIT:
+        reason = f"its answer is larger than {_VERSION_LIMIT:,} bytes: not a Ray dashboard"
+    else:
+        try:
+            version = json.loads(answer["body"])
+        except (ValueError, RecursionError):
+            version = None
+        if isinstance(version, dict):
+            return str(version.get("ray_version", "unknown"))[:100]
+        reason = "its /api/version answer is not a Ray dashboard's"
+    raise ValueError(
+        f"the Ray cluster at {shown} cannot be reached ({bounded(redacted(str(reason)))}); is its head running, with its dashboard?"
+    ) from None
 
 
 def placement_problem(nodes: list[dict[str, float]], workers: int, per_worker: dict[str, float]) -> str | None:
@@ -104,7 +138,9 @@ def connected(address: str) -> Iterator[None]:
             # Ray Client starts a server process per connection, which now and then dies starting
             # ("Starting Ray client server failed", seen here about once in ten): try again.
             if attempt == CONNECT_ATTEMPTS - 1:
-                raise ValueError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+                raise ValueError(
+                    f"cannot connect to the Ray cluster at {bounded(redacted(address))}: {bounded(redacted(str(e)))}"
+                ) from None
             time.sleep(2)
     try:
         yield

@@ -238,6 +238,12 @@ def test_huge_mixture_weights_are_equal_shares_and_tiny_ones_are_refused():
     ("trained_checkpoint", {"nproc": 10**6}, ["nproc 1000000 exceeds this node's"]),
     ("eval_metrics", {"contamination_ngram": 10**9}, ["contamination_ngram must be <= 64"]),
     ("eval_metrics", {"batch_size": 10**12}, ["batch_size must be <= 4096"]),
+    ("trained_checkpoint", {"steps": 10**18}, ["steps must be <= 1000000000"]),
+    ("trained_checkpoint", {"warmup_steps": 10**9}, ["warmup_steps (1,000,000,000) exceeds steps (180)"]),
+    ("eval_metrics", {"temperature": 1e308}, ["temperature must be <= 100"]),
+    ("eval_metrics", {"max_loss": -1.0}, ["max_loss must be > 0"]),
+    ("eval_metrics", {"max_perplexity": 0.5}, ["max_perplexity must be >= 1"]),
+    ("eval_metrics", {"harness_tasks": ["../../etc/passwd"]}, ["harness task '../../etc/passwd' is not a task name"]),
 ])
 def test_sizes_that_cannot_fit_or_mean_nothing_are_refused_before_any_work(stage, values, words):
     message = _failure({"ops": {stage: {"config": values}}})
@@ -247,7 +253,16 @@ def test_sizes_that_cannot_fit_or_mean_nothing_are_refused_before_any_work(stage
 
 def test_the_demo_and_test_sizes_fit():
     validate_run_config({})
+    validate_run_config({"ops": {"trained_checkpoint": {"config": {"steps": 5}}}})  # a short trial keeps the default warmup
     validate_run_config({"ops": {"trained_checkpoint": {"config": {"preset": "125m", "seq_len": 256, "micro_batch": 4}}}})
+
+
+def test_a_nan_minimum_is_never_met():
+    from llm_pipeline.assets.evaluation import harness_scores_meet_minimums
+
+    harness = {"results": {"task": {"acc": {"value": 0.01}}}}
+    result = harness_scores_meet_minimums(eval_metrics=eval_report({"harness": harness}, min_scores={"task/acc": float("nan")}))
+    assert not result.passed and "task/acc 0.0100 is not >= nan" in result.description
 
 
 def test_the_contamination_gate_does_not_pass_when_nothing_was_measured():
@@ -500,3 +515,17 @@ def test_a_landing_prefix_on_s3_without_credentials_fails_the_tick_by_name(s3_en
     with pytest.raises(Exception, match=r"cannot list the landing folder: 's3://llm-pipeline-test/nocreds/landing'"
                                         r".*NoCredentialsError"):
         new_corpus_sensor.evaluate_tick(dg.build_sensor_context(resources=resources))
+
+
+def test_numbers_too_large_for_a_double_outside_the_text_keep_their_record(tmp_path):
+    """Valid JSON that orjson cannot hold (a 5,000-digit id, 1e999): the text is still taken."""
+    (tmp_path / "src").mkdir()
+    lines = ['{"id": ' + "9" * 5000 + ', "text": "' + "A record with a huge id. " * 20 + '"}',
+             '{"score": 1e999, "text": "' + "A record with an infinite score. " * 20 + '"}',
+             '{"text": ' + "5" * 5000 + '}',
+             '{"score": NaN, "text": "not JSON: NaN is no JSON literal, so this line is quarantined"}']
+    (tmp_path / "src" / "numbers.jsonl").write_text("\n".join(lines) + "\n")
+    manifest = _build(tmp_path / "src", tmp_path / "out")
+    texts = pq.read_table(tmp_path / "out" / manifest["shards"][0]["name"]).column("text").to_pylist()
+    assert sorted(texts) == sorted(["A record with a huge id. " * 20, "A record with an infinite score. " * 20])
+    assert manifest["dropped"] == {"non_string_text": 1, "invalid_json": 1}

@@ -187,4 +187,5 @@ def test_a_given_tokenizer_json_is_used_as_is(tmp_path, small_tokenizer, sample_
         partition_key="builtin", run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(src)}},
                             "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "missing.json")}}}},
     )
-    assert "cannot use tokenizer_json_uri" in step_failure(bad)[1]
+    # Refused with the other settings, before any step runs (raw_corpus included).
+    assert f"nothing was run. tokenizer_json_uri '{tmp_path / 'missing.json'}': no such file" in step_failure(bad)[1]

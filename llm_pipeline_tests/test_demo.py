@@ -49,3 +49,4 @@ def test_the_demo_prints_a_stage_per_line_and_logs_the_rest(tmp_path):
     assert harness["llm_pipeline_heldout_perplexity"]["bits_per_byte"]["value"] == \
         pytest.approx(metrics["bits_per_byte"], abs=1e-3)
     assert metrics["contamination"]["fraction"] <= 0.2  # the default gate passes on the built-in corpus
+    assert metrics["contamination"]["sets"]["held_out"]["contaminated"] == 0  # the shards' decontamination, by construction

@@ -70,7 +70,12 @@ def test_training_learned_and_eval_gate_passed(graph):
                            "harness_scores_meet_minimums", "no_eval_contamination", "drop_shares_steady"}
     assert all(c.passed for c in checks.values())
     assert checks["no_regression_vs_published"].description == "no published model to compare with"
+    # The shards left out the training documents that would contaminate the held-out split: 0 by construction.
+    assert metrics.contamination["sets"]["held_out"]["contaminated"] == 0
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
+    manifest = Storage(result.output_for_node("tokenized_shards").uri).read_json("manifest.json")
+    assert mats["tokenized_shards"].materialization.metadata["dropped_as_eval_overlap"].value == \
+        manifest["decontamination"]["dropped_as_eval_overlap"]["documents"]
     loss_curve = mats["trained_checkpoint"].materialization.metadata["loss_curve"]
     assert "data:image/png;base64," in loss_curve.value
     # Numbers to meaningful digits; the published files as a table.

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -222,3 +223,209 @@ def test_master_addr_is_a_host_name_or_an_ip(addr):
 @pytest.mark.parametrize("addr", ["10.0.0.1", "node-3.cluster.local", "fe80::1", "localhost"])
 def test_master_addr_accepts_hosts(addr):
     assert LaunchConfig(nnodes=2, master_addr=addr, master_port=29500, hostfile="/h", ssh=True).master_addr == addr
+
+
+def _special_files(tmp_path) -> dict[str, str]:
+    """Paths a user could name that are not regular files: reading them would hang or never end."""
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    link = tmp_path / "zero.json"
+    link.symlink_to("/dev/zero")
+    return {"a FIFO": fifo, "a character device": str(link), "a folder": str(tmp_path)}
+
+
+def test_user_named_files_that_could_hang_or_never_end_are_refused_before_any_work(tmp_path):
+    from llm_pipeline.assets.configs import TokenizerConfig
+    from llm_pipeline.storage.folders import read_named_file
+
+    for kind, path in _special_files(tmp_path).items():
+        with pytest.raises(ValueError, match=f"tokenizer_json_uri '{path}'.* is {kind}, not a regular file"):
+            TokenizerConfig(tokenizer_json_uri=path).validate_library()
+        with pytest.raises(ValueError, match=f"is {kind}"):
+            read_named_file(path, "tokenizer_json_uri", 1 << 20)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * 2001)
+    with pytest.raises(ValueError, match="is larger than 2,000 bytes"):
+        read_named_file(str(big), "tokenizer_json_uri", 2000)
+    link = tmp_path / "link.json"
+    link.symlink_to(big)  # a link to a regular file is followed: a user's path may well be one
+    assert read_named_file(str(link), "x", 5000) == b" " * 2001
+    with pytest.raises(ValueError, match="no such file"):
+        TokenizerConfig(tokenizer_json_uri=str(tmp_path / "missing.json")).validate_library()
+
+
+@pytest.mark.parametrize("module", ["llm_pipeline.train.launch", "llm_pipeline.train.trainer"])
+def test_a_training_config_that_could_hang_or_is_not_an_object_is_refused_by_name(tmp_path, module):
+    cases = {path: f"is {kind}" for kind, path in _special_files(tmp_path).items()}
+    for name, body, message in (("null.json", "null", "must hold a JSON object, got NoneType"),
+                                ("list.json", "[]", "must hold a JSON object, got list"),
+                                ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                                ("huge.json", " " * (17 << 20), "is larger than 16,777,216 bytes")):
+        (tmp_path / name).write_text(body)
+        cases[str(tmp_path / name)] = message
+    extra = ["--launcher", "torchrun"] if module.endswith("launch") else []
+    for path, message in cases.items():
+        proc = subprocess.run([sys.executable, "-m", module, "--config", path, *extra], capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and message in proc.stderr, (path, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+class _Answer:
+    """A one-connection-at-a-time HTTP server on loopback that answers every request with `behaviour`."""
+
+    def __init__(self, behaviour):
+        import socket
+        import threading
+
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/?token=sesame"
+        self.behaviour, self.stop = behaviour, threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                conn.recv(65536)
+                self.behaviour(conn, self.stop)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.server.close()
+
+
+def _dribble(conn, stop):
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n":
+        if stop.wait(0.5):
+            return
+        conn.sendall(bytes([byte]))
+
+
+def _endless(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+    chunk = b" " * 65536
+    while not stop.is_set():
+        conn.sendall(chunk)
+
+
+def _a_list(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]")
+
+
+@pytest.mark.parametrize("behaviour, message", [(_dribble, "no whole answer within 2 s"),
+                                                (_endless, "larger than 65,536 bytes"),
+                                                (_a_list, "not a Ray dashboard's")])
+def test_the_ray_address_check_ends_on_time_reads_little_and_never_shows_credentials(behaviour, message):
+    import time
+
+    from llm_pipeline.ray_cluster import check_reachable
+
+    server = _Answer(behaviour)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ValueError, match=message) as e:
+            check_reachable(server.url, timeout_s=2)
+        assert time.monotonic() - started < 6
+        assert "sesame" not in str(e.value) and "token=***" in str(e.value)
+    finally:
+        server.close()
+    with pytest.raises(ValueError) as e:
+        check_reachable("http://user:hunter2@127.0.0.1:1/", timeout_s=2)
+    assert "hunter2" not in str(e.value) and "http://***@127.0.0.1:1/" in str(e.value)
+
+
+def _broken_tokenizers(tokenizer) -> dict[str, tuple[str, str]]:
+    """name -> (tokenizer.json, what the refusal says)."""
+    base = json.loads(tokenizer.to_str())
+    shared = json.loads(tokenizer.to_str())
+    eos = next(t["id"] for t in shared["added_tokens"] if t["content"] == "<|endoftext|>")
+    some_token = next(t for t in shared["model"]["vocab"] if len(t) > 1 and t != "<|endoftext|>")
+    shared["model"]["vocab"][some_token] = eos
+    huge = json.loads(tokenizer.to_str())
+    huge["model"]["vocab"]["zzz-far-away"] = 2**32 - 1
+    deleting = {**base, "normalizer": {"type": "Replace", "pattern": {"Regex": "[a-z]"}, "content": ""}}
+    word_level = {"version": "1.0", "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
+                                                      "rstrip": False, "normalized": False, "special": True}],
+                  "normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None, "decoder": None,
+                  "model": {"type": "WordLevel", "vocab": {"<|endoftext|>": 0, "def": 1, "[UNK]": 2}, "unk_token": "[UNK]"}}
+    return {"an id shared with end-of-text": (json.dumps(shared), "ids belong to more than one token"),
+            "an id of 2**32-1": (json.dumps(huge), "its largest id is 4,294,967,295"),
+            "a normalizer deleting lowercase letters": (json.dumps(deleting), "does not give the text back"),
+            "a WordLevel tokenizer of three tokens": (json.dumps(word_level), "does not give the text back")}
+
+
+def test_tokenizers_that_would_corrupt_the_data_are_refused_by_name(small_tokenizer, sample_texts):
+    from llm_pipeline.tokenize.bpe import check_tokenizer
+
+    check_tokenizer(small_tokenizer, sample_texts)  # ours gives every byte back
+    for kind, (text, message) in _broken_tokenizers(small_tokenizer).items():
+        with pytest.raises(ValueError, match=f"given.json: .*{re.escape(message)}"):
+            check_tokenizer(load_tokenizer(text), sample_texts, "given.json")
+
+
+def test_a_given_corrupting_tokenizer_fails_its_step_before_any_shard_is_written(tmp_path, small_tokenizer):
+    from llm_pipeline.assets.corpus import raw_corpus
+    from llm_pipeline.assets.shards import tokenized_shards
+    from llm_pipeline.assets.tokenizer import tokenizer
+    from llm_pipeline.definitions import make_resources
+
+    text, message = _broken_tokenizers(small_tokenizer)["an id shared with end-of-text"]
+    (tmp_path / "tok.json").write_text(text)
+    root = tmp_path / "root"
+    result = dg.materialize([raw_corpus, tokenizer, tokenized_shards], resources=make_resources(str(root)), raise_on_error=False,
+                            instance=batch_instance(), partition_key="builtin",
+                            run_config={"ops": {"raw_corpus": {"config": {"max_bytes": 300_000}},
+                                                "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "tok.json")}}}})
+    assert not result.success
+    step, description = step_failure(result)
+    assert step == "tokenizer" and f"{tmp_path / 'tok.json'}: 1 ids belong to more than one token" in description
+    assert not (root / "tokenized_shards").exists()
+
+
+@pytest.mark.parametrize("stage, field, value", [
+    ("trained_checkpoint", "master_addr", "a" * 10_000_000),
+    ("published_model", "model_name", "a" * 10_000_000),
+    ("eval_metrics", "compare_with", "a" * 10_000_000),
+    ("eval_metrics", "min_scores", {"a" * 10_000_000: 0.5}),
+    ("tokenizer", "tokenizer_json_uri", "/tmp/" + "a" * 10_000_000),
+    ("trained_checkpoint", "master_addr", "http://user:hunter2@" + "a" * 10_000_000),
+])
+def test_a_huge_bad_setting_is_named_not_echoed(stage, field, value):
+    with pytest.raises(dg.Failure) as e:
+        validate_run_config({"ops": {stage: {"config": {field: value}}}})
+    description = e.value.description
+    assert description.startswith("Invalid run configuration, nothing was run.") and len(description) < 3000, description[:300]
+    assert "hunter2" not in description
+
+
+def test_careless_corpus_options_are_refused_or_bounded(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llm_pipeline.corpus.build import CorpusConfig, _worker_count
+    from llm_pipeline.corpus.sources import list_sources
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"{i}.txt").write_text(f"document {i} " * 50)
+    listing = list_sources(str(src), "**/*")
+    assert _worker_count(CorpusConfig(source_uri=str(src), workers=32), listing) <= (os.cpu_count() or 1)
+    proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(src), "--out", "memory://corpus"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "memory:// lives only as long as this command" in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), empty / "rows.parquet")
+    proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(empty), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "the 1 files read hold no records (an empty file, a zero-row Parquet file" in proc.stderr

@@ -1,10 +1,17 @@
 import hashlib
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from llm_pipeline.corpus.filters import document_id
+from llm_pipeline.evaluate.contamination import contamination
+from llm_pipeline.evaluate.metrics import split_documents
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import tokenizer_hash
+from llm_pipeline.tokenize.decontaminate import HeldOutNgrams, decontaminated
 from llm_pipeline.tokenize.shards import ShardConfig, split_of
 from llm_pipeline.train.data import ShardError, load_split_tokens
 from llm_pipeline_tests.helpers import make_shards
@@ -121,3 +128,61 @@ def test_shard_config_validation():
         ShardConfig(val_fraction=0)
     with pytest.raises(ValueError, match="tokens_per_shard"):
         ShardConfig(tokens_per_shard=0)
+
+
+def _decided_alone(held_out: HeldOutNgrams, documents) -> list[bool]:
+    """The reference: each training document's hits found on its own, decided in order."""
+    return [split != "train" or held_out.admit(held_out.hits([ids])[0]) for split, ids, _ in documents]
+
+
+token_arrays = st.lists(st.integers(0, 40), max_size=120).map(lambda xs: np.array(xs, dtype=np.int64))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(val=st.lists(token_arrays, max_size=12), train=st.lists(token_arrays, max_size=40), n=st.integers(1, 6),
+       min_overlap=st.sampled_from([0.01, 0.3, 0.5, 1.0]), data=st.data())
+def test_decontaminated_training_data_never_puts_a_validation_document_over_the_gate(val, train, n, min_overlap, data):
+    # Copy pieces of validation documents into training documents, as scraped pages quote each other.
+    for i, doc in enumerate(train):
+        if val and data.draw(st.booleans()):
+            source = val[data.draw(st.integers(0, len(val) - 1))]
+            a = data.draw(st.integers(0, len(source)))
+            train[i] = np.concatenate([doc[:7], source[a:], doc[7:]])
+    documents = [("train", d, len(d)) for d in train]
+    documents[len(documents) // 2 : len(documents) // 2] = [("val", d, len(d)) for d in val]
+    dropped = {"documents": 0, "tokens": 0, "text_bytes": 0}
+    kept = list(decontaminated(documents, HeldOutNgrams(val, n, min_overlap), dropped))
+    # The gate's own measure over the kept training split (EOS between documents) finds no validation document over it.
+    eos = np.array([99])
+    kept_train = [ids for split, ids, _ in kept if split == "train"]
+    stream = [np.concatenate([x for ids in kept_train for x in (ids, eos)] or [eos])]
+    assert contamination(stream, {"val": val}, n, min_overlap)["val"]["contaminated"] == 0
+    assert [ids for split, ids, _ in kept if split == "val"] == val  # validation is never touched
+    assert dropped["documents"] == len(train) - len(kept_train) and dropped["tokens"] == len(np.concatenate(train or [eos[:0]])) - sum(map(len, kept_train))
+    # Grouping documents for numpy changes nothing: the same decisions as one document at a time.
+    alone = _decided_alone(HeldOutNgrams(val, n, min_overlap), documents)
+    assert [d for d, keep in zip(documents, alone) if keep and d[0] == "train"] == [d for d in kept if d[0] == "train"]
+
+
+def test_a_training_file_holding_a_validation_file_is_dropped_and_the_gate_passes(tmp_path, small_tokenizer, sample_texts):
+    """Shards written with the defaults drop the training document that embeds a validation document
+    whole (too little alike for near dedup); with decontamination off the gate's measure finds it."""
+    val_fraction = 0.2
+    held = next(t for t in sample_texts if split_of(document_id(t), val_fraction) == "val")
+    # A host twice its size: too little alike for near dedup; the built-in code rules keep both.
+    hosts = [host for host in sample_texts if 2 * len(held) < len(host) < 50_000]
+    copied = next(c for c in (host + "\n" + held for host in hosts) if split_of(document_id(c), val_fraction) == "train")
+    eos = small_tokenizer.token_to_id("<|endoftext|>")
+    found = {}
+    for ngram in (13, 0):
+        cfg = ShardConfig(val_fraction=val_fraction, tokens_per_shard=20_000, decontaminate_ngram=ngram)
+        _, shards, manifest = make_shards(tmp_path / str(ngram), Storage(str(tmp_path / f"root{ngram}")), small_tokenizer,
+                                          [*sample_texts, copied], shard_cfg=cfg)
+        train, _ = load_split_tokens(shards, "train", manifest["tokenizer_sha256"])
+        val, _ = load_split_tokens(shards, "val", manifest["tokenizer_sha256"])
+        found[ngram] = manifest, contamination([train], {"val": split_documents(val, eos)})["val"]
+    manifest, report = found[13]
+    assert report["contaminated"] == 0 and manifest["decontamination"]["dropped_as_eval_overlap"]["documents"] >= 1
+    assert manifest["splits"]["train"]["documents"] == found[0][0]["splits"]["train"]["documents"] - \
+        manifest["decontamination"]["dropped_as_eval_overlap"]["documents"]
+    assert found[0][1]["contaminated"] >= 1 and found[0][0]["decontamination"] is None

@@ -22,7 +22,9 @@ from llm_pipeline.evaluate.config import EvalConfig
 from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.evaluate.local_tasks import LOCAL_TASKS
 from llm_pipeline.finite import check_finite
+from llm_pipeline.redact import redacted
 from llm_pipeline.settings import Settings, choices, default_of, is_optional
+from llm_pipeline.storage.folders import bounded, check_named_file
 from llm_pipeline.storage.names import check_name
 from llm_pipeline.tokenize.bpe import special_token_list, validate_vocab_size
 from llm_pipeline.tokenize.shards import ShardConfig
@@ -113,7 +115,9 @@ class TokenizerConfig(dg.Config):
     def validate_library(self) -> None:
         if self.train_bytes <= 0:
             raise ValueError(f"train_bytes must be > 0, got {self.train_bytes}")
-        if not self.tokenizer_json_uri:
+        if self.tokenizer_json_uri:
+            check_named_file(self.tokenizer_json_uri, "tokenizer_json_uri")
+        else:
             validate_vocab_size(self.vocab_size, special_token_list(self.extra_special_tokens))
 
 
@@ -215,6 +219,10 @@ class _EvalMetrics(dg.Config):
 
     def validate_library(self) -> None:
         library = self.to_library()
+        if self.max_loss is not None and not self.max_loss > 0:
+            raise ValueError(f"max_loss must be > 0 (a loss is never below 0), got {self.max_loss}")
+        if self.max_perplexity is not None and not self.max_perplexity >= 1:
+            raise ValueError(f"max_perplexity must be >= 1 (a perplexity is never below 1), got {self.max_perplexity}")
         for key in self.min_scores:
             task, _, metric = key.partition("/")
             if not metric or task not in library.harness_tasks:
@@ -286,13 +294,19 @@ def check_eval_tasks(run_config: dict) -> None:
     check_tasks_available(config.to_library().harness_tasks, config.gated_metrics())
 
 
+def shown_error(error: Exception) -> str:
+    """An error as a failure shows it: bounded, whatever value it quotes (a 10 MB name is a mistake to
+    name, not to echo), and without credentials."""
+    return bounded(redacted(str(error)), 2000)
+
+
 def validate_run_config(run_config: dict) -> None:
     """Raise dg.Failure naming the stage and field of the first invalid value in a run's config."""
     ops = (run_config or {}).get("ops", {})
     try:
         configs = {stage: _build(stage, (ops.get(stage) or {}).get("config", {}) or {}) for stage in STAGE_CONFIGS}
     except ValueError as e:
-        raise dg.Failure(description=f"Invalid run configuration, nothing was run. {e}") from None
+        raise dg.Failure(description=f"Invalid run configuration, nothing was run. {shown_error(e)}") from None
     vocab_size = configs["tokenizer"].vocab_size
     checks = [
         ("raw_corpus", lambda c: c.to_library()),
@@ -306,5 +320,5 @@ def validate_run_config(run_config: dict) -> None:
         try:
             check(configs[stage])
         except ValueError as e:
-            message = str(e) if str(e).startswith(stage) else f"{stage} config: {e}"
+            message = shown_error(e) if str(e).startswith(stage) else f"{stage} config: {shown_error(e)}"
             raise dg.Failure(description=f"Invalid run configuration, nothing was run. {message}") from None

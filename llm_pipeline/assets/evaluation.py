@@ -212,9 +212,11 @@ def harness_scores_meet_minimums(eval_metrics: EvalReport) -> dg.AssetCheckResul
             lines.append(f"{key}: no result ({why})")
             continue
         scores[key] = value
-        if value < minimum:
+        met = value >= minimum  # a NaN minimum (however it got here) is never met
+        if not met:
             failed.append(key)
-        lines.append(f"{key} {value:.4f} {'<' if value < minimum else '>='} {minimum:.4f}")
+        relation = ">=" if met else "<" if value < minimum else "is not >="
+        lines.append(f"{key} {value:.4f} {relation} {minimum:.4f}")
     return dg.AssetCheckResult(
         passed=not failed, severity=_ERROR, description="; ".join(lines), metadata={**scores, "failed": ", ".join(failed)}
     )

@@ -60,5 +60,7 @@ def tokenized_shards(
             "shards": len(manifest["shards"]),
             "token_dtype": manifest["dtype"],
             "encoder_engine": manifest["encoder_engine"],
+            # training documents left out so the contamination gate passes on this batch's own validation split
+            "dropped_as_eval_overlap": (manifest["decontamination"] or {}).get("dropped_as_eval_overlap", {}).get("documents", 0),
         },
     )

@@ -5,9 +5,11 @@ from llm_pipeline.assets.metadata import stage_metadata
 from llm_pipeline.contracts import CorpusRef, TokenizerRef
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.resources import StorageResource
-from llm_pipeline.storage.folders import Storage, open_uri
-from llm_pipeline.tokenize.bpe import eos_id, id_space, load_tokenizer, tokenizer_hash, train_bpe
+from llm_pipeline.storage.folders import Storage, bounded, read_named_file
+from llm_pipeline.tokenize.bpe import check_tokenizer, eos_id, id_space, load_tokenizer, tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import choose_encoder
+
+TOKENIZER_JSON_LIMIT = 256 << 20  # published tokenizer.json files are at most tens of MB
 
 
 def tokenizer_json(storage: StorageResource, tokenizer: TokenizerRef) -> str:
@@ -55,13 +57,21 @@ def tokenizer(
         )
     sample, sampled_batches = _sample_texts({k: storage.at(v.uri) for k, v in raw_corpus.items()}, config.train_bytes)
     if config.tokenizer_json_uri:
+        options = storage.at(config.tokenizer_json_uri).storage_options
         try:
-            with open_uri(config.tokenizer_json_uri, "rb", **storage.at(config.tokenizer_json_uri).storage_options) as f:
-                tok = load_tokenizer(f.read().decode("utf-8"), config.tokenizer_json_uri)
-        except (OSError, ValueError) as e:  # ValueError includes a non-UTF-8 file
-            raise dg.Failure(description=f"tokenizer: cannot use tokenizer_json_uri {config.tokenizer_json_uri!r}: {e}") from None
+            data = read_named_file(config.tokenizer_json_uri, "tokenizer_json_uri", TOKENIZER_JSON_LIMIT, **options)
+        except ValueError as e:  # names the setting and the file
+            raise dg.Failure(description=f"tokenizer: {e}") from None
+        try:
+            tok = load_tokenizer(data.decode("utf-8"), config.tokenizer_json_uri)
+        except ValueError as e:  # includes a file that is not UTF-8
+            raise dg.Failure(description=f"tokenizer: cannot use tokenizer_json_uri {bounded(config.tokenizer_json_uri)!r}: {e}") from None
     else:
         tok = train_bpe(iter(sample), config.vocab_size, config.extra_special_tokens)
+    try:  # before any shard is written with it
+        check_tokenizer(tok, sample, config.tokenizer_json_uri or "the trained tokenizer")
+    except ValueError as e:
+        raise dg.Failure(description=f"tokenizer: {e}", allow_retries=False) from None
     tok_json = tok.to_str()
     _, report = choose_encoder(tok, sample)
     context.log.info(f"encoder engine: {report['engine']} ({report})")

@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             filters=FilterConfig(**given_options(args, FilterConfig.model_fields)),
             **given_options(args, set(CorpusConfig.model_fields) - {"source_uri"}),
         )
+        if args.out.startswith("memory://"):
+            raise ValueError(f"--out {bounded(args.out)!r}: memory:// lives only as long as this command, the output would be lost")
         out = Storage(args.out)
         earlier = [(uri, Storage(uri)) for uri in args.dedup_against]
         compactions = Storage(args.dedup_compactions) if args.dedup_compactions else None

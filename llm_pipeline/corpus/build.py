@@ -46,11 +46,19 @@ from llm_pipeline.corpus.dedup.keys import KeyIndex, Keys
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE
 from llm_pipeline.corpus.readers import PREFIX_BYTES, Format
-from llm_pipeline.corpus.sources import CorpusSourceError, SourceFile, SourceListing, check_glob, is_hidden_or_in_flight, list_sources
+from llm_pipeline.corpus.sources import (
+    CorpusSourceError,
+    SourceFile,
+    SourceListing,
+    check_exclude,
+    check_glob,
+    is_hidden_or_in_flight,
+    list_sources,
+)
 from llm_pipeline.faults import crash_point
 from llm_pipeline.ray_cluster import Executor
 from llm_pipeline.settings import Settings
-from llm_pipeline.storage.folders import Storage
+from llm_pipeline.storage.folders import Storage, bounded
 from llm_pipeline.storage.manifests import read_manifest, write_manifest
 from llm_pipeline.storage.parquet_shards import ParquetShards, payload_bytes
 
@@ -110,7 +118,9 @@ class CorpusConfig(Settings):
     quarantine_content_bytes: int = Field(
         default=65_536, ge=PREFIX_BYTES, description="bytes of each dropped document kept in the quarantine"
     )
-    workers: int = Field(default=0, ge=0, description="worker processes; 0: one per core (in-process for small inputs)")
+    workers: int = Field(
+        default=0, ge=0, description="worker processes, at most one per core; 0: one per core (in-process for small inputs)"
+    )
     executor: Executor = Field(
         default="local",
         description="local: this machine's cores; ray: files cleaned by Ray tasks on the cluster, in chunks (LLM_PIPELINE_RAY_ADDRESS)",
@@ -127,6 +137,11 @@ class CorpusConfig(Settings):
     @classmethod
     def _a_valid_pattern(cls, value):
         return value if value is None else check_glob(value)
+
+    @field_validator("exclude")
+    @classmethod
+    def _valid_patterns(cls, value):
+        return value if value is None else check_exclude(value)
 
     @property
     def is_builtin(self) -> bool:
@@ -269,6 +284,11 @@ def build_corpus(
                     )
         shards, quarantine_files = docs.files, quarantine.files
         nothing_new = totals["records"] > 0 and dedup.earlier_duplicates > 0 and set(dropped) <= DUPLICATE_REASONS
+        if totals["records"] == 0:
+            raise CorpusSourceError(
+                f"corpus source_uri {bounded(cfg.source_uri)!r}: no document kept: the {len(file_entries)} files read hold no "
+                f"records (an empty file, a zero-row Parquet file, a JSON Lines file of blank lines)"
+            )
         if totals["documents"] == 0 and not nothing_new:
             hints = "; ".join(f"{reason}: {example}" for reason, example in sorted(examples.items()))
             raise CorpusSourceError(
@@ -382,8 +402,8 @@ def summary(manifest: dict) -> dict:
 
 
 def _worker_count(cfg: CorpusConfig, listing: SourceListing) -> int:
-    if cfg.workers:
-        return min(cfg.workers, len(listing.files))
+    if cfg.workers:  # never more than the cores: cleaning is CPU-bound, more processes only take memory
+        return max(1, min(cfg.workers, len(listing.files), os.cpu_count() or 1))
     if sum(f.size for f in listing.files) < _INLINE_BYTES:
         return 1
     return max(1, min(os.cpu_count() or 1, len(listing.files)))

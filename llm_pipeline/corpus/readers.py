@@ -9,6 +9,7 @@ the rest of the file.
 from __future__ import annotations
 
 import codecs
+import json
 import posixpath
 import typing
 from collections.abc import Iterator
@@ -246,14 +247,30 @@ def read_jsonl(stream, text_field: str, max_line_bytes: int) -> Iterator[Record]
         yield Record(f"line={line_no + 1}", reason="corrupt_stream", detail=f"the stream broke off after line {line_no}: {e}")
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _numbers_as_text(line: bytes):
+    """The record orjson refused for a number it cannot hold (a 5,000-digit integer, 1e999): valid JSON
+    whose text belongs in the corpus. Every number becomes a float (inf when too large: only the text
+    is kept); None if the line is not JSON."""
+    try:
+        return json.loads(line, parse_int=float, parse_float=float, parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _json_record(line: bytes, line_no: int, text_field: str) -> Record:
     location = f"line={line_no}"
     raw = line[:PREFIX_BYTES]
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError as e:
-        reason = "invalid_utf8" if "UTF-8" in str(e) else "invalid_json"
-        return Record(location, reason=reason, detail=str(e), raw=raw, raw_size=len(line))
+        value = None if "UTF-8" in str(e) else _numbers_as_text(line)
+        if value is None:
+            reason = "invalid_utf8" if "UTF-8" in str(e) else "invalid_json"
+            return Record(location, reason=reason, detail=str(e), raw=raw, raw_size=len(line))
     if not isinstance(value, dict):
         return Record(location, reason="invalid_json", detail=f"a JSON {type(value).__name__}, not an object", raw=raw, raw_size=len(line))
     if text_field not in value:

@@ -15,14 +15,13 @@ import contextlib
 import fnmatch
 import os
 import posixpath
-import re
 import stat
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from fsspec.core import url_to_fs
-from fsspec.utils import glob_translate
 
+from llm_pipeline.globs import Pattern, fnmatch_pattern, path_glob
 from llm_pipeline.storage.folders import bounded, is_local_fs
 
 # Names an upload or copy tool writes while a file is still arriving.
@@ -54,10 +53,20 @@ def display_name(name: str) -> str:
 def check_glob(glob: str) -> str:
     """`glob` if it is a pattern fsspec's glob rules accept, else ValueError naming it."""
     try:
-        _pattern(glob)
+        path_glob(glob)
     except ValueError as e:
-        raise ValueError(f"glob {glob!r} is not a valid pattern: {e}") from None
+        raise ValueError(f"glob {bounded(glob)!r} is not a valid pattern: {e}") from None
     return glob
+
+
+def check_exclude(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """`patterns` if each is a valid fnmatch pattern, else ValueError naming the first that is not."""
+    for pattern in patterns:
+        try:
+            fnmatch_pattern(pattern)
+        except ValueError as e:
+            raise ValueError(f"exclude pattern {bounded(pattern)!r} is not a valid pattern: {e}") from None
+    return patterns
 
 
 @dataclass(frozen=True)
@@ -89,12 +98,8 @@ def is_hidden_or_in_flight(name: str) -> bool:
     return name.startswith(".") or any(fnmatch.fnmatchcase(name, p) for p in IN_FLIGHT_PATTERNS)
 
 
-def _pattern(glob: str) -> re.Pattern:
-    return re.compile(glob_translate(glob))
-
-
-def _matches(rel: str, glob: re.Pattern, exclude: tuple[str, ...]) -> bool:
-    return bool(glob.match(rel)) and not any(fnmatch.fnmatchcase(rel, pat) for pat in exclude)
+def _matches(rel: str, glob: Pattern, exclude: tuple[str, ...]) -> bool:
+    return glob.match(rel) and not any(fnmatch_pattern(pat).match(rel) for pat in exclude)
 
 
 def list_sources(
@@ -134,7 +139,7 @@ def list_sources(
     if not exists:
         raise SourceMissing(f"corpus source_uri {source_uri!r} does not exist")
     is_local = is_local_fs(fs)
-    pattern = _pattern(glob)
+    pattern = path_glob(glob)
     files: list[SourceFile] = []
     skipped: list[SkippedEntry] = []
     root_uri = fs.unstrip_protocol(root).rstrip("/")
@@ -189,7 +194,7 @@ def _apply_budget(files: list[SourceFile], max_bytes: int) -> tuple[list[SourceF
 def _prunable(rel_dir: str, exclude: tuple[str, ...]) -> bool:
     """True when an exclude pattern matches every path under the folder (e.g. `site-packages/*`)."""
     probe = f"{rel_dir}/\0probe/\0"
-    return any(fnmatch.fnmatchcase(probe, pat) for pat in exclude)
+    return any(fnmatch_pattern(pat).match(probe) for pat in exclude)
 
 
 def _walk_local(root: str, exclude: tuple[str, ...] = (), within: Collection[str] | None = None):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from llm_pipeline.evaluate.contamination import CONTAMINATION_MIN_OVERLAP, CONTAMINATION_NGRAM
 from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, LOCAL_TASKS
 from llm_pipeline.settings import Settings
+from llm_pipeline.storage.folders import bounded
 from llm_pipeline.train.hardware import on_gpu, resolve_dtype
+
+_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")  # a task, group or tag name; never a path
 
 
 class EvalConfig(Settings):
@@ -31,7 +36,7 @@ class EvalConfig(Settings):
     )
     prompts: tuple[str, ...] = Field(default=("import os\n", "def main(", "class "), description="sample completions of these")
     max_new_tokens: int = Field(default=48, ge=0, le=4096, description="tokens generated per sample")
-    temperature: float = Field(default=0.8, ge=0, description="sampling temperature; 0: greedy")
+    temperature: float = Field(default=0.8, ge=0, le=100, description="sampling temperature; 0: greedy")
     top_k: int = Field(default=50, ge=0, description="sample among the k likeliest tokens; 0: all")
     seed: int = Field(default=0, description="sampling seed; also picks the multiple-choice task's items")
     harness_tasks: tuple[str, ...] = Field(
@@ -45,7 +50,7 @@ class EvalConfig(Settings):
     )
     continuation_items: int = Field(default=200, gt=0, le=100_000, description=f"items of the {CONTINUATION_TASK} task")
     contamination_ngram: int = Field(
-        default=13,
+        default=CONTAMINATION_NGRAM,
         gt=0,
         le=64,
         description=(
@@ -53,11 +58,19 @@ class EvalConfig(Settings):
         ),
     )
     contamination_min_overlap: float = Field(
-        default=0.5,
+        default=CONTAMINATION_MIN_OVERLAP,
         gt=0,
         le=1,
         description=("an eval document is contaminated when at least this share of its n-grams occur in the training split"),
     )
+
+    @field_validator("harness_tasks")
+    @classmethod
+    def _task_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for task in value:
+            if not _TASK_NAME.fullmatch(task):
+                raise ValueError(f"harness task {bounded(task)!r} is not a task name (letters, digits, '_', '-', '.')")
+        return value
 
     def resolved_dtype(self) -> str:
         return "bf16" if resolve_dtype(self.dtype, on_gpu()) == "bf16" else "fp32"

@@ -22,25 +22,52 @@ from collections.abc import Iterable
 
 import numpy as np
 
+CONTAMINATION_NGRAM = 13  # GPT-3's n
+CONTAMINATION_MIN_OVERLAP = 0.5  # PaLM's and Llama 2's share of a document
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so the hash is a bijection of each new token
 _CHUNK = 1 << 22
 
 
 def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
-    """The hash of every n-gram of `ids`, in order (empty when there are fewer than n ids)."""
+    """The hash of every n-gram of `ids`, in order (empty when there are fewer than n ids):
+    sum of x[j+i] * M**(n-1-i) for i < n, with x = id + 1 (so token 0 still changes the hash), mod 2**64.
+
+    Computed from prefix sums in a few passes whatever n: with S[k] = sum of x[i] * M**-i for i < k
+    (M is odd, so it has an inverse mod 2**64), the n-gram at j is M**(n-1+j) * (S[j+n] - S[j])."""
     count = len(ids) - n + 1
     if count <= 0:
         return np.empty(0, dtype=np.uint64)
-    ids = ids.astype(np.uint64) + np.uint64(1)  # token 0 still changes the hash
-    hashes = np.zeros(count, dtype=np.uint64)
-    for j in range(n):
-        hashes *= _MULTIPLIER  # wraps modulo 2**64, as intended
-        hashes += ids[j : j + count]
+    inverse_powers, powers = _powers(len(ids))
+    prefix = np.zeros(len(ids) + 1, dtype=np.uint64)
+    terms = ids.astype(np.uint64)
+    terms += np.uint64(1)
+    terms *= inverse_powers[: len(ids)]
+    np.cumsum(terms, out=prefix[1:])  # wraps modulo 2**64, as intended
+    hashes = prefix[n:] - prefix[:count]
+    hashes *= powers[n - 1 : n - 1 + count]
     return hashes
 
 
+_INVERSE = np.uint64(pow(int(_MULTIPLIER), -1, 2**64))
+_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
+
+
+def _powers(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """M**-i and M**i mod 2**64 for i < at least `length` (grown by doubling, shared by every call)."""
+    global _POWERS
+    if len(_POWERS[0]) < length:
+        size = 1 << (length - 1).bit_length()
+        inverse, forward = np.full(size, _INVERSE, dtype=np.uint64), np.full(size, _MULTIPLIER, dtype=np.uint64)
+        inverse[0] = forward[0] = 1
+        _POWERS = (np.cumprod(inverse), np.cumprod(forward))
+    return _POWERS
+
+
 def contamination(
-    train: Iterable[np.ndarray], eval_sets: dict[str, list[np.ndarray]], n: int = 13, min_overlap: float = 0.5
+    train: Iterable[np.ndarray],
+    eval_sets: dict[str, list[np.ndarray]],
+    n: int = CONTAMINATION_NGRAM,
+    min_overlap: float = CONTAMINATION_MIN_OVERLAP,
 ) -> dict[str, dict]:
     """For each named set of eval documents (token ids), against `train` (token arrays of one
     stream, in order): how many documents share any n-gram with it, and how many have at least

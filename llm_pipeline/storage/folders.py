@@ -45,12 +45,13 @@ class NotARegularFile(StorageError):
     never end (/dev/zero) or leave the folder (a link to elsewhere)."""
 
 
-def open_regular(path: str) -> BinaryIO:
-    """A local file opened for reading only when it is a regular file and not a link. Opened
-    non-blocking, so a FIFO in its place cannot hang the open, and checked on the open descriptor,
-    so nothing can be swapped in between the check and the read."""
+def open_regular(path: str, follow_links: bool = False) -> BinaryIO:
+    """A local file opened for reading only when it is a regular file and (unless `follow_links`) not
+    a link. Opened non-blocking, so a FIFO in its place cannot hang the open, and checked on the open
+    descriptor, so nothing can be swapped in between the check and the read."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError as e:
         if e.errno == errno.ELOOP:  # O_NOFOLLOW met a link as the last part
             raise NotARegularFile(f"{path} is a symbolic link, not a regular file; refusing to follow it") from None
@@ -61,6 +62,66 @@ def open_regular(path: str) -> BinaryIO:
         raise NotARegularFile(f"{path} is {_kind(kind)}, not a regular file")
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return os.fdopen(fd, "rb")
+
+
+def read_named_file(uri: str, what: str, limit: int, **storage_options: Any) -> bytes:
+    """The bytes of a file a user named in a setting or an argument (`what` says which), on any fsspec
+    URI. Refused by name, before anything else reads it: a FIFO, a device, a socket or a folder in its
+    place (reading could hang or never end; a link to a regular file is followed), a file over `limit`
+    bytes, a missing one, one the storage refuses (credentials, network)."""
+    shown = f"{what} {bounded(uri)!r}"
+    try:
+        if "://" not in uri or uri.startswith("file://"):
+            path = os.path.expanduser(uri.removeprefix("file://"))
+            try:
+                handle = open_regular(path, follow_links=True)
+            except NotARegularFile as e:
+                raise ValueError(f"{shown}: {str(e).removeprefix(path + ' ')}") from None
+        else:
+            handle = fsspec.open(uri, "rb", **storage_options).open()
+        with handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise ValueError(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{shown}: is a folder, not a file") from None
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - botocore's and gcsfs's errors are not OSErrors
+        raise ValueError(f"{shown} cannot be read: {type(e).__name__}: {bounded(str(e))}") from None
+    if len(data) > limit:
+        raise ValueError(f"{shown} is larger than {limit:,} bytes, too large for what it should hold")
+    return data
+
+
+def check_named_file(uri: str, what: str) -> None:
+    """A settings check, before any work: a local path a user named must be a regular file (links
+    followed). Remote URIs are read, and refused by name, when the work starts."""
+    if "://" in uri and not uri.startswith("file://"):
+        return
+    path = os.path.expanduser(uri.removeprefix("file://"))
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"{what} {bounded(uri)!r}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"{what} {bounded(uri)!r} cannot be read: {bounded(str(e))}") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{what} {bounded(uri)!r} is {_kind(mode)}, not a regular file")
+
+
+def read_named_json_object(uri: str, what: str, limit: int = 16 << 20, **storage_options: Any) -> dict:
+    """A JSON object (a mapping) from a file a user named; see read_named_file."""
+    data = read_named_file(uri, what, limit, **storage_options)
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {bounded(uri)!r} is not valid JSON: {bounded(str(e))}") from None
+    except RecursionError:
+        raise ValueError(f"{what} {bounded(uri)!r} is not valid JSON: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} {bounded(uri)!r} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _kind(mode: int) -> str:
@@ -300,7 +361,3 @@ def _join_uri(uri: str, *parts: str) -> str:
         scheme, rest = uri.split("://", 1)
         return f"{scheme}://{posixpath.join(rest, *parts)}" if rest else f"{scheme}://{posixpath.join(*parts)}"
     return posixpath.join(uri, *parts)
-
-
-def open_uri(uri: str, mode: str = "rb", **storage_options: Any):
-    return fsspec.open(uri, mode, **storage_options).open()

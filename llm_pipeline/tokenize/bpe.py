@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from llm_pipeline.storage.folders import bounded
+
 EOS_TOKEN = "<|endoftext|>"
 # The end-of-text token of a given tokenizer, by family, in this order: GPT-2's (ours), Llama 2 /
 # Mistral / T5's, Llama 3's, Gemma's. It separates documents in the shards and ends generation.
@@ -88,6 +90,44 @@ def id_space(tok: Tokenizer) -> int:
     """One past the largest token id: what token arrays and the model's embedding must hold. Not
     get_vocab_size(), which counts tokens: a tokenizer's ids may have gaps."""
     return max(tok.get_vocab(with_added_tokens=True).values()) + 1
+
+
+_ROUND_TRIP_CHARS = 1 << 20  # of sample text: enough to meet every normalizer and unknown-token rule
+_ID_GAPS_ALLOWED = 2  # ids may have gaps (tokens removed from a vocabulary), but not be mostly gaps
+
+
+def check_tokenizer(tok: Tokenizer, samples: Iterable[str], source: str = "tokenizer.json") -> None:
+    """ValueError naming `source` when a tokenizer would corrupt the data it encodes: two tokens with
+    one id (a document's " 6" read back as end-of-text), an id space far larger than the vocabulary
+    (an embedding mostly never trained), or documents that do not come back byte for byte from
+    encode then decode (a normalizer that deletes or changes text, an unknown-token rule)."""
+    vocab = tok.get_vocab(with_added_tokens=True)
+    holders: dict[int, list[str]] = {}
+    for token, token_id in vocab.items():
+        holders.setdefault(token_id, []).append(token)
+    shared = sorted((i, sorted(tokens)) for i, tokens in holders.items() if len(tokens) > 1)
+    if shared:
+        shown = "; ".join(f"id {i}: {', '.join(repr(bounded(t, 40)) for t in tokens[:3])}" for i, tokens in shared[:3])
+        raise ValueError(f"{source}: {len(shared):,} ids belong to more than one token ({shown}): the ids could not be decoded")
+    space = max(vocab.values()) + 1
+    if space > _ID_GAPS_ALLOWED * len(vocab) + 256:
+        raise ValueError(
+            f"{source}: its largest id is {space - 1:,} for {len(vocab):,} tokens: the model's embedding would be "
+            f"{space:,} rows, mostly ids no text ever has"
+        )
+    checked = 0
+    for number, text in enumerate(samples):
+        back = tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False)
+        if back != text:
+            at = next((i for i, (a, b) in enumerate(zip(text, back)) if a != b), min(len(text), len(back)))
+            raise ValueError(
+                f"{source}: does not give the text back: sample document {number + 1}, from character {at:,}, "
+                f"{bounded(text[at : at + 40], 60)!r} decodes as {bounded(back[at : at + 40], 60)!r}; training on its ids "
+                "would train on other text (a normalizer that changes text, or an unknown-token rule)"
+            )
+        checked += len(text)
+        if checked >= _ROUND_TRIP_CHARS:
+            break
 
 
 def made_with_another_tokenizer(made_with: dict[str, str | None], expected: str | None = None) -> dict[str, str | None]:

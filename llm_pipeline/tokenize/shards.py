@@ -21,6 +21,7 @@ from pydantic import Field
 from tokenizers import Tokenizer
 
 from llm_pipeline.corpus.build import iter_documents
+from llm_pipeline.evaluate.contamination import CONTAMINATION_MIN_OVERLAP, CONTAMINATION_NGRAM
 from llm_pipeline.faults import crash_point
 from llm_pipeline.prefetch import prefetch
 from llm_pipeline.ray_cluster import Executor
@@ -29,6 +30,7 @@ from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import read_manifest, write_manifest
 from llm_pipeline.storage.parquet_shards import ParquetShards
 from llm_pipeline.tokenize.bpe import smallest_uint_type
+from llm_pipeline.tokenize.decontaminate import HeldOutNgrams, decontaminated
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.flat_tokens import FlatWriter
 
@@ -42,6 +44,20 @@ class ShardConfig(Settings):
     encode_batch_docs: int = Field(default=512, gt=0, description="documents per encoder call")
     executor: Executor = Field(
         default="local", description="local: this machine's cores; ray: each corpus row group encoded by a Ray task on the cluster"
+    )
+    decontaminate_ngram: int = Field(
+        default=CONTAMINATION_NGRAM,
+        ge=0,
+        le=64,
+        description="drop training documents that would put a validation document over the contamination gate, "
+        "comparing n-grams of this many tokens (the gate's contamination_ngram); 0 keeps every training document",
+    )
+    decontaminate_min_overlap: float = Field(
+        default=CONTAMINATION_MIN_OVERLAP,
+        gt=0,
+        le=1,
+        description="a training document is dropped when keeping it would put this share of some validation "
+        "document's n-grams in the training split (the gate's contamination_min_overlap)",
     )
 
 
@@ -111,9 +127,10 @@ def write_shards(
 ) -> dict:
     """Encode the corpus in bounded batches and write shards + manifest. Returns the manifest.
     With `executor: ray`, the encoding runs on the Ray cluster at `ray_address` (a driver address)."""
+    held_out = _held_out_ngrams(corpus, encoder, cfg)
     if cfg.executor == "ray":
         on_ray = _documents_on_ray(corpus, encoder, cfg, ray_address)
-        return write_token_documents(out, on_ray, vocab_size, encoder.eos_id, tokenizer_sha256, cfg, encoder.engine)
+        return write_token_documents(out, on_ray, vocab_size, encoder.eos_id, tokenizer_sha256, cfg, encoder.engine, held_out)
     pending: deque[tuple[str, int]] = deque()  # (split, UTF-8 bytes) of documents in flight, in order
 
     def texts():
@@ -127,7 +144,22 @@ def write_shards(
             split, nbytes = pending.popleft()
             yield split, ids, nbytes
 
-    return write_token_documents(out, documents(), vocab_size, encoder.eos_id, tokenizer_sha256, cfg, encoder.engine)
+    return write_token_documents(out, documents(), vocab_size, encoder.eos_id, tokenizer_sha256, cfg, encoder.engine, held_out)
+
+
+def _held_out_ngrams(corpus: Storage, encoder: DocumentEncoder, cfg: ShardConfig) -> HeldOutNgrams | None:
+    """The validation split's n-grams, read and encoded before any shard is written (a twentieth of the
+    encoding at the default val_fraction), so that each training document can be decided as it streams."""
+    if not cfg.decontaminate_ngram:
+        return None
+
+    def val_texts():
+        for batch in prefetch(iter_documents(corpus, batch_size=cfg.encode_batch_docs)):
+            val = [i for i, doc_id in enumerate(batch.column("id").to_pylist()) if split_of(doc_id, cfg.val_fraction) == "val"]
+            yield from batch.column("text").take(pa.array(val, type=pa.int64())).to_pylist()  # only these become strings
+
+    val = encoder.encode_stream(val_texts(), window=2 * cfg.encode_batch_docs)
+    return HeldOutNgrams(val, cfg.decontaminate_ngram, cfg.decontaminate_min_overlap)
 
 
 def _documents_on_ray(corpus: Storage, encoder: DocumentEncoder, cfg: ShardConfig, address: str):
@@ -174,10 +206,21 @@ def encode_row_group(
 
 
 def write_token_documents(
-    out: Storage, documents, vocab_size: int, eos_id: int, tokenizer_sha256: str, cfg: ShardConfig, encoder_engine: str
+    out: Storage,
+    documents,
+    vocab_size: int,
+    eos_id: int,
+    tokenizer_sha256: str,
+    cfg: ShardConfig,
+    encoder_engine: str,
+    held_out: HeldOutNgrams | None = None,
 ) -> dict:
     """Shards, flat files and manifest from (split, token ids, UTF-8 bytes of the text) per document,
-    in order; EOS is appended to each. Returns the manifest."""
+    in order; EOS is appended to each. With `held_out`, the training documents it refuses are left out
+    and counted. Returns the manifest."""
+    dropped = {"documents": 0, "tokens": 0, "text_bytes": 0}
+    if held_out is not None:
+        documents = decontaminated(documents, held_out, dropped)
     dtype = smallest_uint_type(vocab_size)
     writers = {s: _SplitWriter(s, dtype, cfg, out) for s in SPLITS}
     eos = np.array([eos_id], dtype=dtype)
@@ -212,6 +255,9 @@ def write_token_documents(
         "dtype": dtype,
         "encoder_engine": encoder_engine,
         "split_rule": {"hash": "sha256(document id)[:8] / 2**32 < val_fraction -> val", "val_fraction": cfg.val_fraction},
+        "decontamination": None
+        if held_out is None
+        else {"n": held_out.n, "min_overlap": held_out.min_overlap, "dropped_as_eval_overlap": dropped},
         "tokens_per_shard": cfg.tokens_per_shard,
         "row_group_rows": cfg.row_group_rows,
         "splits": totals,

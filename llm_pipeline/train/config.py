@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import ipaddress
 import json
@@ -13,7 +12,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from llm_pipeline.globs import fnmatch_pattern
 from llm_pipeline.settings import Settings
+from llm_pipeline.storage.folders import bounded
 from llm_pipeline.train.memory import available_bytes, human, local_devices, training_bytes_per_rank
 from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline.train.schedule import Schedule
@@ -63,7 +64,7 @@ class TrainConfig(Settings):
     global_batch_tokens: int = Field(
         default=0, ge=0, description="tokens per optimizer step across all ranks; > 0 derives grad_accum from it"
     )
-    steps: int = Field(default=180, gt=0, description="optimizer steps")
+    steps: int = Field(default=180, gt=0, le=10**9, description="optimizer steps")
     lr: float = Field(default=3e-3, gt=0, description="peak learning rate")
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="the schedule's floor, as a share of lr")
     warmup_steps: int = Field(default=20, ge=0, description="linear warmup steps")
@@ -99,6 +100,10 @@ class TrainConfig(Settings):
 
     @model_validator(mode="after")
     def _consistent(self):
+        # A warmup longer than the run never reaches the peak rate: a mistake, except at the default,
+        # so that a short trial run (--steps 5) keeps working.
+        if self.warmup_steps > max(self.steps, type(self).model_fields["warmup_steps"].default):
+            raise ValueError(f"warmup_steps ({self.warmup_steps:,}) exceeds steps ({self.steps:,}): the run would end before its warmup")
         if self.seq_len > self.model.max_seq_len:
             raise ValueError(f"seq_len ({self.seq_len}) exceeds the model's max_seq_len ({self.model.max_seq_len})")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -208,7 +213,7 @@ class TrainConfig(Settings):
     def from_dict(cls, data: dict) -> TrainConfig:
         unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
-            raise ValueError(f"unknown training config field(s): {unknown}")
+            raise ValueError(f"unknown training config field(s): {bounded(str(unknown))}")
         return cls(**data)
 
     def deepspeed_config(self, world_size: int, dtype: str, on_gpu: bool) -> dict:
@@ -242,7 +247,7 @@ def mixture_sources(batches: list[str], mixture: dict[str, float]) -> tuple[str,
     matching none or several, and a pattern matching no batch, are errors that name them."""
     sources, unmatched = [], []
     for batch in batches:
-        matches = [pattern for pattern in mixture if fnmatch.fnmatchcase(batch, pattern)]
+        matches = [pattern for pattern in mixture if fnmatch_pattern(pattern).match(batch)]
         if len(matches) > 1:
             raise ValueError(f"corpus batch {batch!r} matches several mixture sources: {', '.join(matches)}")
         if not matches:

@@ -10,14 +10,13 @@ multi-node run the asset starts node 0; every other node runs this module with i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
 import sys
 
 from llm_pipeline.settings import add_options, given_options, to_options
-from llm_pipeline.storage.folders import bounded, open_uri
+from llm_pipeline.storage.folders import bounded, read_named_json_object
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.hardware import on_gpu
 
@@ -149,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     try:
-        with open_uri(a.config, "rb") as f:
-            TrainConfig.from_dict(json.load(f)).validate_for(launch.world_size, on_gpu(), launch.ranks_on_this_node)
+        config = read_named_json_object(a.config, "--config")
+        TrainConfig.from_dict(config).validate_for(launch.world_size, on_gpu(), launch.ranks_on_this_node)
     except (ValueError, OSError) as e:  # before any process starts: one line that names the problem
         print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)
         return 1

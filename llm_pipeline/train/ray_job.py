@@ -15,12 +15,11 @@ trainer resumes from the newest complete checkpoint under the storage root, as a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from llm_pipeline.ray_cluster import alive_node_resources, placement_problem
-from llm_pipeline.storage.folders import bounded, open_uri
+from llm_pipeline.storage.folders import bounded, read_named_json_object
 from llm_pipeline.train.config import TrainConfig
 
 
@@ -50,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = a.gpus_per_worker > 0
     try:
-        with open_uri(a.config, "rb") as f:
-            cfg = TrainConfig.from_dict(json.load(f))
+        cfg = TrainConfig.from_dict(read_named_json_object(a.config, "--config"))
         cfg.validate_for(a.num_workers, gpu, ranks_on_this_node=0)
     except (ValueError, OSError) as e:
         print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import os
 import shutil
@@ -31,7 +30,7 @@ import torch.distributed as dist
 from deepspeed.ops.adam import DeepSpeedCPUAdam
 
 from llm_pipeline.faults import crash_point
-from llm_pipeline.storage.folders import Storage, open_uri
+from llm_pipeline.storage.folders import Storage, bounded, read_named_json_object
 from llm_pipeline.tokenize.bpe import tokenizer_hash
 from llm_pipeline.train import checkpoints
 from llm_pipeline.train.activation_checkpointing import apply_activation_checkpointing
@@ -455,8 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     # The deepspeed launcher passes --local_rank; LOCAL_RANK in the environment says the same.
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    with open_uri(args.config, "rb") as f:
-        cfg = TrainConfig.from_dict(json.load(f))
+    try:
+        cfg = TrainConfig.from_dict(read_named_json_object(args.config, "--config"))
+    except ValueError as e:  # one line that names the problem, as the launchers print it
+        print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)
+        return 1
     rank = int(os.environ.get("RANK", "0"))
     with open_reporter(rank == 0) as reporter:
         train(cfg, reporter)
