@@ -429,3 +429,37 @@ def test_careless_corpus_options_are_refused_or_bounded(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(empty), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "the 1 files read hold no records (an empty file, a zero-row Parquet file" in proc.stderr
+
+
+def test_renamed_tensors_and_a_version_linked_out_of_the_registry_fail_verification(tmp_path, small_tokenizer):
+    """Both passed verify with every sha256 updated, and transformers then ran a randomly initialised model."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from llm_pipeline.publish.generate import generate
+
+    registry, manifest = published(tmp_path, small_tokenizer)
+    folder = Storage(manifest["uri"])
+    assert verify(folder) == []
+    weights = load_file(folder.full("model.safetensors"))
+    name = sorted(weights)[0]
+    weights[f"../../etc/{name}"] = weights.pop(name)
+    save_file(weights, folder.full("model.safetensors"))
+    published_manifest = folder.read_json("manifest.json")
+    published_manifest["files"]["model.safetensors"]["sha256"] = hashlib.sha256(folder.read_bytes("model.safetensors")).hexdigest()
+    folder.write_json("manifest.json", published_manifest)
+    problems = verify(folder)
+    assert f"model.safetensors lacks the parameter {name}" in problems
+    assert f"model.safetensors holds '../../etc/{name}', not a parameter of the architecture" in problems
+    with pytest.raises(ValueError, match="fails verification: model.safetensors lacks the parameter"):
+        generate(registry.child("m").uri, "def ")
+
+    # A version folder that is a link to a folder elsewhere, however intact what it points at.
+    _, elsewhere = published(tmp_path / "elsewhere", small_tokenizer)
+    linked = tmp_path / "registry" / "m" / "v-linked"
+    linked.symlink_to(elsewhere["uri"])
+    assert verify(Storage(str(linked)))[0].startswith(f"{linked} is a symbolic link")
+    (tmp_path / "registry" / "m" / "latest").write_text("v-linked\n")
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        generate(registry.child("m").uri, "def ")

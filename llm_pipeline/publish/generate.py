@@ -35,8 +35,8 @@ def generate(
         if local is None:
             folder.download_dir(tmp)
             local = tmp
-        tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True, trust_remote_code=False).eval()
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         torch.manual_seed(seed)
         out = model.generate(

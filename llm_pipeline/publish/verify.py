@@ -6,6 +6,9 @@ python -m llm_pipeline.publish.verify <model version URI | model URI (follows la
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import struct
 import sys
 
 from llm_pipeline.publish.registry import resolve_model_folder
@@ -13,9 +16,16 @@ from llm_pipeline.storage.folders import Storage, bounded
 from llm_pipeline.storage.manifests import MANIFEST
 from llm_pipeline.storage.names import check_relative_path
 
+_HEADER_LIMIT = 100 << 20  # a safetensors header lists names, shapes and offsets: far below this
+
 
 def verify(folder: Storage) -> list[str]:
-    """Problems found (tampered, missing or unlisted files, a broken manifest); empty means intact."""
+    """Problems found (tampered, missing or unlisted files, a broken manifest, a version folder that
+    is a link out of its registry, weights whose tensors are not the architecture's); empty means intact."""
+    if folder.is_local and os.path.islink(folder.path):
+        return [
+            f"{folder.uri} is a symbolic link (to {bounded(os.path.realpath(folder.path))}): a version must be a folder of its registry"
+        ]
     if not folder.exists(MANIFEST):
         return [f"{MANIFEST} is missing from {folder.uri}"]
     try:
@@ -35,6 +45,43 @@ def verify(folder: Storage) -> list[str]:
             problems.append(f"not a regular file: {name} ({bounded(str(e))})")
     extra = set(folder.listdir()) - set(files) - {MANIFEST}
     problems.extend(f"not in manifest: {name}" for name in sorted(extra))
+    if not problems and "model.safetensors" in files and "config.json" in files:
+        problems.extend(_tensor_problems(folder))
+    return problems
+
+
+def _tensor_names(folder: Storage) -> set[str]:
+    """The tensor names in model.safetensors' header (8 bytes of length, then JSON), read bounded."""
+    with folder.open_read("model.safetensors") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > _HEADER_LIMIT:
+            raise ValueError(f"its header claims {length:,} bytes")
+        header = json.loads(f.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    return set(header) - {"__metadata__"}
+
+
+def _tensor_problems(folder: Storage) -> list[str]:
+    """Weights whose tensor names are not the parameters of the architecture config.json describes:
+    transformers would leave a renamed parameter randomly initialised, with only a warning."""
+    import torch
+
+    from llm_pipeline.train.hf_config import model_config_from_hf
+    from llm_pipeline.train.model import CausalLM
+
+    try:
+        cfg = model_config_from_hf(folder.read_json("config.json"))
+        with torch.device("meta"):
+            expected = set(CausalLM(cfg).state_dict())
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"config.json does not describe a model of this project ({type(e).__name__}: {bounded(str(e))})"]
+    try:
+        names = _tensor_names(folder)
+    except (ValueError, struct.error, RecursionError) as e:
+        return [f"model.safetensors is not a safetensors file ({bounded(str(e))})"]
+    problems = [f"model.safetensors lacks the parameter {bounded(n)}" for n in sorted(expected - names)[:5]]
+    problems += [f"model.safetensors holds {bounded(n)!r}, not a parameter of the architecture" for n in sorted(names - expected)[:5]]
     return problems
 
 
