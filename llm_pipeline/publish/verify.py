@@ -6,13 +6,12 @@ python -m llm_pipeline.publish.verify <model version URI | model URI (follows la
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import struct
 import sys
 
 from llm_pipeline.publish.registry import resolve_model_folder
-from llm_pipeline.storage.folders import Storage, bounded
+from llm_pipeline.storage.folders import Storage, bounded, json_value
 from llm_pipeline.storage.manifests import MANIFEST
 from llm_pipeline.storage.names import check_relative_path
 
@@ -56,7 +55,7 @@ def _tensor_names(folder: Storage) -> set[str]:
         (length,) = struct.unpack("<Q", f.read(8))
         if length > _HEADER_LIMIT:
             raise ValueError(f"its header claims {length:,} bytes")
-        header = json.loads(f.read(length))
+        header = json_value(f.read(length), "its header")
     if not isinstance(header, dict):
         raise ValueError("its header is not a JSON object")
     return set(header) - {"__metadata__"}
@@ -78,7 +77,7 @@ def _tensor_problems(folder: Storage) -> list[str]:
         return [f"config.json does not describe a model of this project ({type(e).__name__}: {bounded(str(e))})"]
     try:
         names = _tensor_names(folder)
-    except (ValueError, struct.error, RecursionError) as e:
+    except (ValueError, struct.error) as e:
         return [f"model.safetensors is not a safetensors file ({bounded(str(e))})"]
     problems = [f"model.safetensors lacks the parameter {bounded(n)}" for n in sorted(expected - names)[:5]]
     problems += [f"model.safetensors holds {bounded(n)!r}, not a parameter of the architecture" for n in sorted(names - expected)[:5]]

@@ -64,6 +64,23 @@ def open_regular(path: str, follow_links: bool = False) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+def json_value(data: bytes, where: str) -> Any:
+    """`data` parsed as JSON; ValueError naming `where` when it is not JSON (or nested too deeply to parse)."""
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where} is not valid JSON: {bounded(str(e))}") from None
+    except RecursionError:
+        raise ValueError(f"{where} is not valid JSON: nested too deeply") from None
+
+
+def _local_path(uri: str) -> str | None:
+    """The local path a user's URI names (a plain path or file://), or None for a remote URI."""
+    if "://" in uri and not uri.startswith("file://"):
+        return None
+    return os.path.expanduser(uri.removeprefix("file://"))
+
+
 def read_named_file(uri: str, what: str, limit: int, **storage_options: Any) -> bytes:
     """The bytes of a file a user named in a setting or an argument (`what` says which), on any fsspec
     URI. Refused by name, before anything else reads it: a FIFO, a device, a socket or a folder in its
@@ -71,8 +88,8 @@ def read_named_file(uri: str, what: str, limit: int, **storage_options: Any) -> 
     bytes, a missing one, one the storage refuses (credentials, network)."""
     shown = f"{what} {bounded(uri)!r}"
     try:
-        if "://" not in uri or uri.startswith("file://"):
-            path = os.path.expanduser(uri.removeprefix("file://"))
+        path = _local_path(uri)
+        if path is not None:
             try:
                 handle = open_regular(path, follow_links=True)
             except NotARegularFile as e:
@@ -97,9 +114,9 @@ def read_named_file(uri: str, what: str, limit: int, **storage_options: Any) -> 
 def check_named_file(uri: str, what: str) -> None:
     """A settings check, before any work: a local path a user named must be a regular file (links
     followed). Remote URIs are read, and refused by name, when the work starts."""
-    if "://" in uri and not uri.startswith("file://"):
+    path = _local_path(uri)
+    if path is None:
         return
-    path = os.path.expanduser(uri.removeprefix("file://"))
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -112,13 +129,7 @@ def check_named_file(uri: str, what: str) -> None:
 
 def read_named_json_object(uri: str, what: str, limit: int = 16 << 20, **storage_options: Any) -> dict:
     """A JSON object (a mapping) from a file a user named; see read_named_file."""
-    data = read_named_file(uri, what, limit, **storage_options)
-    try:
-        value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{what} {bounded(uri)!r} is not valid JSON: {bounded(str(e))}") from None
-    except RecursionError:
-        raise ValueError(f"{what} {bounded(uri)!r} is not valid JSON: nested too deeply") from None
+    value = json_value(read_named_file(uri, what, limit, **storage_options), f"{what} {bounded(uri)!r}")
     if not isinstance(value, dict):
         raise ValueError(f"{what} {bounded(uri)!r} must hold a JSON object, got {type(value).__name__}")
     return value
@@ -255,12 +266,7 @@ class Storage:
         return data
 
     def read_json(self, name: str, limit: int = 256 << 20) -> Any:
-        try:
-            return json.loads(self.read_bytes(name, limit))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{self.uri}/{name} is not valid JSON: {bounded(str(e))}") from None
-        except RecursionError:
-            raise ValueError(f"{self.uri}/{name} is not valid JSON: nested too deeply") from None
+        return json_value(self.read_bytes(name, limit), f"{self.uri}/{name}")
 
     @_names_uri
     def _write_atomic(self, name: str, write) -> None:
