@@ -6,10 +6,12 @@ For N and 10N small files (deliveries of --per-delivery files each, as a crawl o
 them: `delivery-00042/doc-000123.txt`), in a local folder under a temporary directory:
 
 1. the sensor takes everything (two looks) and, an hour of quiet later, seals every delivery;
-2. a tick with nothing new (median of --repeats; the collector run first, for what the set-up left);
-3. one new file in a new delivery (median of --repeats): the two ticks that see it and take it, 2.1 s apart and the first
-   2.1 s after it landed (the daemon's ticks are 10 s apart; a folder's mtime younger than 2 s is
-   not trusted, so a file that lands less than 2 s before a tick costs one more look at the top level);
+2. a tick with nothing new (median of --repeats; the collector run first, for what the set-up left):
+   it lists no open delivery, and audits corpus/landing.py's AUDIT_PER_TICK sealed deliveries
+   against the ledger, so its cost is set by the size of a delivery, not by how many were taken;
+3. one new file in a new delivery (median of --repeats): the two ticks that see it and take it, on
+   the sensor's clock 10 s apart (both list the landing folder's top level: its new identity is
+   trusted only by a look made 2 s after it was first seen);
 4. the cursor's size after each.
 
 Next to it, the previous release's design on the same folder: every tick lists every file and the
@@ -34,11 +36,12 @@ import statistics
 import tempfile
 import time
 
-from llm_pipeline.corpus.landing import RACY_SECONDS, Ledger, scan
+from llm_pipeline.corpus.landing import Ledger, scan
 from llm_pipeline.corpus.sources import list_sources
 from llm_pipeline.storage.folders import Storage
 
 QUIET = 3600
+TICK_SECONDS = 10  # new_corpus_sensor's minimum_interval_seconds
 
 
 def land(folder: str, files: int, per_delivery: int) -> None:
@@ -76,8 +79,6 @@ def measure(workdir: str, files: int, per_delivery: int, repeats: int) -> dict:
     assert len(look.ready) == files, (len(look.ready), files)
     seal, look = timed(lambda: tick(later=QUIET))
     assert len(look.sealed) == files // per_delivery
-    # The folder's mtime is trusted once older than a filesystem clock tick: what a daemon sees 10 s later.
-    time.sleep(max(0.0, RACY_SECONDS + 0.1 - (time.time() - os.stat(landing).st_mtime)))
     quiet = []
     gc.collect()  # what the set-up left, not the sensor's work
     for _ in range(repeats):
@@ -91,13 +92,11 @@ def measure(workdir: str, files: int, per_delivery: int, repeats: int) -> dict:
         os.makedirs(os.path.join(landing, f"delivery-new-{r}"))
         with open(os.path.join(landing, f"delivery-new-{r}", "doc.txt"), "w") as f:
             f.write(f"new document {r}\n")
-        time.sleep(RACY_SECONDS + 0.1)  # it landed between two ticks: most land more than 2 s before the next one
         gc.collect()
-        seen_s, look = timed(tick)
+        seen_s, look = timed(lambda: tick(later=TICK_SECONDS))
         assert look.arriving == 1
-        # The daemon's ticks are 10 s apart; the landing folder's new mtime is trusted from the second on.
-        time.sleep(RACY_SECONDS + 0.1)
-        taken_s, look = timed(tick)
+        # The second tick lists the top level once more: the folder's new identity is trusted from the third on.
+        taken_s, look = timed(lambda: tick(later=TICK_SECONDS))
         assert list(look.ready) == [f"delivery-new-{r}/doc.txt"]
         new_file.append(seen_s + taken_s)
     new_cursor = len(cursor)

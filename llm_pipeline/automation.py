@@ -17,9 +17,11 @@ import dagster as dg
 import yaml
 
 from llm_pipeline.assets.partitions import batch_keys, corpus_batches
+from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.contracts import CheckpointRef, ShardSetRef, TokenizerRef
 from llm_pipeline.corpus.batches import batch_key, find_batch, write_batch
 from llm_pipeline.corpus.landing import LandingScan, Ledger, scan
+from llm_pipeline.redact import redacted
 from llm_pipeline.resources import AutomationSettings, StorageResource, latest_materialization
 from llm_pipeline.storage.folders import bounded, read_named_file
 from llm_pipeline.tokenize.bpe import made_with_another_tokenizer
@@ -101,24 +103,33 @@ def new_files(
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Makes each delivery of complete new files in the landing folder a corpus batch (a partition).",
 )
+@redacted_step
 def new_corpus_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, automation: AutomationSettings):
     uri = landing_uri(storage, automation)
     look = new_files(storage, automation, uri, context.cursor)
+    shown = redacted(uri)  # skip reasons are stored as they are: no credential in them
     not_taken = ""
     if look.refused:
-        shown = ", ".join(look.refused[:5]) + (" ..." if len(look.refused) > 5 else "")
-        not_taken = f"; {len(look.refused)} entries cannot be taken: {shown}"
-        context.log.warning(f"new_corpus_sensor: under {uri}{not_taken}")
+        refused = ", ".join(look.refused[:5]) + (" ..." if len(look.refused) > 5 else "")
+        not_taken = f"; {len(look.refused)} entries cannot be taken: {refused}"
+        context.log.warning(f"new_corpus_sensor: under {shown}{not_taken}")
+    for note in look.notes:
+        context.log.warning(f"new_corpus_sensor: {note}")
+    if look.reopened:
+        context.log.warning(
+            f"new_corpus_sensor: {len(look.reopened)} sealed deliveries under {shown} hold new or changed files, taken like "
+            f"any others (new data belongs in a new delivery): {', '.join(look.reopened[:5])}"
+        )
     if look.sealed:
-        context.log.info(f"sealed {len(look.sealed)} quiet deliveries under {uri} (not listed again): {', '.join(look.sealed[:5])}")
+        context.log.info(f"sealed {len(look.sealed)} quiet deliveries under {shown} (audited from now on): {', '.join(look.sealed[:5])}")
     if not look.ready:
         arriving = f" ({look.arriving} still arriving)" if look.arriving else ""
-        return dg.SensorResult(skip_reason=f"no new complete files under {uri}{arriving}{not_taken}", cursor=look.cursor)
+        return dg.SensorResult(skip_reason=f"no new complete files under {shown}{arriving}{not_taken}", cursor=look.cursor)
     # A tick that recorded this very batch and died before its cursor was kept gets the same key back:
     # adding a partition that exists is a no-op, so the files become one batch, never two.
     key = find_batch(storage.root(), look.ready) or batch_key(look.ready)
     write_batch(storage.root(), key, uri, look.ready)  # before the partition exists: the batch's files are fixed
-    context.log.info(f"corpus batch {key}: {len(look.ready)} files under {uri}")
+    context.log.info(f"corpus batch {key}: {len(look.ready)} files under {shown}")
     return dg.SensorResult(dynamic_partitions_requests=[corpus_batches.build_add_request([key])], cursor=look.cursor)
 
 
@@ -134,6 +145,7 @@ def _metadata(instance: dg.DagsterInstance, asset: str, partition: str | None = 
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Retrains on every corpus batch once retrain_min_new_tokens new training tokens are tokenized.",
 )
+@redacted_step
 def retraining_sensor(context: dg.SensorEvaluationContext, automation: AutomationSettings):
     # The stage values as the assets declared them in their metadata (contracts.py): no value file is read.
     tokenizer_metadata = _metadata(context.instance, "tokenizer")

@@ -463,3 +463,157 @@ def test_renamed_tensors_and_a_version_linked_out_of_the_registry_fail_verificat
     (tmp_path / "registry" / "m" / "latest").write_text("v-linked\n")
     with pytest.raises(ValueError, match="is a symbolic link"):
         generate(registry.child("m").uri, "def ")
+
+
+def _rewrite_weights(folder: Storage, data: bytes) -> None:
+    """model.safetensors replaced, its sha256 updated in the manifest: only the checks of the content stand."""
+    import hashlib
+
+    folder.write_bytes("model.safetensors", data)
+    published_manifest = folder.read_json("manifest.json")
+    published_manifest["files"]["model.safetensors"]["sha256"] = hashlib.sha256(data).hexdigest()
+    folder.write_json("manifest.json", published_manifest)
+
+
+def test_safetensors_headers_that_claim_what_the_file_does_not_hold_fail_verification(tmp_path, small_tokenizer):
+    """A header claiming 2**62 bytes, a 2**31 x 2**31 tensor, shapes that are not the architecture's and
+    a config with a vocabulary of 2**31 ended in tracebacks (or allocations) inside `generate`."""
+    import struct
+
+    from llm_pipeline.publish.generate import generate
+
+    registry, manifest = published(tmp_path, small_tokenizer)
+    folder = Storage(manifest["uri"])
+    original = folder.read_bytes("model.safetensors")
+    (length,) = struct.unpack("<Q", original[:8])
+    header = json.loads(original[8 : 8 + length])
+    name = sorted(k for k in header if k != "__metadata__")[0]
+
+    def with_header(change) -> bytes:
+        edited = json.loads(original[8 : 8 + length])
+        change(edited)
+        raw = json.dumps(edited).encode()
+        return struct.pack("<Q", len(raw)) + raw + original[8 + length :]
+
+    cases = {
+        "its header claims 4,611,686,018,427,387,904 bytes": struct.pack("<Q", 2**62) + original[8:],
+        "has shape [2147483648, 2147483648], the architecture's is": with_header(lambda h: h[name].update(shape=[2**31, 2**31])),
+        "claims bytes": with_header(lambda h: h[name].update(data_offsets=[0, 2**40])),
+        "is stored as I64": with_header(lambda h: h[name].update(dtype="I64")),
+    }
+    for words, data in cases.items():
+        _rewrite_weights(folder, data)
+        problems = verify(folder)
+        assert any(words in p for p in problems), (words, problems)
+        with pytest.raises(ValueError, match="fails verification"):
+            generate(registry.child("m").uri, "def ")
+    _rewrite_weights(folder, original)
+    assert verify(folder) == []
+
+    config = folder.read_json("config.json")
+    folder.write_json("config.json", {**config, "vocab_size": 2**31})
+    published_manifest = folder.read_json("manifest.json")
+    published_manifest["files"]["config.json"]["sha256"] = folder.sha256("config.json")
+    folder.write_json("manifest.json", published_manifest)
+    [problem] = verify(folder)
+    assert problem.startswith("config.json does not describe a model of this project") and "vocab_size" in problem
+
+
+def _event_log_text(instance, run_id: str) -> str:
+    """Everything the run put in the event log: messages, failures with their stacks, metadata."""
+    return "\n".join(repr(record) for record in instance.all_logs(run_id))
+
+
+def test_credentials_in_a_source_uri_stay_out_of_the_event_log(tmp_path):
+    from llm_pipeline.assets.corpus import raw_corpus
+    from llm_pipeline.definitions import make_resources
+
+    instance = batch_instance()
+    uri = "http://reader:hunter2@127.0.0.1:1/corpus.jsonl?token=s3cr3t"
+    result = dg.materialize([raw_corpus], resources=make_resources(str(tmp_path / "root")), raise_on_error=False, instance=instance,
+                            partition_key="builtin", run_config={"ops": {"raw_corpus": {"config": {"source_uri": uri}}}})
+    assert not result.success
+    step, description = step_failure(result)
+    assert step == "raw_corpus" and "http://***@127.0.0.1:1/corpus.jsonl?token=***" in description, description
+    text = _event_log_text(instance, result.run_id)
+    assert "hunter2" not in text and "s3cr3t" not in text
+
+
+def test_log_lines_metadata_and_failures_of_a_step_are_redacted(tmp_path):
+    """The mechanism every asset and sensor body goes through, including a Pipes process's log lines."""
+    from llm_pipeline.assets.redaction import redacted_step
+
+    secret = "https://me:hunter2@example.com/data?api_key=s3cr3t"
+    script = tmp_path / "external.py"
+    script.write_text(f"from dagster_pipes import open_dagster_pipes\nwith open_dagster_pipes() as pipes:\n    pipes.log.info({secret!r})\n")
+
+    @dg.asset
+    @redacted_step
+    def leaky(context: dg.AssetExecutionContext, pipes_subprocess_client: dg.PipesSubprocessClient):
+        context.log.info(f"reading {secret}")
+        pipes_subprocess_client.run(command=[sys.executable, str(script)], context=context).get_results()
+        return dg.Output(1, metadata={"source": secret, "nested": {"uri": secret}, "path": dg.MetadataValue.path(secret)})
+
+    @dg.asset(deps=[leaky])
+    @redacted_step
+    def failing(context: dg.AssetExecutionContext):
+        raise OSError(f"cannot read {secret}")
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([leaky, failing], instance=instance, raise_on_error=False,
+                            resources={"pipes_subprocess_client": dg.PipesSubprocessClient()})
+    [materialization] = result.asset_materializations_for_node("leaky")
+    assert materialization.metadata["source"] == dg.MetadataValue.text("https://***@example.com/data?api_key=***")
+    assert materialization.metadata["nested"] == dg.MetadataValue.json({"uri": "https://***@example.com/data?api_key=***"})
+    assert step_failure(result)[0] == "failing"
+    text = _event_log_text(instance, result.run_id)
+    assert "OSError: cannot read https://***@example.com/data?api_key=***" in text
+    assert text.count("https://***@example.com/data?api_key=***") >= 5  # two log lines, three metadata values, the failure
+    assert "hunter2" not in text and "s3cr3t" not in text
+
+
+def test_gcs_without_credentials_fails_in_seconds_naming_them(monkeypatch):
+    """gcsfs alone tries each way to find credentials, then retries the request: about a minute."""
+    import time
+
+    from llm_pipeline.corpus.sources import CorpusSourceError, list_sources
+    from llm_pipeline.storage import folders
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", "/nonexistent")  # no gcloud application-default credentials either
+    monkeypatch.setattr(folders, "_GCS_CREDENTIALS", [])
+    start = time.monotonic()
+    with pytest.raises(StorageError, match="gs://bucket/root: no Google Cloud credentials here: set GOOGLE_APPLICATION_CREDENTIALS"):
+        Storage("gs://bucket/root")
+    with pytest.raises(CorpusSourceError, match="cannot be listed: StorageError: gs://bucket/corpus: no Google Cloud credentials"):
+        list_sources("gs://bucket/corpus", "**/*")
+    assert time.monotonic() - start < 30
+
+
+def test_an_http_source_that_cannot_be_reached_is_not_called_missing():
+    import http.server
+    import threading
+
+    from llm_pipeline.corpus.sources import CorpusSourceError, SourceMissing, list_sources
+
+    class Server(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_HEAD(self):
+            self.send_error(404 if "missing" in self.path else 500)
+
+        do_GET = do_HEAD
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(CorpusSourceError, match=r"'http://\*\*\*@127.0.0.1:1/c.jsonl' cannot be reached: ClientConnectorError"):
+            list_sources("http://user:hunter2@127.0.0.1:1/c.jsonl", "**/*")
+        with pytest.raises(CorpusSourceError, match="cannot be reached: ClientResponseError: 500"):
+            list_sources(f"http://127.0.0.1:{server.server_port}/broken.jsonl", "**/*")
+        with pytest.raises(SourceMissing, match="does not exist"):
+            list_sources(f"http://127.0.0.1:{server.server_port}/missing.jsonl", "**/*")
+    finally:
+        server.shutdown()

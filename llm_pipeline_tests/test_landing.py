@@ -3,7 +3,9 @@ of the open deliveries, the previous release's cursor carried over, and ticks ki
 that neither lose nor double a file. Locally and on the S3 API server."""
 
 import json
+import math
 import os
+import shutil
 import time
 
 import dagster as dg
@@ -12,7 +14,8 @@ import s3fs
 
 from llm_pipeline.automation import new_corpus_sensor, new_files
 from llm_pipeline.corpus.batches import read_batch
-from llm_pipeline.corpus.landing import Ledger
+from llm_pipeline.corpus.landing import AUDIT_PER_TICK, LandingError, Ledger
+from llm_pipeline.corpus.sources import list_sources
 from llm_pipeline.definitions import make_resources
 from llm_pipeline.resources import AutomationSettings, StorageResource
 
@@ -44,7 +47,7 @@ class Sensor:
         return self.look().ready
 
 
-def test_a_quiet_delivery_is_sealed_and_never_listed_again(tmp_path):
+def test_a_quiet_delivery_is_sealed_and_then_listed_only_by_the_audit(tmp_path):
     resources = make_resources(str(tmp_path / "root"))
     landing = str(tmp_path / "root" / "landing")
     for d in range(3):
@@ -64,9 +67,9 @@ def test_a_quiet_delivery_is_sealed_and_never_listed_again(tmp_path):
     ledger = Ledger(resources["storage"].root(), landing)
     assert sorted(ledger.index()) == ["delivery-0", "delivery-1", "delivery-2"]
     assert len(ledger.taken("delivery-1")) == 20
-    time.sleep(2.1)  # the folder's mtime is only trusted once it is older than a clock tick of the filesystem
     look = sensor.look()
-    assert look.listed == [] and not look.ready and len(sensor.cursor) < 100
+    assert look.listed == [] and not look.ready and len(sensor.cursor) < 250
+    assert look.audited == ["delivery-0", "delivery-1", "delivery-2"] and not look.reopened  # compared with the ledger
 
     # A new delivery: only it is listed, and it is taken.
     _write(landing, "delivery-3/doc.txt")
@@ -77,9 +80,13 @@ def test_a_quiet_delivery_is_sealed_and_never_listed_again(tmp_path):
     _write(landing, "0-late/doc.txt")
     _write(landing, "single.jsonl", json.dumps({"text": "one document " * 10}) + "\n")
     assert sorted(sensor.take()) == ["0-late/doc.txt", "single.jsonl"]
-    # A file written into a sealed delivery is not looked for: the contract is a new delivery.
+    # A file written into a sealed delivery, however deep, is found by the audit and taken, the delivery named.
     _write(landing, "delivery-0/part-0/added-late.txt")
-    assert not sensor.take()
+    look = sensor.look()
+    assert look.reopened == ["delivery-0"] and look.arriving == 1
+    assert list(sensor.look().ready) == ["delivery-0/part-0/added-late.txt"]
+    assert "delivery-0" in sensor.look(later=QUIET).sealed
+    assert len(ledger.taken("delivery-0")) == 21
 
 
 def test_an_upload_in_flight_keeps_its_delivery_open(tmp_path):
@@ -144,6 +151,108 @@ def test_a_tick_killed_after_sealing_takes_nothing_twice(tmp_path):
     look = sensor.look()
     assert not look.ready and look.sealed == ["d"]
     assert not sensor.take()
+
+
+def _sealed_landing(tmp_path, deliveries: int):
+    """A landing folder of `deliveries` folders and one file, all taken and sealed, its top level trusted."""
+    resources = make_resources(str(tmp_path / "root"))
+    landing = str(tmp_path / "root" / "landing")
+    for d in range(deliveries):
+        _write(landing, f"d{d:02}/part/doc.txt", f"delivery {d} " * 20)
+    _write(landing, "single.jsonl", json.dumps({"text": "one document " * 10}) + "\n")
+    sensor = Sensor(resources, landing)
+    assert len(sensor.take()) == deliveries + 1
+    assert len(sensor.look(later=QUIET).sealed) == deliveries + 1
+    assert sensor.look(later=10).listed == []
+    return resources, landing, sensor
+
+
+def _made_again(landing: str) -> str:
+    shutil.rmtree(os.path.join(landing, "d07"))
+    _write(landing, "d07/part/doc.txt", "delivery 7 " * 20)  # the same bytes: a restore, a re-run upload
+    return "d07/part/doc.txt"
+
+
+def _replaced_by_rename(landing: str) -> str:
+    _write(landing, ".single.jsonl.tmp", json.dumps({"text": "a newer document " * 10}) + "\n")
+    os.replace(os.path.join(landing, ".single.jsonl.tmp"), os.path.join(landing, "single.jsonl"))
+    return "single.jsonl"
+
+
+def _written_deep(landing: str) -> str:
+    _write(landing, "d13/part/deeper/new.txt", "a file added to a sealed delivery " * 5)
+    return "d13/part/deeper/new.txt"
+
+
+def _rewritten_in_place(landing: str) -> str:
+    path = os.path.join(landing, "d19/part/doc.txt")
+    before = os.stat(path)
+    with open(path, "r+") as f:
+        f.write("D")  # same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and its mtime put back
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    return "d19/part/doc.txt"
+
+
+# change -> whether the landing folder itself shows it (so the very next tick audits that delivery)
+CHANGES = {_made_again: True, _replaced_by_rename: True, _written_deep: False, _rewritten_in_place: False}
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=lambda change: change.__name__.strip("_"))
+def test_new_data_in_a_sealed_delivery_is_taken_and_named(tmp_path, change):
+    deliveries = 20
+    resources, landing, sensor = _sealed_landing(tmp_path, deliveries)
+    rel = change(landing)
+    ticks = 1 if CHANGES[change] else math.ceil((deliveries + 1) / AUDIT_PER_TICK)
+    looks = [sensor.look(later=10) for _ in range(ticks + 1)]  # found, then taken on the tick after
+    reopened = [name for look in looks for name in look.reopened]
+    assert reopened == [rel.split("/")[0]]
+    assert [r for look in looks for r in look.ready] == [rel]
+    assert sensor.look(later=QUIET).sealed == reopened
+    for _ in range(ticks + 1):  # sealed again with what it holds now: nothing more to take
+        look = sensor.look(later=10)
+        assert not look.ready and not look.reopened and not look.arriving
+
+
+def test_a_new_delivery_is_seen_when_the_landing_folders_mtime_is_put_back(tmp_path):
+    resources, landing, sensor = _sealed_landing(tmp_path, 3)
+    before = os.stat(landing)
+    _write(landing, "late/doc.txt")
+    os.utime(landing, ns=(before.st_atime_ns, before.st_mtime_ns))  # rsync -a, touch -r, a skewed NFS clock
+    assert os.stat(landing).st_mtime_ns == before.st_mtime_ns
+    assert list(sensor.take()) == ["late/doc.txt"]
+
+
+def test_a_file_rewritten_with_size_and_mtime_put_back_is_not_read_as_landed(tmp_path):
+    folder = str(tmp_path / "landing")
+    _write(folder, "d/a.txt", "the words that landed " * 4)
+    _write(folder, "d/b.txt", "words that stay as they were " * 4)
+    landed = {f.rel: f"{f.size}:{f.version}" for f in list_sources(folder, "**/*").files}
+    _rewritten = os.path.join(folder, "d/a.txt")
+    before = os.stat(_rewritten)
+    with open(_rewritten, "r+") as f:
+        f.write("T")
+    os.utime(_rewritten, ns=(before.st_atime_ns, before.st_mtime_ns))
+    listing = list_sources(folder, "**/*", only=landed)
+    assert [f.rel for f in listing.files] == ["d/b.txt"]
+    assert [(s.rel, s.reason) for s in listing.skipped] == [("d/a.txt", "changed_since_landing")]
+    # A batch recorded by an earlier release (size:mtime) still reads its unchanged files.
+    b = os.stat(os.path.join(folder, "d/b.txt"))
+    assert [f.rel for f in list_sources(folder, "**/*", only={"d/b.txt": f"{b.st_size}:{b.st_mtime_ns}"}).files] == ["d/b.txt"]
+
+
+def test_a_lost_ledger_index_is_rebuilt_and_a_lost_ledger_is_refused(tmp_path):
+    resources, landing, sensor = _sealed_landing(tmp_path, 3)
+    ledger = Ledger(resources["storage"].root(), landing)
+    os.remove(os.path.join(ledger.folder.path, "index.json"))
+    _write(landing, "new/doc.txt")
+    look = sensor.look()
+    assert look.notes == [f"the landing ledger's index was missing: rebuilt from its 4 delivery records in {ledger.folder.uri}/deliveries"]
+    assert look.listed == ["new"] and not look.reopened
+    assert list(sensor.look().ready) == ["new/doc.txt"]  # nothing sealed is taken again
+    shutil.rmtree(ledger.folder.path)
+    with pytest.raises(LandingError, match="holds 0 sealed deliveries, and this sensor sealed 4: it was deleted"):
+        sensor.look()
 
 
 @pytest.mark.e2e

@@ -5,6 +5,7 @@ import dagster as dg
 from llm_pipeline.assets.configs import RawCorpusConfig, validate_run_config
 from llm_pipeline.assets.metadata import stage_metadata, table
 from llm_pipeline.assets.partitions import batch_keys, corpus_batches
+from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.contracts import CorpusRef
 from llm_pipeline.corpus.batches import BUILTIN_BATCH, read_batch
 from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, Progress, build_corpus
@@ -86,6 +87,7 @@ def _batch_config(config: RawCorpusConfig, storage: StorageResource, batch: str)
         )
     ],
 )
+@redacted_step
 def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, storage: StorageResource, ray_cluster: RayClusterResource):
     validate_run_config(context.run_config)
     batch = context.partition_key

@@ -6,6 +6,7 @@ import dagster as dg
 
 from llm_pipeline.assets.configs import EvalMetricsConfig, validate_run_config
 from llm_pipeline.assets.metadata import significant, stage_metadata
+from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.contracts import CheckpointRef, EvalReport, Gates, TokenizerRef
 from llm_pipeline.evaluate.harness import check_tasks_available
@@ -70,6 +71,7 @@ def _contamination_metadata(report: dict) -> dict:
         "tasks, eval/train contamination and samples."
     ),
 )
+@redacted_step
 def eval_metrics(
     context: dg.AssetExecutionContext,
     config: EvalMetricsConfig,

@@ -3,6 +3,7 @@ import dagster as dg
 from llm_pipeline import __version__
 from llm_pipeline.assets.configs import PublishedModelConfig, validate_run_config
 from llm_pipeline.assets.metadata import significant, stage_metadata, table
+from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.contracts import CheckpointRef, EvalReport, PublishedModelRef, TokenizerRef
 from llm_pipeline.publish.export import publish
@@ -14,6 +15,7 @@ from llm_pipeline.resources import StorageResource
     kinds={"huggingface", "safetensors"},
     description="A versioned Hugging Face-format model folder in the registry; `latest` moves last.",
 )
+@redacted_step
 def published_model(
     context: dg.AssetExecutionContext,
     config: PublishedModelConfig,

@@ -3,6 +3,7 @@ import dagster as dg
 from llm_pipeline.assets.configs import TokenizedShardsConfig, validate_run_config
 from llm_pipeline.assets.metadata import stage_metadata
 from llm_pipeline.assets.partitions import corpus_batches
+from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.contracts import CorpusRef, ShardSetRef, TokenizerRef
 from llm_pipeline.resources import RayClusterResource, StorageResource
@@ -22,6 +23,7 @@ from llm_pipeline.tokenize.shards import write_shards
     automation_condition=dg.AutomationCondition.eager(),
     description="One batch's train/val token shards with a sha256 manifest naming the tokenizer.",
 )
+@redacted_step
 def tokenized_shards(
     context: dg.AssetExecutionContext,
     config: TokenizedShardsConfig,

@@ -2,6 +2,7 @@ import dagster as dg
 
 from llm_pipeline.assets.configs import TokenizerConfig, validate_run_config
 from llm_pipeline.assets.metadata import stage_metadata
+from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.contracts import CorpusRef, TokenizerRef
 from llm_pipeline.corpus.build import iter_documents
 from llm_pipeline.resources import StorageResource
@@ -47,6 +48,7 @@ _FIRST_BATCH_IN = (
     automation_condition=_FIRST_BATCH_IN.with_label("missing, and a corpus batch is in"),
     description="Byte-level BPE tokenizer (tokenizer.json), trained on the first corpus batches, shared by all batches.",
 )
+@redacted_step
 def tokenizer(
     context: dg.AssetExecutionContext, config: TokenizerConfig, storage: StorageResource, raw_corpus: dict[str, CorpusRef]
 ) -> dg.Output[TokenizerRef]:

@@ -12,6 +12,7 @@ from llm_pipeline.assets.configs import TrainedCheckpointConfig, check_eval_task
 from llm_pipeline.assets.metadata import significant, stage_metadata
 from llm_pipeline.assets.plots import loss_curve_markdown
 from llm_pipeline.assets.progress_relay import ProgressRelay
+from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.contracts import CheckpointRef, ShardSetRef, TokenizerRef
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
@@ -113,6 +114,7 @@ def _train_on_ray(context, launch: LaunchConfig, ray_cluster: RayClusterResource
     ins={"tokenized_shards": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
     description="A causal LM trained with DeepSpeed ZeRO on every corpus batch: checkpoints plus consolidated model.safetensors.",
 )
+@redacted_step
 def trained_checkpoint(
     context: dg.AssetExecutionContext,
     config: TrainedCheckpointConfig,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from fsspec.core import url_to_fs
 
 from llm_pipeline.globs import Pattern, fnmatch_pattern, path_glob
-from llm_pipeline.storage.folders import bounded, is_local_fs
+from llm_pipeline.storage.folders import bounded, is_local_fs, with_credentials
 
 # Names an upload or copy tool writes while a file is still arriving.
 IN_FLIGHT_PATTERNS = ("*.tmp", "*.tmp-*", "*.part", "*.crdownload", "*._COPYING_", ".~*", "*.swp")
@@ -75,7 +75,7 @@ class SourceFile:
     uri: str  # what the manifest and the documents' `source` column show
     rel: str  # relative to the source folder
     size: int
-    version: str = ""  # what changes when the content does: an object's ETag, a file's mtime in ns
+    version: str = ""  # what changes when the content does: an object's ETag or generation, a file's local_version
 
 
 @dataclass(frozen=True)
@@ -131,13 +131,29 @@ def list_sources(
     a folder that cannot be listed (`unreadable_folder`).
     """
     try:
-        fs, root = url_to_fs(source_uri, **(storage_options or {}))
+        fs, root = url_to_fs(source_uri, **with_credentials(source_uri, storage_options or {}))
         fs.invalidate_cache(root)  # a long-lived process (the sensor's) must see what landed since
         exists = fs.exists(root)
     except Exception as e:  # noqa: BLE001 - credentials, endpoint, permissions: name the URI
         raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {type(e).__name__}: {bounded(str(e))}") from None
     if not exists:
-        raise SourceMissing(f"corpus source_uri {source_uri!r} does not exist")
+        # exists() answers False for any error on some filesystems (HTTP: a refused connection, a 500):
+        # only a store that says "not found" makes the source missing.
+        # HTTP's info() raises FileNotFoundError for those too, the cause attached.
+        try:
+            fs.info(root)
+            problem: BaseException | None = None
+        except FileNotFoundError as e:
+            problem = e.__cause__
+            if problem is None or isinstance(problem, FileNotFoundError) or getattr(problem, "status", None) in (404, 410):
+                raise SourceMissing(f"corpus source_uri {bounded(source_uri)!r} does not exist") from None
+        except Exception as e:  # noqa: BLE001 - aiohttp's and botocore's errors are not OSErrors
+            problem = e
+        if problem is not None:
+            raise CorpusSourceError(
+                f"corpus source_uri {bounded(source_uri)!r} cannot be reached: {type(problem).__name__}: {bounded(str(problem))}"
+            )
+        raise SourceMissing(f"corpus source_uri {bounded(source_uri)!r} does not exist")
     is_local = is_local_fs(fs)
     pattern = path_glob(glob)
     files: list[SourceFile] = []
@@ -160,7 +176,7 @@ def list_sources(
                 continue
             elif not include_hidden and any(is_hidden_or_in_flight(part) for part in rel.split("/")):
                 skipped.append(SkippedEntry(uri, rel, "hidden_or_in_flight", size))
-            elif isinstance(only, dict) and only[rel] and only[rel] != f"{size}:{version}":
+            elif isinstance(only, dict) and only[rel] and not same_file(only[rel], f"{size}:{version}"):
                 skipped.append(SkippedEntry(uri, rel, "changed_since_landing", size))
             else:
                 files.append(SourceFile(path, uri, rel, size, version))
@@ -205,7 +221,8 @@ def _walk_local(root: str, exclude: tuple[str, ...] = (), within: Collection[str
     """
     real_root = os.path.realpath(root)
     if os.path.isfile(real_root):
-        yield "", "file", os.path.getsize(real_root), False, real_root, str(os.stat(real_root).st_mtime_ns)
+        st = os.stat(real_root)
+        yield "", "file", st.st_size, False, real_root, local_version(st)
         return
     seen_dirs = {real_root}
     stack = [("", real_root)]
@@ -275,7 +292,7 @@ def _local_entry(entry: os.DirEntry | _NamedEntry, rel: str, real_root: str, see
                 stack.append((rel, target))
         elif os.path.isfile(target):
             stat = os.stat(target)
-            yield rel, "file", stat.st_size, False, target, str(stat.st_mtime_ns)
+            yield rel, "file", stat.st_size, False, target, local_version(stat)
         else:
             yield rel, "not_a_regular_file", None, False, None, ""
     elif entry.is_dir(follow_symlinks=False):
@@ -285,7 +302,7 @@ def _local_entry(entry: os.DirEntry | _NamedEntry, rel: str, real_root: str, see
             stack.append((rel, entry.path))
     elif entry.is_file(follow_symlinks=False):
         stat = entry.stat(follow_symlinks=False)
-        yield rel, "file", stat.st_size, False, entry.path, str(stat.st_mtime_ns)
+        yield rel, "file", stat.st_size, False, entry.path, local_version(stat)
     else:  # a FIFO, socket or device: reading it could hang or never end
         yield rel, "not_a_regular_file", None, False, None, ""
 
@@ -294,7 +311,7 @@ def _walk_remote(fs, root: str, within: Collection[str] | None = None):
     """Object stores have no links; one listing call gives every object with its size."""
     if fs.isfile(root):
         info = fs.info(root)
-        yield "", "file", int(info.get("size") or 0), False, root, _object_version(info)
+        yield "", "file", int(info.get("size") or 0), False, root, object_version(info)
         return
     base = root.rstrip("/")
     found: dict = {}
@@ -302,10 +319,27 @@ def _walk_remote(fs, root: str, within: Collection[str] | None = None):
         found.update(fs.find(top, withdirs=False, detail=True))  # a name that is one object: that object
     for path, info in sorted(found.items()):
         if info.get("type") == "file":
-            yield posixpath.relpath(path, base), "file", int(info.get("size") or 0), False, path, _object_version(info)
+            yield posixpath.relpath(path, base), "file", int(info.get("size") or 0), False, path, object_version(info)
 
 
-def _object_version(info: dict) -> str:
+def local_version(st: os.stat_result) -> str:
+    """mtime, ctime and inode: `touch -r`, `rsync -a` or a restore can put a rewritten file's size and
+    mtime back, but not its ctime (set by the kernel on every change) or, when replaced, its inode."""
+    return f"{st.st_mtime_ns}.{st.st_ctime_ns}.{st.st_ino}"
+
+
+def same_file(recorded: str | None, current: str) -> bool:
+    """Whether a file's identity (`size:version`) is the one recorded. A local identity recorded before
+    versions carried ctime and inode (`size:mtime`) is compared on what it holds."""
+    if recorded is None:
+        return False
+    if recorded == current:
+        return True
+    version = recorded.partition(":")[2]
+    return version.isdigit() and current.startswith(f"{recorded}.")
+
+
+def object_version(info: dict) -> str:
     for key in ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "last_modified", "created"):
         if info.get(key) is not None:
             return str(info[key]).strip('"')

@@ -49,8 +49,12 @@ def verify(folder: Storage) -> list[str]:
     return problems
 
 
-def _tensor_names(folder: Storage) -> set[str]:
-    """The tensor names in model.safetensors' header (8 bytes of length, then JSON), read bounded."""
+# The dtypes a published model's weights may be stored in, with their sizes in bytes.
+_FLOAT_BYTES = {"F32": 4, "BF16": 2, "F16": 2}
+
+
+def _header(folder: Storage) -> tuple[dict, int]:
+    """model.safetensors' header (8 bytes of length, then JSON), read bounded, and where its data starts."""
     with folder.open_read("model.safetensors") as f:
         (length,) = struct.unpack("<Q", f.read(8))
         if length > _HEADER_LIMIT:
@@ -58,12 +62,59 @@ def _tensor_names(folder: Storage) -> set[str]:
         header = json_value(f.read(length), "its header")
     if not isinstance(header, dict):
         raise ValueError("its header is not a JSON object")
-    return set(header) - {"__metadata__"}
+    header.pop("__metadata__", None)
+    return header, 8 + length
+
+
+def _layout_problems(header: dict, data_start: int, file_size: int, expected: dict[str, tuple[int, ...]]) -> list[str]:
+    """Each parameter's shape the architecture's, its bytes its shape times its dtype, every byte range
+    inside the file and the ranges tiling the data: what a loader trusts before it allocates."""
+    problems, ranges = [], []
+    for name in sorted(set(header) & set(expected)):
+        entry = header[name]
+        if not isinstance(entry, dict):
+            problems.append(f"model.safetensors: {bounded(name)} has no dtype, shape and offsets")
+            continue
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in _FLOAT_BYTES:
+            problems.append(f"model.safetensors: {bounded(name)} is stored as {bounded(str(dtype))}, not one of {', '.join(_FLOAT_BYTES)}")
+            continue
+        if shape != list(expected[name]):
+            problems.append(
+                f"model.safetensors: {bounded(name)} has shape {bounded(str(shape))}, the architecture's is {list(expected[name])}"
+            )
+            continue
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            problems.append(f"model.safetensors: {bounded(name)} has no data_offsets [begin, end]")
+            continue
+        size = _FLOAT_BYTES[dtype]
+        for n in shape:
+            size *= n
+        begin, end = offsets
+        if end - begin != size or begin < 0 or data_start + end > file_size:
+            problems.append(
+                f"model.safetensors: {bounded(name)} claims bytes {begin:,}..{end:,} of a file whose data holds "
+                f"{file_size - data_start:,}; its shape and dtype need {size:,}"
+            )
+            continue
+        ranges.append((begin, end))
+    if not problems:
+        at = 0
+        for begin, end in sorted(ranges):
+            if begin != at:
+                problems.append(f"model.safetensors: its tensors overlap or leave a gap at byte {at:,} of the data")
+                break
+            at = end
+        else:
+            if data_start + at != file_size:
+                problems.append(f"model.safetensors: {file_size - data_start - at:,} bytes after its last tensor")
+    return problems
 
 
 def _tensor_problems(folder: Storage) -> list[str]:
-    """Weights whose tensor names are not the parameters of the architecture config.json describes:
-    transformers would leave a renamed parameter randomly initialised, with only a warning."""
+    """Weights that are not the parameters of the architecture config.json describes: a renamed tensor
+    transformers would leave randomly initialised (with only a warning), a shape or a size that would
+    have it allocate what the file does not hold."""
     import torch
 
     from llm_pipeline.train.hf_config import model_config_from_hf
@@ -72,16 +123,17 @@ def _tensor_problems(folder: Storage) -> list[str]:
     try:
         cfg = model_config_from_hf(folder.read_json("config.json"))
         with torch.device("meta"):
-            expected = set(CausalLM(cfg).state_dict())
+            expected = {name: tuple(t.shape) for name, t in CausalLM(cfg).state_dict().items()}
     except (ValueError, KeyError, TypeError) as e:
         return [f"config.json does not describe a model of this project ({type(e).__name__}: {bounded(str(e))})"]
     try:
-        names = _tensor_names(folder)
+        header, data_start = _header(folder)
     except (ValueError, struct.error) as e:
         return [f"model.safetensors is not a safetensors file ({bounded(str(e))})"]
-    problems = [f"model.safetensors lacks the parameter {bounded(n)}" for n in sorted(expected - names)[:5]]
-    problems += [f"model.safetensors holds {bounded(n)!r}, not a parameter of the architecture" for n in sorted(names - expected)[:5]]
-    return problems
+    names = set(header)
+    problems = [f"model.safetensors lacks the parameter {bounded(n)}" for n in sorted(set(expected) - names)[:5]]
+    problems += [f"model.safetensors holds {bounded(n)!r}, not a parameter of the architecture" for n in sorted(names - set(expected))[:5]]
+    return problems or _layout_problems(header, data_start, folder.size("model.safetensors"), expected)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import fsspec
 from fsspec.core import url_to_fs
 
+from llm_pipeline.redact import redacted
 from llm_pipeline.storage.names import check_relative_path
 
 _CHUNK = 8 * 1024 * 1024
@@ -81,6 +82,36 @@ def _local_path(uri: str) -> str | None:
     return os.path.expanduser(uri.removeprefix("file://"))
 
 
+_GCS_CREDENTIALS: list[str] = []  # the answer of the one look per process: "" found, else the problem
+
+
+def with_credentials(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """`storage_options` for `uri`; for gs://, Google Cloud's credentials found before any request, or
+    StorageError naming where they are looked for. Left to itself, gcsfs tries each way in turn and
+    then retries the request with backoff: a minute before it fails (S3: seconds). Found, gcsfs is
+    pointed at them (token "google_default") and does not try the others."""
+    if not uri.startswith(("gs://", "gcs://")) or "token" in storage_options or "token" in fsspec.config.conf.get("gcs", {}):
+        return storage_options
+    if os.environ.get("STORAGE_EMULATOR_HOST"):  # a local GCS API server: gcsfs talks to it anonymously
+        return storage_options
+    if not _GCS_CREDENTIALS:
+        import google.auth
+        from google.auth.exceptions import GoogleAuthError
+
+        try:
+            google.auth.default()  # GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default, the metadata server
+            _GCS_CREDENTIALS.append("")
+        except GoogleAuthError as e:
+            _GCS_CREDENTIALS.append(bounded(str(e), 200))
+    if _GCS_CREDENTIALS[0]:
+        raise StorageError(
+            f"{bounded(uri)}: no Google Cloud credentials here: set GOOGLE_APPLICATION_CREDENTIALS to a service account's key "
+            "file, run `gcloud auth application-default login`, or run on a GCE/GKE machine with a service account "
+            f"({_GCS_CREDENTIALS[0]})"
+        )
+    return {**storage_options, "token": "google_default"}
+
+
 def read_named_file(uri: str, what: str, limit: int, **storage_options: Any) -> bytes:
     """The bytes of a file a user named in a setting or an argument (`what` says which), on any fsspec
     URI. Refused by name, before anything else reads it: a FIFO, a device, a socket or a folder in its
@@ -95,7 +126,7 @@ def read_named_file(uri: str, what: str, limit: int, **storage_options: Any) -> 
             except NotARegularFile as e:
                 raise ValueError(f"{shown}: {str(e).removeprefix(path + ' ')}") from None
         else:
-            handle = fsspec.open(uri, "rb", **storage_options).open()
+            handle = fsspec.open(uri, "rb", **with_credentials(uri, storage_options)).open()
         with handle:
             data = handle.read(limit + 1)
     except FileNotFoundError:
@@ -181,7 +212,7 @@ class Storage:
             uri = os.path.abspath(os.path.expanduser(uri))
         self.uri = uri.rstrip("/") or "/"
         self.storage_options = storage_options
-        self.fs, self.path = url_to_fs(self.uri, **storage_options)
+        self.fs, self.path = url_to_fs(self.uri, **with_credentials(self.uri, storage_options))
         self.path = self.path.rstrip("/") or "/"
 
     def __repr__(self) -> str:
@@ -348,8 +379,12 @@ class Storage:
 
 
 def bounded(text: str, limit: int = 300) -> str:
-    """An error message quotes at most `limit` characters of what it is about, whatever the input."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+    """An error message quotes at most `limit` characters of what it is about, whatever the input, and
+    no credential (llm_pipeline.redact): what it quotes is often a URI, or a library's message naming one."""
+    if len(text) <= limit:
+        return redacted(text)
+    # Redacted past the cut, so a credential the limit splits is still recognised whole.
+    return f"{redacted(text[: limit + 1024])[:limit]}... ({len(text):,} characters)"
 
 
 def _protocols(fs) -> tuple[str, ...]:

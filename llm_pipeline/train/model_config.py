@@ -9,12 +9,14 @@ from llm_pipeline.settings import Settings
 
 
 class ModelConfig(Settings):
-    vocab_size: int = Field(gt=0, description="token ids 0..vocab_size-1 (the tokenizer's)")
-    d_model: int = Field(default=192, gt=0, description="width (hidden size)")
-    n_layers: int = Field(default=4, gt=0, description="decoder blocks")
-    n_heads: int = Field(default=6, gt=0, description="attention heads; must divide d_model")
-    ffn_hidden: int = Field(default=512, gt=0, description="SwiGLU hidden size")
-    max_seq_len: int = Field(default=256, gt=0, description="longest sequence the rotary tables cover")
+    # Bounds far past any model in use (vocabularies reach ~262K, widths ~25K), so a mistyped or
+    # hostile config is refused by name here instead of as an allocation of petabytes.
+    vocab_size: int = Field(gt=0, le=1 << 24, description="token ids 0..vocab_size-1 (the tokenizer's)")
+    d_model: int = Field(default=192, gt=0, le=1 << 16, description="width (hidden size)")
+    n_layers: int = Field(default=4, gt=0, le=1 << 10, description="decoder blocks")
+    n_heads: int = Field(default=6, gt=0, le=1 << 10, description="attention heads; must divide d_model")
+    ffn_hidden: int = Field(default=512, gt=0, le=1 << 18, description="SwiGLU hidden size")
+    max_seq_len: int = Field(default=256, gt=0, le=1 << 21, description="longest sequence the rotary tables cover")
     rope_theta: float = Field(default=10000.0, gt=0, description="rotary embedding base")
     norm_eps: float = Field(default=1e-5, gt=0, description="RMSNorm epsilon")
 
