@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The repo root is the Dagster instance home: dagster.yaml lives here, its data under .dagster/.
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup browser postgres netns lint typecheck demo test dev bench clean
+.PHONY: setup browser postgres netns lint typecheck check demo test dev bench clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ demo: setup
 # (DESIGN.md §9). Nothing the tests run needs the network; the installs above happen outside it.
 test: setup browser postgres netns lint typecheck
 	unshare -n sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile --no-loadscope-reorder'
+
+# The fast loop: lint, formatting, types and every test that starts no service and launches no rank
+# (markers `e2e` and `service`). No root and no network namespace: none of these tests needs them.
+check: setup lint typecheck
+	$(BIN)/python -m pytest -q -m "not e2e and not service" -n 2 --dist loadfile
 
 # ruff's lint rules and formatting (pyproject.toml), on the library.
 lint: setup

@@ -27,11 +27,19 @@ if _WORKER:
 WAITING_MODULES = ("test_load_postgres.py", "test_continuous_daemon.py", "test_continuous_daemon_on_s3.py")
 
 
+# A test that uses one of these starts a server (the S3 API, the GCS API, PostgreSQL): marked
+# `service`, so `make check` can leave it out without each test saying so.
+SERVICE_FIXTURES = {"s3_endpoint", "gcs_bucket", "postgres"}
+
+
 def pytest_collection_modifyitems(items):
     def rank(item) -> int:
         name = item.path.name
         return WAITING_MODULES.index(name) if name in WAITING_MODULES else len(WAITING_MODULES)
 
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.service)
     items.sort(key=rank)  # stable: the rest keep their order
 
 
