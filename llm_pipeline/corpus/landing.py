@@ -309,7 +309,7 @@ def _local_identity(st: os.stat_result) -> str:
     return f"{st.st_ino}.{st.st_mtime_ns}.{st.st_ctime_ns}"
 
 
-def _entry_identity(fs, root: str, name: str, local: bool, files: dict[str, str]) -> str:
+def _entry_identity(root: str, name: str, local: bool, files: dict[str, str]) -> str:
     """A delivery's own identity: a local entry's; an object's (a file delivery) on an object store."""
     if local:
         try:
@@ -481,7 +481,7 @@ def scan(
         if digest != d.state:
             d.state, d.since = digest, now
         elif not d.seen and not confirmed and now - d.since >= quiet_seconds:
-            to_seal[name] = (d, _entry_identity(fs, root, name, local, current[name]))
+            to_seal[name] = (d, _entry_identity(root, name, local, current[name]))
     if to_seal:
         ledger.seal(to_seal, now)
         for name in to_seal:

@@ -137,9 +137,9 @@ def list_sources(
     except Exception as e:  # noqa: BLE001 - credentials, endpoint, permissions: name the URI
         raise CorpusSourceError(f"corpus source_uri {source_uri!r} cannot be listed: {type(e).__name__}: {bounded(str(e))}") from None
     if not exists:
-        # exists() answers False for any error on some filesystems (HTTP: a refused connection, a 500):
-        # only a store that says "not found" makes the source missing.
-        # HTTP's info() raises FileNotFoundError for those too, the cause attached.
+        # exists() answers False for any error on some filesystems, and HTTP's info() raises
+        # FileNotFoundError for a refused connection or a 500 too, the cause attached: only a store
+        # that says "not found" makes the source missing.
         try:
             fs.info(root)
             problem: BaseException | None = None
