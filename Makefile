@@ -5,16 +5,17 @@ BIN := $(VENV)/bin
 # The repo root is the Dagster instance home: dagster.yaml lives here, its data under .dagster/.
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup browser postgres netns lint typecheck check demo test dev bench clean
+.PHONY: constraints setup browser postgres netns lint typecheck check demo test dev bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Every package at the version CI tested (constraints.txt); pyproject.toml says what is needed.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: an unpinned or newer torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -c constraints.txt "torch==2.13.0"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
 demo: setup
@@ -26,8 +27,8 @@ demo: setup
 # More workers than CI's two cores measured slower (four: 23.6 minutes against 21-26 with two;
 # the CPU is the limit, docs/tests.md).
 # The whole run in a private network namespace of loopback alone (as root: CI is): there a local Ray
-# cluster keeps to 127.0.0.1, while on this machine's interface its nodes cannot reach each other
-# (DESIGN.md §9). Nothing the tests run needs the network; the installs above happen outside it.
+# cluster keeps to 127.0.0.1, while on a host interface whose traffic is filtered its nodes cannot
+# reach each other. Nothing the tests run needs the network; the installs above happen outside it.
 test: setup browser postgres netns lint typecheck
 	unshare -n sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile --no-loadscope-reorder'
 
@@ -36,10 +37,10 @@ test: setup browser postgres netns lint typecheck
 check: setup lint typecheck
 	$(BIN)/python -m pytest -q -m "not e2e and not service" -n 2 --dist loadfile
 
-# ruff's lint rules and formatting (pyproject.toml), on the library.
+# ruff's lint rules and formatting (pyproject.toml), on the library, its tests and its benchmarks.
 lint: setup
-	$(BIN)/ruff check llm_pipeline
-	$(BIN)/ruff format --check llm_pipeline
+	$(BIN)/ruff check llm_pipeline llm_pipeline_tests benchmarks
+	$(BIN)/ruff format --check llm_pipeline llm_pipeline_tests benchmarks
 
 # mypy on the library (pyproject.toml: [tool.mypy]).
 typecheck: setup
@@ -59,8 +60,15 @@ postgres:
 
 # The peers the benchmarks compare against (datatrove, spaCy, datasketch) are a benchmark-only extra.
 bench: setup
-	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/python -m benchmarks.corpus_bench
+
+# constraints.txt again from this venv, after a change to pyproject.toml (run make bench first: the
+# benchmark peers are constrained too). torch is written without its local label (+cpu).
+constraints: setup
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench]"
+	{ sed -n 1,2p constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 dev: setup
 	$(BIN)/dagster dev -w workspace.yaml

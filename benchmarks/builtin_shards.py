@@ -17,6 +17,12 @@ def builtin_shards(root: Storage, vocab_size: int) -> Tokenizer:
     build_corpus(CorpusConfig(), root.child("corpus"))
     texts = [t for b in iter_documents(root.child("corpus"), columns=("text",)) for t in b.column("text").to_pylist()]
     tokenizer = train_bpe(iter(texts[: max(1, len(texts) // 4)]), vocab_size)
-    write_shards(root.child("corpus"), root.child("shards"), DocumentEncoder(tokenizer, "tiktoken"), vocab_size,
-                 tokenizer_hash(tokenizer.to_str()), ShardConfig())
+    write_shards(
+        root.child("corpus"),
+        root.child("shards"),
+        DocumentEncoder(tokenizer, "tiktoken"),
+        vocab_size,
+        tokenizer_hash(tokenizer.to_str()),
+        ShardConfig(),
+    )
     return tokenizer

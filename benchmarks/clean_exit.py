@@ -32,12 +32,30 @@ MODEL = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, ffn_hidde
 def launch(root: Storage, shards: Storage, i: int, launcher: str, nproc: int) -> tuple[int, bool, str]:
     run = root.child(f"run-{i:04}")
     cfg = TrainConfig(
-        shards_uris=(shards.uri,), run_uri=run.uri, model=MODEL, seq_len=32, micro_batch=2, steps=2, warmup_steps=1,
-        zero_stage=2, dtype="fp32", checkpoint_every=2, log_every=1,
+        shards_uris=(shards.uri,),
+        run_uri=run.uri,
+        model=MODEL,
+        seq_len=32,
+        micro_batch=2,
+        steps=2,
+        warmup_steps=1,
+        zero_stage=2,
+        dtype="fp32",
+        checkpoint_every=2,
+        log_every=1,
     )
     run.write_bytes("train_config.json", cfg.to_json().encode())
-    argv = [sys.executable, "-m", "llm_pipeline.train.launch", "--config", run.full("train_config.json"),
-            "--launcher", launcher, "--nproc", str(nproc)]
+    argv = [
+        sys.executable,
+        "-m",
+        "llm_pipeline.train.launch",
+        "--config",
+        run.full("train_config.json"),
+        "--launcher",
+        launcher,
+        "--nproc",
+        str(nproc),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     return proc.returncode, run.child("final").exists("summary.json"), proc.stdout + proc.stderr
 

@@ -3,7 +3,7 @@
     python -m benchmarks.cluster_bench [--steps 60] [--preset demo] [--rounds 3]
 
 A Ray cluster of a head (no CPUs: the jobs' drivers) and two one-CPU worker nodes, each a node with
-its own raylet, on this machine (llm_pipeline_tests/local_ray.py). On the built-in corpus's shards:
+its own raylet, on this machine (llm_pipeline/local_ray.py). On the built-in corpus's shards:
 (a) the demo model trained with ZeRO-2 at world size 2, the same config and steps, by `launcher: ray`
 (a Ray job whose driver runs a Ray Train TorchTrainer of two workers, submitted as the asset submits
 it) and by `launcher: deepspeed` (two ranks on this machine). Tokens/s is the summary's
@@ -13,7 +13,7 @@ whole loop's; start-up is from the launch (the job's submission) to the first st
 the whole built-in corpus, on two worker nodes and on one, next to the local executor on this machine's cores.
 
 Ray keeps to 127.0.0.1 only in a network of loopback alone: on a machine with other interfaces, run
-as root, the benchmark re-runs itself in a private network namespace (`unshare -n`; DESIGN.md §9).
+as root, the benchmark re-runs itself in a private network namespace (`unshare -n`).
 
 Last line: `ray/deepspeed launcher training tokens/s = X.XXx` (target >= 0.9).
 """
@@ -32,19 +32,29 @@ import time
 
 from benchmarks.builtin_shards import builtin_shards
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus
+from llm_pipeline.local_ray import LocalRayCluster, only_loopback
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import launch_command, launch_env, ray_job_command, ray_job_env
 from llm_pipeline.train.model_config import preset_config
-from llm_pipeline_tests.local_ray import LocalRayCluster, only_loopback
 
 VOCAB = 4096
 FIRST_STEP = "step 1/"  # the trainer's progress line for step 1 (log_every 1)
 
 
 def train_config(run: Storage, shards: Storage, args) -> Storage:
-    cfg = TrainConfig(shards_uris=(shards.uri,), run_uri=run.uri, model=preset_config(args.preset, VOCAB), steps=args.steps,
-                      zero_stage=2, dtype="fp32", checkpoint_every=args.steps, log_every=1, micro_batch=16, seq_len=128)
+    cfg = TrainConfig(
+        shards_uris=(shards.uri,),
+        run_uri=run.uri,
+        model=preset_config(args.preset, VOCAB),
+        steps=args.steps,
+        zero_stage=2,
+        dtype="fp32",
+        checkpoint_every=args.steps,
+        log_every=1,
+        micro_batch=16,
+        seq_len=128,
+    )
     run.write_bytes("train_config.json", cfg.to_json().encode())
     return run
 
@@ -52,8 +62,13 @@ def train_config(run: Storage, shards: Storage, args) -> Storage:
 def on_deepspeed(run: Storage) -> tuple[dict, float]:
     launch = LaunchConfig(launcher="deepspeed", nproc=2)
     started = time.perf_counter()
-    proc = subprocess.Popen(launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        launch_command(launch, run.full("train_config.json")),
+        env={**os.environ, **launch_env(launch)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     first_step = None
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -75,8 +90,11 @@ def on_ray(run: Storage, cluster: LocalRayCluster) -> tuple[dict, float]:
     launch = LaunchConfig(launcher="ray", num_workers=2, cpus_per_worker=1)
     client = JobSubmissionClient(cluster.job_address)
     started = time.perf_counter()
-    job = client.submit_job(entrypoint=shlex.join(ray_job_command(launch, run.full("train_config.json"))),
-                            runtime_env={"env_vars": ray_job_env(launch)}, entrypoint_num_cpus=0)
+    job = client.submit_job(
+        entrypoint=shlex.join(ray_job_command(launch, run.full("train_config.json"))),
+        runtime_env={"env_vars": ray_job_env(launch)},
+        entrypoint_num_cpus=0,
+    )
     seen: list[float] = []
 
     async def watch_for_first_step() -> None:
@@ -141,7 +159,9 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"(a) {args.preset} model, ZeRO-2, fp32, world size 2, {args.steps} steps, micro_batch 16 x seq_len 128, on {os.cpu_count()} cores;")
+    print(
+        f"(a) {args.preset} model, ZeRO-2, fp32, world size 2, {args.steps} steps, micro_batch 16 x seq_len 128, on {os.cpu_count()} cores;"
+    )
     print(f"    medians of {args.rounds} interleaved rounds")
     print(f"{'launcher':<12}{'steady tok/s':>14}{'loop tok/s':>12}{'start-up s':>12}{'peak RSS/rank MB':>18}   steady tok/s by round")
     steady = {}
@@ -152,8 +172,8 @@ def main() -> None:
         rss = max(max(s["peak_rss_bytes_per_rank"]) for s, _ in results) / 2**20
         rounds = ", ".join(f"{s['steady_tokens_per_s']:,.0f}" for s, _ in results)
         print(f"{name:<12}{steady[name]:>14,.0f}{loop:>12,.0f}{start:>12.1f}{rss:>18,.0f}   {rounds}")
-    mb = manifest["bytes_read"] / 1e6
-    print(f"(b) corpus stage, executor ray, {manifest['files_read']} files, {mb:.1f} MB of the built-in corpus")
+    mb = manifest.bytes_read / 1e6
+    print(f"(b) corpus stage, executor ray, {manifest.files_read} files, {mb:.1f} MB of the built-in corpus")
     for name, seconds in (("one worker node", one_s), ("two worker nodes", two_s), ("local executor, 2 workers", local_s)):
         print(f"{name:<28}{seconds:>7.1f} s {mb / seconds:>7.2f} MB/s")
     print(f"two nodes / one node: {one_s / two_s:.2f}x")

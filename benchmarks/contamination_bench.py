@@ -33,27 +33,32 @@ def main() -> None:
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
-    pieces = [rng.integers(0, VOCAB, min(PIECE, args.train_tokens - start), dtype=np.uint32)
-              for start in range(0, args.train_tokens, PIECE)]
+    pieces = [
+        rng.integers(0, VOCAB, min(PIECE, args.train_tokens - start), dtype=np.uint32) for start in range(0, args.train_tokens, PIECE)
+    ]
     docs = [rng.integers(0, VOCAB, args.doc_tokens, dtype=np.uint32) for _ in range(args.eval_docs - args.copied)]
     for i in range(args.copied):  # whole training documents, the last one across a piece border
         start = (i + 1) * (args.train_tokens // (args.copied + 1))
         if i == args.copied - 1 and len(pieces) > 1:
             start = PIECE - args.doc_tokens // 2
         piece = start // PIECE
-        window = np.concatenate(pieces[piece:piece + 2])
-        docs.append(window[start % PIECE:start % PIECE + args.doc_tokens].copy())
+        window = np.concatenate(pieces[piece : piece + 2])
+        docs.append(window[start % PIECE : start % PIECE + args.doc_tokens].copy())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     started = time.perf_counter()
     report = contamination(iter(pieces), {"eval": docs})["eval"]
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(f"eval documents: {report['documents']}, contaminated: {report['contaminated']} (planted: {args.copied}), "
-          f"sharing any 13-gram: {report['sharing']}")
+    print(
+        f"eval documents: {report.documents}, contaminated: {report.contaminated} (planted: {args.copied}), "
+        f"sharing any 13-gram: {report.sharing}"
+    )
     print(f"peak RSS before the check (the synthetic data itself): {rss_before:.2f} GB")
-    assert report["contaminated"] == args.copied, report
-    print(f"contamination check: {args.train_tokens:,} training tokens in {seconds:.1f} s "
-          f"({args.train_tokens / seconds / 1e6:.1f} M tokens/s), peak RSS {peak:.2f} GB")
+    assert report.contaminated == args.copied, report
+    print(
+        f"contamination check: {args.train_tokens:,} training tokens in {seconds:.1f} s "
+        f"({args.train_tokens / seconds / 1e6:.1f} M tokens/s), peak RSS {peak:.2f} GB"
+    )
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ FILTERS = FilterConfig()
 
 # --- input -------------------------------------------------------------------------------------
 
+
 def _vocabulary() -> list[str]:
     words: dict[str, int] = {}
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -87,7 +88,7 @@ def make_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     vocab = np.array(_vocabulary() + ["\n"] * 400, dtype=object)  # ~2% newlines: paragraphs
     ranks = np.arange(1, len(vocab) + 1)
-    probs = (1.0 / ranks ** 1.05) / np.sum(1.0 / ranks ** 1.05)
+    probs = (1.0 / ranks**1.05) / np.sum(1.0 / ranks**1.05)
     target = total_mb * 1_000_000
     docs, kinds = [], {"unique": 0, "exact_dup": 0, "near_dup": 0, "junk": 0}
     out = _GzipShards(folder, "part", shards)
@@ -105,9 +106,13 @@ def make_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> dict:
         elif roll < 0.11:
             kinds["junk"] += 1
             junk = rng.integers(3)
-            line = (json.dumps({"text": "too short"}) if junk == 0 else
-                    json.dumps({"text": bytes(rng.integers(0, 32, 2000, dtype=np.uint8)).decode("latin-1")}) if junk == 1 else
-                    '{"text": "broken json')
+            line = (
+                json.dumps({"text": "too short"})
+                if junk == 0
+                else json.dumps({"text": bytes(rng.integers(0, 32, 2000, dtype=np.uint8)).decode("latin-1")})
+                if junk == 1
+                else '{"text": "broken json'
+            )
             out.write(line.encode())
             continue
         else:
@@ -124,11 +129,29 @@ def make_input(folder: Path, total_mb: int, shards: int, seed: int = 0) -> dict:
 
 # --- ours ----------------------------------------------------------------------------------------
 
+
 def run_ours(src: Path, out: Path, preset: str = "auto") -> tuple[float, int, float]:
     """Our stage through its command line, in a child process: (seconds, kept, peak RSS MB of any one process)."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(src), "--out", str(out), "--glob", "*.jsonl.gz",
-                           "--workers", str(CORES), "--preset", preset], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm_pipeline.corpus",
+            str(src),
+            "--out",
+            str(out),
+            "--glob",
+            "*.jsonl.gz",
+            "--workers",
+            str(CORES),
+            "--preset",
+            preset,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds = time.perf_counter() - start
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     # the CLI and its workers are the only children so far: the largest of them
@@ -136,6 +159,7 @@ def run_ours(src: Path, out: Path, preset: str = "auto") -> tuple[float, int, fl
 
 
 # --- datatrove -----------------------------------------------------------------------------------
+
 
 def _quality(doc) -> bool:  # the same filter as ours, as a datatrove LambdaFilter
     text = doc.text
@@ -192,8 +216,14 @@ def _web_filters(words) -> list:
 
     language = LanguageFilter(languages=["en"], language_threshold=0.65)
     language.model = LocalLid176(["en"])
-    return [language, GopherRepetitionFilter(language=words), GopherQualityFilter(language=words),
-            C4QualityFilter(filter_no_terminal_punct=False, language=words), FineWebQualityFilter(language=words), PIIFormatter()]
+    return [
+        language,
+        GopherRepetitionFilter(language=words),
+        GopherQualityFilter(language=words),
+        C4QualityFilter(filter_no_terminal_punct=False, language=words),
+        FineWebQualityFilter(language=words),
+        PIIFormatter(),
+    ]
 
 
 def run_datatrove(src: Path, work: Path, shards: int, whitespace: bool, web: bool = False, glob: str = "*.jsonl.gz") -> tuple[float, int]:
@@ -222,16 +252,25 @@ def run_datatrove(src: Path, work: Path, shards: int, whitespace: bool, web: boo
     words = WhitespaceTokenizer() if whitespace else "en"
 
     def executor(pipeline, tasks, name):
-        return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(CORES, tasks),
-                                     logging_dir=str(work / "logs" / name), skip_completed=False)
+        return LocalPipelineExecutor(
+            pipeline=pipeline, tasks=tasks, workers=min(CORES, tasks), logging_dir=str(work / "logs" / name), skip_completed=False
+        )
 
     start = time.perf_counter()
     dedup_src = src
     if web:  # as FineWeb ran it: filter once, write, then deduplicate what the filters kept
         from datatrove.pipeline.writers import JsonlWriter
 
-        executor([JsonlReader(str(src), glob_pattern=glob, text_key="text"), LambdaFilter(_quality), *_web_filters(words),
-                  JsonlWriter(str(work / "filtered"))], shards, "web-0").run()
+        executor(
+            [
+                JsonlReader(str(src), glob_pattern=glob, text_key="text"),
+                LambdaFilter(_quality),
+                *_web_filters(words),
+                JsonlWriter(str(work / "filtered")),
+            ],
+            shards,
+            "web-0",
+        ).run()
         dedup_src = work / "filtered"
 
     def read():
@@ -239,12 +278,27 @@ def run_datatrove(src: Path, work: Path, shards: int, whitespace: bool, web: boo
 
     executor(read() + [ExactDedupSignature(str(work / "exact_sigs"), config=exact)], shards, "exact-1").run()
     executor([ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), config=exact)], 1, "exact-2").run()
-    executor(read() + [ExactDedupFilter(str(work / "exact_dups"), config=exact),
-                       MinhashDedupSignature(str(work / "mh_sigs"), config=minhash, language=words)], shards, "mh-1").run()
+    executor(
+        read()
+        + [
+            ExactDedupFilter(str(work / "exact_dups"), config=exact),
+            MinhashDedupSignature(str(work / "mh_sigs"), config=minhash, language=words),
+        ],
+        shards,
+        "mh-1",
+    ).run()
     executor([MinhashDedupBuckets(str(work / "mh_sigs"), str(work / "mh_buckets"), config=minhash)], minhash.num_buckets, "mh-2").run()
     executor([MinhashDedupCluster(str(work / "mh_buckets"), str(work / "mh_remove"), config=minhash)], 1, "mh-3").run()
-    executor(read() + [ExactDedupFilter(str(work / "exact_dups"), config=exact), MinhashDedupFilter(str(work / "mh_remove")),
-                       ParquetWriter(str(work / "out"))], shards, "mh-4").run()
+    executor(
+        read()
+        + [
+            ExactDedupFilter(str(work / "exact_dups"), config=exact),
+            MinhashDedupFilter(str(work / "mh_remove")),
+            ParquetWriter(str(work / "out")),
+        ],
+        shards,
+        "mh-4",
+    ).run()
     seconds = time.perf_counter() - start
     import pyarrow.parquet as pq
 
@@ -253,6 +307,7 @@ def run_datatrove(src: Path, work: Path, shards: int, whitespace: bool, web: boo
 
 
 # --- the other measurements --------------------------------------------------------------------
+
 
 def tokenization_rate(corpus: Storage, work: Path) -> float:
     """The tokenized_shards stage on our output: MB of document text per second."""
@@ -268,8 +323,14 @@ def tokenization_rate(corpus: Storage, work: Path) -> float:
     tok = train_bpe(iter(sample), 8192)
     text_bytes = corpus.read_json("manifest.json")["text_bytes"]
     start = time.perf_counter()
-    write_shards(corpus, Storage(str(work / "shards")), DocumentEncoder(tok, "tiktoken"), tok.get_vocab_size(),
-                 tokenizer_hash(tok.to_str()), ShardConfig())
+    write_shards(
+        corpus,
+        Storage(str(work / "shards")),
+        DocumentEncoder(tok, "tiktoken"),
+        tok.get_vocab_size(),
+        tokenizer_hash(tok.to_str()),
+        ShardConfig(),
+    )
     return text_bytes / 1e6 / (time.perf_counter() - start)
 
 
@@ -306,10 +367,12 @@ def minhash_engines(corpus: Storage) -> dict[str, float]:
             m.update_batch([s.encode() for s in shingles(t)])
             m.digest()
 
-    return {"ours (numpy shingles + rensa signatures)": timed(document_signatures, texts),
-            "rensa on Python shingle strings": timed(rensa_strings, texts),
-            "datasketch on Python shingle strings": timed(datasketch, texts[:500]),
-            "_mb": mb}
+    return {
+        "ours (numpy shingles + rensa signatures)": timed(document_signatures, texts),
+        "rensa on Python shingle strings": timed(rensa_strings, texts),
+        "datasketch on Python shingle strings": timed(datasketch, texts[:500]),
+        "_mb": mb,
+    }
 
 
 def index_bytes_per_document(corpus: Storage) -> float:
@@ -332,27 +395,38 @@ def main() -> None:
     made = make_input(src, args.mb, args.shards)
     gz_mb = sum(p.stat().st_size for p in src.iterdir()) / 1e6
     mb = made["bytes"] / 1e6
-    print(f"input: {mb:.1f} MB of JSON Lines ({gz_mb:.1f} MB gzip) in {args.shards} shards, {made['records']} records "
-          f"({made['exact_dup']} exact dups, {made['near_dup']} near dups, {made['junk']} junk), made in "
-          f"{time.perf_counter() - start:.0f} s; {CORES} cores", flush=True)
+    print(
+        f"input: {mb:.1f} MB of JSON Lines ({gz_mb:.1f} MB gzip) in {args.shards} shards, {made['records']} records "
+        f"({made['exact_dup']} exact dups, {made['near_dup']} near dups, {made['junk']} junk), made in "
+        f"{time.perf_counter() - start:.0f} s; {CORES} cores",
+        flush=True,
+    )
 
     ours_s, ours_kept, ours_rss = run_ours(src, work / "ours")
-    print(f"ours:                        {mb / ours_s:6.1f} MB/s  {ours_s:6.1f} s  kept {ours_kept}  "
-          f"(peak RSS of any one process: {ours_rss:.0f} MB)", flush=True)
+    print(
+        f"ours:                        {mb / ours_s:6.1f} MB/s  {ours_s:6.1f} s  kept {ours_kept}  "
+        f"(peak RSS of any one process: {ours_rss:.0f} MB)",
+        flush=True,
+    )
     dt_s, dt_kept = run_datatrove(src, work / "dt-whitespace", args.shards, whitespace=True)
     print(f"datatrove (whitespace words): {mb / dt_s:6.1f} MB/s  {dt_s:6.1f} s  kept {dt_kept}", flush=True)
     if not args.skip_spacy:
         sp_s, sp_kept = run_datatrove(src, work / "dt-spacy", args.shards, whitespace=False)
-        print(f"datatrove (default, spaCy):   {mb / sp_s:6.1f} MB/s  {sp_s:6.1f} s  kept {sp_kept}  "
-              f"(ours is {sp_s / ours_s:.2f}x this)", flush=True)
+        print(
+            f"datatrove (default, spaCy):   {mb / sp_s:6.1f} MB/s  {sp_s:6.1f} s  kept {sp_kept}  (ours is {sp_s / ours_s:.2f}x this)",
+            flush=True,
+        )
 
     web_src = work / "web-input"
     web_src.mkdir(parents=True, exist_ok=True)
     web_made = make_web_input(web_src, args.web_mb, args.shards)
     web_mb = web_made["bytes"] / 1e6
-    print(f"web input: {web_mb:.1f} MB of JSON Lines of docstring prose, {web_made['records']} records "
-          f"({web_made['exact_dup']} exact dups, {web_made['near_dup']} near dups, {web_made['spam']} spam, "
-          f"{web_made['junk']} too short)", flush=True)
+    print(
+        f"web input: {web_mb:.1f} MB of JSON Lines of docstring prose, {web_made['records']} records "
+        f"({web_made['exact_dup']} exact dups, {web_made['near_dup']} near dups, {web_made['spam']} spam, "
+        f"{web_made['junk']} too short)",
+        flush=True,
+    )
     web_ours_s, web_ours_kept, _ = run_ours(web_src, work / "ours-web", preset="web")
     print(f"ours, web preset:             {web_mb / web_ours_s:6.1f} MB/s  {web_ours_s:6.1f} s  kept {web_ours_kept}", flush=True)
     web_dt_s, web_dt_kept = run_datatrove(web_src, work / "dt-web", args.shards, whitespace=True, web=True)
@@ -361,13 +435,19 @@ def main() -> None:
     corpus = Storage(str(work / "ours"))
     tok_rate = tokenization_rate(corpus, work)
     text_mb = corpus.read_json("manifest.json")["text_bytes"] / 1e6
-    print(f"tokenization stage on our output: {tok_rate:.1f} MB/s of text; corpus stage: {text_mb / ours_s:.1f} MB/s of kept "
-          f"text ({mb / ours_s:.1f} MB/s of input)")
+    print(
+        f"tokenization stage on our output: {tok_rate:.1f} MB/s of text; corpus stage: {text_mb / ours_s:.1f} MB/s of kept "
+        f"text ({mb / ours_s:.1f} MB/s of input)"
+    )
     engines = minhash_engines(corpus)
-    print(f"MinHash on one core ({engines.pop('_mb'):.1f} MB of documents): " +
-          ", ".join(f"{name} {rate:.1f} MB/s" for name, rate in engines.items()))
-    print(f"dedup index: {index_bytes_per_document(corpus):.0f} bytes per kept document on storage "
-          f"(id and signature, exact and band keys); in memory, at most dedup_memory_mb")
+    print(
+        f"MinHash on one core ({engines.pop('_mb'):.1f} MB of documents): "
+        + ", ".join(f"{name} {rate:.1f} MB/s" for name, rate in engines.items())
+    )
+    print(
+        f"dedup index: {index_bytes_per_document(corpus):.0f} bytes per kept document on storage "
+        f"(id and signature, exact and band keys); in memory, at most dedup_memory_mb"
+    )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     print(f"web preset: ours/datatrove = {web_dt_s / web_ours_s:.2f}x")

@@ -65,17 +65,17 @@ def leg(src: str, out: str, earlier: list[str]) -> dict:
     """One build in a fresh process: {seconds, rss_mb, documents, lookup_seconds}."""
     code = (
         "import json, resource, sys, time\n"
-        "from llm_pipeline.corpus.build import CorpusConfig, build_corpus\n"
+        "from llm_pipeline.corpus.build import BuildStats, CorpusConfig, build_corpus\n"
         "from llm_pipeline.storage.folders import Storage\n"
         "src, out, earlier = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])\n"
-        "stats = {}\n"
+        "stats = BuildStats()\n"
         "start = time.perf_counter()\n"
         "manifest = build_corpus(CorpusConfig(source_uri=src), Storage(out), earlier=[(u, Storage(u)) for u in earlier], stats=stats)\n"
         "seconds = time.perf_counter() - start\n"
         "own, workers = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
         "print(json.dumps({'seconds': seconds, 'rss_mb': max(own, workers) / 1024, 'build_rss_mb': own / 1024,\n"
-        "                  'worker_rss_mb': workers / 1024, 'documents': manifest['documents'],\n"
-        "                  'lookup_seconds': stats['dedup_lookup_seconds'], 'index_bytes': manifest['dedup_index']['segment']['bytes']}))\n"
+        "                  'worker_rss_mb': workers / 1024, 'documents': manifest.documents,\n"
+        "                  'lookup_seconds': stats.dedup_lookup_seconds, 'index_bytes': manifest.dedup_index.segment.bytes}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, src, out, json.dumps(earlier)], capture_output=True, text=True)
     if proc.returncode:
@@ -95,17 +95,23 @@ def main() -> None:
     sizes = {"N": args.n, "10N": 10 * args.n}
     text = {name: make_documents(work / f"src-{name}", count, seed, 16) for seed, (name, count) in enumerate(sizes.items())}
     make_documents(work / "src-batch", args.batch, 99, 1)
-    print(f"input: {sizes['N']:,} documents ({text['N'] / 1e6:.0f} MB of text) and {sizes['10N']:,} ({text['10N'] / 1e6:.0f} MB); "
-          f"made in {time.perf_counter() - started:.0f} s", flush=True)
+    print(
+        f"input: {sizes['N']:,} documents ({text['N'] / 1e6:.0f} MB of text) and {sizes['10N']:,} ({text['10N'] / 1e6:.0f} MB); "
+        f"made in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
 
     builds = {}
     for name in sizes:
         shutil.rmtree(work / f"out-{name}", ignore_errors=True)
         builds[name] = leg(str(work / f"src-{name}"), str(work / f"out-{name}"), [])
         b = builds[name]
-        print(f"(b) one build of {name:>3} = {sizes[name]:>9,} documents: {b['seconds']:7.1f} s, peak RSS {b['rss_mb']:6.0f} MB, "
-              f"(the build's own {b['build_rss_mb']:.0f} MB, a cleaning worker's {b['worker_rss_mb']:.0f} MB), "
-              f"index segment {b['index_bytes'] / 1e6:.0f} MB ({b['index_bytes'] / b['documents']:.0f} bytes per document)", flush=True)
+        print(
+            f"(b) one build of {name:>3} = {sizes[name]:>9,} documents: {b['seconds']:7.1f} s, peak RSS {b['rss_mb']:6.0f} MB, "
+            f"(the build's own {b['build_rss_mb']:.0f} MB, a cleaning worker's {b['worker_rss_mb']:.0f} MB), "
+            f"index segment {b['index_bytes'] / 1e6:.0f} MB ({b['index_bytes'] / b['documents']:.0f} bytes per document)",
+            flush=True,
+        )
 
     batch = {"none": [], "N": [], "10N": []}
     for r in range(args.rounds):
@@ -114,18 +120,26 @@ def main() -> None:
             out = work / f"batch-{name}-{r}"
             batch[name].append(leg(str(work / "src-batch"), str(out), earlier))
             shutil.rmtree(out)
-    med = {name: {key: statistics.median(run[key] for run in runs) for key in ("seconds", "rss_mb", "lookup_seconds")} for name, runs in batch.items()}
+    med = {
+        name: {key: statistics.median(run[key] for run in runs) for key in ("seconds", "rss_mb", "lookup_seconds")}
+        for name, runs in batch.items()
+    }
     for name, m in med.items():
         against = "alone" if name == "none" else f"against {name} = {sizes[name]:,} earlier documents"
-        print(f"(a) a batch of {args.batch:,} documents {against}: {m['seconds']:.3f} s (of it dedup lookups {m['lookup_seconds']:.3f} s), "
-              f"peak RSS {m['rss_mb']:.0f} MB (median of {args.rounds})", flush=True)
+        print(
+            f"(a) a batch of {args.batch:,} documents {against}: {m['seconds']:.3f} s (of it dedup lookups {m['lookup_seconds']:.3f} s), "
+            f"peak RSS {m['rss_mb']:.0f} MB (median of {args.rounds})",
+            flush=True,
+        )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     time_ratio = med["10N"]["seconds"] / med["N"]["seconds"]
     rss_ratio = med["10N"]["rss_mb"] / med["N"]["rss_mb"]
     build_ratio = builds["10N"]["rss_mb"] / builds["N"]["rss_mb"]
-    print(f"dedup at 10x history: batch time = {time_ratio:.2f}x, peak RSS = {rss_ratio:.2f}x; "
-          f"one build at 10x documents: peak RSS = {build_ratio:.2f}x")
+    print(
+        f"dedup at 10x history: batch time = {time_ratio:.2f}x, peak RSS = {rss_ratio:.2f}x; "
+        f"one build at 10x documents: peak RSS = {build_ratio:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -146,8 +146,18 @@ class Lmdb:
 
 class Bloom:
     name = "Bloom filter (10 bits/key)"
-    _MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
-                             0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x94D049BB133111EB], dtype=np.uint64)
+    _MULTIPLIERS = np.array(
+        [
+            0x9E3779B97F4A7C15,
+            0xC2B2AE3D27D4EB4F,
+            0x165667B19E3779F9,
+            0xD6E8FEB86659FD93,
+            0xFF51AFD7ED558CCD,
+            0xC4CEB9FE1A85EC53,
+            0x94D049BB133111EB,
+        ],
+        dtype=np.uint64,
+    )
 
     def _bits(self, keys: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
@@ -195,16 +205,21 @@ def main() -> None:
                 if type(candidate) is not Bloom and found != expected:
                     raise SystemExit(f"{candidate.name} found {found} keys of {expected}")
         for name, got in results.items():
-            print(f"{name:32s} write {got['write_s']:7.1f} s  {got['bytes'] / 1e6:8.0f} MB on disk  "
-                  f"lookup {1000 * statistics.median(got['times']):8.1f} ms", flush=True)
+            print(
+                f"{name:32s} write {got['write_s']:7.1f} s  {got['bytes'] / 1e6:8.0f} MB on disk  "
+                f"lookup {1000 * statistics.median(got['times']):8.1f} ms",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     median = {name: statistics.median(got["times"]) for name, got in results.items()}
     anywhere = sorted((Ours.name, Parquet.name, DuckDB.name), key=median.get)
     local_only = min((Rocks.name, Lmdb.name), key=median.get)
     best, second = anywhere[:2]
-    print(f"over any fsspec URI: fastest {best} {1000 * median[best]:.1f} ms, next {second} {1000 * median[second]:.1f} ms "
-          f"({median[second] / median[best]:.2f}x); fastest local-only: {local_only} {1000 * median[local_only]:.1f} ms")
+    print(
+        f"over any fsspec URI: fastest {best} {1000 * median[best]:.1f} ms, next {second} {1000 * median[second]:.1f} ms "
+        f"({median[second] / median[best]:.2f}x); fastest local-only: {local_only} {1000 * median[local_only]:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from llm_pipeline.tokenize.bpe import EOS_TOKEN
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import launch_command, launch_env
 from llm_pipeline.train.model_config import preset_config
-from llm_pipeline.train.token_store import open_split
+from llm_pipeline.train.token_store import TokenCache, open_split
 from llm_pipeline.train.weights import load_trained_model
 
 VOCAB = 4096
@@ -46,21 +46,31 @@ def main() -> int:
         root = Storage(tmp)
         tokenizer = builtin_shards(root, VOCAB)
         run = root.child("run")
-        cfg = TrainConfig(shards_uris=(root.child("shards").uri,), run_uri=run.uri, model=preset_config("demo", VOCAB),
-                          steps=args.steps, checkpoint_every=10**6, log_every=args.steps, token_cache=os.path.join(tmp, "cache"))
+        cfg = TrainConfig(
+            shards_uris=(root.child("shards").uri,),
+            run_uri=run.uri,
+            model=preset_config("demo", VOCAB),
+            steps=args.steps,
+            checkpoint_every=10**6,
+            log_every=args.steps,
+            token_cache=os.path.join(tmp, "cache"),
+        )
         run.write_bytes("train_config.json", cfg.to_json().encode())
         launch = LaunchConfig(launcher="deepspeed", nproc=2)
-        done = subprocess.run(launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)},
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)}, capture_output=True, text=True
+        )
         if done.returncode or not run.child("final").exists("summary.json"):
             print((done.stdout + done.stderr)[-5000:], file=sys.stderr)
             return 1
         summary = run.child("final").read_json("summary.json")
         train_rate = summary["tokens_per_s"]
-        print(f"training: {train_rate:,.0f} tokens/s ({summary['num_params'] / 1e6:.1f}M params, world {summary['world_size']}, "
-              f"{summary['dtype']}, ZeRO-{summary['zero_stage']}, {args.steps} steps)")
+        print(
+            f"training: {train_rate:,.0f} tokens/s ({summary['num_params'] / 1e6:.1f}M params, world {summary['world_size']}, "
+            f"{summary['dtype']}, ZeRO-{summary['zero_stage']}, {args.steps} steps)"
+        )
 
-        val, _ = open_split([root.child("shards")], "val", cache_dir=os.path.join(tmp, "cache"))
+        val, _ = open_split([root.child("shards")], "val", TokenCache(os.path.join(tmp, "cache"), 100 << 30))
         held_out = held_out_documents(val, tokenizer.token_to_id(EOS_TOKEN), Tokenizer.from_str(tokenizer.to_str()))
         rates = {}
         for dtype in ("fp32", "bf16"):
@@ -68,12 +78,16 @@ def main() -> int:
             started = time.perf_counter()
             metrics = held_out_loss(model, held_out, tokenizer.token_to_id(EOS_TOKEN), EvalConfig(dtype=dtype))
             seconds = time.perf_counter() - started
-            rates[dtype] = metrics["tokens_evaluated"] / seconds
-            print(f"evaluation {dtype}: {metrics['tokens_evaluated']:,} held-out tokens in {seconds:.1f} s, {rates[dtype]:,.0f} tokens/s, "
-                  f"loss {metrics['loss']:.6f}, bits per byte {metrics['bits_per_byte']:.6f}")
+            rates[dtype] = metrics.tokens_evaluated / seconds
+            print(
+                f"evaluation {dtype}: {metrics.tokens_evaluated:,} held-out tokens in {seconds:.1f} s, {rates[dtype]:,.0f} tokens/s, "
+                f"loss {metrics.loss:.6f}, bits per byte {metrics.bits_per_byte:.6f}"
+            )
         chosen = EvalConfig().resolved_dtype()
-        print(f"eval tokens/s = {rates[chosen]:,.0f} ({chosen}, the default here), training tokens/s = {train_rate:,.0f}: "
-              f"{rates[chosen] / train_rate:.2f}x")
+        print(
+            f"eval tokens/s = {rates[chosen]:,.0f} ({chosen}, the default here), training tokens/s = {train_rate:,.0f}: "
+            f"{rates[chosen] / train_rate:.2f}x"
+        )
     return 0
 
 

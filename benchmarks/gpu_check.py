@@ -42,21 +42,39 @@ def main() -> int:
     if not args.smoke and not on_gpu():
         print("no CUDA GPU here: run this on a GPU machine, or with --smoke to test the script on the CPU", file=sys.stderr)
         return 2
-    preset, dtype, seq_len, steps = ("tiny", "fp32", 128, args.steps or 4) if args.smoke else ("125m", "bf16", args.seq_len, args.steps or 120)
+    preset, dtype, seq_len, steps = (
+        ("tiny", "fp32", 128, args.steps or 4) if args.smoke else ("125m", "bf16", args.seq_len, args.steps or 120)
+    )
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         root = Storage(tmp)
         builtin_shards(root, VOCAB)
         print(f"data ready in {time.time() - t0:.0f}s", flush=True)
         run = root.child("run")
-        cfg = TrainConfig(shards_uris=(root.child("shards").uri,), run_uri=run.uri, model=preset_config(preset, VOCAB, max_seq_len=seq_len),
-                          seq_len=seq_len, micro_batch=args.micro_batch, steps=steps, warmup_steps=min(10, steps), lr=6e-4,
-                          zero_stage=2, dtype=dtype, checkpoint_every=10**6, log_every=max(1, steps // 6),
-                          compile=not (args.smoke or args.no_compile))
+        cfg = TrainConfig(
+            shards_uris=(root.child("shards").uri,),
+            run_uri=run.uri,
+            model=preset_config(preset, VOCAB, max_seq_len=seq_len),
+            seq_len=seq_len,
+            micro_batch=args.micro_batch,
+            steps=steps,
+            warmup_steps=min(10, steps),
+            lr=6e-4,
+            zero_stage=2,
+            dtype=dtype,
+            checkpoint_every=10**6,
+            log_every=max(1, steps // 6),
+            compile=not (args.smoke or args.no_compile),
+        )
         run.write_bytes("train_config.json", cfg.to_json().encode())
         launch = LaunchConfig(launcher="deepspeed" if not args.smoke else "none", nproc=1)
-        proc = subprocess.run(launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(
+            launch_command(launch, run.full("train_config.json")),
+            env={**os.environ, **launch_env(launch)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         progress = [line for line in proc.stdout.splitlines() if line.startswith(("training ", "step ", "finished"))]
         print("\n".join(progress))
         if proc.returncode or not run.child("final").exists("summary.json"):
@@ -64,10 +82,14 @@ def main() -> int:
             return 1
         s = run.child("final").read_json("summary.json")
     mfu = f"{s['mfu']:.1%}" if s["mfu"] is not None else "n/a (CPU or unknown GPU peak)"
-    print(f"device {s['accelerator']}, preset {preset} ({s['num_params'] / 1e6:.1f}M params), {dtype}, ZeRO-{s['zero_stage']}, "
-          f"{args.micro_batch}x{seq_len} tokens/step, {steps} steps, compiled {s['compiled']}, attention {s['attention']}")
-    print(f"tokens/s {s['steady_tokens_per_s'] or s['tokens_per_s']:,.0f} (after the first step)   MFU {mfu}   (target >= 45%)   "
-          f"total {time.time() - t0:.0f}s")
+    print(
+        f"device {s['accelerator']}, preset {preset} ({s['num_params'] / 1e6:.1f}M params), {dtype}, ZeRO-{s['zero_stage']}, "
+        f"{args.micro_batch}x{seq_len} tokens/step, {steps} steps, compiled {s['compiled']}, attention {s['attention']}"
+    )
+    print(
+        f"tokens/s {s['steady_tokens_per_s'] or s['tokens_per_s']:,.0f} (after the first step)   MFU {mfu}   (target >= 45%)   "
+        f"total {time.time() - t0:.0f}s"
+    )
     return 0
 
 

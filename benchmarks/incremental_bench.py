@@ -35,8 +35,14 @@ def _stage(cfg: CorpusConfig, out: Storage, tok, earlier=()) -> tuple[float, flo
     manifest = build_corpus(cfg, out.child("corpus"), earlier=earlier)
     corpus_s = time.perf_counter() - start
     start = time.perf_counter()
-    write_shards(out.child("corpus"), out.child("shards"), DocumentEncoder(tok, "tiktoken"), tok.get_vocab_size(),
-                 tokenizer_hash(tok.to_str()), ShardConfig())
+    write_shards(
+        out.child("corpus"),
+        out.child("shards"),
+        DocumentEncoder(tok, "tiktoken"),
+        tok.get_vocab_size(),
+        tokenizer_hash(tok.to_str()),
+        ShardConfig(),
+    )
     return corpus_s, time.perf_counter() - start, manifest
 
 
@@ -54,8 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         (existing if running < (1 - args.new_fraction) * total else new).append(f.rel)
         running += f.size
     new_bytes = sum(f.size for f in files if f.rel in set(new))
-    print(f"corpus: {len(files)} files, {total / 1e6:.1f} MB; new batch: {len(new)} files, {new_bytes / 1e6:.2f} MB "
-          f"({100 * new_bytes / total:.2f}% of bytes)")
+    print(
+        f"corpus: {len(files)} files, {total / 1e6:.1f} MB; new batch: {len(new)} files, {new_bytes / 1e6:.2f} MB "
+        f"({100 * new_bytes / total:.2f}% of bytes)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Storage(tmp)
@@ -65,17 +73,25 @@ def main(argv: list[str] | None = None) -> None:
         tok = train_bpe((t for b in iter_documents(warm, columns=("text",)) for t in b.column("text").to_pylist()), VOCAB)
 
         full_corpus_s, full_tok_s, full = _stage(base, root.child("full"), tok)
-        print(f"(a) full rebuild : corpus {full_corpus_s:.2f}s + tokenize {full_tok_s:.2f}s = {full_corpus_s + full_tok_s:.2f}s "
-              f"({full['documents']} documents)")
+        print(
+            f"(a) full rebuild : corpus {full_corpus_s:.2f}s + tokenize {full_tok_s:.2f}s = {full_corpus_s + full_tok_s:.2f}s "
+            f"({full['documents']} documents)"
+        )
 
         # The existing batch, built once (not timed: it was paid when that batch landed).
         build_corpus(CorpusConfig(source_uri=source, files=dict.fromkeys(existing, "")), root.child("existing", "corpus"))
-        new_corpus_s, new_tok_s, inc = _stage(CorpusConfig(source_uri=source, files=dict.fromkeys(new, "")), root.child("new"), tok,
-                                              earlier=[("existing", root.child("existing", "corpus"))])
-        print(f"(b) incremental  : corpus {new_corpus_s:.2f}s (dedup against {inc['deduplicated_against'][0]['batch']}'s index) "
-              f"+ tokenize {new_tok_s:.2f}s = {new_corpus_s + new_tok_s:.2f}s ({inc['documents']} new documents, "
-              f"{inc['duplicates_of_earlier_batches']} duplicates of the existing batch)")
-        index_bytes = inc["dedup_index"]["earlier_bytes"]
+        new_corpus_s, new_tok_s, inc = _stage(
+            CorpusConfig(source_uri=source, files=dict.fromkeys(new, "")),
+            root.child("new"),
+            tok,
+            earlier=[("existing", root.child("existing", "corpus"))],
+        )
+        print(
+            f"(b) incremental  : corpus {new_corpus_s:.2f}s (dedup against {inc.deduplicated_against[0].batch}'s index) "
+            f"+ tokenize {new_tok_s:.2f}s = {new_corpus_s + new_tok_s:.2f}s ({inc.documents} new documents, "
+            f"{inc.duplicates_of_earlier_batches} duplicates of the existing batch)"
+        )
+        index_bytes = inc.dedup_index.earlier_bytes
         print(f"persisted dedup index of the existing batch: {index_bytes / 1e6:.2f} MB")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     ratio = (new_corpus_s + new_tok_s) / (full_corpus_s + full_tok_s)

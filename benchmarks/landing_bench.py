@@ -151,8 +151,10 @@ def main() -> None:
     quiet_ratio = large["quiet_tick_s"] / small["quiet_tick_s"]
     new_ratio = large["new_file_ticks_s"] / small["new_file_ticks_s"]
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-    print(f"10x files: tick with nothing new {quiet_ratio:.2f}x, one new file {new_ratio:.2f}x; "
-          f"largest cursor {max(r['cursor_bytes_after_new'] for r in results):,} B (limit 65,536)")
+    print(
+        f"10x files: tick with nothing new {quiet_ratio:.2f}x, one new file {new_ratio:.2f}x; "
+        f"largest cursor {max(r['cursor_bytes_after_new'] for r in results):,} B (limit 65,536)"
+    )
     print(f"sensor tick at 10x files = {max(quiet_ratio, new_ratio):.2f}x")
 
 

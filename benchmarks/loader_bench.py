@@ -23,10 +23,10 @@ import numpy as np
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.shards import ShardConfig, write_token_documents
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
-from llm_pipeline.train.data import single_source
+from llm_pipeline.train.data import DataMixture, MicroBatches, TokenWindows
 from llm_pipeline.train.launch import launch_command, launch_env
 from llm_pipeline.train.model_config import preset_config
-from llm_pipeline.train.token_store import open_split
+from llm_pipeline.train.token_store import TokenCache, open_split
 
 VOCAB, DOC = 4096, 1000
 
@@ -43,12 +43,25 @@ def synthetic_shards(out: Storage, tokens: int, seed: int) -> None:
 
 def train(root: Storage, shards: Storage, cache: str, name: str) -> dict:
     run = root.child(f"run-{name}")
-    cfg = TrainConfig(shards_uris=(shards.uri,), run_uri=run.uri, model=preset_config("tiny", VOCAB), steps=6, warmup_steps=1,
-                      seq_len=128, micro_batch=8, zero_stage=2, dtype="fp32", checkpoint_every=6, log_every=6, token_cache=cache)
+    cfg = TrainConfig(
+        shards_uris=(shards.uri,),
+        run_uri=run.uri,
+        model=preset_config("tiny", VOCAB),
+        steps=6,
+        warmup_steps=1,
+        seq_len=128,
+        micro_batch=8,
+        zero_stage=2,
+        dtype="fp32",
+        checkpoint_every=6,
+        log_every=6,
+        token_cache=cache,
+    )
     run.write_bytes("train_config.json", cfg.to_json().encode())
     launch = LaunchConfig(launcher="deepspeed", nproc=2)
-    subprocess.run(launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)},
-                   check=True, capture_output=True)
+    subprocess.run(
+        launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)}, check=True, capture_output=True
+    )
     return run.child("final").read_json("summary.json")
 
 
@@ -67,15 +80,17 @@ def main() -> None:
             peaks[name] = summaries[name]["peak_rss_bytes_per_rank"]
             print(f"{name}: peak RSS per rank " + ", ".join(f"rank {r} {b / 2**20:,.0f} MB" for r, b in enumerate(peaks[name])), flush=True)
 
-        stream, _ = open_split([root.child("shards-10N")], "train", cache_dir=cache)
-        loader = single_source(stream, 128, 8, rank=0, world_size=2, seed=0)
+        stream, _ = open_split([root.child("shards-10N")], "train", TokenCache(cache, 100 << 30))
+        loader = MicroBatches(DataMixture([TokenWindows(stream, 128, 0)], [1.0], 0), 8, rank=0, world_size=2)
         started = time.perf_counter()
         for step in range(500):
             loader.at(step * loader.samples_per_micro_step)
         gather_s = (time.perf_counter() - started) / 500
         step_s = summaries["10N"]["train_loop_s"] / summaries["10N"]["steps"]
-        print(f"loader: {gather_s * 1e6:,.0f} us per micro-batch from the 10N map; a training step {step_s * 1e3:,.0f} ms: "
-              f"{step_s / gather_s:,.0f}x")
+        print(
+            f"loader: {gather_s * 1e6:,.0f} us per micro-batch from the 10N map; a training step {step_s * 1e3:,.0f} ms: "
+            f"{step_s / gather_s:,.0f}x"
+        )
         print(f"rank peak RSS ratio 10x tokens = {max(peaks['10N']) / max(peaks['N']):.2f}x")
 
 

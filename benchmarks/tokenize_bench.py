@@ -25,7 +25,17 @@ import pyarrow.parquet as pq
 
 from llm_pipeline.corpus.build import DOCUMENT_SCHEMA, CorpusConfig, build_corpus, iter_documents
 from llm_pipeline.corpus.filters import FilterConfig, document_id
+from llm_pipeline.corpus.manifest import (
+    Cleaning,
+    CorpusManifest,
+    Decontaminated,
+    DedupIndexSummary,
+    NearDedupSettings,
+    SegmentSummary,
+)
 from llm_pipeline.storage.folders import Storage
+from llm_pipeline.storage.manifests import write_manifest
+from llm_pipeline.storage.parquet_shards import ParquetFile
 from llm_pipeline.tokenize.bpe import load_tokenizer, tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder, tiktoken_encoding
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
@@ -43,10 +53,12 @@ def leg_ours(corpus: Storage, out: Storage, tok_json: str, cfg: ShardConfig | No
     so that every leg is credited with the same tokens."""
     tok = load_tokenizer(tok_json)
     start = time.perf_counter()
-    manifest = write_shards(corpus, out, DocumentEncoder(tok, "tiktoken"), tok.get_vocab_size(), tokenizer_hash(tok_json), cfg or ShardConfig())
-    dropped = (manifest["decontamination"] or {}).get("dropped_as_eval_overlap", {"documents": 0, "tokens": 0})
-    written = manifest["splits"]["train"]["tokens"] + manifest["splits"]["val"]["tokens"]
-    return time.perf_counter() - start, written + dropped["tokens"] + dropped["documents"]  # + their EOS
+    manifest = write_shards(
+        corpus, out, DocumentEncoder(tok, "tiktoken"), tok.get_vocab_size(), tokenizer_hash(tok_json), cfg or ShardConfig()
+    )
+    written = manifest.splits["train"].tokens + manifest.splits["val"].tokens
+    dropped = manifest.decontamination.dropped_as_eval_overlap if manifest.decontamination else None
+    return time.perf_counter() - start, written + (dropped.tokens + dropped.documents if dropped else 0)  # + their EOS
 
 
 def leg_tokenizers(corpus: Storage, out_path: str, tok_json: str) -> tuple[float, int]:
@@ -77,14 +89,60 @@ def make_big_corpus(texts: list[str], out: Storage, target_bytes: int) -> int:
             if row_bytes >= 64_000_000:
                 name = f"documents-{shard:05d}.parquet"
                 pq.write_table(pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA), out.full(name), compression="zstd")
-                shards.append({"name": name, "rows": len(rows)})
+                shards.append(ParquetFile(name=name, rows=len(rows), size=row_bytes, bytes=out.size(name), sha256=out.sha256(name)))
                 written += row_bytes
                 shard, rows, row_bytes = shard + 1, [], 0
                 if written >= target_bytes:
                     break
         copy += 1
-    out.write_json("manifest.json", {"shards": shards, "text_bytes": written})
+    write_manifest(out, _generated_manifest(shards, written).model_dump(mode="json"))
     return written
+
+
+def _generated_manifest(shards: list[ParquetFile], text_bytes: int) -> CorpusManifest:
+    """The manifest of a corpus written here rather than by build_corpus: its shards, nothing cleaned."""
+    documents = sum(s.rows for s in shards)
+    return CorpusManifest(
+        source_uri="generated",
+        glob="",
+        exclude=(),
+        format="parquet",
+        text_field="text",
+        files_listed=None,
+        max_bytes=None,
+        files_matched=0,
+        files_read=0,
+        files_skipped=0,
+        skipped={},
+        records=documents,
+        documents=documents,
+        text_bytes=text_bytes,
+        bytes_read=0,
+        decoded_bytes=0,
+        dropped={},
+        modified={},
+        cleaning=Cleaning(
+            preset="minimal",
+            files_by_preset={},
+            steps={},
+            languages=(),
+            min_language_score=0.0,
+            rule_settings={},
+            decontaminated_against=Decontaminated(tasks=(), n=0),
+        ),
+        dropped_examples={},
+        duplicates_of_earlier_batches=0,
+        dedup_index=DedupIndexSummary(
+            segment=SegmentSummary(format=0, documents=0, near_dedup=False, exact_rows=0, band_rows=0, bytes=0),
+            earlier_documents=0,
+            earlier_bytes=0,
+        ),
+        deduplicated_against=(),
+        near_dedup=NearDedupSettings(enabled=False, threshold=0.0, num_perm=0, bands=0, shingle_words=0, library=""),
+        shards=tuple(shards),
+        quarantine=(),
+        files=(),
+    )
 
 
 def big_child(corpus_dir: str, out_dir: str, tok_path: str) -> None:
@@ -96,11 +154,11 @@ def big_child(corpus_dir: str, out_dir: str, tok_path: str) -> None:
 def loader_vs_trainer(tokens: np.ndarray) -> tuple[float, float]:
     import torch
 
-    from llm_pipeline.train.data import single_source
+    from llm_pipeline.train.data import DataMixture, MicroBatches, TokenWindows
     from llm_pipeline.train.model import CausalLM
     from llm_pipeline.train.model_config import ModelConfig
 
-    loader = single_source(tokens, 128, 16, seed=0)
+    loader = MicroBatches(DataMixture([TokenWindows(tokens, 128, 0)], [1.0], 0), 16, 0, 1)
     start, n = time.perf_counter(), 0
     for k in range(2000):
         x, _ = loader.at(k * 16)
@@ -141,15 +199,17 @@ def main() -> int:
         mb = sum(len(x.encode()) for x in texts) / 1e6
         tok = train_bpe(iter(texts[: len(texts) // 4]), args.vocab)
         tok_json = tok.to_str()
-        print(f"corpus: {len(texts)} documents, {mb:.1f} MB (built in {time.perf_counter() - t:.1f}s); "
-              f"vocab {args.vocab}; {THREADS} cores")
+        print(f"corpus: {len(texts)} documents, {mb:.1f} MB (built in {time.perf_counter() - t:.1f}s); vocab {args.vocab}; {THREADS} cores")
 
         sa, na = leg_ours(corpus, root.child("shards"), tok_json)
         sb, nb = leg_tokenizers(corpus, os.path.join(tmp, "hf.parquet"), tok_json)
         sc, nc = leg_tiktoken(texts, tok_json)
         assert na == nb == nc, f"token counts differ: ours {na}, tokenizers {nb}, tiktoken {nc}"
-        rows = [("(a) ours: read + encode + write shards", sa), ("(b) tokenizers encode_batch + write_table", sb),
-                ("(c) tiktoken encode_ordinary_batch, no I/O", sc)]
+        rows = [
+            ("(a) ours: read + encode + write shards", sa),
+            ("(b) tokenizers encode_batch + write_table", sb),
+            ("(c) tiktoken encode_ordinary_batch, no I/O", sc),
+        ]
         for name, s in rows:
             print(f"{name:45s} {na / s / 1e6:6.2f} M tokens/s {mb / s:7.2f} MB/s  ({s:.2f}s)")
         print(f"ratio (a)/(b) = {sb / sa:.2f}x   (target >= 4)")
@@ -164,12 +224,15 @@ def main() -> int:
         on, off = min(times[13]), min(times[0])
         print(f"decontamination against the validation split: {on:.2f}s vs {off:.2f}s without, +{100 * (on / off - 1):.1f}%")
 
-        from llm_pipeline.train.data import load_split_tokens
+        from llm_pipeline.train.token_store import TokenCache, open_split
 
-        train_tokens, _ = load_split_tokens(root.child("shards"), "train")
+        stream, _ = open_split([root.child("shards")], "train", TokenCache(os.path.join(tmp, "token-cache"), 100 << 30))
+        train_tokens = np.concatenate([np.asarray(array) for array in stream.arrays])
         loader_rate, train_rate = loader_vs_trainer(train_tokens)
-        print(f"loader {loader_rate / 1e6:.2f} M tokens/s vs one training step (default model, fp32, 16x128) "
-              f"{train_rate:,.0f} tokens/s: {loader_rate / train_rate:,.0f}x   (target >= 20)")
+        print(
+            f"loader {loader_rate / 1e6:.2f} M tokens/s vs one training step (default model, fp32, 16x128) "
+            f"{train_rate:,.0f} tokens/s: {loader_rate / train_rate:,.0f}x   (target >= 20)"
+        )
 
         if args.big_gb > 0:
             big = root.child("big")
@@ -178,11 +241,17 @@ def main() -> int:
             tok_path = os.path.join(tmp, "tokenizer.json")
             with open(tok_path, "w") as f:
                 f.write(tok_json)
-            out = subprocess.run([sys.executable, "-m", "benchmarks.tokenize_bench", "--big-child", big.path,
-                                  root.child("big_shards").path, tok_path], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.tokenize_bench", "--big-child", big.path, root.child("big_shards").path, tok_path],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             seconds, tokens, peak = out.stdout.split()
-            print(f"(a) on a {size / 1e9:.2f} GB corpus: {int(tokens) / float(seconds) / 1e6:.2f} M tokens/s, "
-                  f"{size / 1e6 / float(seconds):.1f} MB/s, peak RSS {int(peak) / 1e9:.2f} GB   (target < 1.5 GB)")
+            print(
+                f"(a) on a {size / 1e9:.2f} GB corpus: {int(tokens) / float(seconds) / 1e6:.2f} M tokens/s, "
+                f"{size / 1e6 / float(seconds):.1f} MB/s, peak RSS {int(peak) / 1e9:.2f} GB   (target < 1.5 GB)"
+            )
     return 0
 
 

@@ -38,8 +38,18 @@ CORES = os.cpu_count() or 1
 
 def ours(root: Storage, shards: Storage, vocab: int, args, stage: int, nproc: int, round_: int) -> dict:
     run = root.child(f"run-z{stage}-w{nproc}-{round_}")  # a run folder of its own: the same one would resume, finished
-    cfg = TrainConfig(shards_uris=(shards.uri,), run_uri=run.uri, model=preset_config(args.preset, vocab), steps=args.steps,
-                      zero_stage=stage, dtype="fp32", checkpoint_every=20, log_every=10, micro_batch=16, seq_len=128)
+    cfg = TrainConfig(
+        shards_uris=(shards.uri,),
+        run_uri=run.uri,
+        model=preset_config(args.preset, vocab),
+        steps=args.steps,
+        zero_stage=stage,
+        dtype="fp32",
+        checkpoint_every=20,
+        log_every=10,
+        micro_batch=16,
+        seq_len=128,
+    )
     run.write_bytes("train_config.json", cfg.to_json().encode())
     launch = LaunchConfig(launcher="deepspeed" if nproc > 1 else "none", nproc=nproc)
     env = {**os.environ, **launch_env(launch)}
@@ -50,8 +60,7 @@ def ours(root: Storage, shards: Storage, vocab: int, args, stage: int, nproc: in
 def bare(args, ddp: bool, allocator: bool = False) -> float:
     script = ["-m", "benchmarks.bare_train", "--preset", args.preset, "--steps", str(args.steps)]
     if ddp:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               *script, "--ddp"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), *script, "--ddp"]
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, CORES // 2))}
     else:
         cmd, env = [sys.executable, *script], {**os.environ, "OMP_NUM_THREADS": str(CORES)}
@@ -79,8 +88,10 @@ def main() -> int:
         shards = root.child("shards")
         write_shards(root.child("corpus"), shards, DocumentEncoder(tok, "tiktoken"), 4096, tokenizer_hash(tok.to_str()), ShardConfig())
         params = preset_config(args.preset, 4096).num_params()
-        print(f"model: preset {args.preset}, {params / 1e6:.2f}M params; 16x128 tokens per rank per step, fp32, "
-              f"{args.steps} steps (checkpoints every 20), {CORES} cores, {args.repeats} interleaved rounds (medians)")
+        print(
+            f"model: preset {args.preset}, {params / 1e6:.2f}M params; 16x128 tokens per rank per step, fp32, "
+            f"{args.steps} steps (checkpoints every 20), {CORES} cores, {args.repeats} interleaved rounds (medians)"
+        )
         # One machine's speed drifts by 10% from minute to minute: each round runs every configuration once,
         # so a ratio compares runs minutes apart at most.
         runs = {"bare": [], "ddp": [], "z2w1": [], "z2w2": [], "z3w2": []}
@@ -94,23 +105,31 @@ def main() -> int:
         step = {k: _median([s["steady_tokens_per_s"] for s in runs[k]]) for k in ("z2w1", "z2w2", "z3w2")}
         loop = {k: _median([s["tokens_per_s"] for s in runs[k]]) for k in ("z2w1", "z2w2", "z3w2")}
         base = {k: _median(runs[k]) for k in ("bare", "ddp")}
-        for name, rate in (("bare loop, world 1 (+ our allocator env)", base["bare"]), ("DDP, world 2 (+ our allocator env)", base["ddp"]),
-                           ("bare loop as a user starts it", plain_bare), ("DDP as a user starts it", plain_ddp)):
+        for name, rate in (
+            ("bare loop, world 1 (+ our allocator env)", base["bare"]),
+            ("DDP, world 2 (+ our allocator env)", base["ddp"]),
+            ("bare loop as a user starts it", plain_bare),
+            ("DDP as a user starts it", plain_ddp),
+        ):
             print(f"{name:44s} {rate:9,.0f} tokens/s")
         for key, name in (("z2w1", "ours, ZeRO-2, world 1"), ("z2w2", "ours, ZeRO-2, world 2"), ("z3w2", "ours, ZeRO-3, world 2")):
             print(f"{name:44s} {step[key]:9,.0f} tokens/s a step ({loop[key]:,.0f} over the whole loop, checkpoint saves included)")
-            phases = ", ".join(f"{phase} {_median([s['step_host_ms'][phase] for s in runs[key]]):.1f}"
-                               for phase in runs[key][0]["step_host_ms"])
+            phases = ", ".join(
+                f"{phase} {_median([s['step_host_ms'][phase] for s in runs[key]]):.1f}" for phase in runs[key][0]["step_host_ms"]
+            )
             print(f"{'':44s} host ms per step: {phases}")
         world1, zero2, zero3 = step["z2w1"] / base["bare"], step["z2w2"] / base["ddp"], step["z3w2"] / base["ddp"]
         print("like for like (a step against a baseline step, both with the allocator env our launcher sets):")
         print(f"  ours/bare, world 1    = {world1:.3f}x (target >= 0.97); whole loop with saves {loop['z2w1'] / base['bare']:.3f}x")
         print(f"  ZeRO-2/DDP, world 2   = {zero2:.3f}x (target >= 0.97); whole loop with saves {loop['z2w2'] / base['ddp']:.3f}x")
         print(f"  ZeRO-3/DDP, world 2   = {zero3:.3f}x (target >= 0.90); whole loop with saves {loop['z3w2'] / base['ddp']:.3f}x")
-        print("against the baselines as a user starts them (no allocator env): "
-              f"ours/bare {step['z2w1'] / plain_bare:.3f}x, ZeRO-2/DDP {step['z2w2'] / plain_ddp:.3f}x, ZeRO-3/DDP {step['z3w2'] / plain_ddp:.3f}x")
+        print(
+            "against the baselines as a user starts them (no allocator env): "
+            f"ours/bare {step['z2w1'] / plain_bare:.3f}x, ZeRO-2/DDP {step['z2w2'] / plain_ddp:.3f}x, ZeRO-3/DDP {step['z3w2'] / plain_ddp:.3f}x"
+        )
         print(f"ours/bare same env = {world1:.2f}x, ZeRO-2/DDP same env = {zero2:.2f}x")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import dagster as dg
 import yaml
@@ -59,16 +58,21 @@ data_automation = dg.AutomationConditionSensorDefinition(
 )
 
 
-@dg.schedule(
-    job=training_job,
-    # A cron string from the environment; the default retrains weekly, Sunday 03:00. Stopped until
-    # switched on: it spends compute whether or not data arrived.
-    cron_schedule=os.environ.get("LLM_PIPELINE_RETRAIN_CRON", "0 3 * * 0"),
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Retrains on every corpus batch on a cron, evaluates, and publishes if the checks pass.",
-)
-def retraining_schedule(context: dg.ScheduleEvaluationContext, automation: AutomationSettings):
-    return dg.RunRequest(run_config=training_run_config(automation), tags={"llm_pipeline/trigger": "schedule"})
+def retraining_schedule(cron: str) -> dg.ScheduleDefinition:
+    """Retraining on `cron` (AutomationSettings.retrain_cron: a schedule's cron is fixed when the
+    definitions load). Stopped until switched on: it spends compute whether or not data arrived."""
+
+    @dg.schedule(
+        name="retraining_schedule",
+        job=training_job,
+        cron_schedule=cron,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Retrains on every corpus batch on a cron, evaluates, and publishes if the checks pass.",
+    )
+    def schedule(context: dg.ScheduleEvaluationContext, automation: AutomationSettings):
+        return dg.RunRequest(run_config=training_run_config(automation), tags={"llm_pipeline/trigger": "schedule"})
+
+    return schedule
 
 
 def training_run_config(settings: AutomationSettings) -> dict:

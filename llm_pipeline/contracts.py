@@ -24,6 +24,10 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from llm_pipeline.evaluate.results import Baseline, ContaminationReport, HarnessResult, Sample
+from llm_pipeline.train.config import TrainConfig
+from llm_pipeline.train.summary import SourceMix
+
 
 class StageValue(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -80,11 +84,11 @@ class CheckpointRef(StageValue):
     steps: int
     tokens_seen: int
     final_loss: float
-    train_config: dict[str, Any]  # train/config.py TrainConfig, as the trainer read it
+    train_config: TrainConfig  # as the trainer read it
     data: tuple[ShardSetRef, ...]  # the batches trained on, in batch order
     tokenizer_sha256: str
     init_from: str  # the published version it started from; "" from scratch
-    mixture: dict[str, Any]  # the realized mix per source, for the model card
+    mixture: dict[str, SourceMix]  # the realized mix per source, for the model card
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -127,18 +131,10 @@ class Gates(BaseModel):
     max_contamination: float
 
 
-class Sample(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    prompt: str
-    completion: str
-
-
 class EvalReport(StageValue):
-    """The evaluation of one checkpoint (`checkpoint_uri`), with the gates the checks apply.
-
-    `harness`, `contamination` and `baseline` keep the shapes their producers give them
-    (lm-evaluation-harness results, evaluate/contamination.py, evaluate/metrics.py held_out_loss)."""
+    """The evaluation of one checkpoint (`checkpoint_uri`), with the gates the checks apply: its held-out
+    numbers (evaluate/results.py HeldOutMetrics, field by field), the harness scores, the contamination
+    report and the published model's numbers on the same documents."""
 
     checkpoint_uri: str  # the evaluated CheckpointRef.final_uri: published_model publishes only this one
     checkpoint: str
@@ -152,12 +148,12 @@ class EvalReport(StageValue):
     window: int
     dtype: str
     samples: tuple[Sample, ...]
-    harness: Optional[dict[str, Any]]
-    harness_skipped: dict[str, str]
-    contamination: dict[str, Any]
-    seconds: dict[str, float]
+    harness: Optional[HarnessResult]  # None when no harness task ran
+    harness_skipped: dict[str, str]  # task -> why it was left out
+    contamination: ContaminationReport
+    seconds: dict[str, float]  # by part: held_out, harness, contamination
     gates: Gates
-    baseline: Optional[dict[str, Any]]
+    baseline: Optional[Baseline]  # None when nothing is published to compare with
 
     def metadata(self) -> dict[str, Any]:
         return {"tokens_evaluated": self.tokens_evaluated, "documents_evaluated": self.documents_evaluated, "dtype": self.dtype}

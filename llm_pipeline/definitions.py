@@ -25,7 +25,14 @@ from llm_pipeline.automation import (
     retraining_sensor,
     training_job,
 )
-from llm_pipeline.resources import AutomationSettings, JsonIOManager, RayClusterResource, StorageResource, default_storage_root
+from llm_pipeline.resources import (
+    AutomationSettings,
+    JsonIOManager,
+    RayClusterResource,
+    StorageResource,
+    cron_string,
+    default_storage_root,
+)
 
 ASSETS = [raw_corpus, tokenizer, tokenized_shards, trained_checkpoint, eval_metrics, published_model]
 CHECKS = [
@@ -37,43 +44,62 @@ CHECKS = [
 ]
 
 
-def _setting(name: str, default, as_int: bool = False):
-    """A resource value from LLM_PIPELINE_<name> (as dg.EnvVar: read when a run starts, shown as the
-    variable in the UI, never as its value), else the default a newcomer gets."""
-    variable = f"LLM_PIPELINE_{name}"
-    if not os.environ.get(variable):
-        return default
-    return dg.EnvVar.int(variable) if as_int else dg.EnvVar(variable)
+def _environment(resource: type[dg.ConfigurableResource], **variables: str) -> dict:
+    """The fields of `resource` whose variable LLM_PIPELINE_<name> is set, as dg.EnvVar: read when a run
+    starts, shown in the UI as the variable, never as its value. A field whose variable is not set is
+    left out: the resource's own default is what a newcomer gets."""
+    values: dict = {}
+    for field, name in variables.items():
+        variable = f"LLM_PIPELINE_{name}"
+        if os.environ.get(variable):
+            values[field] = dg.EnvVar.int(variable) if resource.model_fields[field].annotation is int else dg.EnvVar(variable)
+    return values
 
 
 def make_resources(root_uri: str | None = None) -> dict:
+    given = {"root_uri": root_uri} if root_uri else {}  # a test's or a script's own root, over the variable
     storage = StorageResource(
-        root_uri=root_uri or _setting("STORAGE_ROOT", default_storage_root()),
-        s3_endpoint_url=_setting("S3_ENDPOINT_URL", None),
+        **{
+            "root_uri": default_storage_root(),
+            **_environment(StorageResource, root_uri="STORAGE_ROOT", s3_endpoint_url="S3_ENDPOINT_URL"),
+            **given,
+        }
     )
     return {
         "storage": storage,
         "io_manager": JsonIOManager(storage=storage),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
         "ray_cluster": RayClusterResource(
-            address=_setting("RAY_ADDRESS", ""), driver_address=_setting("RAY_DRIVER_ADDRESS", ""), python=_setting("RAY_PYTHON", "")
+            **_environment(RayClusterResource, address="RAY_ADDRESS", driver_address="RAY_DRIVER_ADDRESS", python="RAY_PYTHON")
         ),
         "automation": AutomationSettings(
-            landing_uri=_setting("LANDING_URI", ""),
-            retrain_min_new_tokens=_setting("RETRAIN_MIN_NEW_TOKENS", 1, as_int=True),
-            training_run_config=_setting("TRAINING_RUN_CONFIG", ""),
-            landing_quiet_seconds=_setting("LANDING_QUIET_SECONDS", 3600, as_int=True),
+            **_environment(
+                AutomationSettings,
+                landing_uri="LANDING_URI",
+                retrain_min_new_tokens="RETRAIN_MIN_NEW_TOKENS",
+                training_run_config="TRAINING_RUN_CONFIG",
+                landing_quiet_seconds="LANDING_QUIET_SECONDS",
+                retrain_cron="RETRAIN_CRON",
+            )
         ),
     }
 
+
+def schedule_cron(automation: AutomationSettings) -> str:
+    """The retraining cron, resolved now: a schedule's cron is part of its definition."""
+    cron = automation.retrain_cron
+    return cron_string(cron.get_value() or "", cron.env_var_name) if isinstance(cron, dg.EnvVar) else cron
+
+
+RESOURCES = make_resources()
 
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
     jobs=[pipeline_job, training_job],
-    schedules=[retraining_schedule],
+    schedules=[retraining_schedule(schedule_cron(RESOURCES["automation"]))],
     sensors=[new_corpus_sensor, retraining_sensor, data_automation],
-    resources=make_resources(),
+    resources=RESOURCES,
     # Every step in the run's own process: a step process of its own would load Dagster and these
     # definitions again (and the evaluation steps torch), for each of a training run's eight steps,
     # while the heavy work has processes of its own already (the trainer's ranks, through Pipes).

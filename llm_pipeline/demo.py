@@ -56,19 +56,18 @@ def _process_output_to(log_file: str):
 
 def _harness_lines(metrics: EvalReport) -> list[str]:
     """lm-evaluation-harness's view of the same model, and the contamination figure."""
+    shown: dict[str, list[str]] = {}
+    for task, metric, v in metrics.harness.scores() if metrics.harness else ():
+        if metric != "word_perplexity":
+            shown.setdefault(task, []).append(f"{metric} {v.value:.4f}" + (f" ± {v.stderr:.4f}" if v.stderr is not None else ""))
     lines = []
-    for task, results in ((metrics.harness or {}).get("results") or {}).items():
-        shown = ", ".join(
-            f"{name} {v['value']:.4f}" + (f" ± {v['stderr']:.4f}" if v["stderr"] is not None else "")
-            for name, v in results.items()
-            if name != "word_perplexity"
-        )
+    for task, scores in shown.items():
         chance = f" (chance {1 / CHOICES:.2f})" if task == CONTINUATION_TASK else ""
-        lines.append(f"{'lm-eval':<16}: {task.removeprefix('llm_pipeline_')} {shown}{chance}")
+        lines.append(f"{'lm-eval':<16}: {task.removeprefix('llm_pipeline_')} {', '.join(scores)}{chance}")
     report = metrics.contamination
     lines.append(
-        f"{'contamination':<16}: {report['fraction']:.1%} of eval documents have >= {report['min_overlap']:.0%} "
-        f"of their {report['n']}-grams in the training split"
+        f"{'contamination':<16}: {report.fraction:.1%} of eval documents have >= {report.min_overlap:.0%} "
+        f"of their {report.n}-grams in the training split"
     )
     return lines
 

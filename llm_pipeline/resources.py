@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from typing import Optional
 
 import dagster as dg
+from dagster._utils.schedules import is_valid_cron_string  # what ScheduleDefinition itself checks
 from pydantic import Field, TypeAdapter, field_validator
 
-from llm_pipeline.storage.folders import Storage
+from llm_pipeline.storage.folders import Storage, bounded
 from llm_pipeline.storage.names import check_name
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,9 +56,17 @@ class StorageResource(dg.ConfigurableResource):
         return {f"FSSPEC_{protocol.upper()}": json.dumps(options)} if protocol and options else {}
 
 
+def cron_string(value: str, name: str) -> str:
+    """`value` when it is a cron string Dagster schedules on; ValueError naming `name` otherwise."""
+    if not is_valid_cron_string(value):
+        raise ValueError(f"{name} must be a cron string (minute hour day month weekday), got {bounded(value)!r}")
+    return value
+
+
 class AutomationSettings(dg.ConfigurableResource):
     """What the sensors watch and when retraining starts (LLM_PIPELINE_LANDING_URI,
-    LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS, LLM_PIPELINE_TRAINING_RUN_CONFIG, LLM_PIPELINE_LANDING_QUIET_SECONDS)."""
+    LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS, LLM_PIPELINE_TRAINING_RUN_CONFIG, LLM_PIPELINE_LANDING_QUIET_SECONDS,
+    LLM_PIPELINE_RETRAIN_CRON)."""
 
     landing_uri: str = Field(default="", description="folder watched for new corpus files; empty: <storage root>/landing")
     retrain_min_new_tokens: int = Field(default=1, description="retrain once this many new training tokens have been tokenized (>= 1)")
@@ -72,6 +81,17 @@ class AutomationSettings(dg.ConfigurableResource):
         description="a delivery (a folder or file directly under the landing folder) unchanged this long, its files all taken, "
         "is sealed: not listed again, so a tick costs the same however many files were taken before",
     )
+
+    retrain_cron: str = Field(
+        default="0 3 * * 0",
+        description="when retraining_schedule starts a training run (cron; the default is weekly, Sunday 03:00); "
+        "read when the definitions load, as a schedule's cron is",
+    )
+
+    @field_validator("retrain_cron", mode="before")
+    @classmethod
+    def _a_cron(cls, value):
+        return value if isinstance(value, dg.EnvVar) else cron_string(value, "retrain_cron")
 
     @field_validator("retrain_min_new_tokens", mode="before")
     @classmethod

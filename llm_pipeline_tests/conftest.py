@@ -10,6 +10,7 @@ import pytest
 
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import train_bpe
+from llm_pipeline.train.launch import free_port
 
 # Under pytest-xdist (`make test` runs two workers), each worker gets a temporary folder of its own, for
 # itself and every process it starts: a path derived from a test's inputs alone (a remote root's
@@ -54,8 +55,20 @@ def pytest_terminal_summary(terminalreporter):
 
 # Small, real Python source documents (from this repo's interpreter) for fast tests.
 _STDLIB = os.path.dirname(os.__file__)
-SAMPLE_FILES = ["argparse.py", "json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "fnmatch.py",
-                "shlex.py", "heapq.py", "bisect.py", "glob.py", "keyword.py", "colorsys.py"]
+SAMPLE_FILES = [
+    "argparse.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "textwrap.py",
+    "string.py",
+    "fnmatch.py",
+    "shlex.py",
+    "heapq.py",
+    "bisect.py",
+    "glob.py",
+    "keyword.py",
+    "colorsys.py",
+]
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +90,6 @@ def storage(tmp_path) -> Storage:
     return Storage(str(tmp_path / "root"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -99,8 +106,9 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> Non
 def s3_endpoint():
     """A real S3 API server (moto in server mode) on loopback, with a bucket, for s3fs."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for_port(port, proc)
         endpoint = f"http://127.0.0.1:{port}"
@@ -125,9 +133,18 @@ def gcs_bucket():
     first ask a gRPC control API, which the emulator does not serve, about each bucket (read at import)."""
     port = free_port()
     env = {**os.environ, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator"), "start",
-                             "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator"),
+            "start",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--in-memory",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     try:
         wait_for_port(port, proc)
         os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
@@ -140,7 +157,6 @@ def gcs_bucket():
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
         proc.terminate()
         proc.wait(timeout=10)
-
 
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -167,8 +183,17 @@ class Postgres:
         assert proc.returncode == 0, f"{' '.join(cmd)} failed: {proc.stderr or proc.stdout}"
 
     def start(self) -> None:
-        self._run(f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "start",
-                  "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1")
+        self._run(
+            f"{PG_BIN}/pg_ctl",
+            "-D",
+            self.data,
+            "-l",
+            self.log,
+            "-w",
+            "start",
+            "-o",
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1",
+        )
 
     def stop(self) -> None:
         self._run(f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
@@ -180,8 +205,13 @@ class Postgres:
 
     def env(self) -> dict[str, str]:
         """What deploy/postgres/dagster.yaml reads."""
-        return {"DAGSTER_PG_USERNAME": "dagster", "DAGSTER_PG_PASSWORD": "unused-with-trust-auth", "DAGSTER_PG_HOST": "127.0.0.1",
-                "DAGSTER_PG_DB": "dagster", "DAGSTER_PG_PORT": str(self.port)}
+        return {
+            "DAGSTER_PG_USERNAME": "dagster",
+            "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_DB": "dagster",
+            "DAGSTER_PG_PORT": str(self.port),
+        }
 
 
 @pytest.fixture

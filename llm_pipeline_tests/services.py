@@ -1,6 +1,7 @@
 """The Dagster services as a newcomer starts them: `dagster-webserver` and `dagster-daemon run` in a
 fresh copy of the repo, and the GraphQL queries the tests ask them."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,7 +12,8 @@ import time
 
 import requests
 
-from llm_pipeline_tests.conftest import free_port, wait_for_port
+from llm_pipeline.train.launch import free_port
+from llm_pipeline_tests.conftest import wait_for_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -45,8 +47,11 @@ class Dagster:
         # two processes creating a fresh instance's tables at once race ("table ... already exists"),
         # and the loser exits.
         start = dict(cwd=home, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs = [subprocess.Popen([os.path.join(BIN, "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
-                                        "-p", str(self.port)], **start)]
+        self.procs = [
+            subprocess.Popen(
+                [os.path.join(BIN, "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)], **start
+            )
+        ]
         self.url = f"http://127.0.0.1:{self.port}"
         try:
             wait_for_port(self.port, self.procs[0], timeout=120)
@@ -60,8 +65,10 @@ class Dagster:
     def _check_code_location(self) -> None:
         """The webserver serves even when the code failed to load (the UI shows the error, and every
         query then answers with no assets): fail here, with Dagster's message, instead."""
-        data = self.query("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
-                          "locationOrLoadError { __typename ... on PythonError { message } } } } } }")
+        data = self.query(
+            "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+            "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+        )
         entries = data["workspaceOrError"]["locationEntries"]
         errors = [e["locationOrLoadError"].get("message", "") for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"]
         assert entries and not errors, f"the code location did not load: {errors or entries}; see {self.log.name}"
@@ -87,8 +94,9 @@ class Dagster:
         self.log.close()
 
     def in_progress_runs(self) -> list[str]:
-        data = self.query('{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) '
-                          '{ ... on Runs { results { runId } } } }')
+        data = self.query(
+            "{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) { ... on Runs { results { runId } } } }"
+        )
         return [r["runId"] for r in data["runsOrError"]["results"]]
 
     def query(self, query: str) -> dict:
@@ -100,18 +108,27 @@ class Dagster:
         """A run of these assets, launched as the UI's Materialize does; its run id."""
         return self._launch("launchRun", assets, run_config, {"tags": _tag_list(tags or {})})
 
-    def reexecute(self, parent_run_id: str, assets: list[str], steps: list[str], run_config: dict,
-                  tags: dict[str, str]) -> str:
+    def reexecute(self, parent_run_id: str, assets: list[str], steps: list[str], run_config: dict, tags: dict[str, str]) -> str:
         """A re-execution of some of a run's steps, launched as the UI's Re-execute -> Selected steps does; its run id."""
         metadata = {"parentRunId": parent_run_id, "rootRunId": parent_run_id, "tags": _tag_list(tags)}
         return self._launch("launchPipelineReexecution", assets, run_config, metadata, stepKeys=steps)
 
     def _launch(self, mutation: str, assets: list[str], run_config: dict, metadata: dict, **params) -> str:
-        params |= {"selector": {**REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
-                   "runConfigData": run_config, "executionMetadata": metadata}
-        body = requests.post(f"{self.url}/graphql", timeout=60, json={"variables": {"p": params}, "query": f"""
+        params |= {
+            "selector": {**REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
+            "runConfigData": run_config,
+            "executionMetadata": metadata,
+        }
+        body = requests.post(
+            f"{self.url}/graphql",
+            timeout=60,
+            json={
+                "variables": {"p": params},
+                "query": f"""
             mutation($p: ExecutionParams!) {{ {mutation}(executionParams: $p) {{
-              __typename ... on LaunchRunSuccess {{ run {{ runId }} }} ... on PythonError {{ message }} }} }}"""}).json()
+              __typename ... on LaunchRunSuccess {{ run {{ runId }} }} ... on PythonError {{ message }} }} }}""",
+            },
+        ).json()
         assert body["data"][mutation]["__typename"] == "LaunchRunSuccess", body
         return body["data"][mutation]["run"]["runId"]
 
@@ -152,12 +169,14 @@ class Dagster:
         return [r["runId"] for r in self.run_records(job)]
 
     def failed_runs(self) -> list[str]:
-        data = self.query('{ runsOrError(filter: {statuses: [FAILURE]}) { ... on Runs { results { runId jobName } } } }')
+        data = self.query("{ runsOrError(filter: {statuses: [FAILURE]}) { ... on Runs { results { runId jobName } } } }")
         return [r["runId"] for r in data["runsOrError"]["results"]]
 
     def run_records(self, job: str) -> list[dict]:
-        data = self.query(f'{{ runsOrError(filter: {{pipelineName: "{job}"}}) {{ ... on Runs {{ results {{ runId status startTime endTime '
-                          f'tags {{ key value }} }} }} }} }}')
+        data = self.query(
+            f'{{ runsOrError(filter: {{pipelineName: "{job}"}}) {{ ... on Runs {{ results {{ runId status startTime endTime '
+            f"tags {{ key value }} }} }} }} }}"
+        )
         return data["runsOrError"]["results"]
 
     def wait_for(self, what: str, condition, timeout: float, failed_runs_allowed: bool = False):
@@ -180,18 +199,14 @@ def _end_groups(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         _signal_group(p, signal.SIGTERM)
     for p in procs:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
         _signal_group(p, signal.SIGKILL)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _entry_value(entry: dict):

@@ -27,22 +27,25 @@ from llm_pipeline.corpus.clean import record_source
 from llm_pipeline.corpus.landing import LandingError, read_cursor
 from llm_pipeline.corpus.sources import CorpusSourceError, list_sources
 from llm_pipeline.definitions import make_resources
+from llm_pipeline.evaluate.results import ContaminationReport, HarnessResult, Score, SetContamination
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.storage.folders import NotARegularFile, Storage
 from llm_pipeline.train.config import TrainConfig
 from llm_pipeline.train.data import DataMixture, ShardError, TokenWindows, read_shard_manifest
 from llm_pipeline.train.model_config import ModelConfig
-from llm_pipeline.train.token_store import open_split
+from llm_pipeline.train.token_store import TokenCache, open_split
 from llm_pipeline_tests.helpers import distinct_text, eval_report, make_shards, published
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = "a perfectly ordinary document about the weather, long enough to pass every filter. " * 3
+
+
 def _records(n: int, start: int = 0) -> bytes:
     return b"".join(json.dumps({"text": distinct_text(i)}).encode() + b"\n" for i in range(start, start + n))
 
 
 def _build(src, out, **cfg) -> dict:
-    return build_corpus(CorpusConfig(source_uri=str(src), **cfg), Storage(str(out)))
+    return build_corpus(CorpusConfig(source_uri=str(src), **cfg), Storage(str(out))).model_dump(mode="json")
 
 
 def _cli(*args, timeout=300) -> subprocess.CompletedProcess:
@@ -57,6 +60,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
 
 
 # --- lost silently: a compressed stream cut short ----------------------------------------------------
+
 
 def _two_frames(checksum: bool = True) -> tuple[bytes, int]:
     compressor = zstandard.ZstdCompressor(write_checksum=checksum)
@@ -91,8 +95,12 @@ def test_a_zstd_frame_missing_its_announced_checksum_is_corrupt(tmp_path):
 def test_any_compressed_file_cut_inside_its_stream_is_reported(tmp_path_factory, codec, where):
     """Every codec, cut anywhere inside the last frame: what came before is kept and the break is counted."""
     first, second = _records(40), _records(40, start=40)
-    pack = {"zst": lambda b: zstandard.ZstdCompressor(write_checksum=True).compress(b), "gz": gzip.compress,
-            "bz2": bz2.compress, "xz": lzma.compress}[codec]
+    pack = {
+        "zst": lambda b: zstandard.ZstdCompressor(write_checksum=True).compress(b),
+        "gz": gzip.compress,
+        "bz2": bz2.compress,
+        "xz": lzma.compress,
+    }[codec]
     head, tail = pack(first), pack(second)
     tmp = tmp_path_factory.mktemp("cut")
     (tmp / "src").mkdir()
@@ -103,6 +111,7 @@ def test_any_compressed_file_cut_inside_its_stream_is_reported(tmp_path_factory,
 
 
 # --- stops the pipeline: names that are not UTF-8, listings that fail, a broken cursor ---------------
+
 
 def _landing(tmp_path):
     resources = make_resources(str(tmp_path / "root"))
@@ -202,6 +211,7 @@ def test_batch_keys_hash_every_name_the_listing_gives():
 
 # --- slips past a gate or a rule ------------------------------------------------------------------
 
+
 def _failure(run_config: dict) -> str:
     with pytest.raises(dg.Failure) as e:
         validate_run_config(run_config)
@@ -231,20 +241,23 @@ def test_huge_mixture_weights_are_equal_shares_and_tiny_ones_are_refused():
         TrainConfig(shards_uris=("a", "b"), run_uri="r", model=model, mixture={"a": 1e308, "b": 1.0}, shard_sources=("a", "b"))
 
 
-@pytest.mark.parametrize("stage, values, words", [
-    ("trained_checkpoint", {"d_model": 65536, "n_layers": 1000, "n_heads": 64}, ["this run cannot fit", "parameters", "AdamW state"]),
-    ("trained_checkpoint", {"max_seq_len": 10**12}, ["max_seq_len must be <= 2097152, got 1000000000000"]),
-    ("trained_checkpoint", {"micro_batch": 10**12}, ["this run cannot fit", "micro_batch 1000000000000"]),
-    ("trained_checkpoint", {"nproc": 10**6}, ["nproc 1000000 exceeds this node's"]),
-    ("eval_metrics", {"contamination_ngram": 10**9}, ["contamination_ngram must be <= 64"]),
-    ("eval_metrics", {"batch_size": 10**12}, ["batch_size must be <= 4096"]),
-    ("trained_checkpoint", {"steps": 10**18}, ["steps must be <= 1000000000"]),
-    ("trained_checkpoint", {"warmup_steps": 10**9}, ["warmup_steps (1,000,000,000) exceeds steps (180)"]),
-    ("eval_metrics", {"temperature": 1e308}, ["temperature must be <= 100"]),
-    ("eval_metrics", {"max_loss": -1.0}, ["max_loss must be > 0"]),
-    ("eval_metrics", {"max_perplexity": 0.5}, ["max_perplexity must be >= 1"]),
-    ("eval_metrics", {"harness_tasks": ["../../etc/passwd"]}, ["harness task '../../etc/passwd' is not a task name"]),
-])
+@pytest.mark.parametrize(
+    "stage, values, words",
+    [
+        ("trained_checkpoint", {"d_model": 65536, "n_layers": 1000, "n_heads": 64}, ["this run cannot fit", "parameters", "AdamW state"]),
+        ("trained_checkpoint", {"max_seq_len": 10**12}, ["max_seq_len must be <= 2097152, got 1000000000000"]),
+        ("trained_checkpoint", {"micro_batch": 10**12}, ["this run cannot fit", "micro_batch 1000000000000"]),
+        ("trained_checkpoint", {"nproc": 10**6}, ["nproc 1000000 exceeds this node's"]),
+        ("eval_metrics", {"contamination_ngram": 10**9}, ["contamination_ngram must be <= 64"]),
+        ("eval_metrics", {"batch_size": 10**12}, ["batch_size must be <= 4096"]),
+        ("trained_checkpoint", {"steps": 10**18}, ["steps must be <= 1000000000"]),
+        ("trained_checkpoint", {"warmup_steps": 10**9}, ["warmup_steps (1,000,000,000) exceeds steps (180)"]),
+        ("eval_metrics", {"temperature": 1e308}, ["temperature must be <= 100"]),
+        ("eval_metrics", {"max_loss": -1.0}, ["max_loss must be > 0"]),
+        ("eval_metrics", {"max_perplexity": 0.5}, ["max_perplexity must be >= 1"]),
+        ("eval_metrics", {"harness_tasks": ["../../etc/passwd"]}, ["harness task '../../etc/passwd' is not a task name"]),
+    ],
+)
 def test_sizes_that_cannot_fit_or_mean_nothing_are_refused_before_any_work(stage, values, words):
     message = _failure({"ops": {stage: {"config": values}}})
     for word in words:
@@ -260,7 +273,7 @@ def test_the_demo_and_test_sizes_fit():
 def test_a_nan_minimum_is_never_met():
     from llm_pipeline.assets.evaluation import harness_scores_meet_minimums
 
-    harness = {"results": {"task": {"acc": {"value": 0.01}}}}
+    harness = HarnessResult(results={"task": {"acc": Score(value=0.01, stderr=None)}}, n_samples={"task": 1}, lm_eval_version="0.4")
     result = harness_scores_meet_minimums(eval_metrics=eval_report({"harness": harness}, min_scores={"task/acc": float("nan")}))
     assert not result.passed and "task/acc 0.0100 is not >= nan" in result.description
 
@@ -268,8 +281,8 @@ def test_a_nan_minimum_is_never_met():
 def test_the_contamination_gate_does_not_pass_when_nothing_was_measured():
     from llm_pipeline.assets.evaluation import no_eval_contamination
 
-    report = {"n": 64, "min_overlap": 0.5, "fraction": 0.0,
-              "sets": {"heldout": {"documents": 5, "too_short": 5, "contaminated": 0, "fraction": 0.0}}}
+    nothing = SetContamination(documents=5, too_short=5, sharing=0, sharing_fraction=0.0, contaminated=0, fraction=0.0, mean_overlap=0.0)
+    report = ContaminationReport(n=64, min_overlap=0.5, fraction=0.0, sets={"heldout": nothing})
     result = no_eval_contamination(eval_metrics=eval_report({"contamination": report}, max_contamination=0.2))
     assert not result.passed and "cannot be measured" in result.description
 
@@ -290,6 +303,7 @@ def test_a_batch_rebuilt_from_changed_or_missing_files_names_them(tmp_path):
 
 
 # --- manifests: every name obeys one rule, every field is checked -------------------------------------
+
 
 @pytest.fixture()
 def shard_set(tmp_path, small_tokenizer, sample_texts):
@@ -315,7 +329,7 @@ def test_a_shard_manifest_name_is_confined_to_its_folder(shard_set, tmp_path_fac
 
     _edit(shards, manifest, rename)
     try:
-        open_split([shards], "train", cache_dir=str(tmp_path_factory.mktemp("cache")))
+        open_split([shards], "train", TokenCache(str(tmp_path_factory.mktemp("cache")), 100 << 30))
     except (ShardError, ValueError) as e:
         assert name in str(e) or "relative path" in str(e) or "flat.train.tokens is invalid" in str(e), str(e)
     else:
@@ -324,13 +338,16 @@ def test_a_shard_manifest_name_is_confined_to_its_folder(shard_set, tmp_path_fac
         shards.write_json("manifest.json", manifest)
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda m: m["flat"]["train"]["tokens"].pop("sha256"), "flat.train.tokens is invalid"),
-    (lambda m: m["flat"]["train"].update(dtype="float64"), "flat.train.dtype is invalid"),
-    (lambda m: m["flat"]["train"]["tokens"].update(count=m["flat"]["train"]["tokens"]["count"] + 1), "flat.train.tokens is invalid"),
-    (lambda m: m["shards"][0].update(tokens=-1), "shards[0] is invalid"),
-    (lambda m: m.update(dtype="int8"), "dtype is invalid"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda m: m["flat"]["train"]["tokens"].pop("sha256"), "flat.train.tokens is invalid"),
+        (lambda m: m["flat"]["train"].update(dtype="float64"), "flat.train.dtype is invalid"),
+        (lambda m: m["flat"]["train"]["tokens"].update(count=m["flat"]["train"]["tokens"]["count"] + 1), "flat.train.tokens is invalid"),
+        (lambda m: m["shards"][0].update(tokens=-1), "shards[0] is invalid"),
+        (lambda m: m.update(dtype="int8"), "dtype is invalid"),
+    ],
+)
 def test_a_shard_manifest_field_out_of_shape_is_named(shard_set, change, words):
     shards, manifest = shard_set
     _edit(shards, manifest, change)
@@ -348,7 +365,7 @@ def test_a_manifest_nested_a_thousand_levels_deep_is_not_json_we_read(shard_set)
 def test_a_token_file_changed_in_place_with_size_and_mtime_kept_is_verified_again(shard_set, tmp_path):
     shards, manifest = shard_set
     cache = str(tmp_path / "cache")
-    open_split([shards], "train", cache_dir=cache)
+    open_split([shards], "train", TokenCache(cache, 100 << 30))
     path = os.path.join(shards.path, "train.tokens")
     stat = os.stat(path)
     data = bytearray(open(path, "rb").read())
@@ -358,7 +375,7 @@ def test_a_token_file_changed_in_place_with_size_and_mtime_kept_is_verified_agai
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert os.stat(path).st_size == stat.st_size and os.stat(path).st_mtime_ns == stat.st_mtime_ns
     with pytest.raises(ShardError, match="does not match its sha256"):
-        open_split([shards], "train", cache_dir=cache)
+        open_split([shards], "train", TokenCache(cache, 100 << 30))
 
 
 def test_a_document_index_that_lies_is_refused(shard_set, tmp_path):
@@ -372,7 +389,7 @@ def test_a_document_index_that_lies_is_refused(shard_set, tmp_path):
     shards.write_bytes("train.docs", ends.tobytes())
     _edit(shards, manifest, lie)
     with pytest.raises(ShardError, match="end offsets must never decrease and must end at"):
-        open_split([shards], "train", cache_dir=str(tmp_path / "cache"))
+        open_split([shards], "train", TokenCache(str(tmp_path / "cache"), 100 << 30))
 
 
 def test_a_token_file_of_odd_size_or_a_folder_is_named(shard_set, tmp_path):
@@ -381,14 +398,15 @@ def test_a_token_file_of_odd_size_or_a_folder_is_named(shard_set, tmp_path):
     with open(path, "ab") as f:
         f.write(b"\x01")
     with pytest.raises(ShardError, match=r"train.tokens is \d[\d,]* bytes; the manifest says"):
-        open_split([shards], "train", cache_dir=str(tmp_path / "cache"))
+        open_split([shards], "train", TokenCache(str(tmp_path / "cache"), 100 << 30))
     os.remove(path)
     os.mkdir(path)
     with pytest.raises(ShardError, match="train.tokens.*a folder, not a regular file"):
-        open_split([shards], "train", cache_dir=str(tmp_path / "cache"))
+        open_split([shards], "train", TokenCache(str(tmp_path / "cache"), 100 << 30))
 
 
 # --- hangs or follows what it should not -------------------------------------------------------------
+
 
 @pytest.mark.timeout(60)
 def test_published_files_that_are_not_regular_files_inside_the_folder_are_refused(tmp_path, small_tokenizer):
@@ -424,8 +442,13 @@ def test_a_source_holding_fifos_sockets_and_links_accounts_for_every_entry(tmp_p
         (src / "null.txt").symlink_to("/dev/null")
         manifest = _build(src, tmp_path / "out")
     reasons = {os.path.basename(f["uri"]): f.get("reason", f["outcome"]) for f in manifest["files"]}
-    assert reasons == {"good.txt": "read", "pipe.txt": "not_a_regular_file", "sock.txt": "not_a_regular_file",
-                       "to_pipe.txt": "not_a_regular_file", "null.txt": "symlink_outside_source"}
+    assert reasons == {
+        "good.txt": "read",
+        "pipe.txt": "not_a_regular_file",
+        "sock.txt": "not_a_regular_file",
+        "to_pipe.txt": "not_a_regular_file",
+        "null.txt": "symlink_outside_source",
+    }
     assert manifest["files_matched"] == manifest["files_read"] + manifest["files_skipped"] == len(manifest["files"])
 
 
@@ -437,14 +460,16 @@ def test_a_file_opened_for_reading_is_a_regular_file(tmp_path):
 
 # --- raw tracebacks: one line that names the problem -------------------------------------------------
 
+
 def test_corpus_command_line_errors_are_one_line(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text(DOC)
     (tmp_path / "file").write_text("x")
     _one_line_error(_cli("llm_pipeline.corpus", str(src), "--out", str(tmp_path / "file")), "is an existing file")
-    _one_line_error(_cli("llm_pipeline.corpus", str(src), "--out", str(tmp_path / "o"), "--glob", "***"),
-                    "glob '***' is not a valid pattern")
+    _one_line_error(
+        _cli("llm_pipeline.corpus", str(src), "--out", str(tmp_path / "o"), "--glob", "***"), "glob '***' is not a valid pattern"
+    )
     assert _cli("llm_pipeline.corpus", str(src), "--out", str(tmp_path / "used")).returncode == 0
     _one_line_error(_cli("llm_pipeline.corpus", str(src), "--out", str(tmp_path / "used")), "is not empty")
     _one_line_error(_cli("llm_pipeline.corpus", str(src), "--out", str(src / "out")), "is inside the source")
@@ -461,12 +486,14 @@ def test_generate_on_a_missing_model_is_one_line(tmp_path):
 
 # --- classes: string types, line endings, locations, bounded messages ------------------------------------
 
+
 @pytest.mark.parametrize("arrow_type", [pa.string(), pa.large_string(), pa.string_view(), pa.dictionary(pa.int32(), pa.string())])
 def test_every_arrow_string_type_is_read_asdistinct_text(tmp_path, arrow_type):
     (tmp_path / "src").mkdir()
     texts = [distinct_text(i) for i in range(5)]
-    column = pa.array(texts, pa.string()).cast(arrow_type) if not pa.types.is_dictionary(arrow_type) \
-        else pa.array(texts).dictionary_encode()
+    column = (
+        pa.array(texts, pa.string()).cast(arrow_type) if not pa.types.is_dictionary(arrow_type) else pa.array(texts).dictionary_encode()
+    )
     pq.write_table(pa.table({"text": column, "id": list(range(5))}), tmp_path / "src" / "a.parquet")
     manifest = _build(tmp_path / "src", tmp_path / "out")
     assert manifest["documents"] == 5, manifest["dropped_examples"]
@@ -512,18 +539,23 @@ def test_a_landing_prefix_on_s3_without_credentials_fails_the_tick_by_name(s3_en
     # Another spelling of the endpoint: s3fs caches filesystems by their options, and one with credentials exists.
     storage = StorageResource(root_uri="s3://llm-pipeline-test/nocreds", s3_endpoint_url=s3_endpoint.replace("127.0.0.1", "localhost"))
     resources = {"storage": storage, "automation": AutomationSettings()}
-    with pytest.raises(Exception, match=r"cannot list the landing folder: 's3://llm-pipeline-test/nocreds/landing'"
-                                        r".*NoCredentialsError"):
+    with pytest.raises(
+        Exception,
+        match=r"cannot list the landing folder: 's3://llm-pipeline-test/nocreds/landing'"
+        r".*NoCredentialsError",
+    ):
         new_corpus_sensor.evaluate_tick(dg.build_sensor_context(resources=resources))
 
 
 def test_numbers_too_large_for_a_double_outside_the_text_keep_their_record(tmp_path):
     """Valid JSON that orjson cannot hold (a 5,000-digit id, 1e999): the text is still taken."""
     (tmp_path / "src").mkdir()
-    lines = ['{"id": ' + "9" * 5000 + ', "text": "' + "A record with a huge id. " * 20 + '"}',
-             '{"score": 1e999, "text": "' + "A record with an infinite score. " * 20 + '"}',
-             '{"text": ' + "5" * 5000 + '}',
-             '{"score": NaN, "text": "not JSON: NaN is no JSON literal, so this line is quarantined"}']
+    lines = [
+        '{"id": ' + "9" * 5000 + ', "text": "' + "A record with a huge id. " * 20 + '"}',
+        '{"score": 1e999, "text": "' + "A record with an infinite score. " * 20 + '"}',
+        '{"text": ' + "5" * 5000 + "}",
+        '{"score": NaN, "text": "not JSON: NaN is no JSON literal, so this line is quarantined"}',
+    ]
     (tmp_path / "src" / "numbers.jsonl").write_text("\n".join(lines) + "\n")
     manifest = _build(tmp_path / "src", tmp_path / "out")
     texts = pq.read_table(tmp_path / "out" / manifest["shards"][0]["name"]).column("text").to_pylist()

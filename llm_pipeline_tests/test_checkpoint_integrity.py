@@ -16,8 +16,7 @@ from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline_tests.helpers import make_shards
 
 MODEL = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, ffn_hidden=64, max_seq_len=32)
-OPTIONS = dict(seq_len=32, micro_batch=4, steps=9, warmup_steps=2, zero_stage=2, dtype="fp32", checkpoint_every=3,
-               keep_last=5, log_every=3)
+OPTIONS = dict(seq_len=32, micro_batch=4, steps=9, warmup_steps=2, zero_stage=2, dtype="fp32", checkpoint_every=3, keep_last=5, log_every=3)
 
 
 def test_the_marker_lists_every_file_and_verify_catches_changes(tmp_path):
@@ -39,8 +38,10 @@ def test_the_marker_lists_every_file_and_verify_catches_changes(tmp_path):
     # ...but a planted file that only looks like bookkeeping is refused like any other.
     (folder / "files-rank00000_zero_pp_rank_9_mp_rank_00_optim_states.pt").write_bytes(b"planted")
     problems = store.verify("step_00000003")
-    assert problems == ["step_00000003/files-rank00000_zero_pp_rank_9_mp_rank_00_optim_states.pt: not listed in complete.json",
-                        "step_00000003/sub/optim.pt: sha256 does not match complete.json"]
+    assert problems == [
+        "step_00000003/files-rank00000_zero_pp_rank_9_mp_rank_00_optim_states.pt: not listed in complete.json",
+        "step_00000003/sub/optim.pt: sha256 does not match complete.json",
+    ]
     warnings = []
     assert store.newest_intact(warnings.append) is None and "fails verification" in warnings[0]
     # Saving the tag again starts from an empty folder: the planted file cannot slip into a new marker.
@@ -61,8 +62,13 @@ def shards(tmp_path_factory, small_tokenizer, sample_texts):
 
 def _launch(run: Storage, env: dict | None = None) -> subprocess.CompletedProcess:
     launch = LaunchConfig(nproc=2)
-    return subprocess.run(launch_command(launch, run.child("train_config.json").uri),
-                          env={**os.environ, **launch_env(launch), **(env or {})}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        launch_command(launch, run.child("train_config.json").uri),
+        env={**os.environ, **launch_env(launch), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _new_run(uri: str, shards: Storage, **storage_options) -> Storage:

@@ -14,15 +14,29 @@ from llm_pipeline.assets.partitions import corpus_batches
 from llm_pipeline.automation import new_corpus_sensor, retraining_sensor
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
 from llm_pipeline.storage.folders import Storage
-from llm_pipeline_tests.conftest import SAMPLE_FILES, _STDLIB
+from llm_pipeline_tests.conftest import _STDLIB, SAMPLE_FILES
 from llm_pipeline_tests.helpers import batch_instance, step_failure
 
 pytestmark = pytest.mark.e2e
 DATA = ["raw_corpus", "tokenizer", "tokenized_shards"]
-TRAIN = {"preset": "tiny", "seq_len": 32, "micro_batch": 4, "steps": 4, "warmup_steps": 1, "checkpoint_every": 4,
-         "log_every": 2, "dtype": "fp32", "launcher": "none", "nproc": 1}
-CONFIG = {"tokenizer": {"vocab_size": 300}, "tokenized_shards": {"val_fraction": 0.3}, "trained_checkpoint": TRAIN,
-          "eval_metrics": {"max_loss": 100.0, "max_new_tokens": 4, "max_tokens": 2000}}
+TRAIN = {
+    "preset": "tiny",
+    "seq_len": 32,
+    "micro_batch": 4,
+    "steps": 4,
+    "warmup_steps": 1,
+    "checkpoint_every": 4,
+    "log_every": 2,
+    "dtype": "fp32",
+    "launcher": "none",
+    "nproc": 1,
+}
+CONFIG = {
+    "tokenizer": {"vocab_size": 300},
+    "tokenized_shards": {"val_fraction": 0.3},
+    "trained_checkpoint": TRAIN,
+    "eval_metrics": {"max_loss": 100.0, "max_new_tokens": 4, "max_tokens": 2000},
+}
 
 
 def _config(selection, **overrides) -> dict:
@@ -45,8 +59,9 @@ class Landing:
             self.folder.write_bytes(rel, text.encode("utf-8"))
         keys = []
         for _ in range(2):  # a file is taken once it is unchanged over two ticks
-            result = new_corpus_sensor.evaluate_tick(dg.build_sensor_context(
-                cursor=self.cursor, resources={k: self.resources[k] for k in ("storage", "automation")}))
+            result = new_corpus_sensor.evaluate_tick(
+                dg.build_sensor_context(cursor=self.cursor, resources={k: self.resources[k] for k in ("storage", "automation")})
+            )
             self.cursor = result.cursor
             for request in result.dynamic_partitions_requests or []:
                 self.instance.add_dynamic_partitions(corpus_batches.name, list(request.partition_keys))
@@ -55,8 +70,15 @@ class Landing:
         return key
 
     def materialize(self, selection, batch=None, **overrides):
-        return dg.materialize(ASSETS + CHECKS, selection=selection, resources=self.resources, instance=self.instance,
-                              partition_key=batch, run_config=_config(selection, **overrides), raise_on_error=False)
+        return dg.materialize(
+            ASSETS + CHECKS,
+            selection=selection,
+            resources=self.resources,
+            instance=self.instance,
+            partition_key=batch,
+            run_config=_config(selection, **overrides),
+            raise_on_error=False,
+        )
 
 
 def _texts() -> dict[str, str]:
@@ -75,7 +97,8 @@ def _manifest(result, asset: str) -> dict:
 def _runs(instance, asset: str, batch: str) -> list[str]:
     """The runs that materialized this batch of `asset`, newest first."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[batch]), limit=100).records
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[batch]), limit=100
+    ).records
     return [r.run_id for r in records]
 
 
@@ -92,8 +115,9 @@ def landed(tmp_path_factory):
     first = landing.deliver({f"delivery-1/{n}": texts[n] for n in names[:8]})
     first_result = landing.materialize(DATA, first)
     near = texts[names[0]].replace("def ", "def  ", 3)
-    second = landing.deliver({**{f"delivery-2/{n}": texts[n] for n in names[8:]},
-                              "delivery-2/copy.py": texts[names[1]], "delivery-2/near.py": near})
+    second = landing.deliver(
+        {**{f"delivery-2/{n}": texts[n] for n in names[8:]}, "delivery-2/copy.py": texts[names[1]], "delivery-2/near.py": near}
+    )
     second_result = landing.materialize(["raw_corpus", "tokenized_shards"], second)
     repeat = landing.deliver({f"delivery-3/{n}": texts[n] for n in names[2:5]})
     repeat_result = landing.materialize(["raw_corpus", "tokenized_shards"], repeat)
@@ -101,14 +125,26 @@ def landed(tmp_path_factory):
     junk = landing.deliver({"delivery-4/a.txt": "x", "delivery-4/b.txt": "\x00\x01" * 100})
     junk_result = landing.materialize(["raw_corpus"], junk)
     runs = {asset: [len(_runs(instance, asset, b)) for b in (first, second, repeat, junk)] for asset in ("raw_corpus", "tokenized_shards")}
-    return SimpleNamespace(instance=instance, landing=landing, first=first, second=second, repeat=repeat, junk=junk,
-                           first_result=first_result, second_result=second_result, repeat_result=repeat_result,
-                           junk_result=junk_result, runs_before_junk=runs_before_junk, runs=runs)
+    return SimpleNamespace(
+        instance=instance,
+        landing=landing,
+        first=first,
+        second=second,
+        repeat=repeat,
+        junk=junk,
+        first_result=first_result,
+        second_result=second_result,
+        repeat_result=repeat_result,
+        junk_result=junk_result,
+        runs_before_junk=runs_before_junk,
+        runs=runs,
+    )
 
 
 def _retraining_tick(landed):
-    return retraining_sensor.evaluate_tick(dg.build_sensor_context(
-        instance=landed.instance, resources={"automation": landed.landing.resources["automation"]}))
+    return retraining_sensor.evaluate_tick(
+        dg.build_sensor_context(instance=landed.instance, resources={"automation": landed.landing.resources["automation"]})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +153,23 @@ def trained(landed):
     published on every batch), and after a batch is tokenized again with the same tokenizer."""
     request = _retraining_tick(landed).run_requests
     # One training at a time: while a training run is queued or running, new data waits for the next.
-    running = landed.instance.add_run(dg.DagsterRun(job_name="training_job", run_id="running-training-run",
-                                                    status=dg.DagsterRunStatus.STARTED))
+    running = landed.instance.add_run(
+        dg.DagsterRun(job_name="training_job", run_id="running-training-run", status=dg.DagsterRunStatus.STARTED)
+    )
     while_running = _retraining_tick(landed).skip_message
     landed.instance.report_run_canceled(running)
     result = landed.landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"])
     after = _retraining_tick(landed).skip_message
     tokenized_again = landed.landing.materialize(["tokenized_shards"], landed.second)
     after_tokenized_again = _retraining_tick(landed).skip_message
-    return SimpleNamespace(request=request, while_running=while_running, result=result, after=after,
-                           tokenized_again=tokenized_again, after_tokenized_again=after_tokenized_again)
+    return SimpleNamespace(
+        request=request,
+        while_running=while_running,
+        result=result,
+        after=after,
+        tokenized_again=tokenized_again,
+        after_tokenized_again=after_tokenized_again,
+    )
 
 
 def test_each_batch_is_cleaned_and_tokenized_exactly_once(landed):
@@ -186,7 +229,7 @@ def test_training_reads_every_batch_with_training_tokens_and_the_card_names_them
     assert trained.result.success
     ckpt = trained.result.output_for_node("trained_checkpoint")
     assert [d.batch for d in ckpt.data] == [landed.first, landed.second]
-    assert ckpt.train_config["shards_uris"] == [d.uri for d in ckpt.data]
+    assert list(ckpt.train_config.shards_uris) == [d.uri for d in ckpt.data]
     card = Storage(trained.result.output_for_node("published_model").uri).read_bytes("README.md").decode()
     assert f"batch {landed.first}" in card and f"batch {landed.second}" in card
 
@@ -217,11 +260,12 @@ def test_a_selection_of_batches_is_honoured_and_an_unknown_one_refused_by_name(l
 
 def test_a_mixture_draws_each_batch_by_weight_and_reports_the_realized_mix(landed, trained):
     first, second = landed.first, landed.second
-    mixed = landed.landing.materialize(["trained_checkpoint", "eval_metrics", "published_model"],
-                                       trained_checkpoint={"mixture": {first: 1.0, second: 3.0}})
+    mixed = landed.landing.materialize(
+        ["trained_checkpoint", "eval_metrics", "published_model"], trained_checkpoint={"mixture": {first: 1.0, second: 3.0}}
+    )
     assert mixed.success
     mixed_ckpt = mixed.output_for_node("trained_checkpoint")
-    assert mixed_ckpt.train_config["shard_sources"] == [first, second]
+    assert list(mixed_ckpt.train_config.shard_sources) == [first, second]
     realized = Storage(mixed_ckpt.final_uri).read_json("summary.json")["mixture"]
     assert [realized[b]["weight"] for b in (first, second)] == [0.25, 0.75]
     assert sum(m["samples"] for m in realized.values()) == 4 * 4  # steps x micro_batch: every sample from a source

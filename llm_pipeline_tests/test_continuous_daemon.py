@@ -39,8 +39,11 @@ def test_files_dropped_in_the_default_landing_folder_become_a_model(newcomer, tm
     with open(uploading, "w") as f:
         f.write("".join(json.dumps({"text": f"note {i}: " + "words of a note " * 20}) + "\n" for i in range(50)))
 
-    dagster.wait_for("batch 1 tokenized and its training started", lambda: dagster.materializations("tokenized_shards")
-                     and dagster.runs("training_job"), timeout=300)
+    dagster.wait_for(
+        "batch 1 tokenized and its training started",
+        lambda: dagster.materializations("tokenized_shards") and dagster.runs("training_job"),
+        timeout=300,
+    )
     [batch1] = dagster.partitions()
     record1 = json.load(open(os.path.join(home, ".storage", "batches", f"{batch1}.json")))
     assert len(record1["files"]) == 40 and not any(rel.endswith(".part") for rel in record1["files"])
@@ -61,13 +64,17 @@ def test_files_dropped_in_the_default_landing_folder_become_a_model(newcomer, tm
     assert list(training1["metadata"]["batches"]) == [batch1]
     batch1_, batch2 = dagster.wait_for("batch 2", lambda: (lambda p: p if len(p) == 2 else None)(dagster.partitions()), timeout=60)
     assert batch1_ == batch1
-    second = dagster.wait_for("a second training run on the new batch", lambda: [
-        r for r in dagster.run_records("training_job") if r["runId"] != training1["run_id"]], timeout=300)
+    second = dagster.wait_for(
+        "a second training run on the new batch",
+        lambda: [r for r in dagster.run_records("training_job") if r["runId"] != training1["run_id"]],
+        timeout=300,
+    )
     assert [t["value"] for t in second[0]["tags"] if t["key"] == "llm_pipeline/new_batches"] == [batch2]
     dagster.stop_daemon()  # and the second training with it: what follows reads the instance and the UI alone
     record2 = json.load(open(os.path.join(home, ".storage", "batches", f"{batch2}.json")))
-    assert sorted(record2["files"]) == sorted([f"delivery-2/{os.path.basename(p)}" for p in stdlib_files(25, skip=40)]
-                                              + ["delivery-2/repeated.py", "delivery-2/notes.jsonl"])
+    assert sorted(record2["files"]) == sorted(
+        [f"delivery-2/{os.path.basename(p)}" for p in stdlib_files(25, skip=40)] + ["delivery-2/repeated.py", "delivery-2/notes.jsonl"]
+    )
 
     # Each batch cleaned and tokenized once; the repeated document dropped as a duplicate of batch 1.
     corpus, shards = dagster.by_partition("raw_corpus"), dagster.by_partition("tokenized_shards")
@@ -80,9 +87,20 @@ def test_files_dropped_in_the_default_landing_folder_become_a_model(newcomer, tm
 
     if CHROMIUM:  # the UI renders the partitions (a screenshot for people, the DOM for the assertion)
         page = f"{dagster.url}/assets/raw_corpus?view=partitions"
-        args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,900", "--virtual-time-budget=20000"]
+        args = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--window-size=1400,900",
+            "--virtual-time-budget=20000",
+        ]
         dom = subprocess.run(args + ["--dump-dom", page], capture_output=True, timeout=120).stdout.decode()
         shot = str(tmp_path / "partitions.png")
         subprocess.run(args + [f"--screenshot={shot}", page], capture_output=True, timeout=120)

@@ -19,9 +19,15 @@ pytestmark = pytest.mark.e2e
 def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
     home = fresh_copy(tmp_path / "llm-pipeline")
     bucket = "llm-pipeline-test/continuous"
-    dagster = Dagster(home, {"LLM_PIPELINE_STORAGE_ROOT": f"s3://{bucket}", "LLM_PIPELINE_S3_ENDPOINT_URL": s3_endpoint,
-                             # The data stages only here: training on S3 is covered by test_e2e_s3.
-                             "LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS": str(10**12)})
+    dagster = Dagster(
+        home,
+        {
+            "LLM_PIPELINE_STORAGE_ROOT": f"s3://{bucket}",
+            "LLM_PIPELINE_S3_ENDPOINT_URL": s3_endpoint,
+            # The data stages only here: training on S3 is covered by test_e2e_s3.
+            "LLM_PIPELINE_RETRAIN_MIN_NEW_TOKENS": str(10**12),
+        },
+    )
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
     try:
         for path in stdlib_files(20):
@@ -31,8 +37,9 @@ def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
         for path in stdlib_files(10, skip=20):
             fs.put_file(path, f"{bucket}/landing/d2/{os.path.basename(path)}")
         fs.put_file(stdlib_files(1)[0], f"{bucket}/landing/d2/repeated.py")
-        shards = dagster.wait_for("batch 2 tokenized", lambda: (lambda b: b if len(b) == 2 else None)(
-            dagster.by_partition("tokenized_shards")), timeout=300)
+        shards = dagster.wait_for(
+            "batch 2 tokenized", lambda: (lambda b: b if len(b) == 2 else None)(dagster.by_partition("tokenized_shards")), timeout=300
+        )
         corpus = dagster.by_partition("raw_corpus")
         assert sorted(corpus) == sorted(shards) == sorted(dagster.partitions())
         assert all(len(m) == 1 for m in (*corpus.values(), *shards.values()))
@@ -47,8 +54,11 @@ def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
             partitionNames: {json.dumps(sorted(shards))}, assetSelection: [{{path: ["tokenized_shards"]}}]}}) {{
             __typename ... on LaunchBackfillSuccess {{ backfillId }} ... on PythonError {{ message }} }} }}""")
         assert launched["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", launched
-        again = dagster.wait_for("the backfill", lambda: (lambda b: b if all(len(m) == 2 for m in b.values()) else None)(
-            dagster.by_partition("tokenized_shards")), timeout=300)
+        again = dagster.wait_for(
+            "the backfill",
+            lambda: (lambda b: b if all(len(m) == 2 for m in b.values()) else None)(dagster.by_partition("tokenized_shards")),
+            timeout=300,
+        )
         for batch, (new, old) in again.items():  # the same tokenizer and corpus: the same shards
             assert new["metadata"]["manifest_sha256"] == old["metadata"]["manifest_sha256"], batch
 
@@ -61,7 +71,7 @@ def test_the_same_flow_on_s3(s3_endpoint, tmp_path):
 
 def _runs_of_one_batch_read_their_own_values(dagster: Dagster, tmp_path) -> None:
     added = dagster.query(f"""mutation {{ addDynamicPartition(repositorySelector: {{repositoryLocationName:
-        "{REPOSITORY['repositoryLocationName']}", repositoryName: "{REPOSITORY['repositoryName']}"}},
+        "{REPOSITORY["repositoryLocationName"]}", repositoryName: "{REPOSITORY["repositoryName"]}"}},
         partitionsDefName: "corpus_batches", partitionKey: "builtin") {{ __typename }} }}""")
     assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", added
     sources = []
@@ -94,5 +104,8 @@ def _wait_for_success(dagster: Dagster, runs: list[str]) -> None:
 
 def _shard_documents(dagster: Dagster, runs: list[str]) -> dict[str, int]:
     """Documents in the shards each of these runs wrote, by run."""
-    return {m["run_id"]: m["metadata"]["train_documents"] + m["metadata"]["val_documents"]
-            for m in dagster.materializations("tokenized_shards") if m["run_id"] in runs}
+    return {
+        m["run_id"]: m["metadata"]["train_documents"] + m["metadata"]["val_documents"]
+        for m in dagster.materializations("tokenized_shards")
+        if m["run_id"] in runs
+    }

@@ -13,8 +13,13 @@ batches = dg.DynamicPartitionsDefinition(name="batches")
 
 @dg.asset(partitions_def=batches)
 def corpus(context: dg.AssetExecutionContext) -> CorpusRef:
-    return CorpusRef(uri=f"mem://{context.partition_key}", batch=context.partition_key, manifest_sha256="0" * 64,
-                     documents=len(context.partition_key), text_bytes=1)
+    return CorpusRef(
+        uri=f"mem://{context.partition_key}",
+        batch=context.partition_key,
+        manifest_sha256="0" * 64,
+        documents=len(context.partition_key),
+        text_bytes=1,
+    )
 
 
 @dg.asset(ins={"corpus": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
@@ -52,6 +57,14 @@ def test_a_diverged_evaluation_round_trips_with_its_infinite_numbers(tmp_path):
 
 
 def test_the_sensors_read_back_what_the_metadata_declares():
-    shards = ShardSetRef(uri="s3://b/shards", batch="b1", manifest_sha256="a" * 64, tokenizer_sha256="c" * 64, train_tokens=10,
-                         val_tokens=2, corpus_uri="s3://b/corpus", corpus_manifest_sha256="d" * 64)
+    shards = ShardSetRef(
+        uri="s3://b/shards",
+        batch="b1",
+        manifest_sha256="a" * 64,
+        tokenizer_sha256="c" * 64,
+        train_tokens=10,
+        val_tokens=2,
+        corpus_uri="s3://b/corpus",
+        corpus_manifest_sha256="d" * 64,
+    )
     assert ShardSetRef.from_metadata(shards.metadata()) == shards

@@ -1,12 +1,12 @@
 """The corpus stage: formats, quarantine with locations, accounting, safety, determinism."""
 
 import bz2
-from collections import Counter
 import gzip
 import json
 import lzma
 import os
 import tempfile
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,8 +22,13 @@ from llm_pipeline.corpus.near_dedup import document_signatures
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline_tests.conftest import SAMPLE_FILES
 
-COMPRESS = {"": lambda b: b, ".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
-            ".zst": lambda b: zstandard.ZstdCompressor().compress(b)}
+COMPRESS = {
+    "": lambda b: b,
+    ".gz": gzip.compress,
+    ".bz2": bz2.compress,
+    ".xz": lzma.compress,
+    ".zst": lambda b: zstandard.ZstdCompressor().compress(b),
+}
 
 
 def _write(folder, name, data: bytes):
@@ -47,8 +52,7 @@ def _quarantine(storage, manifest):
 
 def _texts(sample_texts, n, tag=""):
     """n distinct documents, long enough to pass the filters and not near duplicates of each other."""
-    return [f"# {tag} document {i}\n" + sample_texts[i % len(sample_texts)] + f"\n# end {tag} {i}\n" * (i + 1)
-            for i in range(n)]
+    return [f"# {tag} document {i}\n" + sample_texts[i % len(sample_texts)] + f"\n# end {tag} {i}\n" * (i + 1) for i in range(n)]
 
 
 def _assert_accounted(manifest, storage):
@@ -80,7 +84,7 @@ def test_build_filters_dedups_and_quarantines(tmp_path, storage, sample_texts):
     _write(src, "latin1.py", "caf\xe9 = 1\n".encode("latin-1") * 20)
     _write(src, "binary.py", bytes(range(1, 32)) * 10)
     _write(src, "site-packages/pkg.py", sample_texts[2].encode())  # excluded
-    manifest = build_corpus(CorpusConfig(source_uri=str(src), exclude=("site-packages/*",)), storage)
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), exclude=("site-packages/*",)), storage).model_dump(mode="json")
     assert manifest["documents"] == 2
     assert manifest["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1, "too_short": 1, "invalid_utf8": 1, "low_quality": 1}
     docs = _docs(storage)
@@ -105,25 +109,39 @@ def test_every_format_in_every_compression(tmp_path, storage, sample_texts, suff
     _write(src, f"records.jsonl{suffix}", COMPRESS[suffix](_jsonl([{"text": t, "id": i} for i, t in enumerate(texts[1:3])])))
     _write(src, f"dolma-style.json{suffix}", COMPRESS[suffix](_jsonl([{"text": texts[3]}])))
     pq.write_table(pa.table({"url": ["u"], "text": [texts[4]]}), src / "table.parquet")
-    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="**/*"), storage)
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="**/*"), storage).model_dump(mode="json")
     docs = {d["text"]: d["source"] for d in _docs(storage)}
     assert set(docs) == set(texts)
     assert docs[texts[0]].endswith(f"plain.txt{suffix}")
     assert docs[texts[1]].endswith(f"records.jsonl{suffix}#line=1") and docs[texts[2]].endswith("#line=2")
     assert docs[texts[4]].endswith("table.parquet#row=0")
     formats = {os.path.basename(f["uri"]): f["format"] for f in manifest["files"]}
-    assert formats == {f"plain.txt{suffix}": "text", f"records.jsonl{suffix}": "jsonl", f"dolma-style.json{suffix}": "jsonl",
-                       "table.parquet": "parquet"}
+    assert formats == {
+        f"plain.txt{suffix}": "text",
+        f"records.jsonl{suffix}": "jsonl",
+        f"dolma-style.json{suffix}": "jsonl",
+        "table.parquet": "parquet",
+    }
     _assert_accounted(manifest, storage)
 
 
 def test_bad_records_are_quarantined_with_their_line_and_the_rest_kept(tmp_path, storage, sample_texts):
     good = _texts(sample_texts, 3)
-    lines = [{"text": good[0]}, b'{"text": "broken', {"body": "no text field"}, {"text": None}, {"text": 42}, b"[1, 2]",
-             b"", {"text": good[1]}, b'{"text": "\xff\xfe not utf-8"}', {"text": good[2]}]
+    lines = [
+        {"text": good[0]},
+        b'{"text": "broken',
+        {"body": "no text field"},
+        {"text": None},
+        {"text": 42},
+        b"[1, 2]",
+        b"",
+        {"text": good[1]},
+        b'{"text": "\xff\xfe not utf-8"}',
+        {"text": good[2]},
+    ]
     src = tmp_path / "src"
     _write(src, "part.jsonl.gz", gzip.compress(_jsonl(lines)))
-    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="*.jsonl.gz"), storage)
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="*.jsonl.gz"), storage).model_dump(mode="json")
     assert [d["text"] for d in _docs(storage)] == good
     where = {q["reason"]: (q["location"], q["detail"]) for q in _quarantine(storage, manifest)}
     assert where["invalid_json"][0] in ("line=2", "line=6")
@@ -131,8 +149,7 @@ def test_bad_records_are_quarantined_with_their_line_and_the_rest_kept(tmp_path,
     assert where["null_text"][0] == "line=4"
     assert where["non_string_text"] == ("line=5", "'text' is a int")
     assert where["invalid_utf8"][0] == "line=9"
-    assert manifest["dropped"] == {"invalid_json": 2, "missing_text_field": 1, "null_text": 1, "non_string_text": 1,
-                                   "invalid_utf8": 1}
+    assert manifest["dropped"] == {"invalid_json": 2, "missing_text_field": 1, "null_text": 1, "non_string_text": 1, "invalid_utf8": 1}
     _assert_accounted(manifest, storage)
 
 
@@ -142,7 +159,7 @@ def test_parquet_nulls_and_a_missing_column_are_named(tmp_path, storage, sample_
     src.mkdir()
     pq.write_table(pa.table({"text": [texts[0], None, texts[1]]}), src / "a.parquet", row_group_size=2)
     pq.write_table(pa.table({"content": [texts[0]]}), src / "b.parquet")
-    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="*.parquet"), storage)
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="*.parquet"), storage).model_dump(mode="json")
     assert [d["source"].rsplit("#", 1)[1] for d in _docs(storage)] == ["row=0", "row=2"]
     quarantine = {q["reason"]: q for q in _quarantine(storage, manifest)}
     assert quarantine["null_text"]["location"] == "row=1"
@@ -158,7 +175,7 @@ def test_corrupt_gzip_keeps_what_decoded_and_quarantines_the_rest(tmp_path, stor
     middle = bytearray(whole)
     middle[len(whole) // 2 : len(whole) // 2 + 64] = b"\x00" * 64  # garbage in the middle
     _write(src, "garbled.jsonl.gz", bytes(middle))
-    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="*.gz"), storage)
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="*.gz"), storage).model_dump(mode="json")
     by_file = {os.path.basename(f["uri"]): f for f in manifest["files"]}
     for name in ("cut.jsonl.gz", "garbled.jsonl.gz"):
         assert by_file[name]["dropped"].get("corrupt_stream") == 1
@@ -186,7 +203,7 @@ def test_byte_budget_skips_and_lists_what_does_not_fit(tmp_path, storage, sample
     _write(src, "1-large.txt", (texts[1] * 20).encode())
     _write(src, "2-small.txt", texts[2].encode())
     budget = len(texts[0].encode()) + len(texts[2].encode()) + 10
-    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="*.txt", max_bytes=budget), storage)
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="*.txt", max_bytes=budget), storage).model_dump(mode="json")
     assert manifest["documents"] == 2  # the file after the large one is still read
     skipped = [f for f in manifest["files"] if f["outcome"] == "skipped"]
     assert [(os.path.basename(f["uri"]), f["reason"]) for f in skipped] == [("1-large.txt", "over_max_bytes")]
@@ -196,14 +213,24 @@ def test_byte_budget_skips_and_lists_what_does_not_fit(tmp_path, storage, sample
 def test_hidden_and_in_flight_files_are_skipped_and_counted(tmp_path, storage, sample_texts):
     texts = _texts(sample_texts, 8)
     src = tmp_path / "src"
-    names = ["ok.txt", ".hidden.txt", ".git/objects/x.txt", "upload.txt.part", "big.txt.tmp", "x.txt.crdownload",
-             "y.txt._COPYING_", ".~lock.txt"]
+    names = [
+        "ok.txt",
+        ".hidden.txt",
+        ".git/objects/x.txt",
+        "upload.txt.part",
+        "big.txt.tmp",
+        "x.txt.crdownload",
+        "y.txt._COPYING_",
+        ".~lock.txt",
+    ]
     for name, text in zip(names, texts):
         _write(src, name, text.encode())
-    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="**/*"), storage)
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="**/*"), storage).model_dump(mode="json")
     assert manifest["files_read"] == 1 and manifest["skipped"] == {"hidden_or_in_flight": 7}
     _assert_accounted(manifest, Storage(storage.uri))
-    everything = build_corpus(CorpusConfig(source_uri=str(src), glob="**/*", include_hidden=True), storage.child("all"))
+    everything = build_corpus(CorpusConfig(source_uri=str(src), glob="**/*", include_hidden=True), storage.child("all")).model_dump(
+        mode="json"
+    )
     assert everything["documents"] == 8
 
 
@@ -219,7 +246,7 @@ def test_symlinks_do_not_lead_out_of_the_source_nor_around_loops(tmp_path, stora
     os.symlink(src, src / "real" / "loop")  # a folder that contains itself
     os.symlink(src / "other.txt", src / "inside_link.txt")  # stays inside: followed
     os.symlink(tmp_path / "nowhere.txt", src / "dangling.txt")
-    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="**/*.txt"), storage)
+    manifest = build_corpus(CorpusConfig(source_uri=str(src), glob="**/*.txt"), storage).model_dump(mode="json")
     assert texts[0] not in {d["text"] for d in _docs(storage)}
     reasons = {os.path.relpath(f["uri"].removeprefix("file://"), src): f.get("reason") for f in manifest["files"]}
     assert reasons["leak.txt"] == reasons["leaked_dir"] == "symlink_outside_source"
@@ -265,11 +292,18 @@ def test_output_is_byte_identical_with_one_or_two_workers(tmp_path, sample_texts
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.sampled_from(["a", "b", ".h", "c/d", ".git"]),
-                          st.sampled_from(["x.txt", "y.jsonl", "z.jsonl.gz", ".hid.txt", "up.part", "w.bin", "q.tmp"]),
-                          st.lists(st.sampled_from(["good", "short", "dup", "broken", "null", "missing"]), min_size=1, max_size=4)),
-                min_size=1, max_size=8),
-       st.sampled_from([None, 3000, 30000]))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", ".h", "c/d", ".git"]),
+            st.sampled_from(["x.txt", "y.jsonl", "z.jsonl.gz", ".hid.txt", "up.part", "w.bin", "q.tmp"]),
+            st.lists(st.sampled_from(["good", "short", "dup", "broken", "null", "missing"]), min_size=1, max_size=4),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.sampled_from([None, 3000, 30000]),
+)
 def test_every_matched_file_and_record_is_accounted_for(layout, max_bytes):
     sample_texts = [open(os.path.join(os.path.dirname(os.__file__), name), encoding="utf-8").read() for name in SAMPLE_FILES]
     with tempfile.TemporaryDirectory() as tmp:
@@ -281,18 +315,30 @@ def test_every_matched_file_and_record_is_accounted_for(layout, max_bytes):
             records = []
             for kind in kinds:
                 serial += 1
-                records.append({"good": {"text": f"doc {serial} " + sample_texts[serial % 12][:400 + serial]},
-                                "short": {"text": "tiny"}, "dup": {"text": sample_texts[0][:500]},
-                                "broken": b'{"text": ', "null": {"text": None}, "missing": {"t": 1}}[kind])
-            data = _jsonl(records) if "jsonl" in name else b"\n".join(
-                r["text"].encode() if isinstance(r, dict) and isinstance(r.get("text"), str) else b"?" for r in records)
+                records.append(
+                    {
+                        "good": {"text": f"doc {serial} " + sample_texts[serial % 12][: 400 + serial]},
+                        "short": {"text": "tiny"},
+                        "dup": {"text": sample_texts[0][:500]},
+                        "broken": b'{"text": ',
+                        "null": {"text": None},
+                        "missing": {"t": 1},
+                    }[kind]
+                )
+            data = (
+                _jsonl(records)
+                if "jsonl" in name
+                else b"\n".join(r["text"].encode() if isinstance(r, dict) and isinstance(r.get("text"), str) else b"?" for r in records)
+            )
             path = os.path.join(src, folder, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(gzip.compress(data) if name.endswith(".gz") else data)
         out = Storage(os.path.join(tmp, "out"))
         try:
-            manifest = build_corpus(CorpusConfig(source_uri=src, glob="**/*", exclude=("*.bin",), max_bytes=max_bytes), out)
+            manifest = build_corpus(CorpusConfig(source_uri=src, glob="**/*", exclude=("*.bin",), max_bytes=max_bytes), out).model_dump(
+                mode="json"
+            )
         except CorpusSourceError as e:
             assert any(m in str(e) for m in ("no document kept", "no file to read", "no files matching glob"))
             return
@@ -316,7 +362,7 @@ def test_a_200mb_single_line_file_is_quarantined_in_bounded_memory(tmp_path, sam
         "from llm_pipeline.storage.folders import Storage\n"
         f"m = build_corpus(CorpusConfig(source_uri={str(src)!r}, glob='*', workers=1), Storage({str(tmp_path / 'out')!r}))\n"
         "rss = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-        "print(json.dumps({'documents': m['documents'], 'dropped': m['dropped'], 'peak_kb': int(rss)}))\n"
+        "print(json.dumps({'documents': m.documents, 'dropped': m.dropped, 'peak_kb': int(rss)}))\n"
     )
     import subprocess
     import sys
@@ -397,6 +443,6 @@ def test_a_hash_sign_in_a_file_name_stays_in_the_quarantined_source(tmp_path, st
     text = _texts(sample_texts, 1)[0]
     _write(tmp_path / "src", "a.txt", text.encode())
     _write(tmp_path / "src", "copy#1.jsonl", _jsonl([{"text": text}]))
-    manifest = build_corpus(CorpusConfig(source_uri=str(tmp_path / "src"), glob="*"), storage)
+    manifest = build_corpus(CorpusConfig(source_uri=str(tmp_path / "src"), glob="*"), storage).model_dump(mode="json")
     dup = next(q for q in _quarantine(storage, manifest) if q["reason"] == "exact_duplicate")
     assert dup["source"].endswith("/copy#1.jsonl") and dup["location"] == "line=1"

@@ -41,11 +41,15 @@ def test_jsonl_gz_from_the_s3_api_server_with_worker_processes(s3_endpoint, tmp_
     texts = [f"# s3 doc {i}\n" + t for i, t in enumerate(sample_texts)]
     for part in range(3):
         chunk = texts[part * 4 : part * 4 + 4] + [texts[0]]  # texts[0] again: a duplicate across objects
-        fs.pipe(f"llm-pipeline-test/landing-e2e/part-{part}.jsonl.gz",
-                gzip.compress(b"".join(json.dumps({"text": t}).encode() + b"\n" for t in chunk)))
+        fs.pipe(
+            f"llm-pipeline-test/landing-e2e/part-{part}.jsonl.gz",
+            gzip.compress(b"".join(json.dumps({"text": t}).encode() + b"\n" for t in chunk)),
+        )
     fs.pipe("llm-pipeline-test/landing-e2e/.hidden.jsonl", b"{}\n")
     out = Storage(str(tmp_path / "out"))
-    manifest = build_corpus(CorpusConfig(source_uri="s3://llm-pipeline-test/landing-e2e", glob="**/*", workers=2), out, opts)
+    manifest = build_corpus(CorpusConfig(source_uri="s3://llm-pipeline-test/landing-e2e", glob="**/*", workers=2), out, opts).model_dump(
+        mode="json"
+    )
     kept = [t for b in iter_documents(out, columns=("text",)) for t in b.column("text").to_pylist()]
     assert kept == texts
     assert manifest["dropped"] == {"exact_duplicate": 3} and manifest["skipped"] == {"hidden_or_in_flight": 1}
@@ -64,8 +68,14 @@ def _clean_env() -> dict:
 def test_command_line_does_what_the_asset_does(tmp_path, sample_texts):
     texts = _mixed_folder(tmp_path / "src", sample_texts)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "src"), "--out", str(out), "--glob", "**/*"],
-                          cwd=REPO_ROOT, env=_clean_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "src"), "--out", str(out), "--glob", "**/*"],
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["documents"] == 6 and summary["files_matched"] == 4 and summary["files_skipped"] == 1
@@ -73,8 +83,14 @@ def test_command_line_does_what_the_asset_does(tmp_path, sample_texts):
     assert sorted(pq.read_table(out / "documents-00000.parquet").column("text").to_pylist()) == sorted(texts)
     assert pq.read_table(out / "quarantine-00000.parquet").column("reason").to_pylist() == ["invalid_json"]
 
-    missing = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "nope"), "--out", str(out)],
-                             cwd=REPO_ROOT, env=_clean_env(), capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "nope"), "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -83,8 +99,13 @@ def test_command_line_draws_a_progress_bar_on_a_terminal(tmp_path, sample_texts)
 
     _mixed_folder(tmp_path / "src", sample_texts)
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
-                             "--glob", "**/*"], cwd=REPO_ROOT, env=_clean_env(), stdout=subprocess.PIPE, stderr=terminal)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--glob", "**/*"],
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
     os.close(terminal)
     stdout, _ = proc.communicate(timeout=120)
     screen = b""
@@ -106,9 +127,13 @@ def test_raw_corpus_asset_reads_a_mixed_landing_folder(tmp_path, sample_texts, m
     for key in [k for k in os.environ if k.startswith("LLM_PIPELINE_")]:
         monkeypatch.delenv(key)
     _mixed_folder(tmp_path / "src", sample_texts)
-    result = dg.materialize([raw_corpus], resources=make_resources(str(tmp_path / "root")),
-                            instance=batch_instance(), partition_key="builtin",
-                            run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "src"), "glob": "**/*"}}}})
+    result = dg.materialize(
+        [raw_corpus],
+        resources=make_resources(str(tmp_path / "root")),
+        instance=batch_instance(),
+        partition_key="builtin",
+        run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "src"), "glob": "**/*"}}}},
+    )
     assert result.success
     metadata = result.asset_materializations_for_node("raw_corpus")[0].metadata
     assert metadata["documents"].value == 6
@@ -131,8 +156,9 @@ def test_sensor_takes_s3_objects_once_by_etag(s3_endpoint, monkeypatch):
     cursor = [None]
 
     def tick():  # one long-lived process, as the daemon's code server: no cache clearing here
-        result = new_corpus_sensor.evaluate_tick(dg.build_sensor_context(
-            cursor=cursor[0], resources={"storage": storage, "automation": automation}))
+        result = new_corpus_sensor.evaluate_tick(
+            dg.build_sensor_context(cursor=cursor[0], resources={"storage": storage, "automation": automation})
+        )
         cursor[0] = result.cursor
         requests = result.dynamic_partitions_requests or []
         return [read_batch(storage.root(), key)["files"] for r in requests for key in r.partition_keys]

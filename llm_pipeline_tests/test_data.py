@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from llm_pipeline.evaluate.metrics import rolling_windows
-from llm_pipeline.train.data import MIX_BLOCK, MicroBatches, DataMixture, TokenWindows, single_source
+from llm_pipeline.train.data import MIX_BLOCK, DataMixture, MicroBatches, TokenWindows
+from llm_pipeline_tests.helpers import single_source
 
 TOKENS = np.arange(10_000, dtype=np.uint16) % 997
 
@@ -51,8 +52,10 @@ def test_another_world_size_continues_the_same_global_samples():
 
 def _sources():
     # Source i's ids are all i * 1000 + something: a window's first id names its source.
-    return [TokenWindows(np.full(n, i * 1000, dtype=np.uint16) + np.arange(n, dtype=np.uint16) % 500, 16, seed=4, source=i, name=name)
-            for i, (name, n) in enumerate([("web", 5000), ("code", 700), ("books", 3000)])]
+    return [
+        TokenWindows(np.full(n, i * 1000, dtype=np.uint16) + np.arange(n, dtype=np.uint16) % 500, 16, seed=4, source=i, name=name)
+        for i, (name, n) in enumerate([("web", 5000), ("code", 700), ("books", 3000)])
+    ]
 
 
 def test_mixture_proportions_hold_over_many_steps_and_resume():
@@ -63,8 +66,8 @@ def test_mixture_proportions_hold_over_many_steps_and_resume():
     assert mixture.drawn(2 * MIX_BLOCK).tolist() == [12_000, 6_000, 2_000]  # exact over whole blocks
     assert np.allclose(np.bincount(drawn) / len(drawn), [0.6, 0.3, 0.1], atol=0.01)  # 4,000 of a block: close
     realized = mixture.realized(24_000)
-    assert realized["code"]["epochs"] > realized["web"]["epochs"]  # a small source is repeated to keep its share
-    assert realized["code"]["tokens"] == realized["code"]["samples"] * 16
+    assert realized["code"].epochs > realized["web"].epochs  # a small source is repeated to keep its share
+    assert realized["code"].tokens == realized["code"].samples * 16
     resumed = MicroBatches(DataMixture(_sources(), [0.6, 0.3, 0.1], seed=4), 8, 0, 1)
     assert torch.equal(resumed.at(17_000)[0], loader.at(17_000)[0])  # stateless: resume is exact
 
@@ -72,7 +75,7 @@ def test_mixture_proportions_hold_over_many_steps_and_resume():
 def test_every_window_of_a_source_is_used_before_any_repeats():
     mixture = DataMixture(_sources(), [0.5, 0.25, 0.25], seed=1)
     source, index = mixture.assign(np.arange(30_000))
-    for s, windows in enumerate(mixture.sources):
+    for s, _windows in enumerate(mixture.sources):
         mine = np.sort(index[source == s])
         assert np.array_equal(mine, np.arange(len(mine)))  # each source's samples in order, none skipped
 
@@ -99,5 +102,5 @@ def test_rolling_windows_are_the_harness_windows(length, window):
     for (inp, tgt, scored), (context, continuation) in zip(ours, theirs):
         assert len(inp) <= window
         assert (context + continuation)[:-1] == inp.tolist()  # what the model reads
-        assert tgt[len(tgt) - scored:].tolist() == continuation  # what is scored
+        assert tgt[len(tgt) - scored :].tolist() == continuation  # what is scored
     assert sum(s for _, _, s in ours) == length  # every token once

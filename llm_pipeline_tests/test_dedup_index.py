@@ -51,7 +51,9 @@ def _batches(seed: int, sizes: list[int]) -> list[list[str]]:
     return batches
 
 
-def _decide_all(tmp_path, batches, budget: int, chunk: int, compactions: Storage | None = None, runs: list | None = None) -> list[list[str]]:
+def _decide_all(
+    tmp_path, batches, budget: int, chunk: int, compactions: Storage | None = None, runs: list | None = None
+) -> list[list[str]]:
     earlier, verdicts = [], []
     for number, texts in enumerate(batches):
         spool = tmp_path / f"spool-{number}"
@@ -75,8 +77,12 @@ def _decide_all(tmp_path, batches, budget: int, chunk: int, compactions: Storage
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 10**6), sizes=st.lists(st.integers(1, 120), min_size=1, max_size=3),
-       budget=st.sampled_from([300, 3000, 10**9]), chunk=st.sampled_from([1, 7, 64, 2048]))
+@given(
+    seed=st.integers(0, 10**6),
+    sizes=st.lists(st.integers(1, 120), min_size=1, max_size=3),
+    budget=st.sampled_from([300, 3000, 10**9]),
+    chunk=st.sampled_from([1, 7, 64, 2048]),
+)
 def test_the_decisions_are_the_in_memory_references_at_any_budget_and_chunking(tmp_path_factory, seed, sizes, budget, chunk):
     batches = _batches(seed, sizes)
     expected = reference_decisions(batches, [[document_id(t) for t in b] for b in batches])
@@ -183,7 +189,9 @@ def test_a_build_gives_the_same_bytes_whether_its_keys_spill_or_not(two_batches,
     outputs = []
     for budget in (CorpusConfig().dedup_memory_mb, 1):
         out = Storage(str(tmp_path / f"second-{budget}"))
-        manifest = build_corpus(CorpusConfig(source_uri=second, dedup_memory_mb=budget), out, earlier=[("first", history)])
+        manifest = build_corpus(CorpusConfig(source_uri=second, dedup_memory_mb=budget), out, earlier=[("first", history)]).model_dump(
+            mode="json"
+        )
         outputs.append(_files(out.path))
     assert outputs[0] == outputs[1]
     assert manifest["dropped"] == {"exact_duplicate": 30 + 40, "near_duplicate": 30}
@@ -198,15 +206,23 @@ def test_a_killed_build_leaves_the_index_as_it_was_and_its_rerun_gives_the_same_
     before = _files(str(history))
     fired = tmp_path / "fired"
     (tmp_path / "tmp").mkdir()  # the killed build's scratch folder is left behind: keep it under tmp_path
-    killed = _cli("llm_pipeline.corpus", second, "--out", str(tmp_path / "killed"), "--dedup-against", str(history),
-                  env={CRASH_ENV: f"corpus_before_manifest:0:0:{fired}", "TMPDIR": str(tmp_path / "tmp")})
+    killed = _cli(
+        "llm_pipeline.corpus",
+        second,
+        "--out",
+        str(tmp_path / "killed"),
+        "--dedup-against",
+        str(history),
+        env={CRASH_ENV: f"corpus_before_manifest:0:0:{fired}", "TMPDIR": str(tmp_path / "tmp")},
+    )
     assert killed.returncode == -9 and fired.exists()
     assert _files(str(history)) == before
     # the killed build's segment was written but never became visible: a build naming it is refused
     refused = _cli("llm_pipeline.corpus", second, "--out", str(tmp_path / "third"), "--dedup-against", str(tmp_path / "killed"))
     assert refused.returncode == 1 and "build did not finish" in refused.stderr
-    rerun, clean = (_cli("llm_pipeline.corpus", second, "--out", str(tmp_path / name), "--dedup-against", str(history))
-                    for name in ("rerun", "clean"))
+    rerun, clean = (
+        _cli("llm_pipeline.corpus", second, "--out", str(tmp_path / name), "--dedup-against", str(history)) for name in ("rerun", "clean")
+    )
     assert rerun.returncode == clean.returncode == 0
     assert _files(str(tmp_path / "rerun")) == _files(str(tmp_path / "clean"))
 
@@ -228,13 +244,19 @@ def test_a_missing_or_damaged_index_is_refused_by_name_and_one_command_rebuilds_
     else:
         record = segment.read_json("segment.json")
         segment.write_json("segment.json", record | {"documents": record["documents"] - 1})
-    with pytest.raises(DedupIndexError, match=rf"batch first's dedup index cannot be used: .*python -m llm_pipeline.corpus.dedup rebuild {history.uri}"):
+    with pytest.raises(
+        DedupIndexError, match=rf"batch first's dedup index cannot be used: .*python -m llm_pipeline.corpus.dedup rebuild {history.uri}"
+    ):
         build_corpus(CorpusConfig(source_uri=second), Storage(str(tmp_path / "second")), earlier=[("first", history)])
     assert not os.path.exists(tmp_path / "second" / "manifest.json")
     rebuilt = _cli("llm_pipeline.corpus.dedup", "rebuild", str(tmp_path))  # a folder holding corpora, as the storage root
     assert rebuilt.returncode == 0, rebuilt.stderr
-    assert json.loads(rebuilt.stdout.splitlines()[0]) == {"corpus": history.uri, "outcome": "rebuilt", "documents": 1500,
-                                                          "bytes": json.loads(intact["dedup/segment.json"])["bytes"]}
+    assert json.loads(rebuilt.stdout.splitlines()[0]) == {
+        "corpus": history.uri,
+        "outcome": "rebuilt",
+        "documents": 1500,
+        "bytes": json.loads(intact["dedup/segment.json"])["bytes"],
+    }
     assert _files(history.path) == intact  # the same bytes the build wrote
     again = _cli("llm_pipeline.corpus.dedup", "rebuild", history.uri)
     assert json.loads(again.stdout)["outcome"] == "kept"

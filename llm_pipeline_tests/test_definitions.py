@@ -7,9 +7,9 @@ import dagster as dg
 import pytest
 
 from llm_pipeline.assets.configs import validate_run_config
-from llm_pipeline.automation import new_corpus_sensor, retraining_schedule
-from llm_pipeline.definitions import ASSETS, CHECKS, defs, make_resources
+from llm_pipeline.automation import new_corpus_sensor
 from llm_pipeline.corpus.batches import read_batch
+from llm_pipeline.definitions import ASSETS, CHECKS, defs, make_resources
 from llm_pipeline.resources import AutomationSettings
 from llm_pipeline_tests.helpers import batch_instance, step_failure
 
@@ -29,6 +29,22 @@ def test_loading_the_definitions_imports_no_torch():
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PIPELINE_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_retraining_cron_comes_from_the_automation_resource_and_is_checked_by_name():
+    code = "from llm_pipeline.definitions import defs; print(defs.get_schedule_def('retraining_schedule').cron_schedule)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PIPELINE_")}
+    hourly = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "LLM_PIPELINE_RETRAIN_CRON": "0 * * * *"}
+    )
+    assert hourly.stdout.strip() == "0 * * * *", hourly.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, "LLM_PIPELINE_RETRAIN_CRON": "weekly"})
+    assert (
+        bad.returncode != 0
+        and "LLM_PIPELINE_RETRAIN_CRON must be a cron string (minute hour day month weekday), got 'weekly'" in bad.stderr
+    )
+    with pytest.raises(ValueError, match="retrain_cron must be a cron string"):
+        AutomationSettings(retrain_cron="every sunday")
 
 
 def test_every_setting_from_the_environment_loads_and_is_checked_when_resolved(tmp_path, monkeypatch):
@@ -52,9 +68,13 @@ def test_every_setting_from_the_environment_loads_and_is_checked_when_resolved(t
 
 
 def test_retraining_schedule_requests_a_training_run_and_starts_stopped(tmp_path):
+    retraining_schedule = defs.get_schedule_def("retraining_schedule")
+    assert retraining_schedule.cron_schedule == AutomationSettings().retrain_cron == "0 3 * * 0"  # no variable set: weekly
+
     def tick(settings):
-        context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc),
-                                            resources={"automation": settings})
+        context = dg.build_schedule_context(
+            scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.UTC), resources={"automation": settings}
+        )
         return retraining_schedule.evaluate_tick(context)
 
     result = tick(AutomationSettings())
@@ -71,8 +91,10 @@ def test_retraining_schedule_requests_a_training_run_and_starts_stopped(tmp_path
     assert retraining_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     # What runs by default: new files become batches, batches are processed, new tokens retrain.
     assert {s.name: s.default_status for s in defs.sensors} == {
-        "new_corpus_sensor": dg.DefaultSensorStatus.RUNNING, "retraining_sensor": dg.DefaultSensorStatus.RUNNING,
-        "data_automation": dg.DefaultSensorStatus.RUNNING}
+        "new_corpus_sensor": dg.DefaultSensorStatus.RUNNING,
+        "retraining_sensor": dg.DefaultSensorStatus.RUNNING,
+        "data_automation": dg.DefaultSensorStatus.RUNNING,
+    }
 
 
 def test_sensor_on_the_default_landing_folder_takes_each_complete_file_once(tmp_path, monkeypatch):
@@ -147,7 +169,9 @@ def test_bad_late_stage_config_fails_before_any_work(tmp_path):
         ASSETS + CHECKS,
         resources=make_resources(str(root)),
         run_config={"ops": {"trained_checkpoint": {"config": {"zero_stage": 4}}}},
-        raise_on_error=False, instance=batch_instance(), partition_key="builtin",
+        raise_on_error=False,
+        instance=batch_instance(),
+        partition_key="builtin",
     )
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -158,9 +182,12 @@ def test_bad_late_stage_config_fails_before_any_work(tmp_path):
 
 def test_missing_corpus_source_is_a_clear_failure(tmp_path):
     result = dg.materialize(
-        ASSETS[:1], resources=make_resources(str(tmp_path / "root")),
-        run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "missing")}}}}, raise_on_error=False,
-        instance=batch_instance(), partition_key="builtin",
+        ASSETS[:1],
+        resources=make_resources(str(tmp_path / "root")),
+        run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "missing")}}}},
+        raise_on_error=False,
+        instance=batch_instance(),
+        partition_key="builtin",
     )
     assert "does not exist" in step_failure(result)[1]
 
@@ -176,16 +203,28 @@ def test_a_given_tokenizer_json_is_used_as_is(tmp_path, small_tokenizer, sample_
     given.write_text(small_tokenizer.to_str())
     instance = batch_instance()
     result = dg.materialize(
-        ASSETS[:2], resources=make_resources(str(tmp_path / "root")), instance=instance, partition_key="builtin",
-        run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(src)}},
-                            "tokenizer": {"config": {"tokenizer_json_uri": str(given)}}}},
+        ASSETS[:2],
+        resources=make_resources(str(tmp_path / "root")),
+        instance=instance,
+        partition_key="builtin",
+        run_config={
+            "ops": {"raw_corpus": {"config": {"source_uri": str(src)}}, "tokenizer": {"config": {"tokenizer_json_uri": str(given)}}}
+        },
     )
     out = result.output_for_node("tokenizer")
     assert out.sha256 == tokenizer_hash(small_tokenizer.to_str()) and out.vocab_size == 512
     bad = dg.materialize(
-        ASSETS[:2], resources=make_resources(str(tmp_path / "root")), raise_on_error=False, instance=instance,
-        partition_key="builtin", run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(src)}},
-                            "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "missing.json")}}}},
+        ASSETS[:2],
+        resources=make_resources(str(tmp_path / "root")),
+        raise_on_error=False,
+        instance=instance,
+        partition_key="builtin",
+        run_config={
+            "ops": {
+                "raw_corpus": {"config": {"source_uri": str(src)}},
+                "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "missing.json")}},
+            }
+        },
     )
     # Refused with the other settings, before any step runs (raw_corpus included).
     assert f"nothing was run. tokenizer_json_uri '{tmp_path / 'missing.json'}': no such file" in step_failure(bad)[1]

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.e2e
 def test_the_demo_prints_a_stage_per_line_and_logs_the_rest(tmp_path):
     home = fresh_copy(tmp_path / "llm-pipeline")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PIPELINE_")} | {"DAGSTER_HOME": home}
-    proc = subprocess.run([sys.executable, "-m", "llm_pipeline.demo", "--steps", "100"], cwd=home, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_pipeline.demo", "--steps", "100"], cwd=home, env=env, capture_output=True, text=True, timeout=900
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     lines = out.strip().splitlines()
@@ -46,7 +47,6 @@ def test_the_demo_prints_a_stage_per_line_and_logs_the_rest(tmp_path):
     assert all(math.isfinite(v["value"]) for task in harness.values() for v in task.values())
     choice = harness["llm_pipeline_heldout_continuation"]
     assert 0 < choice["acc"]["stderr"] < 1 and 0 < choice["acc_norm"]["stderr"] < 1
-    assert harness["llm_pipeline_heldout_perplexity"]["bits_per_byte"]["value"] == \
-        pytest.approx(metrics["bits_per_byte"], abs=1e-3)
+    assert harness["llm_pipeline_heldout_perplexity"]["bits_per_byte"]["value"] == pytest.approx(metrics["bits_per_byte"], abs=1e-3)
     assert metrics["contamination"]["fraction"] <= 0.2  # the default gate passes on the built-in corpus
     assert metrics["contamination"]["sets"]["held_out"]["contaminated"] == 0  # the shards' decontamination, by construction

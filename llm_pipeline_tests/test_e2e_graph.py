@@ -7,12 +7,11 @@ import pytest
 import torch
 
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
-from llm_pipeline_tests.helpers import batch_instance, datasets_cache, step_failure
 from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK
-from llm_pipeline.train.weights import load_trained_model
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.storage.folders import Storage
-from llm_pipeline.train.data import load_split_tokens
+from llm_pipeline.train.weights import load_trained_model
+from llm_pipeline_tests.helpers import batch_instance, datasets_cache, load_split_tokens, step_failure
 
 pytestmark = pytest.mark.e2e
 
@@ -20,9 +19,24 @@ SMALL = {
     "raw_corpus": {"max_bytes": 1_500_000},
     "tokenizer": {"vocab_size": 512, "train_bytes": 1_000_000},
     "tokenized_shards": {"val_fraction": 0.1, "tokens_per_shard": 150_000},
-    "trained_checkpoint": {"d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_hidden": 128, "max_seq_len": 64, "seq_len": 64,
-                           "micro_batch": 8, "steps": 20, "warmup_steps": 4, "checkpoint_every": 10, "keep_last": 3,
-                           "log_every": 5, "dtype": "fp32", "zero_stage": 2, "launcher": "deepspeed", "nproc": 2},
+    "trained_checkpoint": {
+        "d_model": 64,
+        "n_layers": 2,
+        "n_heads": 4,
+        "ffn_hidden": 128,
+        "max_seq_len": 64,
+        "seq_len": 64,
+        "micro_batch": 8,
+        "steps": 20,
+        "warmup_steps": 4,
+        "checkpoint_every": 10,
+        "keep_last": 3,
+        "log_every": 5,
+        "dtype": "fp32",
+        "zero_stage": 2,
+        "launcher": "deepspeed",
+        "nproc": 2,
+    },
     # 20 steps of a tiny model: gate at "better than a uniform guess" (ln 512 = 6.24).
     "eval_metrics": {"max_tokens": 20_000, "max_new_tokens": 8, "max_loss": 6.0},
 }
@@ -40,8 +54,7 @@ def graph(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("e2e") / "root")
     resources = make_resources(root)
     instance = batch_instance()
-    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance,
-                            partition_key="builtin")
+    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance, partition_key="builtin")
     assert result.success
     return root, resources, result, instance
 
@@ -66,16 +79,24 @@ def test_training_learned_and_eval_gate_passed(graph):
     assert ckpt.steps == 20 and ckpt.tokens_seen == 20 * 2 * 8 * 64
     assert metrics.loss < metrics.uniform_loss
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert set(checks) == {"eval_loss_within_threshold", "eval_perplexity_within_threshold", "no_regression_vs_published",
-                           "harness_scores_meet_minimums", "no_eval_contamination", "drop_shares_steady"}
+    assert set(checks) == {
+        "eval_loss_within_threshold",
+        "eval_perplexity_within_threshold",
+        "no_regression_vs_published",
+        "harness_scores_meet_minimums",
+        "no_eval_contamination",
+        "drop_shares_steady",
+    }
     assert all(c.passed for c in checks.values())
     assert checks["no_regression_vs_published"].description == "no published model to compare with"
     # The shards left out the training documents that would contaminate the held-out split: 0 by construction.
-    assert metrics.contamination["sets"]["held_out"]["contaminated"] == 0
+    assert metrics.contamination.sets["held_out"].contaminated == 0
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
     manifest = Storage(result.output_for_node("tokenized_shards").uri).read_json("manifest.json")
-    assert mats["tokenized_shards"].materialization.metadata["dropped_as_eval_overlap"].value == \
-        manifest["decontamination"]["dropped_as_eval_overlap"]["documents"]
+    assert (
+        mats["tokenized_shards"].materialization.metadata["dropped_as_eval_overlap"].value
+        == manifest["decontamination"]["dropped_as_eval_overlap"]["documents"]
+    )
     loss_curve = mats["trained_checkpoint"].materialization.metadata["loss_curve"]
     assert "data:image/png;base64," in loss_curve.value
     # Numbers to meaningful digits; the published files as a table.
@@ -123,8 +144,13 @@ def test_crashed_run_resumes_from_newest_complete_checkpoint(graph):
     # Simulate a crash after step 10: the step-20 checkpoint and the final outputs never happened.
     run.child("checkpoints").remove("step_00000020")
     run.child("final").remove()
-    again = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources, instance=instance,
-                           run_config=_run_config(only=["trained_checkpoint"]))
+    again = dg.materialize(
+        ASSETS + CHECKS,
+        selection=["trained_checkpoint"],
+        resources=resources,
+        instance=instance,
+        run_config=_run_config(only=["trained_checkpoint"]),
+    )
     assert again.success
     summary = run.child("final").read_json("summary.json")
     assert summary["resumed_from"] == "step_00000010" and summary["steps"] == 20
@@ -137,9 +163,9 @@ def test_crashed_run_resumes_from_newest_complete_checkpoint(graph):
 def test_the_harness_results_and_the_contamination_report_reach_the_ui_and_the_model_card(graph):
     root, _, result, _ = graph
     metrics = result.output_for_node("eval_metrics")
-    harness = metrics.harness["results"]
-    assert harness[PERPLEXITY_TASK]["bits_per_byte"]["value"] == pytest.approx(metrics.bits_per_byte, abs=1e-3)
-    assert 0 < harness[CONTINUATION_TASK]["acc"]["stderr"] < 1
+    harness = metrics.harness.results
+    assert harness[PERPLEXITY_TASK]["bits_per_byte"].value == pytest.approx(metrics.bits_per_byte, abs=1e-3)
+    assert 0 < harness[CONTINUATION_TASK]["acc"].stderr < 1
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
     shown = mats["eval_metrics"].materialization.metadata
     assert isinstance(shown[f"{CONTINUATION_TASK}/acc"].value, float)  # numbers: plotted across runs
@@ -159,9 +185,14 @@ def test_a_harness_task_that_cannot_load_offline_fails_before_training(graph, tm
     datasets_cache(monkeypatch, tmp_path / "empty-cache")
     runs_before = set(Storage(root).child("trained_checkpoint").listdir())
     result = dg.materialize(
-        ASSETS + CHECKS, selection=["trained_checkpoint", "eval_metrics"], resources=resources, instance=instance,
-        run_config=_run_config({"trained_checkpoint": {"seed": 11}, "eval_metrics": {"harness_tasks": [PERPLEXITY_TASK, "arc_easy"]}},
-                               only=["trained_checkpoint", "eval_metrics"]),
+        ASSETS + CHECKS,
+        selection=["trained_checkpoint", "eval_metrics"],
+        resources=resources,
+        instance=instance,
+        run_config=_run_config(
+            {"trained_checkpoint": {"seed": 11}, "eval_metrics": {"harness_tasks": [PERPLEXITY_TASK, "arc_easy"]}},
+            only=["trained_checkpoint", "eval_metrics"],
+        ),
         raise_on_error=False,
     )
     assert not result.success
@@ -176,9 +207,14 @@ def test_failing_gate_blocks_publishing(graph):
     registry = Storage(root).child("registry", "llm-pipeline-demo")
     latest_before = registry.read_bytes("latest")
     blocked = dg.materialize(
-        ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources, instance=instance,
-        run_config=_run_config({"eval_metrics": {"max_loss": 0.5, "max_perplexity": 1.5,
-                                                 "min_scores": {f"{CONTINUATION_TASK}/acc": 1.01}}}, only=["eval_metrics"]),
+        ASSETS + CHECKS,
+        selection=["eval_metrics", "published_model"],
+        resources=resources,
+        instance=instance,
+        run_config=_run_config(
+            {"eval_metrics": {"max_loss": 0.5, "max_perplexity": 1.5, "min_scores": {f"{CONTINUATION_TASK}/acc": 1.01}}},
+            only=["eval_metrics"],
+        ),
         raise_on_error=False,
     )
     assert not blocked.success
@@ -200,12 +236,17 @@ def test_second_publish_compares_with_the_first_and_moves_latest(graph):
     root, resources, result, instance = graph
     registry = Storage(root).child("registry", "llm-pipeline-demo")
     first = result.output_for_node("published_model").version
-    again = dg.materialize(ASSETS + CHECKS, selection=["eval_metrics", "published_model"], resources=resources, instance=instance,
-                           run_config=_run_config(only=["eval_metrics"]))
+    again = dg.materialize(
+        ASSETS + CHECKS,
+        selection=["eval_metrics", "published_model"],
+        resources=resources,
+        instance=instance,
+        run_config=_run_config(only=["eval_metrics"]),
+    )
     metrics = again.output_for_node("eval_metrics")
-    assert metrics.baseline["version"] == first and metrics.baseline["same_tokenizer"]
+    assert metrics.baseline.version == first and metrics.baseline.same_tokenizer
     # the same checkpoint against itself: no regression, identical numbers
-    assert metrics.bits_per_byte == pytest.approx(metrics.baseline["bits_per_byte"], rel=1e-9)
+    assert metrics.bits_per_byte == pytest.approx(metrics.baseline.bits_per_byte, rel=1e-9)
     mats = {m.asset_key.to_user_string(): m for m in again.get_asset_materialization_events()}
     assert mats["eval_metrics"].materialization.metadata["bits_per_byte_delta"].value == pytest.approx(0, abs=1e-9)
     second = again.output_for_node("published_model").version
@@ -219,9 +260,14 @@ def test_regression_against_the_published_model_blocks_publishing(graph):
     latest_before = registry.read_bytes("latest")
     # A barely trained model (2 steps), with the loss gate opened so only the regression gate can stop it.
     worse = dg.materialize(
-        ASSETS + CHECKS, selection=["trained_checkpoint", "eval_metrics", "published_model"], resources=resources, instance=instance,
-        run_config=_run_config({"trained_checkpoint": {"steps": 2, "warmup_steps": 1}, "eval_metrics": {"max_loss": 100.0}},
-                               only=["trained_checkpoint", "eval_metrics"]),
+        ASSETS + CHECKS,
+        selection=["trained_checkpoint", "eval_metrics", "published_model"],
+        resources=resources,
+        instance=instance,
+        run_config=_run_config(
+            {"trained_checkpoint": {"steps": 2, "warmup_steps": 1}, "eval_metrics": {"max_loss": 100.0}},
+            only=["trained_checkpoint", "eval_metrics"],
+        ),
         raise_on_error=False,
     )
     checks = {c.check_name: c for c in worse.get_asset_check_evaluations()}
@@ -259,8 +305,13 @@ def test_a_rank_dying_after_the_completion_marker_does_not_fail_the_run(graph, t
 
     root, resources, _, instance = graph
     monkeypatch.setenv(CRASH_ENV, f"after_summary:0:0:{tmp_path / 'fired'}")  # rank 0 SIGKILLed once it wrote summary.json
-    result = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources, instance=instance,
-                            run_config=_run_config({"trained_checkpoint": {"seed": 11}}, only=["trained_checkpoint"]))
+    result = dg.materialize(
+        ASSETS + CHECKS,
+        selection=["trained_checkpoint"],
+        resources=resources,
+        instance=instance,
+        run_config=_run_config({"trained_checkpoint": {"seed": 11}}, only=["trained_checkpoint"]),
+    )
     assert (tmp_path / "fired").exists() and result.success
     events = {e.event_type_value for e in result.all_events}
     assert "STEP_UP_FOR_RETRY" not in events  # the marker, not the launcher's exit code, said it finished
@@ -272,16 +323,26 @@ def test_a_checkpoint_that_was_not_evaluated_is_not_published(graph):
     """published_model takes the checkpoint and its evaluation as two inputs: it publishes only when the
     evaluation is of that checkpoint (a newer, unevaluated checkpoint is refused by name)."""
     root, resources, _, instance = graph
-    trained = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources, instance=instance,
-                             run_config=_run_config({"trained_checkpoint": {"seed": 13}}, only=["trained_checkpoint"]))
+    trained = dg.materialize(
+        ASSETS + CHECKS,
+        selection=["trained_checkpoint"],
+        resources=resources,
+        instance=instance,
+        run_config=_run_config({"trained_checkpoint": {"seed": 13}}, only=["trained_checkpoint"]),
+    )
     assert trained.success
     registry = Storage(root).child("registry", "llm-pipeline-demo")
     versions = registry.listdir()
-    refused = dg.materialize(ASSETS + CHECKS, selection=["published_model"], resources=resources, instance=instance,
-                             run_config=_run_config(only=["published_model"]), raise_on_error=False)
+    refused = dg.materialize(
+        ASSETS + CHECKS,
+        selection=["published_model"],
+        resources=resources,
+        instance=instance,
+        run_config=_run_config(only=["published_model"]),
+        raise_on_error=False,
+    )
     assert not refused.success
-    assert (f"not the latest trained_checkpoint {trained.output_for_node('trained_checkpoint').final_uri}"
-            in step_failure(refused)[1])
+    assert f"not the latest trained_checkpoint {trained.output_for_node('trained_checkpoint').final_uri}" in step_failure(refused)[1]
     assert registry.listdir() == versions  # nothing published
 
 
@@ -297,11 +358,15 @@ def test_killed_rank_is_retried_and_resumes_step_for_step(graph, tmp_path):
     run_root = Storage(root).child("trained_checkpoint")
     overrides = {"trained_checkpoint": {"seed": 7, "steps": 60}}
     killed: list = []
-    killer = threading.Thread(target=_kill_rank_after,
-                              args=(run_root, set(run_root.listdir()), "1", "step_00000010/complete.json", killed))
+    killer = threading.Thread(target=_kill_rank_after, args=(run_root, set(run_root.listdir()), "1", "step_00000010/complete.json", killed))
     killer.start()
-    crashed = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources, instance=instance,
-                             run_config=_run_config(overrides, only=["trained_checkpoint"]))
+    crashed = dg.materialize(
+        ASSETS + CHECKS,
+        selection=["trained_checkpoint"],
+        resources=resources,
+        instance=instance,
+        run_config=_run_config(overrides, only=["trained_checkpoint"]),
+    )
     killer.join()
     assert killed, "the trainer finished before a rank could be killed"
     assert crashed.success  # the RetryPolicy re-launched the trainer
@@ -315,11 +380,16 @@ def test_killed_rank_is_retried_and_resumes_step_for_step(graph, tmp_path):
     config["run_uri"] = str(tmp_path / "uninterrupted")
     (tmp_path / "train.json").write_text(__import__("json").dumps(config))
     launch = LaunchConfig(nproc=2)
-    subprocess.run(launch_command(launch, str(tmp_path / "train.json")), env={**os.environ, **launch_env(launch)},
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        launch_command(launch, str(tmp_path / "train.json")),
+        env={**os.environ, **launch_env(launch)},
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     reference = Storage(config["run_uri"]).child("final").read_json("summary.json")
     assert [s for s, _ in summary["losses"]] == list(range(1, 61))
-    assert [l for _, l in summary["losses"]] == pytest.approx([l for _, l in reference["losses"]], rel=1e-6)
+    assert [loss for _, loss in summary["losses"]] == pytest.approx([loss for _, loss in reference["losses"]], rel=1e-6)
 
 
 def test_a_tampered_published_baseline_is_refused_before_it_is_loaded(graph):
@@ -332,8 +402,14 @@ def test_a_tampered_published_baseline_is_refused_before_it_is_loaded(graph):
     try:
         with open(weights, "ab") as f:
             f.write(b"\x00")
-        result = dg.materialize(ASSETS + CHECKS, selection=["eval_metrics"], resources=resources, instance=instance,
-                                run_config=_run_config(only=["eval_metrics"]), raise_on_error=False)
+        result = dg.materialize(
+            ASSETS + CHECKS,
+            selection=["eval_metrics"],
+            resources=resources,
+            instance=instance,
+            run_config=_run_config(only=["eval_metrics"]),
+            raise_on_error=False,
+        )
         assert not result.success
         _, message = step_failure(result)
         assert f"the published baseline {model.child(version).uri} fails verification" in message

@@ -29,10 +29,14 @@ pytestmark = pytest.mark.e2e
 
 def test_graph_on_s3_root_publishes_and_resumes(s3_endpoint):
     storage = StorageResource(root_uri="s3://llm-pipeline-test/graph", s3_endpoint_url=s3_endpoint)
-    resources = {"storage": storage, "io_manager": JsonIOManager(storage=storage), "pipes_subprocess_client": dg.PipesSubprocessClient(), "ray_cluster": RayClusterResource()}
+    resources = {
+        "storage": storage,
+        "io_manager": JsonIOManager(storage=storage),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "ray_cluster": RayClusterResource(),
+    }
     instance = batch_instance()
-    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance,
-                            partition_key="builtin")
+    result = dg.materialize(ASSETS + CHECKS, resources=resources, run_config=_run_config(), instance=instance, partition_key="builtin")
     assert result.success
     published = result.output_for_node("published_model")
     assert published.uri.startswith("s3://llm-pipeline-test/graph/registry/llm-pipeline-demo/")
@@ -49,8 +53,13 @@ def test_graph_on_s3_root_publishes_and_resumes(s3_endpoint):
     run.child("checkpoints").remove("step_00000020")
     run.child("final").remove()
     shutil.rmtree(store.local_dir)
-    again = dg.materialize(ASSETS + CHECKS, selection=["trained_checkpoint"], resources=resources, instance=instance,
-                           run_config=_run_config(only=["trained_checkpoint"]))
+    again = dg.materialize(
+        ASSETS + CHECKS,
+        selection=["trained_checkpoint"],
+        resources=resources,
+        instance=instance,
+        run_config=_run_config(only=["trained_checkpoint"]),
+    )
     assert again.success
     summary = run.child("final").read_json("summary.json")
     assert summary["resumed_from"] == "step_00000010" and summary["steps"] == 20
@@ -61,16 +70,47 @@ def test_two_nodes_with_their_own_disks_share_checkpoints_through_s3(s3_endpoint
     rank's checkpoint shards; rank 0 fetches the other node's shards to consolidate the model."""
     _, shards, _ = make_shards(tmp_path, Storage(str(tmp_path / "root")), small_tokenizer, sample_texts)
     run = Storage("s3://llm-pipeline-test/two-nodes/run", client_kwargs={"endpoint_url": s3_endpoint})
-    cfg = TrainConfig(shards_uris=(shards.uri,), run_uri=run.uri, model=MODEL, seq_len=32, micro_batch=4, steps=4,
-                      warmup_steps=1, zero_stage=2, dtype="fp32", checkpoint_every=2, keep_last=1, log_every=2)
+    cfg = TrainConfig(
+        shards_uris=(shards.uri,),
+        run_uri=run.uri,
+        model=MODEL,
+        seq_len=32,
+        micro_batch=4,
+        steps=4,
+        warmup_steps=1,
+        zero_stage=2,
+        dtype="fp32",
+        checkpoint_every=2,
+        keep_last=1,
+        log_every=2,
+    )
     run.write_bytes("train_config.json", cfg.to_json().encode())
     port, procs = str(free_port()), []
     for node_rank in (0, 1):
         env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint, STAGING_ENV: str(tmp_path / f"disk-{node_rank}")}
-        args = ["--config", run.uri + "/train_config.json", "--launcher", "torchrun", "--nproc", "1", "--nnodes", "2",
-                "--node-rank", str(node_rank), "--master-port", port]
-        procs.append(subprocess.Popen([sys.executable, "-m", "llm_pipeline.train.launch", *args], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        args = [
+            "--config",
+            run.uri + "/train_config.json",
+            "--launcher",
+            "torchrun",
+            "--nproc",
+            "1",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(node_rank),
+            "--master-port",
+            port,
+        ]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "llm_pipeline.train.launch", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
 

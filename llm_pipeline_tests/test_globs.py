@@ -57,8 +57,12 @@ def test_patterns_that_backtrack_for_minutes_take_milliseconds(tmp_path):
 
 
 def test_bad_and_oversized_patterns_are_refused_by_name_before_any_file_is_read():
-    for glob, message in (("[", "never closed"), ("**/[z-a]", "range z-a .* is empty"), ("a**b", "entire path component"),
-                          ("*" * (MAX_PATTERN_CHARS + 1), "longer than 4,096 characters")):
+    for glob, message in (
+        ("[", "never closed"),
+        ("**/[z-a]", "range z-a .* is empty"),
+        ("a**b", "entire path component"),
+        ("*" * (MAX_PATTERN_CHARS + 1), "longer than 4,096 characters"),
+    ):
         with pytest.raises(ValueError, match=message):
             check_glob(glob)
         with pytest.raises(ValueError, match=f"glob .* is not a valid pattern: .*{message}"):

@@ -23,15 +23,16 @@ from llm_pipeline.tokenize.bpe import id_space, load_tokenizer, tokenizer_hash
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
-from llm_pipeline.train.data import ShardError, load_split_tokens, read_shard_manifest
+from llm_pipeline.train.data import ShardError, read_shard_manifest
 from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline.train.weights import load_trained_model
-from llm_pipeline_tests.helpers import batch_instance, make_shards, published, step_failure
+from llm_pipeline_tests.helpers import batch_instance, load_split_tokens, make_shards, published, step_failure
 
 ESCAPES = ["../../escaped", "a/../../../b", "/etc/passwd", "..", ".", "x\n", "", "a/b", "s3://bucket/x", "a\\b", ".hidden", "-x"]
 
 
 # --- 1. names ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ESCAPES)
 def test_registry_names_that_escape_are_refused_by_name(tmp_path, name):
@@ -82,8 +83,9 @@ def test_a_latest_pointer_that_leaves_its_model_is_refused(tmp_path, small_token
     (tmp_path / "registry" / "m" / "latest").write_text("../../outside\n")
     with pytest.raises(ValueError, match=r"pointer .*/m/latest names '../../outside'.*refusing to follow it"):
         resolve_version(registry, "m")
-    out = subprocess.run([sys.executable, "-m", "llm_pipeline.publish.verify", str(tmp_path / "registry" / "m")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "llm_pipeline.publish.verify", str(tmp_path / "registry" / "m")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 1 and out.stdout.startswith("FAIL") and "refusing to follow it" in out.stdout
 
 
@@ -94,12 +96,14 @@ def test_verify_reports_a_garbage_manifest_as_a_fail_line(tmp_path, small_tokeni
     assert "manifest.json is not a valid manifest" in verify(folder)[0]
     folder.write_bytes("manifest.json", b'{"files": {"../../etc/passwd": {"sha256": "x"}}}')
     assert "must be a relative path inside its folder" in verify(folder)[0]
-    out = subprocess.run([sys.executable, "-m", "llm_pipeline.publish.verify", manifest["uri"]], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "llm_pipeline.publish.verify", manifest["uri"]], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 1 and "FAIL" in out.stdout and "Traceback" not in out.stdout + out.stderr
 
 
 # --- 3. token ids ---------------------------------------------------------------------------------
+
 
 def test_ids_above_65535_are_stored_as_uint32_and_kept(tmp_path, small_tokenizer, sample_texts):
     data = json.loads(small_tokenizer.to_str())
@@ -107,19 +111,33 @@ def test_ids_above_65535_are_stored_as_uint32_and_kept(tmp_path, small_tokenizer
     tok = load_tokenizer(json.dumps(data))
     assert id_space(tok) == 70001
     texts = [t + "\nZebra Zone\n" for t in sample_texts]
-    _, shards, manifest = make_shards(tmp_path, Storage(str(tmp_path / "root")), tok, texts, engine="tokenizers",
-                                      vocab_size=id_space(tok), shard_cfg=ShardConfig(val_fraction=0.3))
+    _, shards, manifest = make_shards(
+        tmp_path,
+        Storage(str(tmp_path / "root")),
+        tok,
+        texts,
+        engine="tokenizers",
+        vocab_size=id_space(tok),
+        shard_cfg=ShardConfig(val_fraction=0.3),
+    )
     assert manifest["dtype"] == "uint32" and max(s["max_id"] for s in manifest["shards"]) == 70000
     tokens, _ = load_split_tokens(shards, "train")
     assert 70000 in tokens
     with pytest.raises(ShardError, match=r"holds token id 70000, outside the vocabulary of 512"):
         load_split_tokens(shards, "train", vocab_size=512)
     with pytest.raises(ValueError, match="token id 70000 is >= vocab_size 512"):
-        write_shards(Storage(str(tmp_path / "root" / "corpus")), Storage(str(tmp_path / "x")), DocumentEncoder(tok, "tokenizers"),
-                     512, tokenizer_hash(tok.to_str()), ShardConfig(val_fraction=0.3))
+        write_shards(
+            Storage(str(tmp_path / "root" / "corpus")),
+            Storage(str(tmp_path / "x")),
+            DocumentEncoder(tok, "tokenizers"),
+            512,
+            tokenizer_hash(tok.to_str()),
+            ShardConfig(val_fraction=0.3),
+        )
 
 
 # --- 4. errors that name the thing ----------------------------------------------------------------
+
 
 def test_garbage_and_truncated_tokenizer_json_name_the_source(small_tokenizer):
     with pytest.raises(ValueError, match="s3://b/tok.json is not a valid tokenizer.json"):
@@ -134,10 +152,19 @@ def test_a_given_garbage_tokenizer_fails_the_asset_by_name(tmp_path):
     from llm_pipeline.definitions import make_resources
 
     (tmp_path / "tok.json").write_bytes(b"\xff\xfe garbage")
-    result = dg.materialize([raw_corpus, tokenizer], resources=make_resources(str(tmp_path / "root")), raise_on_error=False,
-                            instance=batch_instance(), partition_key="builtin",
-                            run_config={"ops": {"raw_corpus": {"config": {"max_bytes": 300_000}},
-                                                "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "tok.json")}}}})
+    result = dg.materialize(
+        [raw_corpus, tokenizer],
+        resources=make_resources(str(tmp_path / "root")),
+        raise_on_error=False,
+        instance=batch_instance(),
+        partition_key="builtin",
+        run_config={
+            "ops": {
+                "raw_corpus": {"config": {"max_bytes": 300_000}},
+                "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "tok.json")}},
+            }
+        },
+    )
     assert not result.success
     assert f"cannot use tokenizer_json_uri '{tmp_path / 'tok.json'}'" in step_failure(result)[1]
 
@@ -197,9 +224,17 @@ def test_every_float_setting_refuses_non_finite_values(build, field, value):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.sampled_from([(stage, name) for stage, cls in STAGE_CONFIGS.items() for name, f in cls.model_fields.items()
-                        if f.annotation in (float, "float") or "float" in str(f.annotation)]),
-       st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10)))
+@given(
+    st.sampled_from(
+        [
+            (stage, name)
+            for stage, cls in STAGE_CONFIGS.items()
+            for name, f in cls.model_fields.items()
+            if f.annotation in (float, "float") or "float" in str(f.annotation)
+        ]
+    ),
+    st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10)),
+)
 def test_any_float_value_is_refused_by_field_or_accepted(field, value):
     stage, name = field
     try:
@@ -213,6 +248,7 @@ def test_any_float_value_is_refused_by_field_or_accepted(field, value):
 
 
 # --- 6. the remote shell --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("addr", ["10.0.0.1; rm -rf /", "$(reboot)", "host name", "a`b`", "x\n", "-oProxyCommand=sh"])
 def test_master_addr_is_a_host_name_or_an_ip(addr):
@@ -257,10 +293,12 @@ def test_user_named_files_that_could_hang_or_never_end_are_refused_before_any_wo
 @pytest.mark.parametrize("module", ["llm_pipeline.train.launch", "llm_pipeline.train.trainer"])
 def test_a_training_config_that_could_hang_or_is_not_an_object_is_refused_by_name(tmp_path, module):
     cases = {path: f"is {kind}" for kind, path in _special_files(tmp_path).items()}
-    for name, body, message in (("null.json", "null", "must hold a JSON object, got NoneType"),
-                                ("list.json", "[]", "must hold a JSON object, got list"),
-                                ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
-                                ("huge.json", " " * (17 << 20), "is larger than 16,777,216 bytes")):
+    for name, body, message in (
+        ("null.json", "null", "must hold a JSON object, got NoneType"),
+        ("list.json", "[]", "must hold a JSON object, got list"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("huge.json", " " * (17 << 20), "is larger than 16,777,216 bytes"),
+    ):
         (tmp_path / name).write_text(body)
         cases[str(tmp_path / name)] = message
     extra = ["--launcher", "torchrun"] if module.endswith("launch") else []
@@ -321,9 +359,10 @@ def _a_list(conn, stop):
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]")
 
 
-@pytest.mark.parametrize("behaviour, message", [(_dribble, "no whole answer within 2 s"),
-                                                (_endless, "larger than 65,536 bytes"),
-                                                (_a_list, "not a Ray dashboard's")])
+@pytest.mark.parametrize(
+    "behaviour, message",
+    [(_dribble, "no whole answer within 2 s"), (_endless, "larger than 65,536 bytes"), (_a_list, "not a Ray dashboard's")],
+)
 def test_the_ray_address_check_ends_on_time_reads_little_and_never_shows_credentials(behaviour, message):
     import time
 
@@ -353,21 +392,38 @@ def _broken_tokenizers(tokenizer) -> dict[str, tuple[str, str]]:
     huge = json.loads(tokenizer.to_str())
     huge["model"]["vocab"]["zzz-far-away"] = 2**32 - 1
     deleting = {**base, "normalizer": {"type": "Replace", "pattern": {"Regex": "[a-z]"}, "content": ""}}
-    word_level = {"version": "1.0", "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
-                                                      "rstrip": False, "normalized": False, "special": True}],
-                  "normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None, "decoder": None,
-                  "model": {"type": "WordLevel", "vocab": {"<|endoftext|>": 0, "def": 1, "[UNK]": 2}, "unk_token": "[UNK]"}}
-    return {"an id shared with end-of-text": (json.dumps(shared), "ids belong to more than one token"),
-            "an id of 2**32-1": (json.dumps(huge), "its largest id is 4,294,967,295"),
-            "a normalizer deleting lowercase letters": (json.dumps(deleting), "does not give the text back"),
-            "a WordLevel tokenizer of three tokens": (json.dumps(word_level), "does not give the text back")}
+    word_level = {
+        "version": "1.0",
+        "added_tokens": [
+            {
+                "id": 0,
+                "content": "<|endoftext|>",
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": {"<|endoftext|>": 0, "def": 1, "[UNK]": 2}, "unk_token": "[UNK]"},
+    }
+    return {
+        "an id shared with end-of-text": (json.dumps(shared), "ids belong to more than one token"),
+        "an id of 2**32-1": (json.dumps(huge), "its largest id is 4,294,967,295"),
+        "a normalizer deleting lowercase letters": (json.dumps(deleting), "does not give the text back"),
+        "a WordLevel tokenizer of three tokens": (json.dumps(word_level), "does not give the text back"),
+    }
 
 
 def test_tokenizers_that_would_corrupt_the_data_are_refused_by_name(small_tokenizer, sample_texts):
     from llm_pipeline.tokenize.bpe import check_tokenizer
 
     check_tokenizer(small_tokenizer, sample_texts)  # ours gives every byte back
-    for kind, (text, message) in _broken_tokenizers(small_tokenizer).items():
+    for _kind, (text, message) in _broken_tokenizers(small_tokenizer).items():
         with pytest.raises(ValueError, match=f"given.json: .*{re.escape(message)}"):
             check_tokenizer(load_tokenizer(text), sample_texts, "given.json")
 
@@ -381,24 +437,36 @@ def test_a_given_corrupting_tokenizer_fails_its_step_before_any_shard_is_written
     text, message = _broken_tokenizers(small_tokenizer)["an id shared with end-of-text"]
     (tmp_path / "tok.json").write_text(text)
     root = tmp_path / "root"
-    result = dg.materialize([raw_corpus, tokenizer, tokenized_shards], resources=make_resources(str(root)), raise_on_error=False,
-                            instance=batch_instance(), partition_key="builtin",
-                            run_config={"ops": {"raw_corpus": {"config": {"max_bytes": 300_000}},
-                                                "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "tok.json")}}}})
+    result = dg.materialize(
+        [raw_corpus, tokenizer, tokenized_shards],
+        resources=make_resources(str(root)),
+        raise_on_error=False,
+        instance=batch_instance(),
+        partition_key="builtin",
+        run_config={
+            "ops": {
+                "raw_corpus": {"config": {"max_bytes": 300_000}},
+                "tokenizer": {"config": {"tokenizer_json_uri": str(tmp_path / "tok.json")}},
+            }
+        },
+    )
     assert not result.success
     step, description = step_failure(result)
     assert step == "tokenizer" and f"{tmp_path / 'tok.json'}: 1 ids belong to more than one token" in description
     assert not (root / "tokenized_shards").exists()
 
 
-@pytest.mark.parametrize("stage, field, value", [
-    ("trained_checkpoint", "master_addr", "a" * 10_000_000),
-    ("published_model", "model_name", "a" * 10_000_000),
-    ("eval_metrics", "compare_with", "a" * 10_000_000),
-    ("eval_metrics", "min_scores", {"a" * 10_000_000: 0.5}),
-    ("tokenizer", "tokenizer_json_uri", "/tmp/" + "a" * 10_000_000),
-    ("trained_checkpoint", "master_addr", "http://user:hunter2@" + "a" * 10_000_000),
-])
+@pytest.mark.parametrize(
+    "stage, field, value",
+    [
+        ("trained_checkpoint", "master_addr", "a" * 10_000_000),
+        ("published_model", "model_name", "a" * 10_000_000),
+        ("eval_metrics", "compare_with", "a" * 10_000_000),
+        ("eval_metrics", "min_scores", {"a" * 10_000_000: 0.5}),
+        ("tokenizer", "tokenizer_json_uri", "/tmp/" + "a" * 10_000_000),
+        ("trained_checkpoint", "master_addr", "http://user:hunter2@" + "a" * 10_000_000),
+    ],
+)
 def test_a_huge_bad_setting_is_named_not_echoed(stage, field, value):
     with pytest.raises(dg.Failure) as e:
         validate_run_config({"ops": {stage: {"config": {field: value}}}})
@@ -420,14 +488,19 @@ def test_careless_corpus_options_are_refused_or_bounded(tmp_path):
         (src / f"{i}.txt").write_text(f"document {i} " * 50)
     listing = list_sources(str(src), "**/*")
     assert _worker_count(CorpusConfig(source_uri=str(src), workers=32), listing) <= (os.cpu_count() or 1)
-    proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(src), "--out", "memory://corpus"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_pipeline.corpus", str(src), "--out", "memory://corpus"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1 and "memory:// lives only as long as this command" in proc.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     pq.write_table(pa.table({"text": pa.array([], pa.string())}), empty / "rows.parquet")
-    proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(empty), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_pipeline.corpus", str(empty), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "the 1 files read hold no records (an empty file, a zero-row Parquet file" in proc.stderr
 
 
@@ -530,8 +603,14 @@ def test_credentials_in_a_source_uri_stay_out_of_the_event_log(tmp_path):
 
     instance = batch_instance()
     uri = "http://reader:hunter2@127.0.0.1:1/corpus.jsonl?token=s3cr3t"
-    result = dg.materialize([raw_corpus], resources=make_resources(str(tmp_path / "root")), raise_on_error=False, instance=instance,
-                            partition_key="builtin", run_config={"ops": {"raw_corpus": {"config": {"source_uri": uri}}}})
+    result = dg.materialize(
+        [raw_corpus],
+        resources=make_resources(str(tmp_path / "root")),
+        raise_on_error=False,
+        instance=instance,
+        partition_key="builtin",
+        run_config={"ops": {"raw_corpus": {"config": {"source_uri": uri}}}},
+    )
     assert not result.success
     step, description = step_failure(result)
     assert step == "raw_corpus" and "http://***@127.0.0.1:1/corpus.jsonl?token=***" in description, description
@@ -545,7 +624,9 @@ def test_log_lines_metadata_and_failures_of_a_step_are_redacted(tmp_path):
 
     secret = "https://me:hunter2@example.com/data?api_key=s3cr3t"
     script = tmp_path / "external.py"
-    script.write_text(f"from dagster_pipes import open_dagster_pipes\nwith open_dagster_pipes() as pipes:\n    pipes.log.info({secret!r})\n")
+    script.write_text(
+        f"from dagster_pipes import open_dagster_pipes\nwith open_dagster_pipes() as pipes:\n    pipes.log.info({secret!r})\n"
+    )
 
     @dg.asset
     @redacted_step
@@ -560,8 +641,9 @@ def test_log_lines_metadata_and_failures_of_a_step_are_redacted(tmp_path):
         raise OSError(f"cannot read {secret}")
 
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([leaky, failing], instance=instance, raise_on_error=False,
-                            resources={"pipes_subprocess_client": dg.PipesSubprocessClient()})
+    result = dg.materialize(
+        [leaky, failing], instance=instance, raise_on_error=False, resources={"pipes_subprocess_client": dg.PipesSubprocessClient()}
+    )
     [materialization] = result.asset_materializations_for_node("leaky")
     assert materialization.metadata["source"] == dg.MetadataValue.text("https://***@example.com/data?api_key=***")
     assert materialization.metadata["nested"] == dg.MetadataValue.json({"uri": "https://***@example.com/data?api_key=***"})

@@ -30,11 +30,19 @@ def _instance(tmp_path, config_file: str) -> dg.DagsterInstance:
 
 def _left_starting(instance: dg.DagsterInstance, seconds_ago: float) -> str:
     """A run marked STARTING `seconds_ago`, whose process never came: what a daemon killed mid-launch leaves."""
-    run = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"starting-{seconds_ago:.0f}",
-                                         status=dg.DagsterRunStatus.NOT_STARTED))
-    instance.handle_new_event(EventLogEntry(
-        error_info=None, level=logging.DEBUG, user_message="", run_id=run.run_id, timestamp=time.time() - seconds_ago,
-        dagster_event=DagsterEvent(event_type_value=DagsterEventType.RUN_STARTING.value, job_name=run.job_name)))
+    run = instance.add_run(
+        dg.DagsterRun(job_name="__ASSET_JOB", run_id=f"starting-{seconds_ago:.0f}", status=dg.DagsterRunStatus.NOT_STARTED)
+    )
+    instance.handle_new_event(
+        EventLogEntry(
+            error_info=None,
+            level=logging.DEBUG,
+            user_message="",
+            run_id=run.run_id,
+            timestamp=time.time() - seconds_ago,
+            dagster_event=DagsterEvent(event_type_value=DagsterEventType.RUN_STARTING.value, job_name=run.job_name),
+        )
+    )
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTING
     return run.run_id
 

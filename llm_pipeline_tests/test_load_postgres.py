@@ -20,10 +20,25 @@ from llm_pipeline_tests.services import REPO, Dagster, fresh_copy
 pytestmark = pytest.mark.e2e
 DELIVERIES = 50
 SPACING_S = 6.0  # fifty deliveries over five minutes
-TINY = {"ops": {
-    "trained_checkpoint": {"config": {"preset": "tiny", "seq_len": 32, "micro_batch": 4, "steps": 4, "warmup_steps": 1,
-                                      "checkpoint_every": 4, "log_every": 2, "dtype": "fp32", "launcher": "none", "nproc": 1}},
-    "eval_metrics": {"config": {"max_loss": 100.0, "max_new_tokens": 4, "max_tokens": 2000}}}}
+TINY = {
+    "ops": {
+        "trained_checkpoint": {
+            "config": {
+                "preset": "tiny",
+                "seq_len": 32,
+                "micro_batch": 4,
+                "steps": 4,
+                "warmup_steps": 1,
+                "checkpoint_every": 4,
+                "log_every": 2,
+                "dtype": "fp32",
+                "launcher": "none",
+                "nproc": 1,
+            }
+        },
+        "eval_metrics": {"config": {"max_loss": 100.0, "max_new_tokens": 4, "max_tokens": 2000}},
+    }
+}
 
 
 def _sources() -> list[str]:
@@ -62,7 +77,7 @@ class Deliverer(threading.Thread):
     def _deliver(self, d: int) -> None:
         folder = os.path.join(self.landing, f"delivery-{d:02}")
         os.makedirs(folder)
-        files = self.sources[3 * d: 3 * d + 3]
+        files = self.sources[3 * d : 3 * d + 3]
         for i, path in enumerate(files):
             rel = f"delivery-{d:02}/{os.path.basename(path)}"
             target = os.path.join(self.landing, rel)
@@ -70,7 +85,7 @@ class Deliverer(threading.Thread):
                 data = open(path, "rb").read()
                 with open(target, "wb") as f:
                     for part in range(5):  # a write every 2 s: it changes between any two ticks
-                        f.write(data[part * len(data) // 5: (part + 1) * len(data) // 5])
+                        f.write(data[part * len(data) // 5 : (part + 1) * len(data) // 5])
                         f.flush()
                         time.sleep(2)
             elif d % 7 == 0 and i == 1:
@@ -88,10 +103,13 @@ def test_fifty_deliveries_on_postgres_with_faults_lose_and_double_nothing(postgr
     with open(os.path.join(home, "training.yaml"), "w") as f:
         yaml.safe_dump(TINY, f)
     crash_flags = {stage: str(tmp_path / f"{stage}-crash-fired") for stage in ("corpus", "shards")}
-    env = {**postgres.env(), "LLM_PIPELINE_TRAINING_RUN_CONFIG": os.path.join(home, "training.yaml"),
-           # The first run to write a corpus batch, and the first to write a batch's shards, are SIGKILLed
-           # once everything but the manifest is written.
-           CRASH_ENV: ",".join(f"{stage}_before_manifest:0:0:{flag}" for stage, flag in crash_flags.items())}
+    env = {
+        **postgres.env(),
+        "LLM_PIPELINE_TRAINING_RUN_CONFIG": os.path.join(home, "training.yaml"),
+        # The first run to write a corpus batch, and the first to write a batch's shards, are SIGKILLed
+        # once everything but the manifest is written.
+        CRASH_ENV: ",".join(f"{stage}_before_manifest:0:0:{flag}" for stage, flag in crash_flags.items()),
+    }
     dagster = Dagster(home, env)
     landing = os.path.join(home, ".storage", "landing")
     os.makedirs(landing)
@@ -99,14 +117,18 @@ def test_fifty_deliveries_on_postgres_with_faults_lose_and_double_nothing(postgr
     started = time.time()
     try:
         deliverer.start()
-        # Faults while deliveries land: the daemon killed and restarted, then PostgreSQL restarted.
-        time.sleep(100)
+        # Faults while deliveries land, each once the pipeline is where it is meant to hit: the daemon
+        # SIGKILLed once it has made batches of the early deliveries and restarted; PostgreSQL stopped
+        # once the new daemon has made a batch of its own, and started again after a delivery landed
+        # while it was down.
+        dagster.wait_for("batches of the early deliveries", lambda: len(dagster.partitions()) >= 4, timeout=300, failed_runs_allowed=True)
         dagster.kill_daemon()
-        time.sleep(5)
         dagster.start_daemon()
-        time.sleep(60)
+        made = len(dagster.partitions())
+        dagster.wait_for("a batch by the restarted daemon", lambda: len(dagster.partitions()) > made, timeout=300, failed_runs_allowed=True)
         postgres.stop()
-        time.sleep(10)
+        landed = len(deliverer.complete)
+        _wait_until("a delivery while PostgreSQL is down", lambda: len(deliverer.complete) > landed, timeout=60)
         postgres.start()
         deliverer.join()
         assert deliverer.error is None, deliverer.error
@@ -150,13 +172,25 @@ def test_fifty_deliveries_on_postgres_with_faults_lose_and_double_nothing(postgr
         assert published["run_id"] == dagster.materializations("trained_checkpoint")[0]["run_id"]
 
         latency = [shards[b][0]["timestamp"] - max(deliverer.complete[f] for f in files) for b, files in batches.items()]
-        record_property("figures", (  # printed at the end of the run (conftest.py), from any xdist worker
-            f"load: {DELIVERIES} deliveries, {len(delivered)} files -> {len(batches)} batches; "
-            f"data runs {len(dagster.run_records('__ASSET_JOB'))} ({len(killed)} killed and retried), "
-            f"training runs {len(trainings)}; landing-to-tokenized latency median {statistics.median(latency):.0f}s, "
-            f"max {max(latency):.0f}s; all settled after {elapsed:.0f}s"))
+        record_property(
+            "figures",
+            (  # printed at the end of the run (conftest.py), from any xdist worker
+                f"load: {DELIVERIES} deliveries, {len(delivered)} files -> {len(batches)} batches; "
+                f"data runs {len(dagster.run_records('__ASSET_JOB'))} ({len(killed)} killed and retried), "
+                f"training runs {len(trainings)}; landing-to-tokenized latency median {statistics.median(latency):.0f}s, "
+                f"max {max(latency):.0f}s; all settled after {elapsed:.0f}s"
+            ),
+        )
     finally:
         dagster.stop()
+
+
+def _wait_until(what: str, condition, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f}s for {what}")
+        time.sleep(0.5)
 
 
 def _batch_files(home: str, dagster: Dagster) -> dict[str, list[str]]:

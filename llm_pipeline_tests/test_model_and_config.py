@@ -97,8 +97,11 @@ def test_global_batch_in_tokens_sets_gradient_accumulation_per_world_size():
 
 def test_offload_goes_into_the_zero_config():
     zero = _cfg(zero_stage=3, offload_optimizer=True, offload_params=True).deepspeed_config(2, "bf16", on_gpu=True)["zero_optimization"]
-    assert zero == {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True},
-                    "offload_param": {"device": "cpu", "pin_memory": True}}
+    assert zero == {
+        "stage": 3,
+        "offload_optimizer": {"device": "cpu", "pin_memory": True},
+        "offload_param": {"device": "cpu", "pin_memory": True},
+    }
 
 
 def test_mfu_uses_the_dense_16bit_peak_of_the_named_gpu():
@@ -125,8 +128,18 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 
 def test_launch_commands():
     ds = launch_command(LaunchConfig(launcher="deepspeed", nproc=2, master_port=29500), "c.json")
-    assert ds[1:] == ["-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29500", "--module",
-                      "llm_pipeline.train.trainer", "--config", "c.json"]
+    assert ds[1:] == [
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29500",
+        "--module",
+        "llm_pipeline.train.trainer",
+        "--config",
+        "c.json",
+    ]
     tr = launch_command(LaunchConfig(launcher="torchrun", nproc=2, master_port=29500), "c.json")
     assert tr[1:3] == ["-m", "torch.distributed.run"] and tr[-3:] == ["llm_pipeline.train.trainer", "--config", "c.json"]
     with pytest.raises(ValueError, match="nproc and nnodes must be 1"):
@@ -136,22 +149,53 @@ def test_launch_commands():
 def test_multi_node_launch_commands():
     node1 = LaunchConfig(launcher="deepspeed", nproc=4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500, hostfile="hosts")
     ds = launch_command(node1, "c.json")
-    assert ds[3:17] == ["--hostfile", "hosts", "--num_nodes", "2", "--num_gpus", "4", "--master_addr", "10.0.0.1",
-                        "--no_ssh", "--node_rank", "1", "--master_port", "29500", "--module"]
+    assert ds[3:17] == [
+        "--hostfile",
+        "hosts",
+        "--num_nodes",
+        "2",
+        "--num_gpus",
+        "4",
+        "--master_addr",
+        "10.0.0.1",
+        "--no_ssh",
+        "--node_rank",
+        "1",
+        "--master_port",
+        "29500",
+        "--module",
+    ]
     head = LaunchConfig(launcher="deepspeed", nproc=4, nnodes=2, master_addr="10.0.0.1", master_port=29500, hostfile="hosts", ssh=True)
     assert "--no_ssh" not in launch_command(head, "c.json")
-    tr = launch_command(LaunchConfig(launcher="torchrun", nproc=4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500), "c.json")
-    assert tr[3:15] == ["--nnodes", "2", "--node_rank", "1", "--nproc_per_node", "4", "--master_addr", "10.0.0.1",
-                        "--master_port", "29500", "-m", "llm_pipeline.train.trainer"]
+    tr = launch_command(
+        LaunchConfig(launcher="torchrun", nproc=4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500), "c.json"
+    )
+    assert tr[3:15] == [
+        "--nnodes",
+        "2",
+        "--node_rank",
+        "1",
+        "--nproc_per_node",
+        "4",
+        "--master_addr",
+        "10.0.0.1",
+        "--master_port",
+        "29500",
+        "-m",
+        "llm_pipeline.train.trainer",
+    ]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"nnodes": 2, "master_port": 0}, "master_port must be set when nnodes > 1"),
-    ({"nnodes": 2, "master_port": 29500, "launcher": "deepspeed"}, "the deepspeed launcher needs a hostfile"),
-    ({"nnodes": 2, "node_rank": 2, "master_port": 29500}, r"node_rank must be in \[0, nnodes=2\)"),
-    ({"launcher": "torchrun", "ssh": True}, "ssh applies to the deepspeed launcher with a hostfile only"),
-    ({"nproc": 0}, "nproc must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"nnodes": 2, "master_port": 0}, "master_port must be set when nnodes > 1"),
+        ({"nnodes": 2, "master_port": 29500, "launcher": "deepspeed"}, "the deepspeed launcher needs a hostfile"),
+        ({"nnodes": 2, "node_rank": 2, "master_port": 29500}, r"node_rank must be in \[0, nnodes=2\)"),
+        ({"launcher": "torchrun", "ssh": True}, "ssh applies to the deepspeed launcher with a hostfile only"),
+        ({"nproc": 0}, "nproc must be > 0"),
+    ],
+)
 def test_launch_config_rejects_bad_values_naming_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LaunchConfig(**kwargs)

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from llm_pipeline.storage.folders import Storage
-from llm_pipeline.storage.parquet_shards import ParquetShards, row_sizes
+from llm_pipeline.storage.parquet_shards import ParquetFile, ParquetShards, row_sizes
 
 SCHEMA = pa.schema([("text", pa.string()), ("tokens", pa.large_list(pa.uint16()))])
 
@@ -17,7 +17,7 @@ def _rows(n: int) -> pa.Table:
     return pa.table({"text": texts, "tokens": pa.array(tokens, type=pa.large_list(pa.uint16()))}, schema=SCHEMA)
 
 
-def _write(folder: Storage, table: pa.Table, pieces: list[int]) -> list[dict]:
+def _write(folder: Storage, table: pa.Table, pieces: list[int]) -> list[ParquetFile]:
     with ParquetShards(folder, "part", SCHEMA, shard_size=1500, row_group_rows=8) as shards:
         start = 0
         for size in pieces:
@@ -37,21 +37,23 @@ def test_the_same_rows_give_the_same_files_however_they_are_batched(tmp_path):
     assert sizes[3] == len("document 3 " * 4) + 4  # string bytes plus list values
     start = 0
     for f in files:  # each shard ends at the first row whose running size reaches shard_size
-        running = np.cumsum(sizes[start:start + f["rows"]])
-        assert running[-1] == f["size"] and (f is files[-1] or (running[-1] >= 1500 > running[-2]))
-        read = pq.read_table(one.full(f["name"]))
-        assert read.num_rows == f["rows"] and read.equals(table.slice(start, f["rows"]))
-        meta = pq.ParquetFile(one.full(f["name"])).metadata
+        running = np.cumsum(sizes[start : start + f.rows])
+        assert running[-1] == f.size and (f is files[-1] or (running[-1] >= 1500 > running[-2]))
+        read = pq.read_table(one.full(f.name))
+        assert read.num_rows == f.rows and read.equals(table.slice(start, f.rows))
+        meta = pq.ParquetFile(one.full(f.name)).metadata
         groups = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         assert set(groups[:-1]) == {8} and 0 < groups[-1] <= 8
-        start += f["rows"]
+        start += f.rows
     assert start == 200 and len(files) > 3
 
 
 def test_a_failing_caller_stops_the_writer_and_keeps_its_error(tmp_path):
     folder = Storage(str(tmp_path / "out"))
-    with pytest.raises(RuntimeError, match="caller failed"):
-        with ParquetShards(folder, "part", SCHEMA, shard_size=10**9, row_group_rows=8) as shards:
-            shards.append(_rows(20))
-            raise RuntimeError("caller failed")
+    with (
+        pytest.raises(RuntimeError, match="caller failed"),
+        ParquetShards(folder, "part", SCHEMA, shard_size=10**9, row_group_rows=8) as shards,
+    ):
+        shards.append(_rows(20))
+        raise RuntimeError("caller failed")
     assert not shards._thread.is_alive() and folder.listdir() == []  # an unfinished shard is never written

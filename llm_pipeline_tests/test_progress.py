@@ -17,7 +17,9 @@ def test_the_trainer_alone_prints_its_progress_as_one_line_from_rank0_only(capsy
 
 
 def _record(message: str, **attrs) -> logging.LogRecord:
-    record = logging.makeLogRecord({"msg": message, "levelno": logging.INFO, "dagster_meta": {"orig_message": message, "step_key": "trained_checkpoint"}})
+    record = logging.makeLogRecord(
+        {"msg": message, "levelno": logging.INFO, "dagster_meta": {"orig_message": message, "step_key": "trained_checkpoint"}}
+    )
     record.__dict__.update(attrs)
     return record
 

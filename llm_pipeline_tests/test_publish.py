@@ -27,8 +27,16 @@ def trained(tmp_path, storage):
 
 
 def _publish(storage, final, tokenizer):
-    return publish(storage.child("registry"), "tiny", final, tokenizer.to_str(), 0, {"loss": 3.2, "perplexity": 24.5},
-                   {"tokenizer_sha256": "abc"}, {"steps": 10})
+    return publish(
+        storage.child("registry"),
+        "tiny",
+        final,
+        tokenizer.to_str(),
+        0,
+        {"loss": 3.2, "perplexity": 24.5},
+        {"tokenizer_sha256": "abc"},
+        {"steps": 10},
+    ).model_dump(mode="json")  # as stored
 
 
 def test_published_model_loads_offline_in_transformers_with_matching_logits(storage, trained, small_tokenizer):
@@ -53,8 +61,9 @@ def test_manifest_lists_every_file_and_verify_passes(storage, trained, small_tok
     manifest = _publish(storage, trained[1], small_tokenizer)
     folder = resolve_version(storage.child("registry"), "tiny")
     assert set(manifest["files"]) == set(folder.listdir()) - {"manifest.json"}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-            "README.md"} <= set(manifest["files"])
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"} <= set(
+        manifest["files"]
+    )
     assert verify(folder) == []
     assert "| loss | 3.2000 |" in folder.read_bytes("README.md").decode()
 
@@ -67,8 +76,11 @@ def test_tampered_or_missing_file_is_reported(storage, trained, small_tokenizer,
     folder.write_bytes("model.safetensors", bytes(weights))
     folder.remove("generation_config.json")
     folder.write_bytes("extra.bin", b"x")
-    assert verify(folder) == ["missing: generation_config.json", "tampered: model.safetensors (sha256 does not match the manifest)",
-                              "not in manifest: extra.bin"]
+    assert verify(folder) == [
+        "missing: generation_config.json",
+        "tampered: model.safetensors (sha256 does not match the manifest)",
+        "not in manifest: extra.bin",
+    ]
     assert verify_main([storage.child("registry", "tiny").uri]) == 1
     assert "tampered: model.safetensors" in capsys.readouterr().out
 

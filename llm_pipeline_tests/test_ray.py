@@ -1,5 +1,5 @@
 """The pipeline on a real Ray cluster: a head and two worker nodes of one CPU each, started here and
-shut down after (llm_pipeline_tests/local_ray.py). Training as a Ray job through dagster-ray, a node
+shut down after (llm_pipeline/local_ray.py). Training as a Ray job through dagster-ray, a node
 lost mid-training, a run terminated from the UI, the checks that fail before any work, and the data
 stages' Ray executor against the local one."""
 
@@ -16,6 +16,7 @@ import pytest
 from llm_pipeline.corpus.build import CorpusConfig, build_corpus
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.definitions import ASSETS, make_resources
+from llm_pipeline.local_ray import LocalRayCluster, only_loopback
 from llm_pipeline.ray_cluster import driver_address, placement_problem
 from llm_pipeline.resources import RayClusterResource
 from llm_pipeline.storage.folders import Storage
@@ -26,22 +27,26 @@ from llm_pipeline.train.checkpoints import CheckpointStore
 from llm_pipeline.train.config import LaunchConfig
 from llm_pipeline.train.launch import ray_job_command, ray_job_env
 from llm_pipeline_tests.helpers import GERMAN, WITH_CONTACT, distinct_text, step_failure
-from llm_pipeline_tests.local_ray import LocalRayCluster, only_loopback
 from llm_pipeline_tests.services import Dagster
 from llm_pipeline_tests.test_e2e_graph import SMALL, _run_config
 
 pytestmark = pytest.mark.e2e
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ON_RAY = {"raw_corpus": {"executor": "ray"}, "tokenized_shards": {"executor": "ray"},
-          "trained_checkpoint": {"launcher": "ray", "num_workers": 2, "cpus_per_worker": 1}}
+ON_RAY = {
+    "raw_corpus": {"executor": "ray"},
+    "tokenized_shards": {"executor": "ray"},
+    "trained_checkpoint": {"launcher": "ray", "num_workers": 2, "cpus_per_worker": 1},
+}
 STAGES = ["raw_corpus", "tokenizer", "tokenized_shards", "trained_checkpoint", "eval_metrics"]
 
 
 @pytest.fixture(scope="module")
 def cluster():
     if not only_loopback():
-        pytest.fail("the Ray tests need a private network namespace (Ray's nodes would take this machine's interface "
-                    "address): `make test` runs them in one; by hand: unshare -n bash -c 'ip link set lo up; .venv/bin/pytest ...'")
+        pytest.fail(
+            "the Ray tests need a private network namespace (Ray's nodes would take this machine's interface "
+            "address): `make test` runs them in one; by hand: unshare -n bash -c 'ip link set lo up; .venv/bin/pytest ...'"
+        )
     cluster = LocalRayCluster(workers=2, cpus_per_worker=1)
     yield cluster
     cluster.shutdown()
@@ -65,8 +70,9 @@ def on_ray(cluster, home, tmp_path_factory):
     instance = dg.DagsterInstance.from_config(str(home))
     instance.add_dynamic_partitions("corpus_batches", ["builtin"])
     assets = [a for a in ASSETS if a.key.path[0] in STAGES]
-    result = dg.materialize(assets, resources=resources, run_config=_run_config(ON_RAY, only=STAGES), instance=instance,
-                            partition_key="builtin")
+    result = dg.materialize(
+        assets, resources=resources, run_config=_run_config(ON_RAY, only=STAGES), instance=instance, partition_key="builtin"
+    )
     assert result.success
     return root, result, instance
 
@@ -94,7 +100,9 @@ def test_training_on_the_ray_cluster_through_dagster(on_ray):
 
 def _files(folder: Storage) -> dict[str, str]:
     """Every file under the folder (the dedup index's included), by relative name, with its hash."""
-    return {path[len(folder.path) + 1 :]: hashlib.sha256(folder.fs.cat_file(path)).hexdigest() for path in sorted(folder.fs.find(folder.path))}
+    return {
+        path[len(folder.path) + 1 :]: hashlib.sha256(folder.fs.cat_file(path)).hexdigest() for path in sorted(folder.fs.find(folder.path))
+    }
 
 
 def test_data_stages_on_ray_are_byte_identical_to_local(cluster, tmp_path, small_tokenizer):
@@ -114,12 +122,19 @@ def test_data_stages_on_ray_are_byte_identical_to_local(cluster, tmp_path, small
     outputs = {}
     for executor in ("local", "ray"):
         root = Storage(str(tmp_path / executor))
-        manifest = build_corpus(CorpusConfig(source_uri=str(src), executor=executor, workers=2), root.child("corpus"),
-                                ray_address=cluster.driver_address)
+        manifest = build_corpus(
+            CorpusConfig(source_uri=str(src), executor=executor, workers=2), root.child("corpus"), ray_address=cluster.driver_address
+        ).model_dump(mode="json")
         encoder = DocumentEncoder(small_tokenizer, "tiktoken")
-        write_shards(root.child("corpus"), root.child("shards"), encoder, id_space(small_tokenizer),
-                     tokenizer_hash(small_tokenizer.to_str()), ShardConfig(val_fraction=0.2, row_group_rows=16, executor=executor),
-                     ray_address=cluster.driver_address)
+        write_shards(
+            root.child("corpus"),
+            root.child("shards"),
+            encoder,
+            id_space(small_tokenizer),
+            tokenizer_hash(small_tokenizer.to_str()),
+            ShardConfig(val_fraction=0.2, row_group_rows=16, executor=executor),
+            ray_address=cluster.driver_address,
+        )
         outputs[executor] = (manifest, _files(root.child("corpus")), _files(root.child("shards")))
     local, ray = outputs["local"], outputs["ray"]
     assert local[0]["files_read"] > 40 and sum(local[0]["dropped"].values()) > 0  # dedup and filters had work to do
@@ -138,14 +153,19 @@ def test_data_stages_on_ray_are_byte_identical_to_local(cluster, tmp_path, small
             (later / f"new-{i:03d}.py").write_text(open(path, encoding="utf-8", errors="replace").read())
     for executor in ("local", "ray"):
         root = Storage(str(tmp_path / executor))
-        manifest = build_corpus(CorpusConfig(source_uri=str(later), executor=executor, dedup_memory_mb=1), root.child("later"),
-                                earlier=[("first", root.child("corpus"))], ray_address=cluster.driver_address)
+        manifest = build_corpus(
+            CorpusConfig(source_uri=str(later), executor=executor, dedup_memory_mb=1),
+            root.child("later"),
+            earlier=[("first", root.child("corpus"))],
+            ray_address=cluster.driver_address,
+        ).model_dump(mode="json")
         outputs[executor] = (manifest, _files(root.child("later")))
     assert outputs["local"][0]["duplicates_of_earlier_batches"] > 20 and outputs["local"][0]["documents"] > 10
     # the manifests differ only in where the earlier batch lies (each executor's own folder)
     assert {**outputs["ray"][0], "deduplicated_against": []} == {**outputs["local"][0], "deduplicated_against": []}
     assert {k: v for k, v in outputs["ray"][1].items() if k != "manifest.json"} == {
-        k: v for k, v in outputs["local"][1].items() if k != "manifest.json"}
+        k: v for k, v in outputs["local"][1].items() if k != "manifest.json"
+    }
     # The web preset's steps (the language model, C4's line removal, PII placeholders) in Ray tasks too.
     prose = tmp_path / "prose"
     prose.mkdir()
@@ -155,8 +175,11 @@ def test_data_stages_on_ray_are_byte_identical_to_local(cluster, tmp_path, small
     web = {}
     for executor in ("local", "ray"):
         out = Storage(str(tmp_path / f"web-{executor}"))
-        manifest = build_corpus(CorpusConfig(source_uri=str(prose), executor=executor, filters=FilterConfig(preset="web")), out,
-                                ray_address=cluster.driver_address)
+        manifest = build_corpus(
+            CorpusConfig(source_uri=str(prose), executor=executor, filters=FilterConfig(preset="web")),
+            out,
+            ray_address=cluster.driver_address,
+        ).model_dump(mode="json")
         web[executor] = (manifest, _files(out))
     assert web["local"][0]["dropped"]["language"] == 3 and web["local"][0]["modified"]["pii"] == 3
     assert web["ray"][1] == web["local"][1]
@@ -175,8 +198,11 @@ def test_a_worker_node_lost_mid_training_resumes_with_equal_losses(cluster, on_r
     pause = ",".join(f"after_checkpoint:{rank}:10:{flag}" for rank, flag in zip((0, 1), flags))
     launch = LaunchConfig(launcher="ray", num_workers=2, cpus_per_worker=1)
     client = JobSubmissionClient(cluster.job_address)
-    job = client.submit_job(entrypoint=shlex.join(ray_job_command(launch, run.child("train_config.json").uri)),
-                            runtime_env={"env_vars": {**ray_job_env(launch), "LLM_PIPELINE_TEST_PAUSE": pause}}, entrypoint_num_cpus=0)
+    job = client.submit_job(
+        entrypoint=shlex.join(ray_job_command(launch, run.child("train_config.json").uri)),
+        runtime_env={"env_vars": {**ray_job_env(launch), "LLM_PIPELINE_TEST_PAUSE": pause}},
+        entrypoint_num_cpus=0,
+    )
     try:
         _wait(lambda: all(os.path.exists(f) for f in flags), 240, "both ranks past step 10's checkpoint", client, job)
         lost = cluster.workers[0]
@@ -227,8 +253,11 @@ def test_terminating_the_run_in_the_ui_stops_the_ray_job(cluster, on_ray, home):
         dagster.terminate(run_id)
         dagster.wait_for("the run to be canceled", lambda: dagster.run_status(run_id) == "CANCELED", timeout=120, failed_runs_allowed=True)
         _wait(lambda: client.get_job_status(jobs[0].submission_id) == JobStatus.STOPPED, 60, "the Ray job to stop")
-        _wait(lambda: not list_actors(address=cluster.job_address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]),
-              60, "every Ray Train worker to end")
+        _wait(
+            lambda: not list_actors(address=cluster.job_address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]),
+            60,
+            "every Ray Train worker to end",
+        )
     finally:
         dagster.stop()
 
@@ -256,8 +285,9 @@ def _training_config(**overrides) -> dict:
 
 def _materialize_training(resources, run_config, instance):
     """trained_checkpoint alone, its inputs (tokenizer, shards) the graph's latest materializations."""
-    return dg.materialize(ASSETS, selection=["trained_checkpoint"], resources=resources, run_config=run_config, instance=instance,
-                          raise_on_error=False)
+    return dg.materialize(
+        ASSETS, selection=["trained_checkpoint"], resources=resources, run_config=run_config, instance=instance, raise_on_error=False
+    )
 
 
 def test_the_driver_address_defaults_to_ray_client_on_the_head():

@@ -24,8 +24,17 @@ from llm_pipeline_tests.helpers import make_shards
 pytestmark = pytest.mark.e2e
 MODEL = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, ffn_hidden=64, max_seq_len=32)
 # global_batch_tokens keeps the optimizer step's samples the same at any world size (grad_accum follows).
-OPTIONS = dict(seq_len=32, micro_batch=4, global_batch_tokens=32 * 4 * 2, steps=6, warmup_steps=1, dtype="fp32",
-               checkpoint_every=3, keep_last=5, log_every=1)
+OPTIONS = dict(
+    seq_len=32,
+    micro_batch=4,
+    global_batch_tokens=32 * 4 * 2,
+    steps=6,
+    warmup_steps=1,
+    dtype="fp32",
+    checkpoint_every=3,
+    keep_last=5,
+    log_every=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +53,13 @@ def _run(folder, shards: Storage, **options) -> Storage:
 
 def _launch(run: Storage, world: int) -> subprocess.CompletedProcess:
     launch = LaunchConfig(launcher="deepspeed" if world > 1 else "none", nproc=world)
-    return subprocess.run(launch_command(launch, run.full("train_config.json")), env={**os.environ, **launch_env(launch)},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        launch_command(launch, run.full("train_config.json")),
+        env={**os.environ, **launch_env(launch)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _checkpoint_copied(source: Storage, folder, shards: Storage, tag: str, **options) -> Storage:
@@ -97,6 +111,5 @@ def test_a_checkpoint_that_cannot_be_converted_stops_every_rank_before_training(
     done = _launch(resumed, 2)  # rank 0 converts; rank 1 must stop too, not wait for it
     log = done.stdout + done.stderr
     assert done.returncode != 0
-    assert ("checkpoint step_00000003 cannot resume on another world size: DeepSpeed's universal checkpoint conversion "
-            "failed") in log
+    assert ("checkpoint step_00000003 cannot resume on another world size: DeepSpeed's universal checkpoint conversion failed") in log
     assert "step 4/" not in log and not resumed.child("final").exists("summary.json")

@@ -21,15 +21,22 @@ def _corpus(folder, texts):
 
 
 def _config(source: str) -> dict:
-    return {"ops": {"raw_corpus": {"config": {"source_uri": source}},
-                    "tokenizer": {"config": {"vocab_size": 300}},
-                    "tokenized_shards": {"config": {"val_fraction": 0.3}}}}
+    return {
+        "ops": {
+            "raw_corpus": {"config": {"source_uri": source}},
+            "tokenizer": {"config": {"vocab_size": 300}},
+            "tokenized_shards": {"config": {"val_fraction": 0.3}},
+        }
+    }
 
 
 def _uri(result, instance, asset: str) -> str:
     """Where the run's materialization of `asset` lives (its `uri` metadata)."""
-    mat = next(e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.is_step_materialization
-               and e.dagster_event.asset_key == dg.AssetKey(asset))
+    mat = next(
+        e
+        for e in instance.all_logs(result.run_id)
+        if e.dagster_event and e.dagster_event.is_step_materialization and e.dagster_event.asset_key == dg.AssetKey(asset)
+    )
     return mat.dagster_event.materialization.metadata["uri"].value
 
 
@@ -53,8 +60,9 @@ def test_overlapping_runs_and_reexecution_read_the_right_runs_values(tmp_path, m
         # Two runs of the same batch's stages at the same time, each in its own processes
         # (multiprocess executor): every step writes and reads values while the other run does.
         def run(source):
-            return dg.execute_job(job, instance, run_config=_config(source), asset_selection=SELECTION,
-                                  tags={"dagster/partition": "builtin"})
+            return dg.execute_job(
+                job, instance, run_config=_config(source), asset_selection=SELECTION, tags={"dagster/partition": "builtin"}
+            )
 
         with ThreadPoolExecutor(2) as pool:
             run_a, run_b = pool.map(run, (source_a, source_b))
@@ -66,15 +74,25 @@ def test_overlapping_runs_and_reexecution_read_the_right_runs_values(tmp_path, m
         assert _documents(run_b, instance, "tokenized_shards") == corpus[run_b.run_id]
 
         # Re-executing run A's last step after run B wrote newer values: it reads run A's inputs.
-        again = dg.execute_job(job, instance, reexecution_options=dg.ReexecutionOptions(
-            parent_run_id=run_a.run_id, step_selection=["tokenized_shards"]), tags={"dagster/partition": "builtin"})
+        again = dg.execute_job(
+            job,
+            instance,
+            reexecution_options=dg.ReexecutionOptions(parent_run_id=run_a.run_id, step_selection=["tokenized_shards"]),
+            tags={"dagster/partition": "builtin"},
+        )
         assert again.success
         assert _documents(again, instance, "tokenized_shards") == corpus[run_a.run_id]
 
         # A run of that step alone reads the latest materialization of its batch's corpus.
-        [latest] = instance.fetch_materializations(dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey("raw_corpus"), asset_partitions=["builtin"]), limit=1).records
-        alone = dg.execute_job(job, instance, run_config=_config(source_b), asset_selection=[dg.AssetKey("tokenized_shards")],
-                               tags={"dagster/partition": "builtin"})
+        [latest] = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_corpus"), asset_partitions=["builtin"]), limit=1
+        ).records
+        alone = dg.execute_job(
+            job,
+            instance,
+            run_config=_config(source_b),
+            asset_selection=[dg.AssetKey("tokenized_shards")],
+            tags={"dagster/partition": "builtin"},
+        )
         assert alone.success
         assert _documents(alone, instance, "tokenized_shards") == corpus[latest.run_id]

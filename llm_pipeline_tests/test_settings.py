@@ -4,7 +4,9 @@ lines are derived from them. These tests fail when the two drift apart."""
 import argparse
 import math
 
+import dagster as dg
 import pytest
+from pydantic import Field, create_model
 
 from llm_pipeline.assets.configs import (
     FILLED_BY_THE_ASSET,
@@ -12,6 +14,8 @@ from llm_pipeline.assets.configs import (
     RawCorpusConfig,
     TokenizedShardsConfig,
     TrainedCheckpointConfig,
+    check_launchpad,
+    launchpad,
 )
 from llm_pipeline.corpus.__main__ import _parser as corpus_parser
 from llm_pipeline.corpus.build import CorpusConfig
@@ -23,8 +27,12 @@ from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.model_config import ModelConfig, preset_config
 
 LAUNCHPAD = [
-    (CorpusConfig, RawCorpusConfig), (FilterConfig, RawCorpusConfig), (ShardConfig, TokenizedShardsConfig),
-    (TrainConfig, TrainedCheckpointConfig), (LaunchConfig, TrainedCheckpointConfig), (EvalConfig, EvalMetricsConfig),
+    (CorpusConfig, RawCorpusConfig),
+    (FilterConfig, RawCorpusConfig),
+    (ShardConfig, TokenizedShardsConfig),
+    (TrainConfig, TrainedCheckpointConfig),
+    (LaunchConfig, TrainedCheckpointConfig),
+    (EvalConfig, EvalMetricsConfig),
 ]
 
 
@@ -45,6 +53,22 @@ def test_every_library_setting_is_in_the_launchpad_with_its_default_and_descript
         assert theirs.description and theirs.description == field.description, f"{name}: no description, or a different one"
 
 
+def test_a_launchpad_class_that_drifts_from_the_library_fails_by_name():
+    fields = {name: (field.annotation, launchpad(ShardConfig, name)) for name, field in TokenizedShardsConfig.model_fields.items()}
+    check_launchpad(create_model("Same", __base__=dg.Config, **fields), ShardConfig)  # what the module does
+    missing = {name: f for name, f in fields.items() if name != "tokens_per_shard"}
+    with pytest.raises(TypeError, match="must declare tokens_per_shard = launchpad"):
+        check_launchpad(create_model("Missing", __base__=dg.Config, **missing), ShardConfig)
+    retyped = {**fields, "val_fraction": (int, launchpad(ShardConfig, "val_fraction"))}
+    with pytest.raises(TypeError, match="val_fraction is <class 'int'>; ShardConfig.val_fraction shows as <class 'float'>"):
+        check_launchpad(create_model("Retyped", __base__=dg.Config, **retyped), ShardConfig)
+    redescribed = {**fields, "val_fraction": (float, Field(default=0.01, description="mine"))}
+    with pytest.raises(TypeError, match="must declare val_fraction"):
+        check_launchpad(create_model("Redescribed", __base__=dg.Config, **redescribed), ShardConfig)
+    with pytest.raises(TypeError, match="'row_group_rows' is a field of both ShardConfig and CorpusConfig"):
+        check_launchpad(TokenizedShardsConfig, ShardConfig, CorpusConfig)
+
+
 def test_model_dimensions_override_the_preset_one_by_one():
     for name in set(ModelConfig.model_fields) - FILLED_BY_THE_ASSET[ModelConfig]:
         field = TrainedCheckpointConfig.model_fields[name]
@@ -55,7 +79,8 @@ def test_model_dimensions_override_the_preset_one_by_one():
 
 def test_the_launchpad_converts_to_the_library_configs_with_the_same_values():
     assert TrainedCheckpointConfig().to_library(("s",), "r", 4096, "") == TrainConfig(
-        shards_uris=("s",), run_uri="r", model=ModelConfig(vocab_size=4096))
+        shards_uris=("s",), run_uri="r", model=ModelConfig(vocab_size=4096)
+    )
     assert TrainedCheckpointConfig().launch_config() == LaunchConfig()
     assert EvalMetricsConfig().to_library() == EvalConfig()
     assert TokenizedShardsConfig(val_fraction=0.1).to_library() == ShardConfig(val_fraction=0.1)
@@ -63,8 +88,7 @@ def test_the_launchpad_converts_to_the_library_configs_with_the_same_values():
     assert corpus == CorpusConfig(filters=FilterConfig(near_dedup=False), exclude=("a/*",))
 
 
-@pytest.mark.parametrize("cls", [LaunchConfig, CorpusConfig, FilterConfig, TrainConfig, EvalConfig, ShardConfig],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [LaunchConfig, CorpusConfig, FilterConfig, TrainConfig, EvalConfig, ShardConfig], ids=lambda c: c.__name__)
 def test_a_command_line_has_every_option_and_the_model_s_defaults(cls):
     parser = argparse.ArgumentParser()
     names = add_options(parser, cls, skip=FILLED_BY_THE_ASSET.get(cls, ()))
@@ -92,32 +116,39 @@ def test_the_command_lines_parse_into_the_library_configs():
 
     with pytest.raises(SystemExit):  # argparse's usage error, naming the rule
         launch_main(["--config", "c.json", "--launcher", "none", "--nproc", "2"])
-    args = corpus_parser().parse_args(["src", "--out", "o", "--no-near-dedup", "--exclude", "x/*", "--exclude", "y/*",
-                                       "--min-chars", "3"])
+    args = corpus_parser().parse_args(["src", "--out", "o", "--no-near-dedup", "--exclude", "x/*", "--exclude", "y/*", "--min-chars", "3"])
     assert given_options(args, FilterConfig.model_fields) == {"near_dedup": False, "min_chars": 3}
     assert given_options(args, ["exclude"]) == {"exclude": ["x/*", "y/*"]}
     parser = argparse.ArgumentParser()
     names = add_options(parser, TrainConfig, only=["mixture"])
     mixture = given_options(parser.parse_args(["--mixture", "web-*=0.7", "--mixture", "code-*=0.3"]), names)["mixture"]
-    assert TrainConfig(shards_uris=("a",), run_uri="r", model=preset_config("tiny", 512), mixture=mixture).mixture == {"web-*": 0.7, "code-*": 0.3}
-    assert to_options(TrainConfig(shards_uris=("a",), run_uri="r", model=preset_config("tiny", 512), mixture={"a*": 1.0}), names) == \
-        ["--mixture", "a*=1.0"]
+    assert TrainConfig(shards_uris=("a",), run_uri="r", model=preset_config("tiny", 512), mixture=mixture).mixture == {
+        "web-*": 0.7,
+        "code-*": 0.3,
+    }
+    assert to_options(TrainConfig(shards_uris=("a",), run_uri="r", model=preset_config("tiny", 512), mixture={"a*": 1.0}), names) == [
+        "--mixture",
+        "a*=1.0",
+    ]
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: LaunchConfig(nproc=0), "nproc must be > 0, got 0"),
-    (lambda: LaunchConfig(launcher="mpi"), "launcher must be one of deepspeed, torchrun, ray, none, got 'mpi'"),
-    (lambda: LaunchConfig(master_port=70000), "master_port must be <= 65535, got 70000"),
-    (lambda: LaunchConfig(launcher="ray", nnodes=2, master_port=29500), "launcher 'ray' places its ranks itself: set num_workers"),
-    (lambda: LaunchConfig(launcher="ray", num_workers=0), "num_workers must be > 0, got 0"),
-    (lambda: CorpusConfig(executor="spark"), "executor must be one of local, ray, got 'spark'"),
-    (lambda: CorpusConfig(text_field=""), "text_field is empty"),
-    (lambda: CorpusConfig(format="xml"), "format must be one of auto, text, jsonl, parquet, got 'xml'"),
-    (lambda: CorpusConfig(filters={"min_chars": -1}), "filters: min_chars must be >= 0, got -1"),
-    (lambda: ShardConfig(val_fraction=1.0), r"val_fraction must be < 1.0, got 1.0"),
-    (lambda: EvalConfig(temperature=math.nan), "temperature must be a finite number, got nan"),
-    (lambda: EvalConfig(sed=1), "unknown EvalConfig field 'sed'"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: LaunchConfig(nproc=0), "nproc must be > 0, got 0"),
+        (lambda: LaunchConfig(launcher="mpi"), "launcher must be one of deepspeed, torchrun, ray, none, got 'mpi'"),
+        (lambda: LaunchConfig(master_port=70000), "master_port must be <= 65535, got 70000"),
+        (lambda: LaunchConfig(launcher="ray", nnodes=2, master_port=29500), "launcher 'ray' places its ranks itself: set num_workers"),
+        (lambda: LaunchConfig(launcher="ray", num_workers=0), "num_workers must be > 0, got 0"),
+        (lambda: CorpusConfig(executor="spark"), "executor must be one of local, ray, got 'spark'"),
+        (lambda: CorpusConfig(text_field=""), "text_field is empty"),
+        (lambda: CorpusConfig(format="xml"), "format must be one of auto, text, jsonl, parquet, got 'xml'"),
+        (lambda: CorpusConfig(filters={"min_chars": -1}), "filters: min_chars must be >= 0, got -1"),
+        (lambda: ShardConfig(val_fraction=1.0), r"val_fraction must be < 1.0, got 1.0"),
+        (lambda: EvalConfig(temperature=math.nan), "temperature must be a finite number, got nan"),
+        (lambda: EvalConfig(sed=1), "unknown EvalConfig field 'sed'"),
+    ],
+)
 def test_a_bad_value_is_refused_naming_the_field_and_the_value(build, message):
     with pytest.raises(ValueError, match=message):
         build()

@@ -13,8 +13,8 @@ from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import tokenizer_hash
 from llm_pipeline.tokenize.decontaminate import HeldOutNgrams, decontaminated
 from llm_pipeline.tokenize.shards import ShardConfig, split_of
-from llm_pipeline.train.data import ShardError, load_split_tokens
-from llm_pipeline_tests.helpers import make_shards
+from llm_pipeline.train.data import ShardError
+from llm_pipeline_tests.helpers import load_split_tokens, make_shards
 
 
 def test_manifest_matches_shard_files(tmp_path, storage, small_tokenizer, sample_texts):
@@ -111,7 +111,7 @@ def test_a_batch_may_have_an_empty_split_but_reading_nothing_is_an_error(tmp_pat
 
 def test_shard_sets_with_mixed_tokenizers_are_refused_by_name(tmp_path, storage, small_tokenizer, sample_texts):
     from llm_pipeline.tokenize.bpe import train_bpe
-    from llm_pipeline.train.data import load_tokens
+    from llm_pipeline_tests.helpers import load_tokens
 
     _, first, _ = make_shards(tmp_path / "a", storage.child("a"), small_tokenizer, sample_texts[:6])
     other = train_bpe(iter(sample_texts[6:]), 300)
@@ -120,7 +120,7 @@ def test_shard_sets_with_mixed_tokenizers_are_refused_by_name(tmp_path, storage,
         load_tokens([first, second], "train")
     alone, _ = load_split_tokens(first, "train")
     both, _ = load_tokens([first, first], "train")  # several sets of one tokenizer: concatenated in order
-    assert len(both) == 2 * len(alone) and (both[:len(alone)] == alone).all()
+    assert len(both) == 2 * len(alone) and (both[: len(alone)] == alone).all()
 
 
 def test_shard_config_validation():
@@ -139,8 +139,13 @@ token_arrays = st.lists(st.integers(0, 40), max_size=120).map(lambda xs: np.arra
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(val=st.lists(token_arrays, max_size=12), train=st.lists(token_arrays, max_size=40), n=st.integers(1, 6),
-       min_overlap=st.sampled_from([0.01, 0.3, 0.5, 1.0]), data=st.data())
+@given(
+    val=st.lists(token_arrays, max_size=12),
+    train=st.lists(token_arrays, max_size=40),
+    n=st.integers(1, 6),
+    min_overlap=st.sampled_from([0.01, 0.3, 0.5, 1.0]),
+    data=st.data(),
+)
 def test_decontaminated_training_data_never_puts_a_validation_document_over_the_gate(val, train, n, min_overlap, data):
     # Copy pieces of validation documents into training documents, as scraped pages quote each other.
     for i, doc in enumerate(train):
@@ -156,9 +161,11 @@ def test_decontaminated_training_data_never_puts_a_validation_document_over_the_
     eos = np.array([99])
     kept_train = [ids for split, ids, _ in kept if split == "train"]
     stream = [np.concatenate([x for ids in kept_train for x in (ids, eos)] or [eos])]
-    assert contamination(stream, {"val": val}, n, min_overlap)["val"]["contaminated"] == 0
+    assert contamination(stream, {"val": val}, n, min_overlap)["val"].contaminated == 0
     assert [ids for split, ids, _ in kept if split == "val"] == val  # validation is never touched
-    assert dropped["documents"] == len(train) - len(kept_train) and dropped["tokens"] == len(np.concatenate(train or [eos[:0]])) - sum(map(len, kept_train))
+    assert dropped["documents"] == len(train) - len(kept_train) and dropped["tokens"] == len(np.concatenate(train or [eos[:0]])) - sum(
+        map(len, kept_train)
+    )
     # Grouping documents for numpy changes nothing: the same decisions as one document at a time.
     alone = _decided_alone(HeldOutNgrams(val, n, min_overlap), documents)
     assert [d for d, keep in zip(documents, alone) if keep and d[0] == "train"] == [d for d in kept if d[0] == "train"]
@@ -176,13 +183,16 @@ def test_a_training_file_holding_a_validation_file_is_dropped_and_the_gate_passe
     found = {}
     for ngram in (13, 0):
         cfg = ShardConfig(val_fraction=val_fraction, tokens_per_shard=20_000, decontaminate_ngram=ngram)
-        _, shards, manifest = make_shards(tmp_path / str(ngram), Storage(str(tmp_path / f"root{ngram}")), small_tokenizer,
-                                          [*sample_texts, copied], shard_cfg=cfg)
+        _, shards, manifest = make_shards(
+            tmp_path / str(ngram), Storage(str(tmp_path / f"root{ngram}")), small_tokenizer, [*sample_texts, copied], shard_cfg=cfg
+        )
         train, _ = load_split_tokens(shards, "train", manifest["tokenizer_sha256"])
         val, _ = load_split_tokens(shards, "val", manifest["tokenizer_sha256"])
         found[ngram] = manifest, contamination([train], {"val": split_documents(val, eos)})["val"]
     manifest, report = found[13]
-    assert report["contaminated"] == 0 and manifest["decontamination"]["dropped_as_eval_overlap"]["documents"] >= 1
-    assert manifest["splits"]["train"]["documents"] == found[0][0]["splits"]["train"]["documents"] - \
-        manifest["decontamination"]["dropped_as_eval_overlap"]["documents"]
-    assert found[0][1]["contaminated"] >= 1 and found[0][0]["decontamination"] is None
+    assert report.contaminated == 0 and manifest["decontamination"]["dropped_as_eval_overlap"]["documents"] >= 1
+    assert (
+        manifest["splits"]["train"]["documents"]
+        == found[0][0]["splits"]["train"]["documents"] - manifest["decontamination"]["dropped_as_eval_overlap"]["documents"]
+    )
+    assert found[0][1].contaminated >= 1 and found[0][0]["decontamination"] is None

@@ -4,6 +4,7 @@ import os
 import pytest
 
 from llm_pipeline.storage.folders import Storage
+from llm_pipeline_tests.helpers import upload_dir
 
 
 def test_child_uris_and_local_roundtrip(tmp_path):
@@ -34,13 +35,13 @@ def test_memory_filesystem():
     assert root.child("x").uri == "memory://llm-pipeline-test-root/x"
 
 
-def test_upload_and_download_dir(tmp_path):
+def test_download_dir_gives_back_a_folder_tree(tmp_path):
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     (src / "a.txt").write_text("a")
     (src / "d" / "b.txt").write_text("b")
     dest = Storage(str(tmp_path / "dest"))
-    assert dest.upload_dir(str(src)) == ["a.txt", "d/b.txt"]
+    assert upload_dir(dest, str(src)) == ["a.txt", "d/b.txt"]
     back = tmp_path / "back"
     dest.download_dir(str(back))
     assert (back / "d" / "b.txt").read_text() == "b"

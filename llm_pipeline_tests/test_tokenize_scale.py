@@ -8,8 +8,7 @@ from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import tokenizer_hash, train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder, choose_encoder
 from llm_pipeline.tokenize.shards import ShardConfig, write_shards
-from llm_pipeline.train.data import load_split_tokens
-from llm_pipeline_tests.helpers import make_shards
+from llm_pipeline_tests.helpers import load_split_tokens, make_shards
 
 
 @pytest.mark.e2e
@@ -35,8 +34,14 @@ def test_encode_stream_keeps_order(small_tokenizer, sample_texts, engine):
 def test_shards_on_s3_are_written_and_read_back(tmp_path, s3_endpoint, small_tokenizer, sample_texts):
     local, _, manifest = make_shards(tmp_path, Storage(str(tmp_path / "local")), small_tokenizer, sample_texts)
     remote = Storage("s3://llm-pipeline-test/shards-test", client_kwargs={"endpoint_url": s3_endpoint})
-    write_shards(local, remote, DocumentEncoder(small_tokenizer, "tiktoken"), 512,
-                 tokenizer_hash(small_tokenizer.to_str()), ShardConfig(val_fraction=0.2, tokens_per_shard=20_000))
+    write_shards(
+        local,
+        remote,
+        DocumentEncoder(small_tokenizer, "tiktoken"),
+        512,
+        tokenizer_hash(small_tokenizer.to_str()),
+        ShardConfig(val_fraction=0.2, tokens_per_shard=20_000),
+    )
     assert remote.read_json("manifest.json") == manifest
     local_tokens, _ = load_split_tokens(Storage(str(tmp_path / "local")).child("shards"), "train")
     remote_tokens, _ = load_split_tokens(remote, "train", manifest["tokenizer_sha256"])

@@ -41,30 +41,49 @@ def _mixed_folder(root) -> dict[str, int]:
 
 def test_the_command_line_reads_a_user_folder_with_no_options(tmp_path):
     counts = _mixed_folder(tmp_path / "mine")
-    proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "mine"), "--out", str(tmp_path / "out")],
-                          cwd=REPO_ROOT, env=_clean_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_pipeline.corpus", str(tmp_path / "mine"), "--out", str(tmp_path / "out")],
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["files_read"] == len(counts) and summary["documents"] == sum(counts.values())
     assert summary["glob"] == "**/*" and summary["exclude"] == []
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     by_file = {f["uri"].split("/mine/")[1]: (f["format"], f["documents"]) for f in manifest["files"]}
-    assert by_file == {"web.jsonl.gz": ("jsonl", 6), "books.parquet": ("parquet", 5),
-                       **{f"notes/note{i}.txt": ("text", 1) for i in range(3)}}
+    assert by_file == {
+        "web.jsonl.gz": ("jsonl", 6),
+        "books.parquet": ("parquet", 5),
+        **{f"notes/note{i}.txt": ("text", 1) for i in range(3)},
+    }
 
 
 def test_help_says_what_the_defaults_read():
-    proc = subprocess.run([sys.executable, "-m", "llm_pipeline.corpus", "--help"], cwd=REPO_ROOT, env=_clean_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_pipeline.corpus", "--help"],
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     text = " ".join(proc.stdout.split())
     assert "unset: every file (the reader chosen by each name), and '**/*.py' for the built-in corpus" in text
 
 
 def test_the_asset_reads_a_user_folder_given_only_its_uri(tmp_path):
     counts = _mixed_folder(tmp_path / "mine")
-    result = dg.materialize([raw_corpus], resources=make_resources(str(tmp_path / "root")), instance=batch_instance(),
-                            partition_key="builtin",
-                            run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "mine")}}}})
+    result = dg.materialize(
+        [raw_corpus],
+        resources=make_resources(str(tmp_path / "root")),
+        instance=batch_instance(),
+        partition_key="builtin",
+        run_config={"ops": {"raw_corpus": {"config": {"source_uri": str(tmp_path / "mine")}}}},
+    )
     assert result.success
     metadata = result.asset_materializations_for_node("raw_corpus")[0].metadata
     assert metadata["files_read"].value == len(counts) and metadata["documents"].value == sum(counts.values())
@@ -79,6 +98,7 @@ def test_the_builtin_corpus_keeps_its_own_pattern_and_budget():
 
 # --- the layouts public corpora ship in -----------------------------------------------------------
 
+
 def _fineweb(root) -> int:
     """FineWeb: data/<dump>/<n>.parquet, `text` beside id, dump, url, language, token_count, ..."""
     n = 0
@@ -86,10 +106,20 @@ def _fineweb(root) -> int:
         (root / "data" / dump).mkdir(parents=True)
         for part in range(2):
             texts = [distinct_text(1000 + n + i) for i in range(4)]
-            pq.write_table(pa.table({"text": texts, "id": [f"<urn:uuid:{n + i}>" for i in range(4)], "dump": [dump] * 4,
-                                     "url": [f"https://x/{n + i}" for i in range(4)], "language": ["en"] * 4,
-                                     "language_score": [0.9] * 4, "token_count": [len(t) // 4 for t in texts]}),
-                           root / "data" / dump / f"{part:03d}_00000.parquet")
+            pq.write_table(
+                pa.table(
+                    {
+                        "text": texts,
+                        "id": [f"<urn:uuid:{n + i}>" for i in range(4)],
+                        "dump": [dump] * 4,
+                        "url": [f"https://x/{n + i}" for i in range(4)],
+                        "language": ["en"] * 4,
+                        "language_score": [0.9] * 4,
+                        "token_count": [len(t) // 4 for t in texts],
+                    }
+                ),
+                root / "data" / dump / f"{part:03d}_00000.parquet",
+            )
             n += 4
     (root / "README.md").write_text("---\nlicense: odc-by\n---\n# FineWeb sample\n" + distinct_text(1))  # the dataset card
     return n + 1
@@ -101,8 +131,18 @@ def _dolma(root) -> int:
     for part in range(2):
         with gzip.open(root / "documents" / f"c4-{part:04d}.json.gz", "wt") as f:
             for i in range(5):
-                f.write(json.dumps({"id": f"{part}-{i}", "text": distinct_text(2000 + 10 * part + i), "source": "c4",
-                                    "added": "2023-08-01", "metadata": {"url": "https://x", "lang": {"en": 0.99}}}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": f"{part}-{i}",
+                            "text": distinct_text(2000 + 10 * part + i),
+                            "source": "c4",
+                            "added": "2023-08-01",
+                            "metadata": {"url": "https://x", "lang": {"en": 0.99}},
+                        }
+                    )
+                    + "\n"
+                )
     return 10
 
 
@@ -127,7 +167,7 @@ def _markdown(root) -> int:
 @pytest.mark.parametrize("layout", [_fineweb, _dolma, _redpajama, _markdown], ids=lambda f: f.__name__.strip("_"))
 def test_public_corpus_layouts_are_read_with_the_defaults(tmp_path, layout):
     documents = layout(tmp_path / "corpus")
-    manifest = build_corpus(CorpusConfig(source_uri=str(tmp_path / "corpus")), Storage(str(tmp_path / "out")))
+    manifest = build_corpus(CorpusConfig(source_uri=str(tmp_path / "corpus")), Storage(str(tmp_path / "out"))).model_dump(mode="json")
     assert manifest["documents"] == documents and manifest["dropped"] == {}, manifest["dropped_examples"]
     assert manifest["files_skipped"] == 0
 
@@ -135,12 +175,13 @@ def test_public_corpus_layouts_are_read_with_the_defaults(tmp_path, layout):
 def test_a_single_file_is_a_source(tmp_path):
     _redpajama(tmp_path / "corpus")
     file = tmp_path / "corpus" / "arxiv" / "arxiv_0000.jsonl.zst"
-    manifest = build_corpus(CorpusConfig(source_uri=str(file)), Storage(str(tmp_path / "out")))
+    manifest = build_corpus(CorpusConfig(source_uri=str(file)), Storage(str(tmp_path / "out"))).model_dump(mode="json")
     assert manifest["documents"] == 7 and manifest["files_read"] == 1
     assert manifest["files"][0]["uri"] == f"file://{file}"
 
 
 # --- bring your own tokenizer -----------------------------------------------------------------------
+
 
 def _foreign_tokenizer(texts: list[str], path) -> int:
     """A byte-level BPE in another family's style: Llama 2's special tokens (<s>, </s>, <unk>, <pad>; no
@@ -150,8 +191,15 @@ def _foreign_tokenizer(texts: list[str], path) -> int:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<unk>", "<pad>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=["<s>", "</s>", "<unk>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     data = json.loads(tok.to_str())
     vocab = data["model"]["vocab"]
     # The rest of a large vocabulary: tokens no merge of this small corpus reaches (as a big tokenizer's
@@ -168,21 +216,36 @@ def test_a_given_tokenizer_with_a_large_vocabulary_and_foreign_specials_goes_end
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm_pipeline.definitions import ASSETS, CHECKS
-    from llm_pipeline.train.weights import load_trained_model
     from llm_pipeline.publish.verify import verify
     from llm_pipeline.tokenize.bpe import load_tokenizer
+    from llm_pipeline.train.weights import load_trained_model
 
     ids = _foreign_tokenizer(sample_texts, tmp_path / "tokenizer.json")
     config = {
         "raw_corpus": {"max_bytes": 400_000},
         "tokenizer": {"tokenizer_json_uri": str(tmp_path / "tokenizer.json")},
         "tokenized_shards": {"val_fraction": 0.1},
-        "trained_checkpoint": {"preset": "tiny", "seq_len": 64, "micro_batch": 4, "steps": 6, "warmup_steps": 1,
-                               "checkpoint_every": 6, "log_every": 3, "dtype": "fp32", "launcher": "none", "nproc": 1},
+        "trained_checkpoint": {
+            "preset": "tiny",
+            "seq_len": 64,
+            "micro_batch": 4,
+            "steps": 6,
+            "warmup_steps": 1,
+            "checkpoint_every": 6,
+            "log_every": 3,
+            "dtype": "fp32",
+            "launcher": "none",
+            "nproc": 1,
+        },
         "eval_metrics": {"max_loss": 100.0, "max_new_tokens": 4, "max_tokens": 3000, "continuation_items": 20},
     }
-    result = dg.materialize(ASSETS + CHECKS, resources=make_resources(str(tmp_path / "root")), instance=batch_instance(),
-                            partition_key="builtin", run_config={"ops": {k: {"config": v} for k, v in config.items()}})
+    result = dg.materialize(
+        ASSETS + CHECKS,
+        resources=make_resources(str(tmp_path / "root")),
+        instance=batch_instance(),
+        partition_key="builtin",
+        run_config={"ops": {k: {"config": v} for k, v in config.items()}},
+    )
     assert result.success
     tokenizer = result.output_for_node("tokenizer")
     assert tokenizer.vocab_size == ids and tokenizer.eos_id == 1  # </s>

@@ -8,10 +8,11 @@ from llm_pipeline.assets.partitions import batch_keys, corpus_batches
 from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.contracts import CorpusRef
 from llm_pipeline.corpus.batches import BUILTIN_BATCH, read_batch
-from llm_pipeline.corpus.build import CorpusConfig, CorpusSourceError, Progress, build_corpus
+from llm_pipeline.corpus.build import BuildStats, CorpusConfig, CorpusSourceError, Progress, build_corpus
 from llm_pipeline.corpus.drop_shares import drop_shares, moved_shares
+from llm_pipeline.corpus.manifest import CorpusManifest, read_corpus_manifest
 from llm_pipeline.resources import RayClusterResource, StorageResource, load_values
-from llm_pipeline.storage.manifests import MANIFEST, ManifestError, read_manifest
+from llm_pipeline.storage.manifests import MANIFEST, ManifestError
 
 _LOG_EVERY_S = 15.0
 
@@ -25,20 +26,21 @@ DROP_SHARES_CHECK = "drop_shares_steady"
 
 
 def _drop_shares_check(
-    manifest: dict, earlier: list[tuple[str, CorpusRef]], storage: StorageResource, points: float
+    manifest: CorpusManifest, earlier: list[tuple[str, CorpusRef]], storage: StorageResource, points: float
 ) -> dg.AssetCheckResult:
     """This batch's drop shares against the newest earlier batch's (warn when one moved more than `points`)."""
     if not earlier:
         return dg.AssetCheckResult(check_name=DROP_SHARES_CHECK, passed=True, description="no earlier batch to compare with")
     batch, ref = earlier[-1]
     try:
-        previous = read_manifest(storage.at(ref.uri), ("records", "dropped"), "corpus manifest")
+        previous = read_corpus_manifest(storage.at(ref.uri))
     except (ManifestError, OSError, ValueError) as e:
         return dg.AssetCheckResult(
             check_name=DROP_SHARES_CHECK, passed=False, severity=dg.AssetCheckSeverity.WARN, description=f"batch {batch}: {e}"
         )
-    moved = moved_shares(previous, manifest, points)
-    shares = {reason: round(100 * share, 2) for reason, share in drop_shares(manifest).items()}
+    shares_now = drop_shares(manifest.records, manifest.dropped)
+    moved = moved_shares(drop_shares(previous.records, previous.dropped), shares_now, points)
+    shares = {reason: round(100 * share, 2) for reason, share in shares_now.items()}
     metadata: dict[str, dg.MetadataValue] = {
         "compared_with_batch": dg.MetadataValue.text(batch),
         "drop_share_points": dg.MetadataValue.json(shares),
@@ -109,7 +111,7 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
                 f"{p.decoded_bytes / 1e6 / max(p.seconds, 1e-9):.1f} MB/s"
             )
 
-    stats: dict = {}
+    stats = BuildStats()
     try:
         manifest = build_corpus(
             cfg,
@@ -123,40 +125,39 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, stora
         )
     except (CorpusSourceError, OSError, ValueError) as e:
         raise dg.Failure(description=f"raw_corpus[{batch}]: {e}") from None
-    not_as_landed = [f["uri"] for f in manifest["files"] if f.get("reason") in ("missing", "changed_since_landing")]
+    not_as_landed = manifest.not_as_landed()
     if not_as_landed:
         context.log.warning(
             f"raw_corpus[{batch}]: {len(not_as_landed)} files of the batch are missing or changed since they "
             f"landed and were not read: {', '.join(not_as_landed[:10])}" + (" ..." if len(not_as_landed) > 10 else "")
         )
     value = CorpusRef(
-        uri=out.uri, batch=batch, manifest_sha256=out.sha256(MANIFEST), documents=manifest["documents"], text_bytes=manifest["text_bytes"]
+        uri=out.uri, batch=batch, manifest_sha256=out.sha256(MANIFEST), documents=manifest.documents, text_bytes=manifest.text_bytes
     )
-    cleaning = manifest["cleaning"]
-    index = manifest["dedup_index"]
+    cleaning, index = manifest.cleaning, manifest.dedup_index
     yield dg.Output(
         value,
         metadata={
             **stage_metadata(value),
             "source_uri": cfg.source_uri,
-            "files_matched": manifest["files_matched"],
-            "files_read": manifest["files_read"],
-            "files_skipped": manifest["files_skipped"],
-            "records": manifest["records"],
-            "documents_dropped": sum(manifest["dropped"].values()),
-            "duplicates_of_earlier_batches": manifest["duplicates_of_earlier_batches"],
+            "files_matched": manifest.files_matched,
+            "files_read": manifest.files_read,
+            "files_skipped": manifest.files_skipped,
+            "records": manifest.records,
+            "documents_dropped": sum(manifest.dropped.values()),
+            "duplicates_of_earlier_batches": manifest.duplicates_of_earlier_batches,
             "deduplicated_against_batches": len(earlier),
-            "dedup_index_documents": index["earlier_documents"] + index["segment"]["documents"],
-            "dedup_index_bytes": index["earlier_bytes"] + index["segment"]["bytes"],
-            "dedup_lookup_seconds": round(stats["dedup_lookup_seconds"], 3),
-            "dedup_earlier_runs": stats["dedup_earlier_runs"],
-            "dropped_by_reason": _counts_table(manifest["dropped"], "documents"),
-            "modified_by_step": _counts_table(manifest["modified"], "documents"),
-            "cleaning_preset": cleaning["preset"],
-            "cleaning_steps": dg.MetadataValue.json(cleaning["steps"]),
-            "files_by_preset": dg.MetadataValue.json(cleaning["files_by_preset"]),
-            "skipped_by_reason": _counts_table(manifest["skipped"], "files"),
-            "shards": len(manifest["shards"]),
+            "dedup_index_documents": index.earlier_documents + index.segment.documents,
+            "dedup_index_bytes": index.earlier_bytes + index.segment.bytes,
+            "dedup_lookup_seconds": round(stats.dedup_lookup_seconds, 3),
+            "dedup_earlier_runs": stats.dedup_earlier_runs,
+            "dropped_by_reason": _counts_table(manifest.dropped, "documents"),
+            "modified_by_step": _counts_table(manifest.modified, "documents"),
+            "cleaning_preset": cleaning.preset,
+            "cleaning_steps": dg.MetadataValue.json({preset: list(steps) for preset, steps in cleaning.steps.items()}),
+            "files_by_preset": dg.MetadataValue.json(cleaning.files_by_preset),
+            "skipped_by_reason": _counts_table(manifest.skipped, "files"),
+            "shards": len(manifest.shards),
         },
     )
     yield _drop_shares_check(manifest, list(earlier_values.items()), storage, config.drop_share_alert_points)

@@ -9,8 +9,8 @@ from llm_pipeline.assets.metadata import significant, stage_metadata
 from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.assets.tokenizer import tokenizer_json
 from llm_pipeline.contracts import CheckpointRef, EvalReport, Gates, TokenizerRef
-from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.evaluate.local_tasks import task_files
+from llm_pipeline.evaluate.results import Baseline, ContaminationReport, HarnessResult, metric_key, split_metric_key
 from llm_pipeline.publish.registry import resolve_version
 from llm_pipeline.publish.verify import verify
 from llm_pipeline.resources import StorageResource
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 _ERROR = dg.AssetCheckSeverity.ERROR
 
 
-def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, held_out: "HeldOut", tok_json: str) -> dict | None:
+def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, held_out: "HeldOut", tok_json: str) -> Baseline | None:
     """The currently published model's numbers on this run's held-out documents, or None if there is none."""
     if not config.compare_with:
         return None
@@ -38,28 +38,26 @@ def _baseline(context, config: EvalMetricsConfig, storage: StorageResource, held
         raise dg.Failure(description=f"eval_metrics: the published baseline {folder.uri} fails verification: {'; '.join(problems)}")
     from llm_pipeline.evaluate.metrics import evaluate_published
 
-    result = evaluate_published(folder, held_out, tok_json, config.to_library())
-    result["version"] = folder.name
-    context.log.info(f"published baseline {config.compare_with}/{result['version']}: bits per byte {result['bits_per_byte']:.4f}")
-    return result
+    baseline = evaluate_published(folder, held_out, tok_json, config.to_library())
+    context.log.info(f"published baseline {config.compare_with}/{baseline.version}: bits per byte {baseline.bits_per_byte:.4f}")
+    return baseline
 
 
-def _harness_metadata(harness: dict | None) -> dict:
+def _harness_metadata(harness: HarnessResult | None) -> dict:
     """Each task's metrics as numbers (Dagster plots them across runs): `task/metric`, `task/metric_stderr`."""
     metadata = {}
-    for task, metrics in (harness or {}).get("results", {}).items():
-        for metric, v in metrics.items():
-            metadata[f"{task}/{metric}"] = significant(v["value"])
-            if v["stderr"] is not None:
-                metadata[f"{task}/{metric}_stderr"] = significant(v["stderr"], 3)
+    for task, metric, score in harness.scores() if harness else ():
+        metadata[metric_key(task, metric)] = significant(score.value)
+        if score.stderr is not None:
+            metadata[f"{metric_key(task, metric)}_stderr"] = significant(score.stderr, 3)
     return metadata
 
 
-def _contamination_metadata(report: dict) -> dict:
-    metadata = {"contamination": significant(report["fraction"], 4)}
-    for name, r in report["sets"].items():
-        metadata[f"contamination/{name}"] = significant(r["fraction"], 4)
-        metadata[f"contamination/{name}/shares_any_{report['n']}gram"] = significant(r["sharing_fraction"], 4)
+def _contamination_metadata(report: ContaminationReport) -> dict:
+    metadata = {"contamination": significant(report.fraction, 4)}
+    for name, r in report.sets.items():
+        metadata[f"contamination/{name}"] = significant(r.fraction, 4)
+        metadata[f"contamination/{name}/shares_any_{report.n}gram"] = significant(r.sharing_fraction, 4)
     return metadata
 
 
@@ -82,7 +80,7 @@ def eval_metrics(
     validate_run_config(context.run_config)
     cfg = config.to_library()
     try:
-        check_tasks_available(cfg.harness_tasks, config.gated_metrics())
+        config.check_harness_tasks()
     except ValueError as e:
         raise dg.Failure(description=f"eval_metrics config: {e}", allow_retries=False) from None
     mismatch = trained_checkpoint.tokenizer_mismatch(tokenizer)
@@ -91,20 +89,18 @@ def eval_metrics(
             description=f"eval_metrics: {mismatch}: train again (materialize trained_checkpoint) before evaluating", allow_retries=False
         )
     from llm_pipeline.evaluate.suite import run_suite
-    from llm_pipeline.train.token_store import DEFAULT_CACHE, open_split
+    from llm_pipeline.train.token_store import TokenCache, open_split
 
     # The held-out split of exactly the batches the model was trained on; their training split for contamination.
     # Memory-mapped from the node's token store, as training read them (verified once per node).
     shard_sets = [storage.at(d.uri) for d in trained_checkpoint.data]
-    train_config = trained_checkpoint.train_config
-    store = (train_config.get("token_cache") or DEFAULT_CACHE, int(train_config.get("token_cache_gb", 100) * 2**30))
-    val_tokens, _ = open_split(shard_sets, "val", tokenizer.sha256, None, *store)
-    train_tokens, _ = open_split(shard_sets, "train", tokenizer.sha256, None, *store)
+    cache = TokenCache.of(trained_checkpoint.train_config)
+    val_tokens, _ = open_split(shard_sets, "val", cache, tokenizer.sha256)
+    train_tokens, _ = open_split(shard_sets, "train", cache, tokenizer.sha256)
     tok_json = tokenizer_json(storage, tokenizer)
     with tempfile.TemporaryDirectory() as work:
         suite = run_suite(storage.at(trained_checkpoint.final_uri), val_tokens, train_tokens.chunks, tok_json, tokenizer.eos_id, cfg, work)
-    metrics = suite.metrics
-    for task, reason in metrics["harness_skipped"].items():
+    for task, reason in suite.harness_skipped.items():
         context.log.warning(f"harness task {task} left out: {reason}")
     # The local harness tasks, kept with the run: `lm_eval --include_path <this folder>` runs them again.
     tasks_folder = storage.root().child("eval_metrics", context.run_id, "harness_tasks")
@@ -113,11 +109,24 @@ def eval_metrics(
         for name, body in {**suite.task_data, **task_files(tasks_folder.uri, tasks=written)}.items():
             tasks_folder.write_bytes(name, body.encode("utf-8"))
     baseline = _baseline(context, config, storage, suite.held_out, tok_json)
+    held_out = suite.held_out_metrics
     report = EvalReport(
-        **metrics,
         checkpoint_uri=trained_checkpoint.final_uri,
         checkpoint=trained_checkpoint.checkpoint,
+        loss=held_out.loss,
+        perplexity=held_out.perplexity,
+        bits_per_byte=held_out.bits_per_byte,
         uniform_loss=math.log(tokenizer.vocab_size),
+        tokens_evaluated=held_out.tokens_evaluated,
+        bytes_evaluated=held_out.bytes_evaluated,
+        documents_evaluated=held_out.documents_evaluated,
+        window=held_out.window,
+        dtype=held_out.dtype,
+        samples=suite.samples,
+        harness=suite.harness,
+        harness_skipped=suite.harness_skipped,
+        contamination=suite.contamination,
+        seconds=suite.seconds,
         gates=Gates(
             max_loss=config.loss_threshold(tokenizer.vocab_size),
             max_perplexity=config.max_perplexity,
@@ -141,10 +150,10 @@ def eval_metrics(
         "samples": dg.MetadataValue.md("\n\n".join(f"**{s.prompt!r}** →\n```\n{s.prompt}{s.completion}\n```" for s in report.samples)),
     }
     if baseline:
-        metadata["baseline_version"] = baseline["version"]
-        metadata["bits_per_byte_delta"] = significant(report.bits_per_byte - baseline["bits_per_byte"], 4)
-        if baseline["same_tokenizer"]:
-            metadata["loss_delta"] = significant(report.loss - baseline["loss"], 4)
+        metadata["baseline_version"] = baseline.version
+        metadata["bits_per_byte_delta"] = significant(report.bits_per_byte - baseline.bits_per_byte, 4)
+        if baseline.same_tokenizer:
+            metadata["loss_delta"] = significant(report.loss - baseline.loss, 4)
     return dg.Output(report, metadata=metadata)
 
 
@@ -183,7 +192,7 @@ def no_regression_vs_published(eval_metrics: EvalReport) -> dg.AssetCheckResult:
     baseline = eval_metrics.baseline
     if baseline is None:
         return dg.AssetCheckResult(passed=True, severity=_ERROR, description="no published model to compare with")
-    ours, theirs = eval_metrics.bits_per_byte, baseline["bits_per_byte"]
+    ours, theirs = eval_metrics.bits_per_byte, baseline.bits_per_byte
     tolerance = eval_metrics.gates.regression_tolerance
     limit = theirs * (1 + tolerance)
     passed = math.isfinite(ours) and ours <= limit
@@ -192,9 +201,9 @@ def no_regression_vs_published(eval_metrics: EvalReport) -> dg.AssetCheckResult:
         severity=_ERROR,
         description=(
             f"bits per byte {ours:.4f} {'<=' if passed else '>'} {limit:.4f} "
-            f"(published {baseline['version']}: {theirs:.4f}, tolerance {tolerance:.1%})"
+            f"(published {baseline.version}: {theirs:.4f}, tolerance {tolerance:.1%})"
         ),
-        metadata={"bits_per_byte": ours, "baseline_bits_per_byte": theirs, "baseline_version": baseline["version"]},
+        metadata={"bits_per_byte": ours, "baseline_bits_per_byte": theirs, "baseline_version": baseline.version},
     )
 
 
@@ -203,14 +212,16 @@ def harness_scores_meet_minimums(eval_metrics: EvalReport) -> dg.AssetCheckResul
     minimums = eval_metrics.gates.min_scores
     if not minimums:
         return dg.AssetCheckResult(passed=True, severity=_ERROR, description="no min_scores configured")
-    results = (eval_metrics.harness or {}).get("results", {})
+    harness = eval_metrics.harness
     lines, failed, scores = [], [], {}
     for key, minimum in sorted(minimums.items()):
-        task, _, metric = key.partition("/")
-        value = results.get(task, {}).get(metric, {}).get("value")
+        task, metric = split_metric_key(key)
+        score = harness.score(task, metric) if harness else None
+        value = score.value if score else None
         if value is None or not math.isfinite(value):
             failed.append(key)
-            why = eval_metrics.harness_skipped.get(task) or f"metrics of {task}: {', '.join(results.get(task, {})) or 'none'}"
+            reported = ", ".join(harness.results.get(task, {})) if harness else ""
+            why = eval_metrics.harness_skipped.get(task) or f"metrics of {task}: {reported or 'none'}"
             lines.append(f"{key}: no result ({why})")
             continue
         scores[key] = value
@@ -231,32 +242,32 @@ def harness_scores_meet_minimums(eval_metrics: EvalReport) -> dg.AssetCheckResul
 )
 def no_eval_contamination(eval_metrics: EvalReport) -> dg.AssetCheckResult:
     report, limit = eval_metrics.contamination, eval_metrics.gates.max_contamination
-    if all(s["documents"] == s["too_short"] for s in report["sets"].values()):
+    if report.measured_nothing():
         # Nothing measured is not "nothing contaminated": the gate does not pass vacuously.
         return dg.AssetCheckResult(
             passed=False,
             severity=_ERROR,
             description=(
-                f"no eval document is long enough for a {report['n']}-gram: contamination cannot be measured; lower contamination_ngram"
+                f"no eval document is long enough for a {report.n}-gram: contamination cannot be measured; lower contamination_ngram"
             ),
             metadata={"max_contamination": limit},
         )
-    worst = max(report["sets"], key=lambda name: report["sets"][name]["fraction"])
-    fraction = report["fraction"]
+    worst = report.worst()
+    fraction = report.fraction
     passed = fraction <= limit
-    r = report["sets"][worst]
+    r = report.sets[worst]
     return dg.AssetCheckResult(
         passed=passed,
         severity=_ERROR,
         description=(
-            f"{fraction:.1%} of {worst} contaminated ({r['contaminated']} of {r['documents'] - r['too_short']} with "
-            f">= {report['min_overlap']:.0%} of their {report['n']}-grams in the training split) "
+            f"{fraction:.1%} of {worst} contaminated ({r.contaminated} of {r.checked} with "
+            f">= {report.min_overlap:.0%} of their {report.n}-grams in the training split) "
             f"{'<=' if passed else '>'} max_contamination {limit:.1%}"
         ),
         metadata={
             "contamination": fraction,
             "max_contamination": limit,
             "worst_set": worst,
-            **{name: s["fraction"] for name, s in report["sets"].items()},
+            **{name: s.fraction for name, s in report.sets.items()},
         },
     )

@@ -2,11 +2,12 @@
 
 import base64
 import io
+from collections.abc import Sequence
 
 import dagster as dg
 
 
-def loss_curve_markdown(losses: list[list[float]], title: str = "training loss") -> dg.MetadataValue:
+def loss_curve_markdown(losses: Sequence[Sequence[float]], title: str = "training loss") -> dg.MetadataValue:
     import matplotlib
 
     matplotlib.use("Agg")

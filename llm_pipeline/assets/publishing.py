@@ -59,17 +59,18 @@ def published_model(
         tokenizer.eos_id,
         eval_metrics.headline(),
         lineage,
-        trained_checkpoint.train_config,
-        {"harness": eval_metrics.harness, "contamination": eval_metrics.contamination},
+        trained_checkpoint.train_config.model_dump(mode="json"),
+        eval_metrics.harness,
+        eval_metrics.contamination,
         trained_checkpoint.mixture,
     )
-    value = PublishedModelRef(uri=manifest["uri"], name=config.model_name, version=manifest["version"], registry=registry.uri)
+    value = PublishedModelRef(uri=manifest.uri, name=config.model_name, version=manifest.version, registry=registry.uri)
     return dg.Output(
         value,
         metadata={
             **stage_metadata(value),
             "files": table(
-                [{"file": name, "bytes": f["bytes"], "sha256": f["sha256"]} for name, f in manifest["files"].items()],
+                [{"file": name, "bytes": f.bytes, "sha256": f.sha256} for name, f in manifest.files.items()],
                 {"file": "string", "bytes": "int", "sha256": "string"},
             ),
             **{k: significant(v) for k, v in eval_metrics.headline().items() if k != "tokens_evaluated"},

@@ -47,8 +47,8 @@ def tokenized_shards(
         batch=batch,
         manifest_sha256=out.sha256(MANIFEST),
         tokenizer_sha256=tokenizer.sha256,
-        train_tokens=manifest["splits"]["train"]["tokens"],
-        val_tokens=manifest["splits"]["val"]["tokens"],
+        train_tokens=manifest.splits["train"].tokens,
+        val_tokens=manifest.splits["val"].tokens,
         corpus_uri=raw_corpus.uri,
         corpus_manifest_sha256=raw_corpus.manifest_sha256,
     )
@@ -57,12 +57,12 @@ def tokenized_shards(
         data_version=dg.DataVersion(value.manifest_sha256),
         metadata={
             **stage_metadata(value),
-            "train_documents": manifest["splits"]["train"]["documents"],
-            "val_documents": manifest["splits"]["val"]["documents"],
-            "shards": len(manifest["shards"]),
-            "token_dtype": manifest["dtype"],
-            "encoder_engine": manifest["encoder_engine"],
+            "train_documents": manifest.splits["train"].documents,
+            "val_documents": manifest.splits["val"].documents,
+            "shards": len(manifest.shards),
+            "token_dtype": manifest.dtype,
+            "encoder_engine": manifest.encoder_engine,
             # training documents left out so the contamination gate passes on this batch's own validation split
-            "dropped_as_eval_overlap": (manifest["decontamination"] or {}).get("dropped_as_eval_overlap", {}).get("documents", 0),
+            "dropped_as_eval_overlap": manifest.dropped_as_eval_overlap(),
         },
     )

@@ -22,6 +22,7 @@ from llm_pipeline.tokenize.bpe import made_with_another_tokenizer
 from llm_pipeline.train.config import LaunchConfig, mixture_sources
 from llm_pipeline.train.launch import launch_command, launch_env, ray_job_command, worker_command
 from llm_pipeline.train.ray_job import per_worker_resources
+from llm_pipeline.train.summary import SUMMARY, TrainSummary
 
 
 def _input_error(description: str) -> dg.Failure:
@@ -139,7 +140,7 @@ def trained_checkpoint(
     train_cfg = unplaced.replaced(run_uri=run.uri)
     run.write_bytes("train_config.json", train_cfg.to_json().encode())
     final = run.child("final")
-    final.remove("summary.json")  # only the marker this launch writes counts as success
+    final.remove(SUMMARY)  # only the marker this launch writes counts as success
     context.log.info(
         f"training on {len(data)} batches ({', '.join(d.batch for d in data)}): "
         f"{sum(d.train_tokens for d in data):,} training tokens" + (f"; starting from {init_from}" if init_from else "")
@@ -169,45 +170,45 @@ def trained_checkpoint(
     except (DagsterPipesExecutionError, RuntimeError) as e:  # RuntimeError: dagster-ray's failed or stopped job
         # A rank can abort at exit after finishing (seen ~1 run in 80 with gloo): the completion
         # marker, not the launcher's exit code, says whether training finished.
-        if not final.exists("summary.json"):
+        if not TrainSummary.exists(final):
             raise
         context.log.warning(f"trainer exited with an error after writing its completion marker: {e}")
-    if not final.exists("summary.json"):
-        raise dg.Failure(description=f"trainer finished without writing {final.uri}/summary.json")
-    summary = final.read_json("summary.json")
+    if not TrainSummary.exists(final):
+        raise dg.Failure(description=f"trainer finished without writing {final.uri}/{SUMMARY}")
+    summary = TrainSummary.read(final)
 
     value = CheckpointRef(
         run_uri=run.uri,
         final_uri=final.uri,
-        checkpoint=summary["checkpoint"],
-        steps=summary["steps"],
-        tokens_seen=summary["tokens_seen"],
-        final_loss=summary["final_loss"],
-        train_config=train_cfg.model_dump(mode="json"),
+        checkpoint=summary.checkpoint,
+        steps=summary.steps,
+        tokens_seen=summary.tokens_seen,
+        final_loss=summary.final_loss,
+        train_config=train_cfg,
         data=tuple(data),
         tokenizer_sha256=tokenizer.sha256,
         init_from=init_from,
-        mixture=summary["mixture"],
+        mixture=summary.mixture,
     )
     return dg.Output(
         value,
         metadata={
             **stage_metadata(value),
             "uri": dg.MetadataValue.path(final.uri),
-            "loss_curve": loss_curve_markdown(summary["losses"]),
-            "final_loss": significant(summary["final_loss"]),
-            "tokens_per_s": significant(summary["tokens_per_s"], 4),
-            "wall_time_s": significant(summary["wall_time_s"], 4),
-            "num_params": summary["num_params"],
-            "flops_per_token": summary["flops_per_token"],
-            "world_size": summary["world_size"],
-            "zero_stage": summary["zero_stage"],
-            "dtype": summary["dtype"],
-            "grad_accum": summary["grad_accum"],
-            "accelerator": summary["accelerator"],
-            **({"mfu": significant(summary["mfu"], 3)} if summary["mfu"] is not None else {}),
-            "resumed_from": summary["resumed_from"] or "",
-            "mixture": dg.MetadataValue.json(summary["mixture"]),
-            **{f"mixture/{name}/share": significant(source["share"], 4) for name, source in summary["mixture"].items()},
+            "loss_curve": loss_curve_markdown(summary.losses),
+            "final_loss": significant(summary.final_loss),
+            "tokens_per_s": significant(summary.tokens_per_s, 4),
+            "wall_time_s": significant(summary.wall_time_s, 4),
+            "num_params": summary.num_params,
+            "flops_per_token": summary.flops_per_token,
+            "world_size": summary.world_size,
+            "zero_stage": summary.zero_stage,
+            "dtype": summary.dtype,
+            "grad_accum": summary.grad_accum,
+            "accelerator": summary.accelerator,
+            **({"mfu": significant(summary.mfu, 3)} if summary.mfu is not None else {}),
+            "resumed_from": summary.resumed_from or "",
+            "mixture": dg.MetadataValue.json({name: source.model_dump() for name, source in summary.mixture.items()}),
+            **{f"mixture/{name}/share": significant(source.share, 4) for name, source in summary.mixture.items()},
         },
     )

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from llm_pipeline.corpus.build import CorpusConfig, Progress, build_corpus, summary
+from llm_pipeline.corpus.build import CorpusConfig, Progress, build_corpus
 from llm_pipeline.corpus.filters import FilterConfig
 from llm_pipeline.settings import add_options, given_options
 from llm_pipeline.storage.folders import Storage, bounded
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)
         return 1
     bar.close()
-    print(json.dumps(summary(manifest) | {"out": out.uri}, sort_keys=True))
+    print(json.dumps(manifest.summary() | {"out": out.uri}, sort_keys=True))
     return 0
 
 

@@ -44,6 +44,18 @@ from llm_pipeline.corpus.cleaning.language import check_languages
 from llm_pipeline.corpus.dedup import DedupIndex, memory_budget
 from llm_pipeline.corpus.dedup.keys import KeyIndex, Keys
 from llm_pipeline.corpus.filters import FilterConfig
+from llm_pipeline.corpus.manifest import (
+    Cleaning,
+    CorpusManifest,
+    Decontaminated,
+    DedupIndexSummary,
+    EarlierBatch,
+    NearDedupSettings,
+    ReadFile,
+    SegmentSummary,
+    SkippedFile,
+    read_corpus_manifest,
+)
 from llm_pipeline.corpus.near_dedup import BANDS, NUM_PERM, SHINGLE
 from llm_pipeline.corpus.readers import PREFIX_BYTES, Format
 from llm_pipeline.corpus.sources import (
@@ -59,7 +71,7 @@ from llm_pipeline.faults import crash_point
 from llm_pipeline.ray_cluster import Executor
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage, bounded
-from llm_pipeline.storage.manifests import read_manifest, write_manifest
+from llm_pipeline.storage.manifests import write_manifest
 from llm_pipeline.storage.parquet_shards import ParquetShards, payload_bytes
 
 __all__ = ["CorpusConfig", "CorpusSourceError", "build_corpus", "iter_documents", "DOCUMENT_SCHEMA", "QUARANTINE_SCHEMA"]
@@ -167,6 +179,29 @@ class CorpusConfig(Settings):
 
 
 @dataclass
+class BuildStats:
+    """The figures of a build that differ from run to run, kept out of the manifest."""
+
+    dedup_lookup_seconds: float = 0.0
+    dedup_earlier_runs: int = 0  # runs looked up per key kind
+
+
+@dataclass
+class _Totals:
+    records: int = 0
+    documents: int = 0
+    text_bytes: int = 0
+    bytes_read: int = 0
+    decoded_bytes: int = 0
+
+
+@dataclass
+class _Kept:
+    documents: int = 0
+    text_bytes: int = 0
+
+
+@dataclass
 class Progress:
     files_done: int
     files_total: int
@@ -183,9 +218,9 @@ def build_corpus(
     progress: Callable[[Progress], None] | None = None,
     earlier: Sequence[tuple[str, Storage]] = (),
     ray_address: str = "",
-    stats: dict | None = None,
+    stats: BuildStats | None = None,
     dedup_compactions: Storage | None = None,
-) -> dict:
+) -> CorpusManifest:
     """Read, clean and write the corpus under `out`. Returns the manifest (also written last).
     With `executor: ray`, files are cleaned on the Ray cluster at `ray_address` (a driver address).
 
@@ -228,12 +263,12 @@ def build_corpus(
             keys_on=_keys_on(cfg.executor),
             compactions=dedup_compactions,
         )
-        totals = {"records": 0, "documents": 0, "text_bytes": 0, "bytes_read": 0, "decoded_bytes": 0}
+        totals = _Totals()
         dropped: dict[str, int] = {}
         modified: dict[str, int] = {}
         files_by_preset: dict[str, int] = {}
         examples: dict[str, str] = {}
-        file_entries: list[dict] = []
+        file_entries: list[ReadFile] = []
         with (
             ParquetShards(out, "documents", DOCUMENT_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as docs,
             ParquetShards(out, "quarantine", QUARANTINE_SCHEMA, cfg.shard_bytes, cfg.row_group_rows) as quarantine,
@@ -254,102 +289,109 @@ def build_corpus(
                 files_by_preset[result.preset] = files_by_preset.get(result.preset, 0) + 1
                 for reason, example in result.examples.items():
                     examples.setdefault(reason, example)
-                totals["records"] += result.records
-                totals["documents"] += kept["documents"]
-                totals["text_bytes"] += kept["text_bytes"]
-                totals["bytes_read"] += source.size
-                totals["decoded_bytes"] += result.decoded_bytes
+                totals.records += result.records
+                totals.documents += kept.documents
+                totals.text_bytes += kept.text_bytes
+                totals.bytes_read += source.size
+                totals.decoded_bytes += result.decoded_bytes
                 file_entries.append(
-                    {
-                        "uri": source.uri,
-                        "size": source.size,
-                        "outcome": "read",
-                        "format": result.format,
-                        "preset": result.preset,
-                        "records": result.records,
-                        "documents": kept["documents"],
-                        "dropped": dict(sorted(result.dropped.items())),
-                    }
+                    ReadFile(
+                        uri=source.uri,
+                        size=source.size,
+                        format=result.format,
+                        preset=result.preset,
+                        records=result.records,
+                        documents=kept.documents,
+                        dropped=dict(sorted(result.dropped.items())),
+                    )
                 )
                 if progress is not None:
                     progress(
                         Progress(
                             len(file_entries),
                             len(listing.files),
-                            totals["documents"],
-                            totals["bytes_read"],
-                            totals["decoded_bytes"],
+                            totals.documents,
+                            totals.bytes_read,
+                            totals.decoded_bytes,
                             time.perf_counter() - started,
                         )
                     )
         shards, quarantine_files = docs.files, quarantine.files
-        nothing_new = totals["records"] > 0 and dedup.earlier_duplicates > 0 and set(dropped) <= DUPLICATE_REASONS
-        if totals["records"] == 0:
+        nothing_new = totals.records > 0 and dedup.earlier_duplicates > 0 and set(dropped) <= DUPLICATE_REASONS
+        if totals.records == 0:
             raise CorpusSourceError(
                 f"corpus source_uri {bounded(cfg.source_uri)!r}: no document kept: the {len(file_entries)} files read hold no "
                 f"records (an empty file, a zero-row Parquet file, a JSON Lines file of blank lines)"
             )
-        if totals["documents"] == 0 and not nothing_new:
+        if totals.documents == 0 and not nothing_new:
             hints = "; ".join(f"{reason}: {example}" for reason, example in sorted(examples.items()))
             raise CorpusSourceError(
-                f"corpus source_uri {cfg.source_uri!r}: no document kept: all {totals['records']} records from "
+                f"corpus source_uri {cfg.source_uri!r}: no document kept: all {totals.records} records from "
                 f"{len(file_entries)} files were dropped ({dict(sorted(dropped.items()))}); e.g. {hints}; "
                 f"see the quarantine files under {out.uri}"
             )
         segment = dedup.write_segment(out, dedup_spool)
         if stats is not None:
-            stats["dedup_lookup_seconds"] = dedup.lookup_seconds
-            stats["dedup_earlier_runs"] = dedup.runs_per_kind
-        skipped = [{"uri": s.uri, "size": s.size, "outcome": "skipped", "reason": s.reason} for s in listing.skipped]
-        manifest = {
-            "kind": "raw_corpus",
-            "source_uri": cfg.source_uri,
-            "glob": cfg.file_glob,
-            "exclude": list(cfg.excluded),
-            "format": cfg.format,
-            "text_field": cfg.text_field,
-            "files_listed": sorted(cfg.files) if cfg.files is not None else None,
-            "max_bytes": cfg.byte_budget,
-            "files_matched": len(listing.files) + len(listing.skipped),
-            "files_read": len(listing.files),
-            "files_skipped": len(listing.skipped),
-            "skipped": skip_reasons,
-            **totals,
-            "dropped": dict(sorted(dropped.items())),
-            "modified": dict(sorted(modified.items())),
-            "cleaning": {
-                "preset": cfg.filters.preset,
-                "files_by_preset": dict(sorted(files_by_preset.items())),
-                "steps": {preset: list(cfg.filters.steps_for(preset)) for preset in sorted(files_by_preset) if preset != "steps"}
-                | ({"steps": list(cfg.filters.steps)} if cfg.filters.steps is not None else {}),
-                "languages": list(cfg.filters.languages),
-                "min_language_score": cfg.filters.min_language_score,
-                "rule_settings": dict(sorted(cfg.filters.rule_settings.items())),
-                "decontaminated_against": {"tasks": list(cfg.filters.decontaminate_tasks), "n": cfg.filters.decontamination_ngram}
-                | ({"items": rules.eval_ngrams.items, "items_too_short": rules.eval_ngrams.too_short} if rules.eval_ngrams else {}),
-            },
-            "dropped_examples": dict(sorted(examples.items())),
-            "duplicates_of_earlier_batches": dedup.earlier_duplicates,
-            "dedup_index": {
-                "segment": segment.to_json(),
-                "earlier_documents": dedup.history_documents,
-                "earlier_bytes": dedup.history_bytes,
-            },
-            "deduplicated_against": [{"batch": name, "uri": corpus.uri} for name, corpus in earlier],
-            "near_dedup": {
-                "enabled": cfg.filters.near_dedup,
-                "threshold": cfg.filters.near_dedup_threshold,
-                "num_perm": NUM_PERM,
-                "bands": BANDS,
-                "shingle_words": SHINGLE,
-                "library": "rensa",
-            },
-            "shards": shards,
-            "quarantine": quarantine_files,
-            "files": sorted(file_entries + skipped, key=lambda f: f["uri"]),
-        }
+            stats.dedup_lookup_seconds = dedup.lookup_seconds
+            stats.dedup_earlier_runs = dedup.runs_per_kind
+        skipped = [SkippedFile(uri=s.uri, size=s.size, reason=s.reason) for s in listing.skipped]
+        filters = cfg.filters
+        manifest = CorpusManifest(
+            source_uri=cfg.source_uri,
+            glob=cfg.file_glob,
+            exclude=cfg.excluded,
+            format=cfg.format,
+            text_field=cfg.text_field,
+            files_listed=tuple(sorted(cfg.files)) if cfg.files is not None else None,
+            max_bytes=cfg.byte_budget,
+            files_matched=len(listing.files) + len(listing.skipped),
+            files_read=len(listing.files),
+            files_skipped=len(listing.skipped),
+            skipped=skip_reasons,
+            records=totals.records,
+            documents=totals.documents,
+            text_bytes=totals.text_bytes,
+            bytes_read=totals.bytes_read,
+            decoded_bytes=totals.decoded_bytes,
+            dropped=dict(sorted(dropped.items())),
+            modified=dict(sorted(modified.items())),
+            cleaning=Cleaning(
+                preset=filters.preset,
+                files_by_preset=dict(sorted(files_by_preset.items())),
+                steps={preset: filters.steps_for(preset) for preset in sorted(files_by_preset) if preset != "steps"}
+                | ({"steps": filters.steps} if filters.steps is not None else {}),
+                languages=filters.languages,
+                min_language_score=filters.min_language_score,
+                rule_settings=dict(sorted(filters.rule_settings.items())),
+                decontaminated_against=Decontaminated(
+                    tasks=filters.decontaminate_tasks,
+                    n=filters.decontamination_ngram,
+                    items=rules.eval_ngrams.items if rules.eval_ngrams else None,
+                    items_too_short=rules.eval_ngrams.too_short if rules.eval_ngrams else None,
+                ),
+            ),
+            dropped_examples=dict(sorted(examples.items())),
+            duplicates_of_earlier_batches=dedup.earlier_duplicates,
+            dedup_index=DedupIndexSummary(
+                segment=SegmentSummary(**segment.to_json()),
+                earlier_documents=dedup.history_documents,
+                earlier_bytes=dedup.history_bytes,
+            ),
+            deduplicated_against=tuple(EarlierBatch(batch=name, uri=corpus.uri) for name, corpus in earlier),
+            near_dedup=NearDedupSettings(
+                enabled=filters.near_dedup,
+                threshold=filters.near_dedup_threshold,
+                num_perm=NUM_PERM,
+                bands=BANDS,
+                shingle_words=SHINGLE,
+                library="rensa",
+            ),
+            shards=tuple(shards),
+            quarantine=tuple(quarantine_files),
+            files=tuple(sorted([*file_entries, *skipped], key=lambda f: f.uri)),
+        )
         crash_point("corpus_before_manifest")  # the crash tests: every part written, no manifest yet
-        write_manifest(out, manifest)
+        write_manifest(out, manifest.model_dump(mode="json"))
         return manifest
 
 
@@ -391,14 +433,6 @@ def check_output_folder(out: Storage, cfg: CorpusConfig, storage_options: dict |
     rel = inner[len(outer.rstrip("/")) + 1 :]
     if cfg.include_hidden or not any(is_hidden_or_in_flight(part) for part in rel.split("/")):
         raise CorpusSourceError(f"output folder {out.uri} is inside the source {cfg.source_uri}: the next build would read its own output")
-
-
-def summary(manifest: dict) -> dict:
-    """The manifest without its per-file and per-shard lists: what a person or a log line wants."""
-    return {k: v for k, v in manifest.items() if k not in ("files", "shards", "quarantine", "dropped_examples")} | {
-        "shards": len(manifest["shards"]),
-        "quarantine_files": len(manifest["quarantine"]),
-    }
 
 
 def _worker_count(cfg: CorpusConfig, listing: SourceListing) -> int:
@@ -510,9 +544,9 @@ def _checked(result: FileResult) -> FileResult:
 
 def _merge_file(
     spool: str, result: FileResult, file_uri: str, dedup: DedupIndex, docs: ParquetShards, quarantine: ParquetShards, content_cap: int
-) -> dict:
+) -> _Kept:
     """Dedup one file's candidates against everything before them; move its rows to the output."""
-    kept = {"documents": 0, "text_bytes": 0}
+    kept = _Kept()
     # read, not memory-mapped: a mapped spool's pages count as this process's memory until it is closed,
     # and one file's spool can be far larger than the memory the build should use
     with pa.OSFile(candidates_path(spool, result.index)) as f:
@@ -524,8 +558,8 @@ def _merge_file(
             if chosen.num_rows:
                 table = pa.Table.from_batches([chosen]).cast(DOCUMENT_SCHEMA)
                 docs.append(table)
-                kept["documents"] += table.num_rows
-                kept["text_bytes"] += payload_bytes(table.select(["text"]))
+                kept.documents += table.num_rows
+                kept.text_bytes += payload_bytes(table.select(["text"]))
             if drops:
                 texts, sources, locations = batch.column("text"), batch.column("source"), batch.column("location")
                 rows = []
@@ -561,7 +595,6 @@ def _signatures(batch: pa.RecordBatch) -> np.ndarray:
 
 def iter_documents(corpus: Storage, batch_size: int = 1024, columns=("id", "text")) -> Iterator[pa.RecordBatch]:
     """Stream the corpus's documents in bounded batches, in manifest order."""
-    manifest = read_manifest(corpus, ("shards",), "corpus manifest")
-    for shard in manifest["shards"]:
-        with corpus.open_read(shard["name"]) as f:
+    for shard in read_corpus_manifest(corpus).shards:
+        with corpus.open_read(shard.name) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=list(columns))

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from llm_pipeline.evaluate.results import SetContamination
+
 CONTAMINATION_NGRAM = 13  # GPT-3's n
 CONTAMINATION_MIN_OVERLAP = 0.5  # PaLM's and Llama 2's share of a document
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so the hash is a bijection of each new token
@@ -68,7 +70,7 @@ def contamination(
     eval_sets: dict[str, list[np.ndarray]],
     n: int = CONTAMINATION_NGRAM,
     min_overlap: float = CONTAMINATION_MIN_OVERLAP,
-) -> dict[str, dict]:
+) -> dict[str, SetContamination]:
     """For each named set of eval documents (token ids), against `train` (token arrays of one
     stream, in order): how many documents share any n-gram with it, and how many have at least
     `min_overlap` of their n-grams in it. Documents shorter than n cannot be checked and are
@@ -77,21 +79,21 @@ def contamination(
     every = [h for docs in per_doc.values() for h in docs]
     wanted = np.unique(np.concatenate(every)) if every else np.empty(0, dtype=np.uint64)
     seen = _seen_in(train, wanted, n)
-    report = {}
+    report: dict[str, SetContamination] = {}
     for name, docs in per_doc.items():
         overlaps = [float(seen[np.searchsorted(wanted, h)].mean()) for h in docs if len(h)]
         checked = max(len(overlaps), 1)
         sharing = sum(o > 0 for o in overlaps)
         contaminated = sum(o >= min_overlap and o > 0 for o in overlaps)
-        report[name] = {
-            "documents": len(docs),
-            "too_short": len(docs) - len(overlaps),
-            "sharing": sharing,
-            "sharing_fraction": sharing / checked,
-            "contaminated": contaminated,
-            "fraction": contaminated / checked,
-            "mean_overlap": sum(overlaps) / checked,
-        }
+        report[name] = SetContamination(
+            documents=len(docs),
+            too_short=len(docs) - len(overlaps),
+            sharing=sharing,
+            sharing_fraction=sharing / checked,
+            contaminated=contaminated,
+            fraction=contaminated / checked,
+            mean_overlap=sum(overlaps) / checked,
+        )
     return report
 
 

@@ -4,8 +4,8 @@ Nothing is downloaded: the Hugging Face libraries run in offline mode, the model
 read from a local folder, the local tasks' data from local files, and a standard task works only
 when its dataset is already in the datasets cache (`HF_DATASETS_CACHE`, ~/.cache/huggingface/datasets
 by default); `python -m llm_pipeline.evaluate.harness cache <task> ...` fills it on a machine with
-network. Results come back as {task: {metric: {"value", "stderr"}}}, stderr None where the harness
-computes none (the perplexities).
+network. Results come back as a `HarnessResult` (evaluate/results.py): {task: {metric: Score}}, the
+stderr None where the harness computes none (the perplexities).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import threading
 from functools import lru_cache
 
 from llm_pipeline.evaluate.local_tasks import LOCAL_TASK_METRICS, LOCAL_TASKS
+from llm_pipeline.evaluate.results import HarnessResult, Score, metric_key
 from llm_pipeline.train.hardware import on_gpu
 
 _OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -91,7 +92,7 @@ def _check_metrics(task: str, asked: list[str], reported) -> None:
     for metric in asked:
         if metric.partition("@")[0] not in reported:  # "metric@filter" names a filtered variant of the metric
             raise ValueError(
-                f"min_scores key {task + '/' + metric!r}: task {task!r} does not report {metric!r} "
+                f"min_scores key {metric_key(task, metric)!r}: task {task!r} does not report {metric!r} "
                 f"(it reports {', '.join(sorted(reported)) or 'nothing'})"
             )
 
@@ -113,9 +114,9 @@ def preload() -> threading.Thread:
 
 def run_harness(
     model_dir: str, tasks: list[str], local_tasks_dir: str, window: int, batch_size: int, seed: int = 0, dtype: str = "fp32"
-) -> dict:
-    """Every task in `tasks` on the model in `model_dir`. Returns {"results": {task: {metric:
-    {"value", "stderr"}}}, "items": {task: [each item's text, as the model read it]}}."""
+) -> tuple[HarnessResult, dict[str, list[str]]]:
+    """Every task in `tasks` on the model in `model_dir`: the scores, and each task's items as the
+    model read them ({task: [text]}, for the contamination report)."""
     go_offline()
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -143,7 +144,7 @@ def run_harness(
         torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
-    results = {}
+    results: dict[str, dict[str, Score]] = {}
     for task, values in out["results"].items():
         metrics = {}
         for key, value in values.items():
@@ -152,14 +153,14 @@ def run_harness(
                 continue
             name = metric if filter_name == "none" else f"{metric}@{filter_name}"
             stderr = values.get(f"{metric}_stderr,{filter_name}")
-            metrics[name] = {
-                "value": float(value),
-                "stderr": float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None,
-            }
+            metrics[name] = Score(
+                value=float(value), stderr=float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None
+            )
         if metrics:
             results[task] = metrics
     items = {task: [_item_text(s) for s in samples] for task, samples in out.get("samples", {}).items()}
-    return {"results": results, "items": items, "n_samples": {t: len(v) for t, v in items.items()}, "lm_eval_version": _version()}
+    result = HarnessResult(results=results, n_samples={t: len(v) for t, v in items.items()}, lm_eval_version=_version())
+    return result, items
 
 
 def _item_text(sample: dict) -> str:

@@ -145,7 +145,7 @@ def task_files(data_dir: str, cache_dir: str | None = None, tasks: tuple[str, ..
     """The `tasks`' YAML, reading their data from `data_dir` (a local folder or an fsspec URI)."""
 
     def dataset(name):
-        kwargs = {"data_files": {"test": f"{data_dir}/{name}.jsonl"}}
+        kwargs: dict[str, object] = {"data_files": {"test": f"{data_dir}/{name}.jsonl"}}
         if cache_dir:
             kwargs["cache_dir"] = cache_dir
         return {"dataset_path": "json", "dataset_kwargs": kwargs, "test_split": "test"}

@@ -20,6 +20,7 @@ import torch
 from tokenizers import Tokenizer
 
 from llm_pipeline.evaluate.config import EvalConfig
+from llm_pipeline.evaluate.results import Baseline, HeldOutMetrics, Sample
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import eos_id, tokenizer_hash
 from llm_pipeline.train.hf_config import model_config_from_hf
@@ -103,26 +104,26 @@ def document_nats(model: CausalLM, docs: list[np.ndarray], prefix_id: int, windo
     return total, count
 
 
-def held_out_loss(model: CausalLM, held_out: HeldOut, prefix_id: int, cfg: EvalConfig) -> dict:
+def held_out_loss(model: CausalLM, held_out: HeldOut, prefix_id: int, cfg: EvalConfig) -> HeldOutMetrics:
     window = min(cfg.seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
     total_nats, count = document_nats(model, held_out.ids, prefix_id, window, cfg.batch_size)
     text_bytes = held_out.bytes  # encodes every document: once
     loss = total_nats / count
-    return {
-        "loss": loss,
-        "perplexity": math.exp(loss) if loss < 700 else float("inf"),
-        "bits_per_byte": total_nats / math.log(2) / max(text_bytes, 1),
-        "tokens_evaluated": count,
-        "bytes_evaluated": text_bytes,
-        "documents_evaluated": len(held_out.ids),
-        "window": window,
-        "dtype": "bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32",
-    }
+    return HeldOutMetrics(
+        loss=loss,
+        perplexity=math.exp(loss) if loss < 700 else float("inf"),
+        bits_per_byte=total_nats / math.log(2) / max(text_bytes, 1),
+        tokens_evaluated=count,
+        bytes_evaluated=text_bytes,
+        documents_evaluated=len(held_out.ids),
+        window=window,
+        dtype="bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32",
+    )
 
 
 @torch.no_grad()
-def sample_generations(model: CausalLM, tokenizer: Tokenizer, cfg: EvalConfig, eos_id: int) -> list[dict]:
-    samples = []
+def sample_generations(model: CausalLM, tokenizer: Tokenizer, cfg: EvalConfig, eos_id: int) -> tuple[Sample, ...]:
+    samples: list[Sample] = []
     for i, prompt in enumerate(cfg.prompts):
         device = next(model.parameters()).device
         generator = torch.Generator(device).manual_seed(cfg.seed + i)
@@ -130,15 +131,16 @@ def sample_generations(model: CausalLM, tokenizer: Tokenizer, cfg: EvalConfig, e
         out = model.generate(
             torch.tensor([ids], device=device), cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, generator, stop_id=eos_id
         )
-        samples.append({"prompt": prompt, "completion": tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)})
-    return samples
+        samples.append(Sample(prompt=prompt, completion=tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)))
+    return tuple(samples)
 
 
-def evaluate(final: Storage, held_out: HeldOut, tokenizer_json: str, eos_id: int, cfg: EvalConfig) -> dict:
+def evaluate(
+    final: Storage, held_out: HeldOut, tokenizer_json: str, eos_id: int, cfg: EvalConfig
+) -> tuple[HeldOutMetrics, tuple[Sample, ...]]:
+    """The trained model's numbers on `held_out`, and its completions of the configured prompts."""
     model = load_trained_model(final, cfg.resolved_dtype())
-    metrics = held_out_loss(model, held_out, eos_id, cfg)
-    metrics["samples"] = sample_generations(model, Tokenizer.from_str(tokenizer_json), cfg, eos_id)
-    return metrics
+    return held_out_loss(model, held_out, eos_id, cfg), sample_generations(model, Tokenizer.from_str(tokenizer_json), cfg, eos_id)
 
 
 def split_documents(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
@@ -148,7 +150,7 @@ def split_documents(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
     return [tokens[a:b] for a, b in zip(starts, np.concatenate([ends, [len(tokens)]])) if b > a]
 
 
-def evaluate_published(folder: Storage, held_out: HeldOut, tokenizer_json: str, cfg: EvalConfig) -> dict:
+def evaluate_published(folder: Storage, held_out: HeldOut, tokenizer_json: str, cfg: EvalConfig) -> Baseline:
     """The published model's numbers on the same held-out documents.
 
     With the same tokenizer it sees the very same tokens; with another, the documents' text is
@@ -163,5 +165,4 @@ def evaluate_published(folder: Storage, held_out: HeldOut, tokenizer_json: str, 
         ids = [np.array(e.ids, dtype=np.int64) for e in theirs.encode_batch(held_out.texts, add_special_tokens=False)]
         held_out = HeldOut(ids, held_out.texts)
     metrics = held_out_loss(model, held_out, eos_id(theirs), cfg)
-    metrics["same_tokenizer"] = same_tokenizer
-    return metrics
+    return Baseline(**metrics.model_dump(), version=folder.name, same_tokenizer=same_tokenizer)

@@ -10,6 +10,7 @@ import os
 import struct
 import sys
 
+from llm_pipeline.publish.manifest import FileHash
 from llm_pipeline.publish.registry import resolve_model_folder
 from llm_pipeline.storage.folders import Storage, bounded, json_value
 from llm_pipeline.storage.manifests import MANIFEST
@@ -30,7 +31,9 @@ def verify(folder: Storage) -> list[str]:
     try:
         manifest = folder.read_json(MANIFEST)
         files = manifest["files"]
-        entries = sorted((check_relative_path(name, "manifest file name"), entry["sha256"]) for name, entry in files.items())
+        entries = sorted(
+            (check_relative_path(name, "manifest file name"), FileHash.model_validate(entry).sha256) for name, entry in files.items()
+        )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return [f"{MANIFEST} is not a valid manifest ({type(e).__name__}: {bounded(str(e))})"]
     problems = []

@@ -346,17 +346,6 @@ class Storage:
                 dst.write(chunk)
 
     @_names_uri
-    def upload_dir(self, local_dir: str) -> list[str]:
-        """Copy every file under local_dir into this folder; returns the relative names copied."""
-        names = []
-        for dirpath, _, files in os.walk(local_dir):
-            for file in sorted(files):
-                rel = os.path.relpath(os.path.join(dirpath, file), local_dir).replace(os.sep, "/")
-                self.put_file(os.path.join(dirpath, file), rel)
-                names.append(rel)
-        return sorted(names)
-
-    @_names_uri
     def download_dir(self, local_dir: str, skip_existing: bool = False) -> None:
         """Copy every file of this folder under local_dir; skip_existing keeps local files whose size matches."""
         for path, info in self.fs.find(self.path, detail=True).items():

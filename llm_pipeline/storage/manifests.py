@@ -7,14 +7,29 @@ it, so a reader never trusts a half-written folder.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
-from llm_pipeline.storage.folders import Storage
+from pydantic import BaseModel, ValidationError
+
+from llm_pipeline.settings import readable
+from llm_pipeline.storage.folders import Storage, bounded
 
 MANIFEST = "manifest.json"
 
 
 class ManifestError(ValueError):
     """A manifest is missing, is not JSON, or lacks a field its readers need; the message names it."""
+
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def parsed(model: type[Record], data: object, what: str, error: type[ValueError] = ManifestError) -> Record:
+    """`data`, a JSON value read from `what`, as `model`; `error` naming `what` and each field that does not fit."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise error(f"{what}: {bounded(readable(e, model), 2000)}") from None
 
 
 def write_manifest(folder: Storage, manifest: dict) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
 
 from llm_pipeline.prefetch import Background
 from llm_pipeline.storage.folders import Storage
@@ -52,14 +53,27 @@ def payload_bytes(table: pa.Table) -> int:
     return int(row_sizes(table).sum())
 
 
+class ParquetFile(BaseModel):
+    """A written shard, as the manifests that list it record it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    rows: int
+    size: int  # the rows' values in row_sizes' measure (uncompressed)
+    bytes: int  # of the file
+    sha256: str
+
+
 class ParquetShards:
-    """Use as a context manager, or call close(); `files` lists each written shard:
-    name, rows, size (row_sizes' measure), bytes and sha256."""
+    """Use as a context manager, or call close(); `files` lists each written shard, in order, once
+    it is written."""
 
     def __init__(self, out: Storage, prefix: str, schema: pa.Schema, shard_size: int, row_group_rows: int):
         self.out, self.prefix, self.schema = out, prefix, schema
         self.shard_size, self.row_group_rows = shard_size, row_group_rows
-        self.files: list[dict] = []
+        self.files: list[ParquetFile] = []
+        self._shards_ended = 0
         self._pending: list[pa.Table] = []  # rows of the open shard not yet in a row group
         self._pending_rows = 0
         self._shard_rows = 0
@@ -82,7 +96,7 @@ class ParquetShards:
             self._end_shard()
             table, sizes = table.slice(reached + 1), sizes[reached + 1 :]
 
-    def close(self) -> list[dict]:
+    def close(self) -> list[ParquetFile]:
         self._end_shard()
         self._stop()
         return self.files
@@ -118,9 +132,9 @@ class ParquetShards:
         if self._pending_rows:
             self._bg.queue.put(("group", pa.concat_tables(self._pending)))
         if self._shard_rows:
-            entry = {"name": f"{self.prefix}-{len(self.files):05d}.parquet", "rows": self._shard_rows, "size": self._shard_size}
-            self.files.append(entry)  # bytes and sha256 are filled in by the writer thread
-            self._bg.queue.put(("end", entry))
+            name = f"{self.prefix}-{self._shards_ended:05d}.parquet"
+            self._shards_ended += 1
+            self._bg.queue.put(("end", (name, self._shard_rows, self._shard_size)))  # the writer thread records it
         self._pending, self._pending_rows, self._shard_rows, self._shard_size = [], 0, 0, 0
 
     def _stop(self, raise_error: bool = True) -> None:
@@ -143,9 +157,9 @@ class ParquetShards:
                     writer.write_table(job[1], row_group_size=job[1].num_rows)
                     continue
                 writer.close()
-                data, entry = sink.getvalue().to_pybytes(), job[1]
-                self.out.write_bytes(entry["name"], data)
-                entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+                data, (name, rows, size) = sink.getvalue().to_pybytes(), job[1]
+                self.out.write_bytes(name, data)
+                self.files.append(ParquetFile(name=name, rows=rows, size=size, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
                 writer = None
             except BaseException as e:  # noqa: BLE001 - raised in the caller by append/close
                 self._bg.error = e

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -130,7 +130,7 @@ def check_tokenizer(tok: Tokenizer, samples: Iterable[str], source: str = "token
             break
 
 
-def made_with_another_tokenizer(made_with: dict[str, str | None], expected: str | None = None) -> dict[str, str | None]:
+def made_with_another_tokenizer(made_with: Mapping[str, str | None], expected: str | None = None) -> dict[str, str | None]:
     """The entries of `made_with` (a batch or shard set -> the sha256 of the tokenizer that made its shards) not
     made with `expected` (default: the first entry's): the one rule that the shards trained on together, and
     the model they train, share one tokenizer."""

@@ -16,6 +16,7 @@ import tempfile
 import numpy as np
 
 from llm_pipeline.storage.folders import Storage
+from llm_pipeline.tokenize.manifest import FlatFile, FlatSplit, FlatTokens
 
 
 class FlatWriter:
@@ -36,7 +37,7 @@ class FlatWriter:
         if len(ids):
             self._max_id = max(self._max_id, int(ids.max()))
 
-    def finish(self, out: Storage) -> dict:
+    def finish(self, out: Storage) -> FlatSplit:
         """Copy both files into `out`; returns the manifest entry of the split."""
         self._tokens.close()
         docs = np.asarray(self._ends, dtype="<u8").tobytes()
@@ -45,17 +46,17 @@ class FlatWriter:
             out.write_bytes(f"{self.split}.docs", docs)
         finally:
             self._dir.cleanup()
-        return {
-            "tokens": {
-                "name": f"{self.split}.tokens",
-                "count": self._count,
-                "bytes": self._count * self.dtype.itemsize,
-                "sha256": self._digest.hexdigest(),
-                "max_id": self._max_id,
-            },
-            "docs": {"name": f"{self.split}.docs", "count": len(self._ends), "sha256": hashlib.sha256(docs).hexdigest()},
-            "dtype": self.dtype.name,
-        }
+        return FlatSplit(
+            tokens=FlatTokens(
+                name=f"{self.split}.tokens",
+                count=self._count,
+                bytes=self._count * self.dtype.itemsize,
+                sha256=self._digest.hexdigest(),
+                max_id=self._max_id,
+            ),
+            docs=FlatFile(name=f"{self.split}.docs", count=len(self._ends), sha256=hashlib.sha256(docs).hexdigest()),
+            dtype=self.dtype.name,
+        )
 
     def abort(self) -> None:
         self._tokens.close()

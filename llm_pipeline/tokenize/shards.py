@@ -21,20 +21,31 @@ from pydantic import Field
 from tokenizers import Tokenizer
 
 from llm_pipeline.corpus.build import iter_documents
+from llm_pipeline.corpus.manifest import read_corpus_manifest
 from llm_pipeline.evaluate.contamination import CONTAMINATION_MIN_OVERLAP, CONTAMINATION_NGRAM
 from llm_pipeline.faults import crash_point
 from llm_pipeline.prefetch import prefetch
 from llm_pipeline.ray_cluster import Executor
 from llm_pipeline.settings import Settings
 from llm_pipeline.storage.folders import Storage
-from llm_pipeline.storage.manifests import read_manifest, write_manifest
+from llm_pipeline.storage.manifests import write_manifest
 from llm_pipeline.storage.parquet_shards import ParquetShards
 from llm_pipeline.tokenize.bpe import smallest_uint_type
 from llm_pipeline.tokenize.decontaminate import HeldOutNgrams, decontaminated
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.tokenize.flat_tokens import FlatWriter
+from llm_pipeline.tokenize.manifest import (
+    DroppedCounts,
+    FlatSplit,
+    ShardDecontamination,
+    ShardManifest,
+    Split,
+    SplitRule,
+    SplitTotals,
+    TokenShard,
+)
 
-SPLITS = ("train", "val")
+SPLITS: tuple[Split, ...] = ("train", "val")
 
 
 class ShardConfig(Settings):
@@ -61,7 +72,7 @@ class ShardConfig(Settings):
     )
 
 
-def split_of(doc_id: str, val_fraction: float) -> str:
+def split_of(doc_id: str, val_fraction: float) -> Split:
     """Deterministic: a document's split depends only on its id (a content hash)."""
     bucket = int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) / 2**32
     return "val" if bucket < val_fraction else "train"
@@ -70,7 +81,7 @@ def split_of(doc_id: str, val_fraction: float) -> str:
 class _SplitWriter:
     """One split's documents, each a row of token ids (EOS-terminated), into the shared shard writer."""
 
-    def __init__(self, split: str, dtype: str, cfg: ShardConfig, out: Storage):
+    def __init__(self, split: Split, dtype: str, cfg: ShardConfig, out: Storage):
         self.split, self.batch_rows = split, cfg.row_group_rows
         schema = pa.schema([("tokens", pa.large_list(pa.from_numpy_dtype(np.dtype(dtype))))])
         self.writer = ParquetShards(out, split, schema, cfg.tokens_per_shard, cfg.row_group_rows)
@@ -95,26 +106,26 @@ class _SplitWriter:
         self.writer.append(pa.table({"tokens": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat))}))
         self.rows = []
 
-    def close(self) -> list[dict]:
+    def close(self) -> list[TokenShard]:
         self.flush()
         files, row_max, start = self.writer.close(), np.concatenate(self.row_max or [np.zeros(0, np.int64)]), 0
         shards = []
         for f in files:
             shards.append(
-                {
-                    "name": f["name"],
-                    "split": self.split,
-                    "documents": f["rows"],
-                    "tokens": f["size"],
-                    "max_id": int(row_max[start : start + f["rows"]].max()),
-                    "bytes": f["bytes"],
-                    "sha256": f["sha256"],
-                }
+                TokenShard(
+                    name=f.name,
+                    split=self.split,
+                    documents=f.rows,
+                    tokens=f.size,
+                    max_id=int(row_max[start : start + f.rows].max()),
+                    bytes=f.bytes,
+                    sha256=f.sha256,
+                )
             )
-            start += f["rows"]
+            start += f.rows
         return shards
 
-    def finish_flat(self) -> dict:
+    def finish_flat(self) -> FlatSplit:
         return self.flat.finish(self.out)
 
     def abort(self, error: BaseException) -> None:
@@ -124,7 +135,7 @@ class _SplitWriter:
 
 def write_shards(
     corpus: Storage, out: Storage, encoder: DocumentEncoder, vocab_size: int, tokenizer_sha256: str, cfg: ShardConfig, ray_address: str = ""
-) -> dict:
+) -> ShardManifest:
     """Encode the corpus in bounded batches and write shards + manifest. Returns the manifest.
     With `executor: ray`, the encoding runs on the Ray cluster at `ray_address` (a driver address)."""
     held_out = _held_out_ngrams(corpus, encoder, cfg)
@@ -174,15 +185,15 @@ def _documents_on_ray(corpus: Storage, encoder: DocumentEncoder, cfg: ShardConfi
         raise ValueError(
             "tokenized_shards executor 'ray' needs the Ray cluster's address (LLM_PIPELINE_RAY_ADDRESS; on the command line --ray-address)"
         )
-    manifest = read_manifest(corpus, ("shards",), "corpus manifest")
+    manifest = read_corpus_manifest(corpus)
     with connected(address):
         tokenizer = ray.put(encoder.tokenizer.to_str())
         units = []
-        for shard in manifest["shards"]:
-            with corpus.open_read(shard["name"]) as f:
+        for shard in manifest.shards:
+            with corpus.open_read(shard.name) as f:
                 groups = pq.ParquetFile(f).num_row_groups
             units += [
-                (corpus.uri, corpus.storage_options, shard["name"], g, tokenizer, encoder.engine, cfg.val_fraction) for g in range(groups)
+                (corpus.uri, corpus.storage_options, shard.name, g, tokenizer, encoder.engine, cfg.val_fraction) for g in range(groups)
             ]
         for documents in ordered_map(encode_row_group, units, 2 * max(1, cluster_cpus())):
             yield from documents
@@ -214,7 +225,7 @@ def write_token_documents(
     cfg: ShardConfig,
     encoder_engine: str,
     held_out: HeldOutNgrams | None = None,
-) -> dict:
+) -> ShardManifest:
     """Shards, flat files and manifest from (split, token ids, UTF-8 bytes of the text) per document,
     in order; EOS is appended to each. With `held_out`, the training documents it refuses are left out
     and counted. Returns the manifest."""
@@ -239,31 +250,27 @@ def write_token_documents(
             w.abort(e)
         raise
     shards = {split: w.close() for split, w in writers.items()}
-    flat = {split: w.finish_flat() for split, w in writers.items()}
-    totals = {}
-    for split, written in shards.items():
-        totals[split] = {
-            "documents": sum(s["documents"] for s in written),
-            "tokens": sum(s["tokens"] for s in written),
-            "text_bytes": text_bytes[split],
-        }
-    manifest = {
-        "kind": "tokenized_shards",
-        "tokenizer_sha256": tokenizer_sha256,
-        "vocab_size": vocab_size,
-        "eos_id": eos_id,
-        "dtype": dtype,
-        "encoder_engine": encoder_engine,
-        "split_rule": {"hash": "sha256(document id)[:8] / 2**32 < val_fraction -> val", "val_fraction": cfg.val_fraction},
-        "decontamination": None
+    manifest = ShardManifest(
+        tokenizer_sha256=tokenizer_sha256,
+        vocab_size=vocab_size,
+        eos_id=eos_id,
+        dtype=dtype,
+        encoder_engine=encoder_engine,
+        split_rule=SplitRule(hash="sha256(document id)[:8] / 2**32 < val_fraction -> val", val_fraction=cfg.val_fraction),
+        decontamination=None
         if held_out is None
-        else {"n": held_out.n, "min_overlap": held_out.min_overlap, "dropped_as_eval_overlap": dropped},
-        "tokens_per_shard": cfg.tokens_per_shard,
-        "row_group_rows": cfg.row_group_rows,
-        "splits": totals,
-        "shards": shards["train"] + shards["val"],
-        "flat": flat,  # each split as one memory-mappable array (train/token_store.py)
-    }
+        else ShardDecontamination(n=held_out.n, min_overlap=held_out.min_overlap, dropped_as_eval_overlap=DroppedCounts(**dropped)),
+        tokens_per_shard=cfg.tokens_per_shard,
+        row_group_rows=cfg.row_group_rows,
+        splits={
+            split: SplitTotals(
+                documents=sum(s.documents for s in written), tokens=sum(s.tokens for s in written), text_bytes=text_bytes[split]
+            )
+            for split, written in shards.items()
+        },
+        shards=(*shards["train"], *shards["val"]),
+        flat={split: w.finish_flat() for split, w in writers.items()},  # each split as one memory-mappable array (train/token_store.py)
+    )
     crash_point("shards_before_manifest")  # the crash tests: every shard written, no manifest yet
-    write_manifest(out, manifest)
+    write_manifest(out, manifest.model_dump(mode="json"))
     return manifest

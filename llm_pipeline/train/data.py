@@ -1,7 +1,8 @@
 """The training data: token shards read and verified, then cut into shuffled windows and mixed.
 
-Reading (`load_tokens`): every shard of the chosen sets is checked against its manifest (sha256,
-Parquet, token count, id range) before any is used, so nothing trains on corrupted data.
+Reading (`read_shard_manifest`, `read_shard`; train/token_store.py maps what they verify): every
+shard of the chosen sets is checked against its manifest (sha256, Parquet, token count, id range)
+before any is used, so nothing trains on corrupted data.
 
 Windows: stateless, so resume is exact, at any world size. A source's token stream (its shard
 sets, documents separated by EOS) is cut into non-overlapping windows of `seq_len + 1` tokens
@@ -23,11 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from llm_pipeline.prefetch import prefetch
 from llm_pipeline.storage.folders import Storage
-from llm_pipeline.storage.manifests import MANIFEST, ManifestError, read_manifest
+from llm_pipeline.storage.manifests import MANIFEST, ManifestError, parsed, read_manifest
 from llm_pipeline.tokenize.bpe import made_with_another_tokenizer
+from llm_pipeline.tokenize.manifest import ShardManifest, TokenShard
 from llm_pipeline.train.config import MIX_BLOCK, mixture_shares
+from llm_pipeline.train.summary import SourceMix
 
 
 class TokenWindows:
@@ -123,17 +125,17 @@ class DataMixture:
             rows[at] = self.sources[int(s)].windows(index[at])
         return rows
 
-    def realized(self, samples: int) -> dict[str, dict]:
-        """The mix the first `samples` samples realized, per source: weight, samples, share, tokens, epochs."""
+    def realized(self, samples: int) -> dict[str, SourceMix]:
+        """The mix the first `samples` samples realized, per source."""
         drawn = self.drawn(samples)
         return {
-            source.name: {
-                "weight": float(weight),
-                "samples": int(n),
-                "share": float(n / max(samples, 1)),
-                "tokens": int(n) * source.seq_len,
-                "epochs": float(n / source.num_windows),
-            }
+            source.name: SourceMix(
+                weight=float(weight),
+                samples=int(n),
+                share=float(n / max(samples, 1)),
+                tokens=int(n) * source.seq_len,
+                epochs=float(n / source.num_windows),
+            )
             for source, weight, n in zip(self.sources, self.weights, drawn)
         }
 
@@ -188,11 +190,6 @@ class Prefetcher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def single_source(tokens, seq_len: int, micro_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> MicroBatches:
-    """The loader of one token stream (no mixture)."""
-    return MicroBatches(DataMixture([TokenWindows(tokens, seq_len, seed)], [1.0], seed), micro_batch, rank, world_size)
 
 
 class ShardError(ManifestError):
@@ -257,53 +254,46 @@ def _check_shard_manifest(manifest: dict, where: str) -> None:
             refuse(f"flat.{split}.docs", docs)
 
 
-def read_shard_manifest(shards: Storage, expected_tokenizer_sha256: str | None = None) -> dict:
-    manifest = read_manifest(shards, _MANIFEST_KEYS, "shard manifest", ShardError)
-    _check_shard_manifest(manifest, f"{shards.uri}/{MANIFEST}")
-    if expected_tokenizer_sha256 and manifest["tokenizer_sha256"] != expected_tokenizer_sha256:
+def read_shard_manifest(shards: Storage, expected_tokenizer_sha256: str | None = None) -> ShardManifest:
+    data = read_manifest(shards, _MANIFEST_KEYS, "shard manifest", ShardError)
+    where = f"{shards.uri}/{MANIFEST}"
+    _check_shard_manifest(data, where)
+    manifest = parsed(ShardManifest, data, f"shard manifest {where}", ShardError)
+    if expected_tokenizer_sha256 and manifest.tokenizer_sha256 != expected_tokenizer_sha256:
         raise ShardError(
-            f"shards at {shards.uri} were made with tokenizer {manifest['tokenizer_sha256'][:12]}, "
+            f"shards at {shards.uri} were made with tokenizer {manifest.tokenizer_sha256[:12]}, "
             f"not the expected {expected_tokenizer_sha256[:12]}"
         )
     return manifest
 
 
-def read_shard(shards: Storage, entry: dict, vocab_size: int) -> np.ndarray:
+def read_shard(shards: Storage, entry: TokenShard, vocab_size: int) -> np.ndarray:
     """One shard's tokens, checked against its manifest entry (presence, sha256, Parquet, count, id range)."""
-    name = entry["name"]
+    name = entry.name
     try:
         data = shards.read_bytes(name)
     except FileNotFoundError:
         raise ShardError(f"shard {shards.uri}/{name} listed in the manifest is missing") from None
     except (OSError, ValueError) as e:
         raise ShardError(f"shard {shards.uri}/{name}: {e}") from None
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
         raise ShardError(f"shard {shards.uri}/{name} does not match its sha256 in the manifest")
     try:
         column = pq.read_table(pa.BufferReader(data), columns=["tokens"]).column("tokens")
     except (pa.ArrowException, OSError) as e:
         raise ShardError(f"shard {shards.uri}/{name} is not a readable Parquet file: {e}") from e
     values = np.concatenate([c.values.to_numpy(zero_copy_only=False) for c in column.chunks])
-    if len(values) != entry["tokens"]:
-        raise ShardError(f"shard {shards.uri}/{name} has {len(values)} tokens, manifest says {entry['tokens']}")
+    if len(values) != entry.tokens:
+        raise ShardError(f"shard {shards.uri}/{name} has {len(values)} tokens, manifest says {entry.tokens}")
     largest = int(values.max()) if len(values) else 0
-    if largest >= vocab_size or entry.get("max_id", 0) >= vocab_size:
-        raise ShardError(
-            f"shard {shards.uri}/{name} holds token id {max(largest, entry.get('max_id', 0))}, outside the vocabulary of {vocab_size}"
-        )
+    if largest >= vocab_size or entry.max_id >= vocab_size:
+        raise ShardError(f"shard {shards.uri}/{name} holds token id {max(largest, entry.max_id)}, outside the vocabulary of {vocab_size}")
     return values
 
 
-def load_split_tokens(
-    shards: Storage, split: str, expected_tokenizer_sha256: str | None = None, vocab_size: int | None = None
-) -> tuple[np.ndarray, dict]:
-    """One shard set's tokens of `split`; see load_tokens (an empty split is an error here)."""
-    return load_tokens([shards], split, expected_tokenizer_sha256, vocab_size)
-
-
-def check_one_tokenizer(manifests: dict[str, dict], expected_tokenizer_sha256: str | None = None) -> None:
+def check_one_tokenizer(manifests: dict[str, ShardManifest], expected_tokenizer_sha256: str | None = None) -> None:
     """Refuse shard sets made with different tokenizers (or not with the expected one), naming them."""
-    made_with = {where: manifest["tokenizer_sha256"] for where, manifest in manifests.items()}
+    made_with = {where: manifest.tokenizer_sha256 for where, manifest in manifests.items()}
     expected = expected_tokenizer_sha256 or next(iter(made_with.values()), "")
     wrong: dict[str, list[str]] = {}
     for where, sha in made_with_another_tokenizer(made_with, expected).items():
@@ -316,32 +306,13 @@ def check_one_tokenizer(manifests: dict[str, dict], expected_tokenizer_sha256: s
         )
 
 
-def checked_manifests(shard_sets: list[Storage], expected_tokenizer_sha256: str | None = None) -> dict[str, dict]:
+def checked_manifests(shard_sets: list[Storage], expected_tokenizer_sha256: str | None = None) -> dict[str, ShardManifest]:
     """Every set's shard manifest by URI, all made with one tokenizer (the expected one, if given)."""
     manifests = {shards.uri: read_shard_manifest(shards) for shards in shard_sets}
     check_one_tokenizer(manifests, expected_tokenizer_sha256)
     return manifests
 
 
-def id_limit(manifest: dict, vocab_size: int | None) -> int:
+def id_limit(manifest: ShardManifest, vocab_size: int | None) -> int:
     """Ids must be below the model's vocabulary and below the manifest's own."""
-    return min(manifest["vocab_size"], vocab_size or manifest["vocab_size"])
-
-
-def load_tokens(
-    shard_sets: list[Storage], split: str, expected_tokenizer_sha256: str | None = None, vocab_size: int | None = None
-) -> tuple[np.ndarray, dict]:
-    """All tokens of one split of several shard sets (in order) as one flat array, from the Parquet shards,
-    and the first set's manifest. Every shard is verified before any is used, so nothing is trained on
-    corrupted data; reads run ahead in a thread (remote storage overlaps)."""
-    manifests = checked_manifests(shard_sets, expected_tokenizer_sha256)
-    work = [
-        (shards, entry, id_limit(manifests[shards.uri], vocab_size))
-        for shards in shard_sets
-        for entry in manifests[shards.uri]["shards"]
-        if entry["split"] == split
-    ]
-    if not work:
-        raise ShardError(f"no {split} tokens in {', '.join(f'{s.uri}/{MANIFEST}' for s in shard_sets)}")
-    shards = prefetch((read_shard(shards, entry, limit) for shards, entry, limit in work), depth=2)
-    return np.concatenate(list(shards)), manifests[shard_sets[0].uri]
+    return min(manifest.vocab_size, vocab_size or manifest.vocab_size)

@@ -19,13 +19,32 @@ import json
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
 from llm_pipeline.storage.folders import Storage, open_regular
+from llm_pipeline.tokenize.manifest import FlatSplit, FlatTokens, ShardManifest, Split
+from llm_pipeline.train.config import TrainConfig
 from llm_pipeline.train.data import ShardError, checked_manifests, id_limit, read_shard
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "llm-pipeline", "tokens")
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    """A node's folder of verified and remote-copied token files, and the most it may hold. Set by a
+    run's token_cache and token_cache_gb (`of`); training and evaluation read the same split
+    through it."""
+
+    folder: str
+    limit_bytes: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> TokenCache:
+        return cls(cfg.token_cache or DEFAULT_CACHE, int(cfg.token_cache_gb * 2**30))
+
+
 _CHUNK = 1 << 20  # ids per read of the verification pass: a few MB, whatever the file
 
 
@@ -64,24 +83,24 @@ class TokenStream:
 
 def open_split(
     shard_sets: list[Storage],
-    split: str,
+    split: Split,
+    cache: TokenCache,
     expected_tokenizer_sha256: str | None = None,
     vocab_size: int | None = None,
-    cache_dir: str = DEFAULT_CACHE,
-    cache_limit_bytes: int = 100 << 30,
-) -> tuple[TokenStream, dict]:
+) -> tuple[TokenStream, ShardManifest]:
     """The split of every shard set, memory-mapped and verified, and the first set's manifest."""
     manifests = checked_manifests(shard_sets, expected_tokenizer_sha256)
+    cache_dir, cache_limit_bytes = cache.folder, cache.limit_bytes
     os.makedirs(cache_dir, exist_ok=True)
     arrays = []
     for shards in shard_sets:
         manifest = manifests[shards.uri]
         limit = id_limit(manifest, vocab_size)
-        flat = manifest.get("flat", {}).get(split)
+        flat = manifest.flat.get(split)
         if flat is None:
-            path, dtype = _converted(shards, manifest, split, limit, cache_dir), manifest["dtype"]
+            path, dtype = _converted(shards, manifest, split, limit, cache_dir), manifest.dtype
         else:
-            path, dtype = _verified_flat(shards, flat, limit, cache_dir, cache_limit_bytes), flat["dtype"]
+            path, dtype = _verified_flat(shards, flat, limit, cache_dir, cache_limit_bytes), flat.dtype
         if os.path.getsize(path):
             with open_regular(path) as f:  # the file verified, mapped through the same checks
                 arrays.append(np.memmap(f, dtype=np.dtype(dtype).newbyteorder("<"), mode="r"))
@@ -101,14 +120,14 @@ def _node_lock(cache_dir: str, key: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _verified_flat(shards: Storage, flat: dict, vocab_limit: int, cache_dir: str, cache_limit_bytes: int) -> str:
-    entry, sha = flat["tokens"], flat["tokens"]["sha256"]
-    where = f"{shards.uri}/{entry['name']}"
+def _verified_flat(shards: Storage, flat: FlatSplit, vocab_limit: int, cache_dir: str, cache_limit_bytes: int) -> str:
+    entry, sha = flat.tokens, flat.tokens.sha256
+    where = f"{shards.uri}/{entry.name}"
     with _node_lock(cache_dir, sha[:32]):
         try:
-            path = shards.full(entry["name"]) if shards.is_local else _cached_copy(shards, entry, cache_dir, cache_limit_bytes)
+            path = shards.full(entry.name) if shards.is_local else _cached_copy(shards, entry, cache_dir, cache_limit_bytes)
             with open_regular(path) as f:
-                identity = _file_key(path, os.fstat(f.fileno()), sha, flat["docs"]["sha256"])
+                identity = _file_key(path, os.fstat(f.fileno()), sha, flat.docs.sha256)
         except FileNotFoundError:
             raise ShardError(f"flat token file {where} listed in the manifest is missing") from None
         except (OSError, ValueError) as e:
@@ -119,8 +138,8 @@ def _verified_flat(shards: Storage, flat: dict, vocab_limit: int, cache_dir: str
             _verify_docs(shards, flat, where)
             with open(marker, "w") as f:
                 json.dump({"path": path, "sha256": sha}, f)
-        elif entry["max_id"] >= vocab_limit:
-            raise ShardError(f"{where} holds token id {entry['max_id']}, outside the vocabulary of {vocab_limit}")
+        elif entry.max_id >= vocab_limit:
+            raise ShardError(f"{where} holds token id {entry.max_id}, outside the vocabulary of {vocab_limit}")
         if not shards.is_local:  # least recently used first out; the copy itself stays untouched (its ctime keys the marker)
             _touch(path + ".used")
     return path
@@ -136,39 +155,38 @@ def _file_key(path: str, stat: os.stat_result, sha: str, docs_sha: str) -> str:
     ).hexdigest()[:32]
 
 
-def _verify(path: str, flat: dict, vocab_limit: int, where: str) -> None:
+def _verify(path: str, flat: FlatSplit, vocab_limit: int, where: str) -> None:
     """One streaming pass: the size the manifest gives, the bytes' sha256 and the largest id."""
-    dtype = np.dtype(flat["dtype"]).newbyteorder("<")
+    dtype = np.dtype(flat.dtype).newbyteorder("<")
     digest, largest = hashlib.sha256(), 0
     with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
-        if size != flat["tokens"]["bytes"]:
+        if size != flat.tokens.bytes:
             raise ShardError(
-                f"{where} is {size:,} bytes; the manifest says {flat['tokens']['count']:,} {flat['dtype']} ids "
-                f"({flat['tokens']['bytes']:,} bytes)"
+                f"{where} is {size:,} bytes; the manifest says {flat.tokens.count:,} {flat.dtype} ids ({flat.tokens.bytes:,} bytes)"
             )
         while chunk := f.read(_CHUNK * dtype.itemsize):
             digest.update(chunk)
             ids = np.frombuffer(chunk, dtype=dtype)
             if len(ids):
                 largest = max(largest, int(ids.max()))
-    if digest.hexdigest() != flat["tokens"]["sha256"]:
+    if digest.hexdigest() != flat.tokens.sha256:
         raise ShardError(f"{where} does not match its sha256 in the manifest")
     if largest >= vocab_limit:
         raise ShardError(f"{where} holds token id {largest}, outside the vocabulary of {vocab_limit}")
 
 
-def _verify_docs(shards: Storage, flat: dict, where: str) -> None:
+def _verify_docs(shards: Storage, flat: FlatSplit, where: str) -> None:
     """The document index: its sha256, and end offsets that never go back and end at the token count."""
-    entry, tokens = flat["docs"], flat["tokens"]["count"]
-    name = f"{shards.uri}/{entry['name']}"
+    entry, tokens = flat.docs, flat.tokens.count
+    name = f"{shards.uri}/{entry.name}"
     try:
-        data = shards.read_bytes(entry["name"], limit=8 * entry["count"])
+        data = shards.read_bytes(entry.name, limit=8 * entry.count)
     except FileNotFoundError:
         raise ShardError(f"document index {name} of {where} listed in the manifest is missing") from None
     except (OSError, ValueError) as e:
         raise ShardError(f"document index {name}: {e}") from None
-    if hashlib.sha256(data).hexdigest() != entry["sha256"] or len(data) != 8 * entry["count"]:
+    if hashlib.sha256(data).hexdigest() != entry.sha256 or len(data) != 8 * entry.count:
         raise ShardError(f"document index {name} does not match its sha256 and count in the manifest")
     ends = np.frombuffer(data, dtype="<u8")
     if len(ends) and (np.any(np.diff(ends.astype(np.int64)) < 0) or int(ends[-1]) != tokens):
@@ -181,18 +199,18 @@ def _touch(path: str) -> None:
     os.utime(path)
 
 
-def _cached_copy(shards: Storage, entry: dict, cache_dir: str, cache_limit_bytes: int) -> str:
-    path = os.path.join(cache_dir, f"{entry['sha256']}.tokens")
+def _cached_copy(shards: Storage, entry: FlatTokens, cache_dir: str, cache_limit_bytes: int) -> str:
+    path = os.path.join(cache_dir, f"{entry.sha256}.tokens")
     if os.path.exists(path):
         return path
-    if entry["bytes"] > cache_limit_bytes:
+    if entry.bytes > cache_limit_bytes:
         raise ShardError(
-            f"{shards.uri}/{entry['name']} ({entry['bytes']:,} bytes) does not fit the node token cache "
+            f"{shards.uri}/{entry.name} ({entry.bytes:,} bytes) does not fit the node token cache "
             f"{cache_dir} (limit {cache_limit_bytes:,} bytes); raise the limit or use a larger disk"
         )
-    _evict(cache_dir, cache_limit_bytes - entry["bytes"])
+    _evict(cache_dir, cache_limit_bytes - entry.bytes)
     tmp = f"{path}.part-{os.getpid()}"
-    shards.get_file(entry["name"], tmp)
+    shards.get_file(entry.name, tmp)
     os.replace(tmp, path)
     return path
 
@@ -215,17 +233,16 @@ def _evict(cache_dir: str, room: int) -> None:
             os.remove(oldest + ".used")
 
 
-def _converted(shards: Storage, manifest: dict, split: str, vocab_limit: int, cache_dir: str) -> str:
+def _converted(shards: Storage, manifest: ShardManifest, split: str, vocab_limit: int, cache_dir: str) -> str:
     """A shard set without flat files: its Parquet shards (each verified) written once as a flat file."""
-    key = hashlib.sha256(json.dumps([vocab_limit] + [e["sha256"] for e in manifest["shards"] if e["split"] == split]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([vocab_limit] + [e.sha256 for e in manifest.split_shards(split)]).encode()).hexdigest()
     path = os.path.join(cache_dir, f"{key}.converted.tokens")
     with _node_lock(cache_dir, key[:32]):
         if not os.path.exists(path):
             tmp = f"{path}.part-{os.getpid()}"
-            dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
+            dtype = np.dtype(manifest.dtype).newbyteorder("<")
             with open(tmp, "wb") as f:
-                for entry in manifest["shards"]:
-                    if entry["split"] == split:
-                        f.write(read_shard(shards, entry, vocab_limit).astype(dtype, copy=False).tobytes())
+                for entry in manifest.split_shards(split):
+                    f.write(read_shard(shards, entry, vocab_limit).astype(dtype, copy=False).tobytes())
             os.replace(tmp, path)
     return path

@@ -46,7 +46,8 @@ from llm_pipeline.train.model import CausalLM
 from llm_pipeline.train.progress import open_reporter
 from llm_pipeline.train.schedule import lr_factor
 from llm_pipeline.train.step_clock import StepClock
-from llm_pipeline.train.token_store import DEFAULT_CACHE, open_split
+from llm_pipeline.train.summary import TrainSummary
+from llm_pipeline.train.token_store import TokenCache, open_split
 from llm_pipeline.train.weights import load_weights
 
 
@@ -138,12 +139,7 @@ def _data(cfg: TrainConfig, rank: int, world: int) -> MicroBatches:
     sources, weights = [], []
     for i, (name, weight, uris) in enumerate(cfg.data_sources()):
         tokens, _ = open_split(
-            [Storage(uri) for uri in uris],
-            "train",
-            cfg.tokenizer_sha256 or None,
-            cfg.model.vocab_size,
-            cfg.token_cache or DEFAULT_CACHE,
-            int(cfg.token_cache_gb * 2**30),
+            [Storage(uri) for uri in uris], "train", TokenCache.of(cfg), cfg.tokenizer_sha256 or None, cfg.model.vocab_size
         )
         sources.append(TokenWindows(tokens, cfg.seq_len, cfg.seed, i, name))
         weights.append(weight)
@@ -318,7 +314,7 @@ def sync_losses(training: Training) -> float | None:
     return training.losses[-1][1]
 
 
-def train(cfg: TrainConfig, reporter) -> dict | None:
+def train(cfg: TrainConfig, reporter) -> TrainSummary | None:
     """The whole run; rank 0 returns the summary it wrote last (None on other ranks)."""
     t_start = time.time()
     training = build(cfg, reporter)
@@ -376,8 +372,8 @@ def train(cfg: TrainConfig, reporter) -> dict | None:
         steady = steady_steps * tokens_per_step / steady_s if steady_steps else None
         summary = finish(training, final, loop_s, training.step - loop_start_step, time.time() - t_start, peak_rss, steady)
         reporter.info(
-            f"finished: {training.step} steps, final loss {summary['final_loss']:.4f}, {summary['tokens_per_s']:,.0f} tok/s"
-            + (f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else "")
+            f"finished: {training.step} steps, final loss {summary.final_loss:.4f}, {summary.tokens_per_s:,.0f} tok/s"
+            + (f", MFU {summary.mfu:.1%}" if summary.mfu is not None else "")
         )
     dist.barrier()
     return summary
@@ -402,7 +398,7 @@ def finish(
     wall_s: float,
     peak_rss: list[int],
     steady_tokens_per_s: float | None,
-) -> dict:
+) -> TrainSummary:
     """`final/summary.json`, written last: its presence means the run finished. `tokens_per_s` covers the
     whole loop (checkpoint saves included); `steady_tokens_per_s` the steps after the first, saves left
     out: the speed of training itself, which MFU is computed from."""
@@ -416,36 +412,34 @@ def finish(
         if training.gpu
         else None
     )
-    summary = {
-        "steps": training.step,
-        "checkpoint": checkpoints.tag_for(training.step),
-        "tokens_seen": training.tokens_seen,
-        "final_loss": training.losses[-1][1],
-        "losses": training.losses,
-        "world_size": training.world,
-        "zero_stage": cfg.zero_stage,
-        "dtype": training.dtype,
-        "num_params": cfg.model.num_params(),
-        "flops_per_token": flops_per_token,
-        "wall_time_s": wall_s,
-        "train_loop_s": loop_s,
-        "tokens_per_s": tokens_per_s,
-        "steady_tokens_per_s": steady_tokens_per_s,
-        "mfu": mfu,
-        "accelerator": accelerator,
-        "grad_accum": cfg.grad_accum_for(training.world),
-        "resumed_from": training.resumed_from,
-        "device": training.device.type,
-        "peak_rss_bytes_per_rank": peak_rss,
-        "samples_seen": training.samples_seen,
-        "compiled": cfg.compile,
-        "attention": "flash" if training.attention_problem is None else f"not flash: {training.attention_problem}",
-        # Host milliseconds per step by phase (train/step_clock.py): where a step's time goes.
-        "step_host_ms": training.step_host_ms,
-        # The mix the run's samples realized (one source "all" without a mixture).
-        "mixture": training.loader.mixture.realized(training.samples_seen),
-    }
-    final.write_json("summary.json", summary)
+    summary = TrainSummary(
+        steps=training.step,
+        checkpoint=checkpoints.tag_for(training.step),
+        tokens_seen=training.tokens_seen,
+        final_loss=training.losses[-1][1],
+        losses=tuple((int(step), float(loss)) for step, loss in training.losses),
+        world_size=training.world,
+        zero_stage=cfg.zero_stage,
+        dtype=training.dtype,
+        num_params=cfg.model.num_params(),
+        flops_per_token=flops_per_token,
+        wall_time_s=wall_s,
+        train_loop_s=loop_s,
+        tokens_per_s=tokens_per_s,
+        steady_tokens_per_s=steady_tokens_per_s,
+        mfu=mfu,
+        accelerator=accelerator,
+        grad_accum=cfg.grad_accum_for(training.world),
+        resumed_from=training.resumed_from,
+        device=training.device.type,
+        peak_rss_bytes_per_rank=tuple(peak_rss),
+        samples_seen=training.samples_seen,
+        compiled=cfg.compile,
+        attention="flash" if training.attention_problem is None else f"not flash: {training.attention_problem}",
+        step_host_ms=training.step_host_ms,
+        mixture=training.loader.mixture.realized(training.samples_seen),
+    )
+    summary.write(final)
     return summary
 
 

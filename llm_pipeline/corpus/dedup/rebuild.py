@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 
 from llm_pipeline.corpus.dedup.index import DedupIndex, DedupIndexError, Segment, memory_budget
+from llm_pipeline.corpus.manifest import read_corpus_manifest
 from llm_pipeline.corpus.near_dedup import document_signatures
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import MANIFEST, read_manifest
@@ -29,26 +30,24 @@ def find_corpora(folder: Storage) -> list[Storage]:
 
 
 def rebuild_segment(corpus: Storage, local: str, force: bool = False) -> dict:
-    manifest = read_manifest(corpus, ("kind", "shards", "near_dedup", "documents"), "corpus manifest")
-    if manifest["kind"] != "raw_corpus":
-        raise ValueError(f"{corpus.uri} holds a {manifest['kind']!r} manifest, not a raw_corpus one")
+    manifest = read_corpus_manifest(corpus)
     if not force:
         try:
             Segment("", corpus)
             return {"outcome": "kept", "reason": "its segment is readable"}
         except DedupIndexError:
             pass
-    near = bool(manifest["near_dedup"]["enabled"])
-    threshold = float(manifest["near_dedup"]["threshold"]) if near else None
+    near = manifest.near_dedup.enabled
+    threshold = manifest.near_dedup.threshold if near else None
     index = DedupIndex(threshold, (), local, memory_budget(_REBUILD_MEMORY_MB))
-    for shard in manifest["shards"]:
-        with corpus.open_read(shard["name"]) as f:
+    for shard in manifest.shards:
+        with corpus.open_read(shard.name) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=2048, columns=["id", "text"]):
                 ids = batch.column("id").to_pylist()
                 sigs = document_signatures(batch.column("text").to_pylist()) if near else None
                 index.add_kept(ids, sigs)
-    if index.kept != manifest["documents"]:
-        raise DedupIndexError(f"{corpus.uri}: its shards hold {index.kept} documents where its manifest says {manifest['documents']}")
+    if index.kept != manifest.documents:
+        raise DedupIndexError(f"{corpus.uri}: its shards hold {index.kept} documents where its manifest says {manifest.documents}")
     record = index.write_segment(corpus, local)
     return {"outcome": "rebuilt", "documents": record.documents, "bytes": record.bytes}
 

@@ -1,10 +1,11 @@
-"""A real Ray cluster on this machine: a head with no CPUs of its own (it runs the jobs' drivers and
+"""A real Ray cluster on one machine: a head with no CPUs of its own (it runs the jobs' drivers and
 the dashboard) and worker nodes of one CPU each, every one a node with its own raylet, as
-`ray start --head` / `ray start --address` make on separate machines (DESIGN.md §9)."""
+`ray start --head` / `ray start --address` make on separate machines. The Ray tests and
+`benchmarks.cluster_bench` run on it; it needs the `ray` extra."""
 
 import socket
 
-from llm_pipeline_tests.conftest import free_port
+from llm_pipeline.train.launch import free_port
 
 OBJECT_STORE_BYTES = 128 * 2**20  # Ray's default reserves a share of RAM per node: ~19 GiB for three here
 
@@ -36,7 +37,7 @@ class LocalRayCluster:
             },
         )
         self.cpus_per_worker = cpus_per_worker
-        self.workers = []
+        self.workers: list = []
         try:
             for _ in range(workers):
                 self.add_worker()
