@@ -1,12 +1,15 @@
 """Evaluation at inference speed: held-out tokens/s of eval_metrics' scoring next to the training tokens/s
 of the same model on the same machine.
 
-    python -m benchmarks.eval_bench [--steps 60]
+    python -m benchmarks.eval_bench [--steps 180]
 
 Data: the built-in default corpus (the Python standard library), tokenized here with a 4,096-id BPE, as
 `make demo` does. Training: the real trainer as the demo launches it (the `deepspeed` launcher, world
-size 2, the demo preset, the default settings: seq 128, micro-batch 16, ZeRO-2, dtype auto), its
-tokens/s from the summary (the training loop only, after the first step). Evaluation: the trained
+size 2, the demo preset, the default settings: seq 128, micro-batch 16, ZeRO-2, dtype auto, 180
+steps, validating every 30 steps on 8,192 tokens), its tokens/s from the summary (the training loop
+only, after the first step), and the share of the loop's host time its validations took (the
+summary's step_host_ms): `validation during training = X.X% of training time` (target <= 5%).
+Evaluation: the trained
 model scoring every held-out document the way eval_metrics does (`held_out_loss`: rolling windows of
 the model's context, forward only), timed in this process, for each evaluation dtype; the fp32 and
 bf16 numbers are printed side by side so the precision cost is visible.
@@ -32,6 +35,7 @@ from llm_pipeline.tokenize.bpe import EOS_TOKEN
 from llm_pipeline.train.config import LaunchConfig, TrainConfig
 from llm_pipeline.train.launch import launch_command, launch_env
 from llm_pipeline.train.model_config import preset_config
+from llm_pipeline.train.summary import TrainSummary
 from llm_pipeline.train.token_store import TokenCache, open_split
 from llm_pipeline.train.weights import load_trained_model
 
@@ -40,20 +44,20 @@ VOCAB = 4096
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60, help="training steps timed")
+    parser.add_argument("--steps", type=int, default=180, help="training steps timed (the demo's: 180)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Storage(tmp)
         tokenizer = builtin_shards(root, VOCAB)
+        root.child("tokenizer").write_bytes("tokenizer.json", tokenizer.to_str().encode())  # the validation's bits per byte
         run = root.child("run")
         cfg = TrainConfig(
             shards_uris=(root.child("shards").uri,),
             run_uri=run.uri,
             model=preset_config("demo", VOCAB),
             steps=args.steps,
-            checkpoint_every=10**6,
-            log_every=args.steps,
             token_cache=os.path.join(tmp, "cache"),
+            tokenizer_uri=root.child("tokenizer").uri,
         )
         run.write_bytes("train_config.json", cfg.to_json().encode())
         launch = LaunchConfig(launcher="deepspeed", nproc=2)
@@ -63,12 +67,19 @@ def main() -> int:
         if done.returncode or not run.child("final").exists("summary.json"):
             print((done.stdout + done.stderr)[-5000:], file=sys.stderr)
             return 1
-        summary = run.child("final").read_json("summary.json")
-        train_rate = summary["tokens_per_s"]
+        summary = TrainSummary.read(run.child("final"))
+        train_rate = summary.tokens_per_s
         print(
-            f"training: {train_rate:,.0f} tokens/s ({summary['num_params'] / 1e6:.1f}M params, world {summary['world_size']}, "
-            f"{summary['dtype']}, ZeRO-{summary['zero_stage']}, {args.steps} steps)"
+            f"training: {train_rate:,.0f} tokens/s ({summary.num_params / 1e6:.1f}M params, world {summary.world_size}, "
+            f"{summary.dtype}, ZeRO-{summary.zero_stage}, {args.steps} steps)"
         )
+        phases = summary.step_host_ms
+        print(
+            f"validations: {len(summary.validations)} ("
+            + ", ".join(f"step {step} loss {loss:.4f}" for step, loss, _ in summary.validations)
+            + f"), {phases.get('validation', 0.0):.1f} of {sum(phases.values()):.1f} host ms a step"
+        )
+        print(f"validation during training = {100 * phases.get('validation', 0.0) / sum(phases.values()):.1f}% of training time")
 
         val, _ = open_split([root.child("shards")], "val", TokenCache(os.path.join(tmp, "cache"), 100 << 30))
         held_out = held_out_documents(val, tokenizer.token_to_id(EOS_TOKEN), Tokenizer.from_str(tokenizer.to_str()))

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from llm_pipeline.evaluate.results import Baseline, ContaminationReport, HarnessResult, Sample
 from llm_pipeline.train.config import TrainConfig
 from llm_pipeline.train.summary import SourceMix
+from llm_pipeline.train.tracking import TrackerRun
 
 
 class StageValue(BaseModel):
@@ -80,7 +81,7 @@ class CheckpointRef(StageValue):
 
     run_uri: str
     final_uri: str
-    checkpoint: str  # the newest complete checkpoint's name, e.g. step_00000200
+    checkpoint: str  # the checkpoint the model is, e.g. step_00000200: the last, or with keep_best the best validation's
     steps: int
     tokens_seen: int
     final_loss: float
@@ -89,6 +90,7 @@ class CheckpointRef(StageValue):
     tokenizer_sha256: str
     init_from: str  # the published version it started from; "" from scratch
     mixture: dict[str, SourceMix]  # the realized mix per source, for the model card
+    tracker: TrackerRun  # the experiment tracker run its curves went to; eval_metrics logs there too
 
     def metadata(self) -> dict[str, Any]:
         return {

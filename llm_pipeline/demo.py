@@ -26,6 +26,8 @@ from llm_pipeline.corpus.batches import BUILTIN_BATCH
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
 from llm_pipeline.demo_console import demo_logger
 from llm_pipeline.evaluate.local_tasks import CHOICES, CONTINUATION_TASK
+from llm_pipeline.storage.folders import Storage
+from llm_pipeline.train.summary import TrainSummary
 
 
 @contextlib.contextmanager
@@ -69,6 +71,17 @@ def _harness_lines(metrics: EvalReport) -> list[str]:
         f"{'contamination':<16}: {report.fraction:.1%} of eval documents have >= {report.min_overlap:.0%} "
         f"of their {report.n}-grams in the training split"
     )
+    return lines
+
+
+def _watch_lines(ckpt: CheckpointRef) -> list[str]:
+    """The validation loss by step while it trained, and where its curves are."""
+    summary = TrainSummary.read(Storage(ckpt.final_uri))
+    lines = []
+    if summary.validations:
+        lines.append(f"{'val while train':<16}: " + ", ".join(f"step {step} {loss:.4f}" for step, loss, _ in summary.validations))
+    if ckpt.tracker.link:
+        lines.append(f"{'curves':<16}: {ckpt.tracker.link}")
     return lines
 
 
@@ -132,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  perplexity      : {metrics.perplexity:.2f}\n"
         f"  bits per byte   : {metrics.bits_per_byte:.4f}\n"
         + "".join(f"  {line}\n" for line in _harness_lines(metrics))
+        + "".join(f"  {line}\n" for line in _watch_lines(ckpt))
         + f"  try it          : python -m llm_pipeline.publish.generate {published.registry}/{published.name} --prompt 'def '"
     )
     return 0

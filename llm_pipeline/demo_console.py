@@ -10,6 +10,7 @@ import sys
 import dagster as dg
 
 from llm_pipeline.assets.progress_relay import RECORD_ATTR
+from llm_pipeline.train.progress import VALIDATION, validation_line
 
 _BAR = 30
 
@@ -53,7 +54,9 @@ class StageLines(logging.Handler):
         step = meta.get("step_key") or ""
         if event is None:
             progress = getattr(record, RECORD_ATTR, None)
-            if progress is not None:
+            if progress is not None and progress.get("kind") == VALIDATION:
+                self._write(f"  {validation_line(progress)}")
+            elif progress is not None:
                 self._bar(progress)
             elif record.levelno >= logging.WARNING:
                 self._write(f"  {step}: {meta.get('orig_message', record.getMessage())}")

@@ -1,4 +1,4 @@
-"""Fault injection for the crash tests, off unless LLM_PIPELINE_TEST_CRASH (or _PAUSE) is set.
+"""Fault injection for the crash and divergence tests, off unless LLM_PIPELINE_TEST_CRASH (or _PAUSE, _SPIKE) is set.
 
 "<point>:<rank>:<step>:<flag file>" (several, comma-separated) SIGKILLs the process that reaches that point (of that rank and
 step; 0 and 0 where there are none) once: the flag file records that it fired, so the retry runs
@@ -37,3 +37,17 @@ def _fires(variable: str, point: str, rank: int, step: int) -> bool:
                 f.write(f"{point} rank {rank} step {step}\n")
             return True
     return False
+
+
+# A loss spike for the divergence tests: the step whose samples include global sample <K> has its
+# loss (and so its gradients) multiplied by <factor>. Tied to the data, not to the step: a rollback
+# that skips the sample never sees it again; a resume from before it sees it again.
+SPIKE_ENV = "LLM_PIPELINE_TEST_SPIKE"  # "<K>:<factor>"
+
+
+def spike_factor(first_sample: int, end_sample: int) -> float:
+    spec = os.environ.get(SPIKE_ENV)
+    if not spec:
+        return 1.0
+    sample, factor = spec.split(":")
+    return float(factor) if first_sample <= int(sample) < end_sample else 1.0

@@ -1,10 +1,12 @@
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import pytest
 
@@ -28,9 +30,9 @@ if _WORKER:
 WAITING_MODULES = ("test_load_postgres.py", "test_continuous_daemon.py", "test_continuous_daemon_on_s3.py")
 
 
-# A test that uses one of these starts a server (the S3 API, the GCS API, PostgreSQL): marked
+# A test that uses one of these starts a server (the S3 API, the GCS API, PostgreSQL, MLflow): marked
 # `service`, so `make check` can leave it out without each test saying so.
-SERVICE_FIXTURES = {"s3_endpoint", "gcs_bucket", "postgres"}
+SERVICE_FIXTURES = {"s3_endpoint", "gcs_bucket", "postgres", "mlflow_server"}
 
 
 def pytest_collection_modifyitems(items):
@@ -122,6 +124,49 @@ def s3_endpoint():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+class MlflowServer:
+    """A real `mlflow server` on loopback: a SQLite backend store and a local artifact folder."""
+
+    def __init__(self, folder: str):
+        self.folder, self.port = folder, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+        self.proc = subprocess.Popen(
+            [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.folder}/mlflow.db", "--artifacts-destination",
+             f"{self.folder}/artifacts", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.proc.poll() is None, f"mlflow server exited with {self.proc.returncode}"
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"mlflow server at {self.uri} did not answer /health in 120 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its gunicorn or uvicorn workers too
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(str(tmp_path / "mlflow"))
+    os.makedirs(server.folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm_pipeline.evaluate.metrics import rolling_windows
 from llm_pipeline.train.data import MIX_BLOCK, DataMixture, MicroBatches, TokenWindows
+from llm_pipeline.train.scoring import rolling_windows
 from llm_pipeline_tests.helpers import single_source
 
 TOKENS = np.arange(10_000, dtype=np.uint16) % 997

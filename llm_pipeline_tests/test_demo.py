@@ -32,7 +32,22 @@ def test_the_demo_prints_a_stage_per_line_and_logs_the_rest(tmp_path):
     assert any(line.strip().startswith("lm-eval") and "heldout_continuation acc" in line for line in lines)
     assert any(line.strip().startswith("training  [") and "step 100/100" in line for line in lines)  # the progress bar
     assert "published model" in out and os.path.join(home, ".storage", "registry") in out  # the default root
-    assert len(lines) <= 30, out  # not the event stream
+    # Validation while it trained (every 30 steps by default, and at the end), and where the curves are:
+    # TensorBoard's event files in the run folder, the evaluation's figures logged into the same run.
+    assert [line.strip().split(":")[0] for line in lines if line.strip().startswith("validation at step")] == [
+        f"validation at step {step}" for step in (30, 60, 90, 100)
+    ]
+    [while_training] = [line for line in lines if line.strip().startswith("val while train")]
+    assert "step 30 " in while_training and "step 100 " in while_training
+    [curves] = [line.strip() for line in lines if line.strip().startswith("curves")]
+    logdir = curves.split("tensorboard --logdir ", 1)[1]
+    assert logdir.startswith(os.path.join(home, ".storage", "trained_checkpoint"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(logdir)
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [30, 60, 90, 100] and [e.step for e in events.Scalars("eval/loss")] == [100]
+    assert len(lines) <= 36, out  # not the event stream
     assert "[INFO]" not in out and "DEBUG" not in out and "FutureWarning" not in out, out
 
     log = open(os.path.join(home, ".dagster", "demo.log"), encoding="utf-8", errors="replace").read()

@@ -10,14 +10,7 @@ from llm_pipeline.evaluate.config import EvalConfig
 from llm_pipeline.evaluate.contamination import contamination
 from llm_pipeline.evaluate.harness import check_tasks_available
 from llm_pipeline.evaluate.local_tasks import CONTINUATION_TASK, PERPLEXITY_TASK, continuation_items
-from llm_pipeline.evaluate.metrics import (
-    document_nats,
-    evaluate,
-    evaluate_published,
-    held_out_documents,
-    rolling_windows,
-    split_documents,
-)
+from llm_pipeline.evaluate.metrics import evaluate, evaluate_published, held_out_documents
 from llm_pipeline.evaluate.suite import HELD_OUT, run_suite
 from llm_pipeline.publish.export import publish
 from llm_pipeline.publish.registry import resolve_version
@@ -25,6 +18,7 @@ from llm_pipeline.tokenize.bpe import train_bpe
 from llm_pipeline.tokenize.encoder import DocumentEncoder
 from llm_pipeline.train.model import CausalLM
 from llm_pipeline.train.model_config import ModelConfig
+from llm_pipeline.train.scoring import document_nats, rolling_windows, split_documents
 from llm_pipeline.train.token_store import TokenCache, open_split
 from llm_pipeline.train.weights import load_trained_model
 from llm_pipeline_tests.helpers import cache_arc_easy, datasets_cache, eval_report, load_tokens, make_shards

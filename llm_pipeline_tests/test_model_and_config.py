@@ -60,11 +60,24 @@ def _cfg(**kw):
         ({"zero_stage": 2, "offload_params": True}, "offload_params needs zero_stage 3, got zero_stage 2"),
         ({"global_batch_tokens": 512, "grad_accum": 2}, "set either global_batch_tokens or grad_accum"),
         ({"global_batch_tokens": 100, "micro_batch": 4}, r"global_batch_tokens \(100\) must be a multiple of micro_batch x seq_len"),
+        ({"keep_best": True, "eval_every": 0}, "keep_best needs eval_every > 0"),
+        ({"tracker": "mlflow"}, "tracker mlflow needs tracker_uri"),
+        ({"tracker": "comet"}, "tracker must be one of tensorboard, mlflow, wandb, none, got 'comet'"),
+        ({"on_divergence": "ignore"}, "on_divergence must be one of stop, rollback"),
+        ({"spike_factor": -1.0}, "spike_factor must be >= 0"),
     ],
 )
 def test_train_config_rejects_bad_values_naming_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         _cfg(**kwargs)
+
+
+def test_where_the_curves_go_is_not_part_of_the_run():
+    """A run resumes whichever tracker it logs to: the tracker settings and the tokenizer's location are
+    not in the run key; what changes the computation is."""
+    base = _cfg()
+    assert _cfg(tracker="none", experiment="x", tracker_tags={"dagster/run_id": "r2"}, tokenizer_uri="s3://t").run_key() == base.run_key()
+    assert _cfg(spike_factor=2.0).run_key() != base.run_key() and _cfg(eval_every=5).run_key() != base.run_key()
 
 
 def test_model_config_rejects_heads_not_dividing_width():

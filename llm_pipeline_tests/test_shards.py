@@ -8,12 +8,12 @@ from hypothesis import strategies as st
 
 from llm_pipeline.corpus.filters import document_id
 from llm_pipeline.evaluate.contamination import contamination
-from llm_pipeline.evaluate.metrics import split_documents
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import tokenizer_hash
 from llm_pipeline.tokenize.decontaminate import HeldOutNgrams, decontaminated
 from llm_pipeline.tokenize.shards import ShardConfig, split_of
 from llm_pipeline.train.data import ShardError
+from llm_pipeline.train.scoring import split_documents
 from llm_pipeline_tests.helpers import load_split_tokens, make_shards
 
 

@@ -41,7 +41,7 @@ DEFAULT_MODEL_NAME = "llm-pipeline-demo"
 # Library fields the asset fills in itself; everything else a library model declares is in the launchpad.
 FILLED_BY_THE_ASSET = {
     CorpusConfig: {"source_uri", "files", "filters"},  # source_uri: the launchpad's "" stands for the built-in corpus
-    TrainConfig: {"shards_uris", "shard_sources", "run_uri", "model", "tokenizer_sha256", "init_from_uri"},
+    TrainConfig: {"shards_uris", "shard_sources", "run_uri", "model", "tokenizer_sha256", "init_from_uri", "tokenizer_uri", "tracker_tags"},
     LaunchConfig: {"node_rank"},  # this run is always node 0
     ModelConfig: {"vocab_size"},  # the tokenizer's
 }
@@ -227,6 +227,15 @@ class TrainedCheckpointConfig(dg.Config):
     compile: bool = launchpad(TrainConfig, "compile")
     token_cache: str = launchpad(TrainConfig, "token_cache")
     token_cache_gb: float = launchpad(TrainConfig, "token_cache_gb")
+    eval_every: int = launchpad(TrainConfig, "eval_every")
+    eval_tokens: int = launchpad(TrainConfig, "eval_tokens")
+    keep_best: bool = launchpad(TrainConfig, "keep_best")
+    on_divergence: Literal["stop", "rollback"] = launchpad(TrainConfig, "on_divergence")
+    spike_factor: float = launchpad(TrainConfig, "spike_factor")
+    max_rollbacks: int = launchpad(TrainConfig, "max_rollbacks")
+    tracker: Literal["tensorboard", "mlflow", "wandb", "none"] = launchpad(TrainConfig, "tracker")
+    tracker_uri: str = launchpad(TrainConfig, "tracker_uri")
+    experiment: str = launchpad(TrainConfig, "experiment")
     # where and how the ranks run (LaunchConfig)
     launcher: Literal["deepspeed", "torchrun", "ray", "none"] = launchpad(LaunchConfig, "launcher")
     nproc: int = launchpad(LaunchConfig, "nproc")

@@ -8,6 +8,7 @@ from llm_pipeline.assets.configs import EvalMetricsConfig, validate_run_config
 from llm_pipeline.assets.metadata import significant, stage_metadata
 from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.assets.tokenizer import tokenizer_json
+from llm_pipeline.assets.tracker_run import training_tracker
 from llm_pipeline.contracts import CheckpointRef, EvalReport, Gates, TokenizerRef
 from llm_pipeline.evaluate.local_tasks import task_files
 from llm_pipeline.evaluate.results import Baseline, ContaminationReport, HarnessResult, metric_key, split_metric_key
@@ -51,6 +52,15 @@ def _harness_metadata(harness: HarnessResult | None) -> dict:
         if score.stderr is not None:
             metadata[f"{metric_key(task, metric)}_stderr"] = significant(score.stderr, 3)
     return metadata
+
+
+def _tracked_figures(report: EvalReport) -> dict[str, float]:
+    """What eval_metrics adds to the training's tracker run, at its last step."""
+    figures = {"eval/loss": report.loss, "eval/perplexity": report.perplexity, "eval/bits_per_byte": report.bits_per_byte}
+    figures["eval/contamination"] = report.contamination.fraction
+    for task, metric, score in report.harness.scores() if report.harness else ():
+        figures[f"eval/{metric_key(task, metric)}"] = score.value
+    return {name: value for name, value in figures.items() if math.isfinite(value)}
 
 
 def _contamination_metadata(report: ContaminationReport) -> dict:
@@ -136,6 +146,9 @@ def eval_metrics(
         ),
         baseline=baseline,
     )
+    tracker = training_tracker(context, storage, trained_checkpoint)
+    tracker.log_metrics(_tracked_figures(report), trained_checkpoint.steps)
+    tracker.close()
     metadata = {
         **stage_metadata(report),  # dtype: of the forward passes (eval_metrics.dtype; auto: bf16 where the hardware is fast at it)
         "loss": significant(report.loss),

@@ -1,7 +1,7 @@
 """The trainer's progress, live: Dagster Pipes hands a custom message to the asset only when the
-trainer has ended, so this reader relays each progress record as it arrives, as a log line (the
-same line the trainer prints on its own) with the record attached (`extra`), which `make demo`'s
-console draws its bar from. Every message still goes on to Dagster as before."""
+trainer has ended, so this reader relays each progress and validation record as it arrives, as a log
+line (the same line the trainer prints on its own) with the record attached (`extra`), which `make
+demo`'s console draws its bar from. Every message still goes on to Dagster as before."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, cast
 import dagster as dg
 from dagster_pipes import PipesParams
 
-from llm_pipeline.train.progress import PROGRESS, progress_line
+from llm_pipeline.train.progress import PROGRESS, VALIDATION, progress_line, validation_line
 
 RECORD_ATTR = "training_progress"  # the log record's attribute that holds the progress record
 
@@ -30,6 +30,8 @@ class _Relaying:
             payload = (message.get("params") or {}).get("payload")
             if isinstance(payload, dict) and payload.get("kind") == PROGRESS:
                 self._log.info(progress_line(payload), extra={RECORD_ATTR: payload})
+            elif isinstance(payload, dict) and payload.get("kind") == VALIDATION:
+                self._log.info(validation_line(payload), extra={RECORD_ATTR: payload})
         self._handler.handle_message(message)
 
     def __getattr__(self, name: str) -> Any:

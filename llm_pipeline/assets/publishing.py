@@ -5,9 +5,12 @@ from llm_pipeline.assets.configs import PublishedModelConfig, validate_run_confi
 from llm_pipeline.assets.metadata import significant, stage_metadata, table
 from llm_pipeline.assets.redaction import redacted_step
 from llm_pipeline.assets.tokenizer import tokenizer_json
+from llm_pipeline.assets.tracker_run import training_tracker
 from llm_pipeline.contracts import CheckpointRef, EvalReport, PublishedModelRef, TokenizerRef
 from llm_pipeline.publish.export import publish
 from llm_pipeline.resources import StorageResource
+from llm_pipeline.storage.folders import Storage
+from llm_pipeline.train.tracking import MlflowTracker
 
 
 @dg.asset(
@@ -46,7 +49,8 @@ def published_model(
         },
         "tokenizer_sha256": tokenizer.sha256,
         "initialised_from": trained_checkpoint.init_from or "scratch",
-        "checkpoint": f"{trained_checkpoint.run_uri} @ {trained_checkpoint.checkpoint}",
+        "checkpoint": f"{trained_checkpoint.run_uri} @ {trained_checkpoint.checkpoint}"
+        + (" (the best validation loss: keep_best)" if trained_checkpoint.train_config.keep_best else ""),
         "checkpoint_step": trained_checkpoint.steps,
         "dagster_run_id": context.run_id,
         "code_version": f"llm-pipeline {__version__}",
@@ -68,6 +72,7 @@ def published_model(
     return dg.Output(
         value,
         metadata={
+            **_registered(context, storage, trained_checkpoint, config.model_name, storage.at(manifest.uri)),
             **stage_metadata(value),
             "files": table(
                 [{"file": name, "bytes": f.bytes, "sha256": f.sha256} for name, f in manifest.files.items()],
@@ -77,3 +82,18 @@ def published_model(
             "tokens_evaluated": eval_metrics.tokens_evaluated,
         },
     )
+
+
+def _registered(context: dg.AssetExecutionContext, storage: StorageResource, checkpoint: CheckpointRef, name: str, folder: Storage) -> dict:
+    """With the MLflow tracker, a version of registered model `name` in its Model Registry, pointing at
+    the published folder; its number as metadata. A registry that refuses it costs a warning."""
+    tracker = training_tracker(context, storage, checkpoint).tracker
+    if not isinstance(tracker, MlflowTracker):
+        return {}
+    try:
+        version = tracker.register_model(name, folder)
+    except Exception as e:  # noqa: BLE001 - the MLflow client's errors have many types; publishing does not depend on it
+        context.log.warning(f"the MLflow Model Registry did not take {name}: {type(e).__name__}: {e}")
+        return {}
+    context.log.info(f"registered {name} version {version} in the MLflow Model Registry")
+    return {"mlflow_registered_model": name, "mlflow_model_version": version}

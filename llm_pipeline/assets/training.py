@@ -23,6 +23,7 @@ from llm_pipeline.train.config import LaunchConfig, mixture_sources
 from llm_pipeline.train.launch import launch_command, launch_env, ray_job_command, worker_command
 from llm_pipeline.train.ray_job import per_worker_resources
 from llm_pipeline.train.summary import SUMMARY, TrainSummary
+from llm_pipeline.train.tracking import TrackerError, check_reachable
 
 
 def _input_error(description: str) -> dg.Failure:
@@ -62,6 +63,29 @@ def _check_eval_tasks(run_config: dict) -> None:
         check_eval_tasks(run_config)
     except ValueError as e:
         raise _input_error(f"eval_metrics config: {e}. Nothing was trained") from None
+
+
+def _watch_metadata(summary: TrainSummary) -> dict:
+    """Validation while training, divergences rolled back from, and where the curves are."""
+    metadata: dict = {"exported_checkpoint": summary.exported_checkpoint, "rollbacks": len(summary.rollbacks)}
+    if summary.validations:
+        step, loss, bits = summary.validations[-1]
+        metadata["val_loss"] = significant(loss)
+        if bits is not None:
+            metadata["val_bits_per_byte"] = significant(bits)
+        metadata["validations"] = dg.MetadataValue.json([{"step": s, "loss": v, "bits_per_byte": b} for s, v, b in summary.validations])
+    if summary.best_validation_loss is not None:
+        metadata["best_val_loss"] = significant(summary.best_validation_loss)
+    if summary.rollbacks:
+        metadata["rolled_back"] = dg.MetadataValue.json([r.model_dump() for r in summary.rollbacks])
+        metadata["samples_skipped"] = sum(end - first for first, end in (r.skipped_samples for r in summary.rollbacks))
+    if summary.tracker.kind != "none":
+        metadata["tracker"] = summary.tracker.kind
+        if summary.tracker.run_id:
+            metadata["tracker_run_id"] = summary.tracker.run_id
+        link = summary.tracker.link
+        metadata["tracker_link"] = dg.MetadataValue.url(link) if link.startswith("http") else dg.MetadataValue.text(link)
+    return metadata
 
 
 def _initial_weights(config: TrainedCheckpointConfig, storage: StorageResource) -> str:
@@ -127,6 +151,10 @@ def trained_checkpoint(
 ) -> dg.Output[CheckpointRef]:
     validate_run_config(context.run_config)
     _check_eval_tasks(context.run_config)
+    try:
+        check_reachable(config.tracker, config.tracker_uri)
+    except TrackerError as e:
+        raise _input_error(f"trained_checkpoint: {e}. Nothing was trained") from None
     launch = config.launch_config()
     ray_address = _ray_address(launch, ray_cluster) if launch.launcher == "ray" else ""
     data = training_data(config, tokenizer, tokenized_shards)
@@ -135,7 +163,10 @@ def trained_checkpoint(
         sources = mixture_sources([d.batch for d in data], config.mixture) if config.mixture else ()
     except ValueError as e:
         raise _input_error(f"trained_checkpoint: mixture: {e}") from None
-    unplaced = config.to_library(tuple(d.uri for d in data), "", tokenizer.vocab_size, tokenizer.sha256, init_from, sources)
+    tags = {"dagster/run_id": context.run_id, "dagster/asset": "trained_checkpoint", "batches": ",".join(d.batch for d in data)[:500]}
+    unplaced = config.to_library(tuple(d.uri for d in data), "", tokenizer.vocab_size, tokenizer.sha256, init_from, sources).replaced(
+        tokenizer_uri=tokenizer.uri, tracker_tags=tags
+    )
     run = storage.root().child("trained_checkpoint", unplaced.run_key())
     train_cfg = unplaced.replaced(run_uri=run.uri)
     run.write_bytes("train_config.json", train_cfg.to_json().encode())
@@ -180,7 +211,7 @@ def trained_checkpoint(
     value = CheckpointRef(
         run_uri=run.uri,
         final_uri=final.uri,
-        checkpoint=summary.checkpoint,
+        checkpoint=summary.exported_checkpoint,
         steps=summary.steps,
         tokens_seen=summary.tokens_seen,
         final_loss=summary.final_loss,
@@ -189,13 +220,15 @@ def trained_checkpoint(
         tokenizer_sha256=tokenizer.sha256,
         init_from=init_from,
         mixture=summary.mixture,
+        tracker=summary.tracker,
     )
     return dg.Output(
         value,
         metadata={
             **stage_metadata(value),
             "uri": dg.MetadataValue.path(final.uri),
-            "loss_curve": loss_curve_markdown(summary.losses),
+            "loss_curve": loss_curve_markdown(summary.losses, validation=[(step, loss) for step, loss, _ in summary.validations]),
+            **_watch_metadata(summary),
             "final_loss": significant(summary.final_loss),
             "tokens_per_s": significant(summary.tokens_per_s, 4),
             "wall_time_s": significant(summary.wall_time_s, 4),

@@ -1,10 +1,9 @@
 """Held-out loss, perplexity, bits per byte and sample generations, deterministic for a checkpoint.
 
 Each held-out document is scored on its own, from the document boundary, the way lm-evaluation-
-harness scores `loglikelihood_rolling` tasks: the first window reads EOS then the document, every
-later window predicts the next `window` tokens with the `window` tokens before them as context
-(the last one right-aligned). So the numbers do not depend on how documents were packed into the
-split, and the harness's held-out task (evaluate/harness.py) reproduces them.
+harness scores `loglikelihood_rolling` tasks (train/scoring.py). So the numbers do not depend on how
+documents were packed into the split, and the harness's held-out task (evaluate/harness.py)
+reproduces them.
 
 Bits per byte divides the total loss in bits by the UTF-8 bytes of the documents' text, so models
 with different tokenizers can be compared.
@@ -25,18 +24,8 @@ from llm_pipeline.storage.folders import Storage
 from llm_pipeline.tokenize.bpe import eos_id, tokenizer_hash
 from llm_pipeline.train.hf_config import model_config_from_hf
 from llm_pipeline.train.model import CausalLM
+from llm_pipeline.train.scoring import document_nats, split_documents
 from llm_pipeline.train.weights import load_model, load_trained_model
-
-
-def rolling_windows(doc: np.ndarray, prefix_id: int, window: int):
-    """(input ids, target ids, how many of the last targets are scored) covering `doc` once,
-    exactly as lm-eval's get_rolling_token_windows(context_len=1) + make_disjoint_window."""
-    stream = np.concatenate([[prefix_id], doc]).astype(np.int64)
-    n = len(doc)
-    for start in range(0, n, window):
-        end = min(start + window, n)
-        first = max(0, end - window)  # the last window reads back to a full context
-        yield stream[first:end], stream[first + 1 : end + 1], end - start
 
 
 @dataclass(frozen=True)
@@ -71,37 +60,6 @@ def held_out_documents(val_tokens, eos_id: int, tokenizer: Tokenizer) -> HeldOut
     if not ids:
         raise ValueError("the held-out split holds no document")
     return HeldOut(ids, [tokenizer.decode(d.tolist(), skip_special_tokens=True) for d in ids])
-
-
-_ROWS = 1024  # positions per vocabulary-wide logits chunk: a few MB, cache-sized, never the batch's whole logits
-
-
-@torch.inference_mode()
-def document_nats(model: CausalLM, docs: list[np.ndarray], prefix_id: int, window: int, batch_size: int) -> tuple[float, int]:
-    """Summed negative log-likelihood (nats) of every token of `docs`, and the token count. Forward only,
-    on the model's device and in its dtype; the log-softmax in fp32, over the scored positions only."""
-    device = next(model.parameters()).device
-    windows = [w for doc in docs for w in rolling_windows(doc, prefix_id, window)]
-    windows.sort(key=lambda w: -len(w[0]))  # similar lengths share a batch: little padding
-    total, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        batch = windows[i : i + batch_size]
-        width = len(batch[0][0])
-        x = torch.zeros(len(batch), width, dtype=torch.long)
-        scored = torch.zeros(len(batch), width, dtype=torch.bool)
-        y = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, (inp, tgt, n) in enumerate(batch):
-            x[row, : len(inp)] = torch.from_numpy(inp)  # right padding: causal attention never reads it
-            y[row, : len(tgt)] = torch.from_numpy(tgt)
-            scored[row, len(tgt) - n : len(tgt)] = True
-            count += n
-        hidden = model.hidden_states(x.to(device))[scored.to(device)]
-        targets = y.to(device)[scored.to(device)]
-        for start in range(0, len(targets), _ROWS):
-            logits = model.lm_head(hidden[start : start + _ROWS]).float()
-            target_logits = logits.gather(1, targets[start : start + _ROWS, None]).squeeze(1)
-            total += (torch.logsumexp(logits, dim=-1) - target_logits).sum().item()
-    return total, count
 
 
 def held_out_loss(model: CausalLM, held_out: HeldOut, prefix_id: int, cfg: EvalConfig) -> HeldOutMetrics:
@@ -141,13 +99,6 @@ def evaluate(
     """The trained model's numbers on `held_out`, and its completions of the configured prompts."""
     model = load_trained_model(final, cfg.resolved_dtype())
     return held_out_loss(model, held_out, eos_id, cfg), sample_generations(model, Tokenizer.from_str(tokenizer_json), cfg, eos_id)
-
-
-def split_documents(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
-    """The documents of an EOS-separated stream (EOS dropped); a trailing unfinished one included."""
-    ends = np.flatnonzero(tokens == eos_id)
-    starts = np.concatenate([[0], ends + 1])
-    return [tokens[a:b] for a, b in zip(starts, np.concatenate([ends, [len(tokens)]])) if b > a]
 
 
 def evaluate_published(folder: Storage, held_out: HeldOut, tokenizer_json: str, cfg: EvalConfig) -> Baseline:

@@ -147,9 +147,12 @@ class CheckpointStore:
             if tag.startswith("step_") and newest and tag < newest and tag not in kept:
                 shutil.rmtree(os.path.join(self.local_dir, tag), ignore_errors=True)
 
-    def prune(self, keep_last: int) -> list[str]:
+    def prune(self, keep_last: int, keep: frozenset[str] = frozenset()) -> list[str]:
+        """Every complete checkpoint but the newest `keep_last` and those in `keep` is removed."""
         removed = []
         for tag in self.complete_tags()[:-keep_last]:
+            if tag in keep:
+                continue
             self.remote.remove(tag)
             removed.append(tag)
         # Incomplete folders older than the newest complete one are leftovers of a crash.
@@ -162,7 +165,9 @@ class CheckpointStore:
         return removed
 
 
-def save(engine, store: CheckpointStore, step: int, state: dict, rank: int, local_rank: int, keep_last: int) -> str:
+def save(
+    engine, store: CheckpointStore, step: int, state: dict, rank: int, local_rank: int, keep_last: int, keep: frozenset[str] = frozenset()
+) -> str:
     """Every rank calls this together. The protocol, barrier by barrier: clear the tag (once per node) ->
     every rank saves its shards -> each node hashes and uploads its own files -> rank 0 writes the
     marker (last) and prunes -> nodes drop local copies the root no longer keeps. A crash anywhere
@@ -179,7 +184,7 @@ def save(engine, store: CheckpointStore, step: int, state: dict, rank: int, loca
     dist.barrier()
     if rank == 0:
         store.mark_complete(tag, {"step": step, "tokens_seen": state["tokens_seen"], "time": time.time()})
-        store.prune(keep_last)
+        store.prune(keep_last, keep)
     dist.barrier()
     if local_rank == 0 and rank != 0:
         store.prune_local()

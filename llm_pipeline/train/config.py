@@ -18,6 +18,7 @@ from llm_pipeline.storage.folders import bounded
 from llm_pipeline.train.memory import available_bytes, human, local_devices, training_bytes_per_rank
 from llm_pipeline.train.model_config import ModelConfig
 from llm_pipeline.train.schedule import Schedule
+from llm_pipeline.train.tracking import TrackerKind
 
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]
 Launcher = Literal["deepspeed", "torchrun", "ray", "none"]
@@ -39,6 +40,10 @@ def mixture_shares(weights: list[float]) -> list[float]:
     return [w / total for w in scaled]
 
 
+# Fields that do not change what a run computes: the same run (its checkpoints) whatever they hold.
+NOT_THE_RUN = {"run_uri", "token_cache", "token_cache_gb", "tokenizer_uri", "tracker", "tracker_uri", "experiment", "tracker_tags"}
+
+
 class TrainConfig(Settings):
     # Filled in by whoever starts the run (the asset, or a hand-written train_config.json).
     shards_uris: tuple[str, ...] = Field(description="token shard sets (one per corpus batch), read in this order")
@@ -50,6 +55,10 @@ class TrainConfig(Settings):
     # A published model folder whose weights start the run (continued pretraining); "": from scratch.
     # The schedule, warmup included, starts afresh either way.
     init_from_uri: str = ""
+    # The tokenizer's folder (tokenizer.json): the validation's bits per byte; "": loss only.
+    tokenizer_uri: str = ""
+    # Tags of the tracker run: the Dagster run, asset and partition that started it.
+    tracker_tags: dict[str, str] = {}
     # The settings a user chooses (the launchpad shows these).
     mixture: dict[str, float] = Field(
         default={},
@@ -90,6 +99,28 @@ class TrainConfig(Settings):
         default="", description="node-local folder for verified and remote-copied token files; empty: ~/.cache/llm-pipeline/tokens"
     )
     token_cache_gb: float = Field(default=100.0, gt=0, description="size limit of token_cache; least recently used copies are evicted")
+    # Watching the run: validation while it trains, an experiment tracker, divergence.
+    eval_every: int = Field(
+        default=30, ge=0, description="optimizer steps between validations on a fixed slice of the validation split; 0: none"
+    )
+    eval_tokens: int = Field(default=8192, gt=0, description="tokens of whole validation documents in that slice")
+    keep_best: bool = Field(
+        default=False, description="export the checkpoint with the best validation loss instead of the last (each new best is saved)"
+    )
+    on_divergence: Literal["stop", "rollback"] = Field(
+        default="stop",
+        description="on a loss spike or a non-finite loss: stop, naming the step and the loss; or resume from the newest good "
+        "checkpoint and skip the samples drawn since it",
+    )
+    spike_factor: float = Field(
+        default=4.0, ge=0, description="a step's loss this many times the mean of the 20 before it is a spike; 0: non-finite losses only"
+    )
+    max_rollbacks: int = Field(default=3, ge=0, description="rollbacks before a divergence stops the run")
+    tracker: TrackerKind = Field(
+        default="tensorboard", description="where the curves go: tensorboard (in the run folder), mlflow, wandb or none"
+    )
+    tracker_uri: str = Field(default="", description="the MLflow tracking server, e.g. http://mlflow:5000 (tracker mlflow)")
+    experiment: str = Field(default="llm-pipeline", description="the MLflow experiment or W&B project the run logs to")
 
     @field_validator("shards_uris", mode="before")
     @classmethod
@@ -110,6 +141,10 @@ class TrainConfig(Settings):
             raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.offload_optimizer and self.zero_stage < 2:
             raise ValueError(f"offload_optimizer needs zero_stage 2 or 3, got zero_stage {self.zero_stage}")
+        if self.keep_best and not self.eval_every:
+            raise ValueError("keep_best needs eval_every > 0: the best checkpoint is the one with the best validation loss")
+        if self.tracker == "mlflow" and not self.tracker_uri:
+            raise ValueError("tracker mlflow needs tracker_uri, the MLflow tracking server (e.g. http://mlflow:5000)")
         if self.offload_params and self.zero_stage != 3:
             raise ValueError(f"offload_params needs zero_stage 3, got zero_stage {self.zero_stage}")
         if self.global_batch_tokens and self.grad_accum != 1:
@@ -202,8 +237,8 @@ class TrainConfig(Settings):
     def run_key(self) -> str:
         """The same data (each batch's shard folder) and settings give the same key, wherever the run
         lives: re-materializing after a crash finds that run's checkpoints and resumes. Where this node
-        caches token files is not a setting of the run."""
-        settings = self.model_dump(mode="json", exclude={"run_uri", "token_cache", "token_cache_gb"})
+        caches token files, where the tokenizer and the curves are, are not settings of the run."""
+        settings = self.model_dump(mode="json", exclude=NOT_THE_RUN)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> str:

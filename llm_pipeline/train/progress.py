@@ -10,6 +10,7 @@ import os
 import sys
 
 PROGRESS = "progress"  # the `kind` of the trainer's progress messages
+VALIDATION = "validation"  # ... and of its validations while it trains
 
 
 def progress_line(record: dict) -> str:
@@ -18,6 +19,12 @@ def progress_line(record: dict) -> str:
         f"step {record['step']}/{record['steps']} loss {record['loss']:.4f} lr {record['lr']:.2e} "
         f"{record['tokens_per_s']:,.0f} tok/s elapsed {record['elapsed_s']:.0f}s eta {record['eta_s']:.0f}s"
     )
+
+
+def validation_line(record: dict) -> str:
+    """The one line a validation record is shown as."""
+    bits = f", {record['bits_per_byte']:.4f} bits per byte" if record.get("bits_per_byte") is not None else ""
+    return f"validation at step {record['step']}: loss {record['loss']:.4f}{bits}"
 
 
 class Reporter:
@@ -46,6 +53,13 @@ class Reporter:
             self.pipes.report_custom_message({"kind": PROGRESS, **record})
         elif not self.quiet:
             print(progress_line(record), file=sys.stdout, flush=True)
+
+    def validation(self, record: dict) -> None:
+        """A validation's figures, as `progress` reports a step's."""
+        if self.pipes is not None:
+            self.pipes.report_custom_message({"kind": VALIDATION, **record})
+        elif not self.quiet:
+            print(validation_line(record), file=sys.stdout, flush=True)
 
 
 @contextlib.contextmanager

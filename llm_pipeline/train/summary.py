@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.storage.manifests import parsed
+from llm_pipeline.train.tracking import TrackerRun
 
 SUMMARY = "summary.json"
 
@@ -28,6 +29,18 @@ class SourceMix(BaseModel):
     share: float  # of the samples drawn
     tokens: int
     epochs: float  # passes over the source's windows
+
+
+class Rollback(BaseModel):
+    """A divergence the run rolled back from (TrainConfig.on_divergence rollback)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: int  # where the loss diverged
+    loss: float
+    why: str
+    resumed_from: str  # the checkpoint it went back to
+    skipped_samples: tuple[int, int]  # the global samples [first, end) drawn since it, never trained on
 
 
 class TrainSummary(BaseModel):
@@ -58,6 +71,11 @@ class TrainSummary(BaseModel):
     attention: str  # "flash", or "not flash: <why>"
     step_host_ms: dict[str, float]  # host milliseconds per step by phase (train/step_clock.py)
     mixture: dict[str, SourceMix]  # the mix the samples realized; one source "all" without a mixture
+    validations: tuple[tuple[int, float, Optional[float]], ...]  # (step, loss, bits per byte) while it trained
+    exported_checkpoint: str  # the checkpoint final/ holds: the last, or with keep_best the best validation's
+    best_validation_loss: Optional[float]  # with keep_best
+    rollbacks: tuple[Rollback, ...]
+    tracker: TrackerRun
 
     def write(self, final: Storage) -> None:
         final.write_json(SUMMARY, self.model_dump(mode="json"))

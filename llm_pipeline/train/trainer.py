@@ -30,14 +30,14 @@ import torch
 import torch.distributed as dist
 from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-from llm_pipeline.faults import crash_point
+from llm_pipeline.faults import crash_point, spike_factor
 from llm_pipeline.storage.folders import Storage, bounded, read_named_json_object
 from llm_pipeline.tokenize.bpe import tokenizer_hash
 from llm_pipeline.train import checkpoints
 from llm_pipeline.train.activation_checkpointing import apply_activation_checkpointing
 from llm_pipeline.train.checkpoints import CheckpointStore
 from llm_pipeline.train.config import TrainConfig
-from llm_pipeline.train.data import DataMixture, MicroBatches, Prefetcher, TokenWindows
+from llm_pipeline.train.data import DataMixture, MicroBatches, Prefetcher, ShardError, TokenWindows
 from llm_pipeline.train.hardware import accelerator_name, device_for, flash_attention_problem, on_gpu, peak_rss_bytes, resolve_dtype
 from llm_pipeline.train.hf_config import model_config_from_hf
 from llm_pipeline.train.launch import free_port
@@ -46,8 +46,10 @@ from llm_pipeline.train.model import CausalLM
 from llm_pipeline.train.progress import open_reporter
 from llm_pipeline.train.schedule import lr_factor
 from llm_pipeline.train.step_clock import StepClock
-from llm_pipeline.train.summary import TrainSummary
+from llm_pipeline.train.summary import Rollback, TrainSummary
 from llm_pipeline.train.token_store import TokenCache, open_split
+from llm_pipeline.train.tracking import Guarded, NoTracker, Tracker, TrackerError, check_reachable, open_tracker
+from llm_pipeline.train.validation import ValidationSet, validate, validation_set
 from llm_pipeline.train.weights import load_weights
 
 
@@ -73,9 +75,13 @@ class Training:
     tokens_seen: int = 0
     losses: list = field(default_factory=list)  # [step, loss averaged over ranks], as far as synced
     pending: list = field(default_factory=list)  # (step, this rank's loss as a device tensor) not yet synced
+    validations: list = field(default_factory=list)  # [step, loss, bits per byte or None]
+    best: list | None = None  # [validation loss, checkpoint tag] of the best validation, with keep_best
+    rollbacks: list = field(default_factory=list)  # Rollback records, as dicts
     resumed_from: str | None = None
     attention_problem: str | None = None  # why flash attention cannot run here; None: it does
     step_host_ms: dict = field(default_factory=dict)
+    tracker: Tracker = field(default_factory=NoTracker)  # rank 0's; the others' log nothing
 
     @property
     def is_rank0(self) -> bool:
@@ -88,6 +94,9 @@ class Training:
             "samples_seen": self.samples_seen,
             "tokens_seen": self.tokens_seen,
             "losses": self.losses,
+            "validations": self.validations,
+            "best": self.best,
+            "rollbacks": self.rollbacks,
             "rng_state": torch.get_rng_state(),
         }
 
@@ -249,10 +258,7 @@ def resume(training: Training, reporter) -> None:
     if not tag:
         return
     folder = checkpoints.universal_dir(training.store) if training.resume_universal else training.store.local_dir
-    _, client = training.engine.load_checkpoint(folder, tag=tag)
-    training.step, training.tokens_seen, training.losses = client["step"], client["tokens_seen"], client["losses"]
-    training.samples_seen = client["samples_seen"]
-    torch.set_rng_state(client["rng_state"])
+    _restore(training, folder, tag)
     training.resumed_from = tag
     if training.resume_universal:
         _repair_universal_optimizer_state(getattr(training.engine.optimizer, "optimizer", training.engine.optimizer), training.cfg)
@@ -262,6 +268,18 @@ def resume(training: Training, reporter) -> None:
     reporter.info(
         f"resumed from checkpoint {tag}: step {training.step}, {training.tokens_seen} tokens seen, sample {training.samples_seen}"
     )
+
+
+def _restore(training: Training, folder: str, tag: str) -> dict:
+    """The engine and the run's own state as checkpoint `tag` holds them; its client state."""
+    _, client = training.engine.load_checkpoint(folder, tag=tag)
+    training.step, training.tokens_seen, training.losses = client["step"], client["tokens_seen"], client["losses"]
+    training.samples_seen = client["samples_seen"]
+    # Checkpoints written before validation and rollbacks existed hold none of them.
+    training.validations, training.best, training.rollbacks = client.get("validations", []), client.get("best"), client.get("rollbacks", [])
+    training.pending.clear()
+    torch.set_rng_state(client["rng_state"])
+    return client
 
 
 def _repair_universal_optimizer_state(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
@@ -282,10 +300,12 @@ def train_step(training: Training, batches: Prefetcher, clock: StepClock) -> Non
     grad_accum = training.cfg.grad_accum_for(training.world)
     step_loss = torch.zeros((), device=training.device)
     for _ in range(grad_accum):
-        x, y = batches.take(training.samples_seen)
+        first = training.samples_seen
+        x, y = batches.take(first)
         training.samples_seen += training.loader.samples_per_micro_step
         clock.lap("data")
         _, loss = training.engine(x.to(training.device, non_blocking=True), y.to(training.device, non_blocking=True))
+        loss = loss * spike_factor(first, training.samples_seen)  # 1 outside the divergence tests
         clock.lap("forward")
         training.engine.backward(loss)
         clock.lap("backward")
@@ -297,9 +317,23 @@ def train_step(training: Training, batches: Prefetcher, clock: StepClock) -> Non
     training.pending.append((training.step, step_loss))
 
 
+SPIKE_WINDOW = 20  # steps whose mean loss a step is compared with
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself (a divergence it does not roll back from); the message says why."""
+
+
+class Divergence(Exception):
+    def __init__(self, step: int, loss: float, why: str):
+        super().__init__(f"training diverged at step {step}: loss {loss:.4g} ({why})")
+        self.step, self.loss, self.why = step, loss, why
+
+
 def sync_losses(training: Training) -> float | None:
     """The pending steps' losses averaged over ranks, in one collective; the last one. Every rank calls it
-    at the same steps (the logging interval, checkpoints, the end)."""
+    at the same steps (the logging interval, checkpoints, the end), so every rank sees a divergence
+    (a non-finite loss, or a spike over `spike_factor` times the running mean) at the same step."""
     if not training.pending:
         return training.losses[-1][1] if training.losses else None
     steps = [step for step, _ in training.pending]
@@ -307,18 +341,61 @@ def sync_losses(training: Training) -> float | None:
     training.pending.clear()
     if training.world > 1:
         dist.all_reduce(values)
+    factor = training.cfg.spike_factor
     for step, loss in zip(steps, (values / training.world).tolist()):
+        recent = [value for _, value in training.losses[-SPIKE_WINDOW:]]
+        mean = sum(recent) / len(recent) if recent else 0.0
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step}")
+            raise Divergence(step, loss, "not a finite number")
+        if factor and len(recent) >= 5 and loss > factor * mean:
+            raise Divergence(
+                step, loss, f"{loss / mean:.1f} times the mean of the {len(recent)} steps before it, over spike_factor {factor:g}"
+            )
         training.losses.append([step, loss])
     return training.losses[-1][1]
+
+
+def roll_back(training: Training, divergence: Divergence, reporter) -> None:
+    """Resume from the newest complete checkpoint (saved after its losses were checked) and skip every
+    sample drawn since it: the data position jumps past them, so a resume later, from this checkpoint
+    or a newer one, skips the same samples."""
+    cfg = training.cfg
+    tag = training.store.newest()
+    if cfg.on_divergence != "rollback" or tag is None or len(training.rollbacks) >= cfg.max_rollbacks:
+        why = (
+            "on_divergence is stop"
+            if cfg.on_divergence != "rollback"
+            else "no checkpoint to roll back to yet"
+            if tag is None
+            else f"max_rollbacks ({cfg.max_rollbacks}) reached"
+        )
+        raise TrainingStopped(f"{divergence}; stopped: {why}") from None
+    skip_end = training.samples_seen
+    dist.barrier()
+    client = _restore(training, training.store.local_dir, tag)
+    skipped = [client["samples_seen"], skip_end]
+    training.samples_seen = skip_end
+    training.rollbacks.append(
+        {"step": divergence.step, "loss": divergence.loss, "why": divergence.why, "resumed_from": tag, "skipped_samples": skipped}
+    )
+    reporter.warning(
+        f"{divergence}; rolled back to checkpoint {tag} (step {training.step}), skipping samples {skipped[0]:,}-{skipped[1]:,} "
+        f"(rollback {len(training.rollbacks)} of at most {cfg.max_rollbacks})"
+    )
 
 
 def train(cfg: TrainConfig, reporter) -> TrainSummary | None:
     """The whole run; rank 0 returns the summary it wrote last (None on other ranks)."""
     t_start = time.time()
+    check_reachable(cfg.tracker, cfg.tracker_uri)  # every rank, before any work: a tracker that is not there fails the run now
     training = build(cfg, reporter)
     resume(training, reporter)
+    if training.is_rank0:
+        tracker = open_tracker(cfg.tracker, cfg.tracker_uri, cfg.experiment, Storage(cfg.run_uri), cfg.tracker_tags, cfg.run_key())
+        training.tracker = Guarded(tracker, reporter.warning)
+        training.tracker.log_params(tracker_params(cfg, training.world))
+        if tracker.run.link:
+            reporter.info(f"curves: {tracker.run.link}")
     tokens_per_step = cfg.tokens_per_step(training.world)
     offload = "".join(f" +{what} offload" for what, on in (("optimizer", cfg.offload_optimizer), ("param", cfg.offload_params)) if on)
     reporter.info(
@@ -331,6 +408,7 @@ def train(cfg: TrainConfig, reporter) -> TrainSummary | None:
     training.attention_problem = flash_attention_problem(training.device, attention_dtype, cfg.model.head_dim)
     if training.attention_problem and training.gpu:
         reporter.warning(f"flash attention is not available here, attention runs a slower kernel: {training.attention_problem}")
+    vset = _validation_set(training, reporter)
     loop_start, loop_start_step = time.time(), training.step
     steady_s, steady_steps = 0.0, 0  # step time after this launch's first step (compilation, warm-up) without saves
     batches, clock = Prefetcher(training.loader, training.samples_seen, pin=training.gpu), StepClock()
@@ -338,26 +416,26 @@ def train(cfg: TrainConfig, reporter) -> TrainSummary | None:
         while training.step < cfg.steps:
             step_start = time.perf_counter()
             clock.restart()
-            train_step(training, batches, clock)
-            if training.step % cfg.log_every == 0 or training.step == cfg.steps:
-                loss = sync_losses(training)
-                clock.lap("loss_sync")
-                if training.is_rank0 and loss is not None:
-                    _report(training, reporter, loss, loop_start, loop_start_step)
-                clock.lap("report")
-            if training.step > loop_start_step + 1:
-                steady_s, steady_steps = steady_s + time.perf_counter() - step_start, steady_steps + 1
-            if training.step % cfg.checkpoint_every == 0 or training.step == cfg.steps:
-                checkpoints.save(
-                    training.engine,
-                    training.store,
-                    training.step,
-                    training.client_state(),
-                    training.rank,
-                    training.local_rank,
-                    cfg.keep_last,
-                )
-                clock.lap("checkpoint")
+            try:
+                train_step(training, batches, clock)
+                last = training.step == cfg.steps
+                if training.step % cfg.log_every == 0 or last:
+                    loss = sync_losses(training)
+                    clock.lap("loss_sync")
+                    if training.is_rank0 and loss is not None:
+                        _report(training, reporter, loss, loop_start, loop_start_step, clock)
+                    clock.lap("report")
+                if training.step > loop_start_step + 1:
+                    steady_s, steady_steps = steady_s + time.perf_counter() - step_start, steady_steps + 1
+                new_best = False
+                if vset is not None and (training.step % cfg.eval_every == 0 or last):
+                    new_best = _validate(training, vset, reporter)
+                    clock.lap("validation")
+                if new_best or training.step % cfg.checkpoint_every == 0 or last:
+                    _save(training)
+                    clock.lap("checkpoint")
+            except Divergence as divergence:
+                roll_back(training, divergence, reporter)
     finally:
         batches.close()
     training.step_host_ms = clock.per_step_ms(training.step - loop_start_step)
@@ -368,18 +446,27 @@ def train(cfg: TrainConfig, reporter) -> TrainSummary | None:
     summary = None
     if training.is_rank0:
         final = Storage(cfg.run_uri).child("final")
-        checkpoints.export_final(training.store, checkpoints.tag_for(training.step), cfg.zero_stage, cfg.model, final)
+        checkpoints.export_final(training.store, exported_tag(training), cfg.zero_stage, cfg.model, final)
         steady = steady_steps * tokens_per_step / steady_s if steady_steps else None
         summary = finish(training, final, loop_s, training.step - loop_start_step, time.time() - t_start, peak_rss, steady)
         reporter.info(
             f"finished: {training.step} steps, final loss {summary.final_loss:.4f}, {summary.tokens_per_s:,.0f} tok/s"
             + (f", MFU {summary.mfu:.1%}" if summary.mfu is not None else "")
         )
+        training.tracker.close()
     dist.barrier()
     return summary
 
 
-def _report(training: Training, reporter, loss: float, loop_start: float, loop_start_step: int) -> None:
+def tracker_params(cfg: TrainConfig, world: int) -> dict[str, object]:
+    """The run's settings as the tracker's parameters: the model's dimensions as model.<name>."""
+    params: dict[str, object] = {k: v for k, v in cfg.model_dump(mode="json", exclude={"model", "tracker_tags"}).items()}
+    params.update({f"model.{k}": v for k, v in cfg.model.model_dump(mode="json").items()})
+    params.update(world_size=world, num_params=cfg.model.num_params(), run_key=cfg.run_key())
+    return params
+
+
+def _report(training: Training, reporter, loss: float, loop_start: float, loop_start_step: int, clock: StepClock) -> None:
     cfg, tokens_per_step = training.cfg, training.cfg.tokens_per_step(training.world)
     elapsed = time.time() - loop_start
     tok_s = (training.step - loop_start_step) * tokens_per_step / max(elapsed, 1e-9)
@@ -388,6 +475,69 @@ def _report(training: Training, reporter, loss: float, loop_start: float, loop_s
     reporter.progress(
         {"step": training.step, "steps": cfg.steps, "loss": loss, "lr": lr, "tokens_per_s": tok_s, "elapsed_s": elapsed, "eta_s": eta}
     )
+    metrics = {"train/loss": loss, "train/lr": lr, "train/tokens_per_s": tok_s, "memory/host_peak_rss_mb": peak_rss_bytes() / 2**20}
+    grad_norm = training.engine.get_global_grad_norm()
+    if grad_norm is not None and math.isfinite(float(grad_norm)):
+        metrics["train/grad_norm"] = float(grad_norm)
+    if training.gpu:
+        metrics["memory/device_peak_mb"] = torch.cuda.max_memory_allocated(training.device) / 2**20
+        flops = cfg.model.flops_per_token(cfg.seq_len) * tok_s / training.world
+        mfu = model_flops_utilization(flops, training.dtype, cfg.peak_tflops, accelerator_name(training.device))
+        if mfu is not None:
+            metrics["train/mfu"] = mfu
+    steps = training.step - loop_start_step
+    metrics.update({f"step_host_ms/{phase}": ms for phase, ms in clock.per_step_ms(steps).items()})
+    training.tracker.log_metrics(metrics, training.step)
+
+
+def _validation_set(training: Training, reporter) -> ValidationSet | None:
+    """The slice validations score (every rank reads it); None when evaluation during training is off
+    or the run's validation split holds no document."""
+    try:
+        vset = validation_set(training.cfg)
+    except ShardError as e:
+        if "no val tokens" not in str(e):
+            raise
+        reporter.warning(f"no validation during training: {e}")
+        return None
+    if vset is not None:
+        reporter.info(f"validating every {training.cfg.eval_every} steps on {vset.documents} held-out documents ({vset.tokens:,} tokens)")
+    return vset
+
+
+def _validate(training: Training, vset: ValidationSet, reporter) -> bool:
+    """Score the validation slice now (every rank together); whether it is a new best to keep."""
+    result = validate(training.engine.module, vset, training.step, training.rank, training.world, training.cfg.zero_stage == 3)
+    training.validations.append([result.step, result.loss, result.bits_per_byte])
+    if training.is_rank0:
+        reporter.validation({"step": result.step, "loss": result.loss, "bits_per_byte": result.bits_per_byte})
+        figures = {"val/loss": result.loss} | ({"val/bits_per_byte": result.bits_per_byte} if result.bits_per_byte is not None else {})
+        training.tracker.log_metrics(figures, result.step)
+    if not training.cfg.keep_best or (training.best is not None and training.best[0] <= result.loss):
+        return False
+    training.best = [result.loss, checkpoints.tag_for(training.step)]
+    return True
+
+
+def _save(training: Training) -> None:
+    """A checkpoint of this step; the best one (keep_best) is kept whatever keep_last says."""
+    keep = frozenset([training.best[1]]) if training.best else frozenset()
+    checkpoints.save(
+        training.engine,
+        training.store,
+        training.step,
+        training.client_state(),
+        training.rank,
+        training.local_rank,
+        training.cfg.keep_last,
+        keep,
+    )
+    training.tracker.flush()
+
+
+def exported_tag(training: Training) -> str:
+    """The checkpoint `final/` holds: the best validation's with keep_best, else the last."""
+    return training.best[1] if training.cfg.keep_best and training.best else checkpoints.tag_for(training.step)
 
 
 def finish(
@@ -438,6 +588,11 @@ def finish(
         attention="flash" if training.attention_problem is None else f"not flash: {training.attention_problem}",
         step_host_ms=training.step_host_ms,
         mixture=training.loader.mixture.realized(training.samples_seen),
+        validations=tuple((int(step), float(loss), bpb) for step, loss, bpb in training.validations),
+        exported_checkpoint=exported_tag(training),
+        best_validation_loss=training.best[0] if training.cfg.keep_best and training.best else None,
+        rollbacks=tuple(Rollback(**r) for r in training.rollbacks),
+        tracker=training.tracker.run,
     )
     summary.write(final)
     return summary
@@ -456,7 +611,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rank = int(os.environ.get("RANK", "0"))
     with open_reporter(rank == 0) as reporter:
-        train(cfg, reporter)
+        try:
+            train(cfg, reporter)
+        except (TrainingStopped, TrackerError) as e:  # the run's own verdict: one line, no traceback
+            if reporter.pipes is not None:  # under Dagster, the run's log names the reason too
+                reporter.warning(str(e))
+            print(f"error: {bounded(str(e), 2000)}", file=sys.stderr)
+            return 1
     crash_point("after_summary", rank)  # the crash tests: a rank dying at exit, the run already complete
     # Every rank has passed the run's last barrier: no collective is pending.
     if dist.is_available() and dist.is_initialized():
