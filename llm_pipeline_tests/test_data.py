@@ -104,3 +104,14 @@ def test_rolling_windows_are_the_harness_windows(length, window):
         assert (context + continuation)[:-1] == inp.tolist()  # what the model reads
         assert tgt[len(tgt) - scored :].tolist() == continuation  # what is scored
     assert sum(s for _, _, s in ours) == length  # every token once
+
+
+def test_the_validation_slice_is_whole_documents_from_the_start_read_a_chunk_at_a_time(monkeypatch):
+    from llm_pipeline.train import validation
+
+    monkeypatch.setattr(validation, "_CHUNK", 3)  # document ends found across chunk borders
+    split = [np.array([5, 6, 0, 7, 0, 8, 9, 9, 0], dtype=np.uint16), np.array([4, 4, 0], dtype=np.uint16)]
+    docs = lambda limit: [d.tolist() for d in validation.first_documents(split, 0, limit)]  # noqa: E731
+    assert docs(3) == [[5, 6], [7]]
+    assert docs(100) == [[5, 6], [7], [8, 9, 9], [4, 4]]  # across the shard sets, in order
+    assert docs(1) == [[5, 6]]  # at least one, whole

@@ -10,6 +10,7 @@ from every rank: a rank with no batch left scores the first one again, unrecorde
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,10 @@ import torch.distributed as dist
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline.train.config import TrainConfig
 from llm_pipeline.train.model import CausalLM
-from llm_pipeline.train.scoring import Window, batch_nats, split_documents, window_batches
+from llm_pipeline.train.scoring import Window, batch_nats, window_batches
 from llm_pipeline.train.token_store import TokenCache, open_split
+
+_CHUNK = 1 << 20  # ids scanned at a time for document ends
 
 
 @dataclass(frozen=True)
@@ -44,20 +47,35 @@ def validation_set(cfg: TrainConfig) -> ValidationSet | None:
         return None
     shard_sets = [Storage(uri) for uri in cfg.shards_uris]
     stream, manifest = open_split(shard_sets, "val", TokenCache.of(cfg), cfg.tokenizer_sha256 or None, cfg.model.vocab_size)
+    docs = first_documents(stream.arrays, manifest.eos_id, cfg.eval_tokens)
+    return ValidationSet(
+        window_batches(docs, manifest.eos_id, cfg.seq_len, cfg.micro_batch),
+        len(docs),
+        sum(len(d) for d in docs),
+        _text_bytes(cfg.tokenizer_uri, docs),
+    )
+
+
+def first_documents(arrays: Sequence[np.ndarray], eos_id: int, max_tokens: int) -> list[np.ndarray]:
+    """Whole documents from the start of the split, as many as fit in `max_tokens` (at least one). Read
+    a chunk at a time: the split may be far larger than memory, the slice never is."""
     docs: list[np.ndarray] = []
     tokens = 0
-    for array in stream.arrays:
-        for doc in split_documents(np.asarray(array), manifest.eos_id):
-            if docs and tokens + len(doc) > cfg.eval_tokens:
-                break
-            docs.append(doc)
-            tokens += len(doc)
-        else:
-            continue
-        break
-    return ValidationSet(
-        window_batches(docs, manifest.eos_id, cfg.seq_len, cfg.micro_batch), len(docs), tokens, _text_bytes(cfg.tokenizer_uri, docs)
-    )
+    for array in arrays:
+        start = 0
+        for chunk in range(0, len(array), _CHUNK):
+            for end in (np.flatnonzero(np.asarray(array[chunk : chunk + _CHUNK]) == eos_id) + chunk).tolist():
+                doc = np.asarray(array[start:end])
+                start = end + 1
+                if not len(doc):
+                    continue
+                if docs and tokens + len(doc) > max_tokens:
+                    return docs
+                docs.append(doc)
+                tokens += len(doc)
+        if start < len(array) and not docs:  # a split of one unfinished document
+            docs.append(np.asarray(array[start:]))
+    return docs
 
 
 def _text_bytes(tokenizer_uri: str, docs: list[np.ndarray]) -> int | None:
