@@ -90,7 +90,9 @@ class CheckpointRef(StageValue):
     tokenizer_sha256: str
     init_from: str  # the published version it started from; "" from scratch
     mixture: dict[str, SourceMix]  # the realized mix per source, for the model card
-    tracker: TrackerRun  # the experiment tracker run its curves went to; eval_metrics logs there too
+    # The experiment tracker run its curves went to; eval_metrics logs there too. (A value stored
+    # before trackers existed has none.)
+    tracker: TrackerRun = TrackerRun(kind="none", run_id="", link="")
 
     def metadata(self) -> dict[str, Any]:
         return {

@@ -87,8 +87,10 @@ def published_model(
 def _registered(context: dg.AssetExecutionContext, storage: StorageResource, checkpoint: CheckpointRef, name: str, folder: Storage) -> dict:
     """With the MLflow tracker, a version of registered model `name` in its Model Registry, pointing at
     the published folder; its number as metadata. A registry that refuses it costs a warning."""
+    if checkpoint.train_config.tracker != "mlflow":
+        return {}
     tracker = training_tracker(context, storage, checkpoint).tracker
-    if not isinstance(tracker, MlflowTracker):
+    if not isinstance(tracker, MlflowTracker):  # the training's tracker run could not be reopened (warned)
         return {}
     try:
         version = tracker.register_model(name, folder)
