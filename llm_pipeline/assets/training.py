@@ -121,7 +121,9 @@ def _train_on_ray(context, launch: LaunchConfig, ray_cluster: RayClusterResource
     try:
         from dagster_ray import PipesRayJobClient, PipesRayJobMessageReader
     except ImportError:
-        raise _input_error("trained_checkpoint: launcher 'ray' needs the ray extra: pip install 'llm-pipeline[ray]'") from None
+        raise _input_error(
+            "trained_checkpoint: launcher 'ray' needs the ray extra: pip install -e '.[ray]' in the project's folder"
+        ) from None
     command = ray_job_command(launch, config_uri, ray_cluster.python or sys.executable)
     context.log.info(f"submitting to the Ray cluster at {address}: {shlex.join(command)}")
     reader = ProgressRelay(PipesRayJobMessageReader(), context.log)
