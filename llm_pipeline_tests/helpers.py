@@ -144,6 +144,21 @@ def stdlib_files(count: int, skip: int = 0) -> list[str]:
     return [os.path.join(stdlib, n) for n in names[skip : skip + count]]
 
 
+# trained_checkpoint settings that train in seconds, for the flows that train again and again.
+TINY_TRAINING = {
+    "preset": "tiny",
+    "seq_len": 32,
+    "micro_batch": 4,
+    "steps": 4,
+    "warmup_steps": 1,
+    "checkpoint_every": 4,
+    "log_every": 2,
+    "dtype": "fp32",
+    "launcher": "none",
+    "nproc": 1,
+}
+
+
 def make_shards(
     tmp_path, root, tokenizer, texts, shard_cfg: ShardConfig | None = None, engine: str = "tiktoken", vocab_size: int | None = None
 ):

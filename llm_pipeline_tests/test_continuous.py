@@ -15,22 +15,11 @@ from llm_pipeline.automation import new_corpus_sensor, retraining_sensor
 from llm_pipeline.definitions import ASSETS, CHECKS, make_resources
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline_tests.conftest import _STDLIB, SAMPLE_FILES
-from llm_pipeline_tests.helpers import batch_instance, step_failure
+from llm_pipeline_tests.helpers import TINY_TRAINING, batch_instance, step_failure
 
 pytestmark = pytest.mark.e2e
 DATA = ["raw_corpus", "tokenizer", "tokenized_shards"]
-TRAIN = {
-    "preset": "tiny",
-    "seq_len": 32,
-    "micro_batch": 4,
-    "steps": 4,
-    "warmup_steps": 1,
-    "checkpoint_every": 4,
-    "log_every": 2,
-    "dtype": "fp32",
-    "launcher": "none",
-    "nproc": 1,
-}
+TRAIN = TINY_TRAINING
 CONFIG = {
     "tokenizer": {"vocab_size": 300},
     "tokenized_shards": {"val_fraction": 0.3},

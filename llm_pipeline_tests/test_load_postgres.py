@@ -15,6 +15,7 @@ import yaml
 from llm_pipeline.faults import CRASH_ENV
 from llm_pipeline.storage.folders import Storage
 from llm_pipeline_tests.conftest import _STDLIB
+from llm_pipeline_tests.helpers import TINY_TRAINING
 from llm_pipeline_tests.services import REPO, Dagster, fresh_copy
 
 pytestmark = pytest.mark.e2e
@@ -22,20 +23,7 @@ DELIVERIES = 50
 SPACING_S = 6.0  # fifty deliveries over five minutes
 TINY = {
     "ops": {
-        "trained_checkpoint": {
-            "config": {
-                "preset": "tiny",
-                "seq_len": 32,
-                "micro_batch": 4,
-                "steps": 4,
-                "warmup_steps": 1,
-                "checkpoint_every": 4,
-                "log_every": 2,
-                "dtype": "fp32",
-                "launcher": "none",
-                "nproc": 1,
-            }
-        },
+        "trained_checkpoint": {"config": TINY_TRAINING},
         "eval_metrics": {"config": {"max_loss": 100.0, "max_new_tokens": 4, "max_tokens": 2000}},
     }
 }

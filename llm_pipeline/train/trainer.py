@@ -460,7 +460,7 @@ def train(cfg: TrainConfig, reporter) -> TrainSummary | None:
 
 def tracker_params(cfg: TrainConfig, world: int) -> dict[str, object]:
     """The run's settings as the tracker's parameters: the model's dimensions as model.<name>."""
-    params: dict[str, object] = {k: v for k, v in cfg.model_dump(mode="json", exclude={"model", "tracker_tags"}).items()}
+    params: dict[str, object] = dict(cfg.model_dump(mode="json", exclude={"model", "tracker_tags"}))
     params.update({f"model.{k}": v for k, v in cfg.model.model_dump(mode="json").items()})
     params.update(world_size=world, num_params=cfg.model.num_params(), run_key=cfg.run_key())
     return params
